@@ -1,0 +1,3 @@
+from scnas_dsl.cli import main
+
+main()

@@ -1,0 +1,64 @@
+"""The ``scnas`` command: a thin typer shell over the Python API.
+
+Each area registers its own commands from its own module (``lang``: check, fmt, compile, draw; ``data``:
+the ``data`` group; ``run``: search, train, predict, evaluate, cv, demo). Modules import torch only inside
+the commands that need it, so ``scnas check`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from scnas_dsl.errors import ScnasError
+
+app = typer.Typer(
+    name="scnas",
+    help="SCNAS: architecture search for 3D medical image segmentation, from a .scn spec to Dice scores.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """SCNAS: architecture search for 3D medical image segmentation, from a .scn spec to Dice scores."""
+
+
+def _register() -> None:
+    from scnas_dsl.cli import data, lang, run
+
+    lang.register(app)
+    data.register(app)
+    run.register(app)
+
+
+_register()
+
+
+@app.command()
+def version() -> None:
+    """Print the scnas version."""
+    from scnas_dsl import __version__
+
+    typer.echo(__version__)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``message`` to stderr and return the Exit to raise (no traceback)."""
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def main() -> None:
+    """Console entry point: user errors become a message and exit status 1, never a traceback."""
+    try:
+        app()
+    except ScnasError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
