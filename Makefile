@@ -11,7 +11,6 @@ STAMP   = $(VENV)/.installed
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
