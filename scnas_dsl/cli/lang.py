@@ -1,9 +1,129 @@
-"""CLI commands of this area (see scnas_dsl/cli/__init__.py)."""
+"""The language commands: ``scnas check``, ``scnas fmt``, ``scnas draw`` (``scnas compile`` lives in
+``scnas_dsl.cli.compile``).
+
+Exit status: 0 when every file is fine (warnings do not count), 1 when a file has errors (or, for
+``fmt --check``, is not in canonical form), 2 for a usage problem (a file that does not exist, a
+directory, contradicting options).
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import typer
+
+from scnas_dsl.errors import SpecError
+from scnas_dsl.syntax.diagnostics import render_all
+
+USAGE = 2
+
+
+def _usage(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(USAGE)
+
+
+def _existing(path: Path) -> None:
+    if not path.exists():
+        raise _usage(f"{path}: no such file")
+    if path.is_dir():
+        raise _usage(f"{path}: is a directory; give .scn files")
+
+
+def check_cmd(files: list[Path] = typer.Argument(..., help=".scn files to check")) -> None:  # noqa: B008
+    """Check .scn files: 'ok' per file, or every error with its place; warnings are printed too."""
+    from scnas_dsl.loader import load
+
+    for path in files:
+        _existing(path)
+    failed = False
+    for path in files:
+        try:
+            loaded = load(path)
+        except SpecError as err:
+            failed = True
+            typer.echo(str(err), err=True)
+            continue
+        if loaded.warnings:
+            typer.echo(render_all(loaded.warnings), err=True)
+        what = [f"{len(loaded.document.spaces)} space{'s' if len(loaded.document.spaces) != 1 else ''}",
+                f"{len(loaded.genotypes)} genotype{'s' if len(loaded.genotypes) != 1 else ''}"]
+        typer.echo(f"{path}: ok ({', '.join(what)})")
+    if failed:
+        raise typer.Exit(1)
+
+
+def fmt_cmd(
+    file: Path = typer.Argument(..., help="the .scn file to format"),  # noqa: B008
+    check: bool = typer.Option(False, "--check", help="exit 1 if the file is not in canonical form"),
+    write: bool = typer.Option(False, "--write", help="rewrite the file in place (only when it parses)"),
+) -> None:
+    """Print FILE in canonical form, keeping its comments (or check it, or rewrite it)."""
+    from scnas_dsl.graph.printer import format_text
+    from scnas_dsl.loader import read_text
+
+    if check and write:
+        raise _usage("--check and --write exclude each other")
+    _existing(file)
+    text = read_text(file, str(file))
+    formatted = format_text(text, str(file))
+    if check:
+        if formatted != text:
+            typer.echo(f"{file}: not in canonical form (run: scnas fmt --write {file})", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{file}: canonical")
+        return
+    if write:
+        if formatted == text:
+            typer.echo(f"{file}: unchanged")
+            return
+        _write_atomically(file, formatted)
+        typer.echo(f"{file}: formatted")
+        return
+    typer.echo(formatted, nl=False)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` in one rename, so that an interruption never leaves half a file."""
+    mode = path.stat().st_mode
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def draw_cmd(
+    file: Path = typer.Argument(..., help="a .scn file with a space or a genotype"),  # noqa: B008
+    output: Path = typer.Option(..., "-o", "--output", help="the picture: .png, .svg or .pdf"),  # noqa: B008
+    genotype: str | None = typer.Option(None, "--genotype", "-g", help="which genotype (default: the only one)"),
+    space: str | None = typer.Option(None, "--space", help="draw this space's cells (default: the only one)"),
+) -> None:
+    """Draw the cells of a genotype (the chosen operation on each edge) or of a space (candidate counts)."""
+    from scnas_dsl.loader import load
+
+    _existing(file)
+    if output.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise _usage(f"{output}: the picture must end in .png, .svg or .pdf")
+    loaded = load(file)
+    if genotype is not None or (space is None and loaded.genotypes):
+        chosen_space, chosen = loaded.genotype(genotype)
+    else:
+        chosen_space, chosen = loaded.space(space), None
+    from scnas_dsl.graph.draw import draw_cells
+
+    draw_cells(chosen_space, chosen, output)
+    typer.echo(f"wrote {output}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
+    app.command("check")(check_cmd)
+    app.command("fmt")(fmt_cmd)
+    app.command("draw")(draw_cmd)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from scnas_dsl.ops.signatures import ParamValue
 
@@ -42,6 +42,18 @@ class Node(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     span: Span | None = Field(default=None, repr=False, exclude=True)
+    # Spans of parts of the element (a name, a value, the n-th entry of a list as "nodes[1]"), filled by the
+    # parser so that a diagnostic can point at the exact word; not part of the meaning.
+    _field_spans: dict[str, Span] = PrivateAttr(default_factory=dict)
+
+    def field_span(self, key: str) -> Span | None:
+        """The span of a part of this element (``"name"``, ``"ops"``, ``"nodes[1]"``...), else the element's."""
+        return self._field_spans.get(key, self.span)
+
+    def with_field_spans(self, spans: dict[str, Span]) -> Node:
+        """Record the spans of parts of this element (used by the parser); returns self."""
+        self._field_spans.update(spans)
+        return self
 
     def _meaning(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in type(self).model_fields if k != "span"}

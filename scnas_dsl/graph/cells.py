@@ -1,0 +1,180 @@
+"""Cells and the whole U-Net as networkx graphs (data only: the compiler builds modules from them).
+
+A cell graph has the input nodes (``in0``, ``in1``), the intermediate nodes (``n0``...) and ``"out"``.
+Node attribute ``kind`` is ``"input"``, ``"node"`` or ``"output"``; ``order`` is the position in the cell.
+Edges between nodes carry ``candidates: list[str]`` (a space) or ``op: str`` (a genotype); edges into
+``"out"`` have ``kind="output"`` and ``combine`` (``concat``, ``sum`` or ``node``).
+"""
+
+from __future__ import annotations
+
+import re
+
+import networkx as nx
+
+from scnas_dsl.model import CellChoice, CellSpec, Genotype, SearchSpace
+
+OUTPUT = "out"
+_INSTANCE = re.compile(r"^(?P<type>[A-Za-z_][A-Za-z0-9_]*)\[(?P<index>[0-9]+)\]$")
+
+
+def cell_type_of(key: str) -> str:
+    """The cell type of a structure key: ``enc`` for ``enc`` and for the instance ``enc[1]``."""
+    match = _INSTANCE.match(key)
+    return match.group("type") if match else key
+
+
+def spec_of(space: SearchSpace, key: str) -> CellSpec:
+    """The CellSpec of a structure key (type name, or instance name ``type[k]``); KeyError if unknown."""
+    spec = space.cell(cell_type_of(key))
+    if spec is None:
+        raise KeyError(f"space '{space.name}' has no cell '{key}'")
+    return spec
+
+
+def zero_ops(space: SearchSpace, spec: CellSpec) -> set[str]:
+    """Names in the cell's operation set that are bound to the library's ``zero`` (a cut edge)."""
+    opset = space.opset(spec.ops)
+    if opset is None:
+        return set()
+    return {op.name for op in opset.ops if op.call.kind == "zero"}
+
+
+def cell_graph(space: SearchSpace, cell_key: str, genotype: Genotype | None = None) -> nx.DiGraph:
+    """The DAG of one cell: its candidate operations (space) or its chosen operations (genotype).
+
+    ``cell_key`` is a cell type, or an instance ``type[k]``. With a genotype, only chosen edges appear
+    (edges left out are zero); a chosen ``zero`` operation appears with ``op`` set to its name.
+    """
+    spec = spec_of(space, cell_key)
+    graph = nx.DiGraph(cell=cell_key, cell_type=spec.name, role=spec.role)
+    for i, name in enumerate(spec.input_names()):
+        graph.add_node(name, kind="input", order=i)
+    for j, name in enumerate(spec.node_names()):
+        graph.add_node(name, kind="node", order=spec.inputs + j)
+    graph.add_node(OUTPUT, kind="output", order=spec.inputs + spec.nodes)
+    if genotype is None:
+        opset = space.opset(spec.ops)
+        candidates = opset.names() if opset is not None else []
+        for src, dst in spec.edge_list():
+            graph.add_edge(src, dst, candidates=list(candidates))
+    else:
+        choice = _choice_for(space, genotype, cell_key)
+        if choice is not None:
+            for (src, dst), op in choice.chosen().items():
+                graph.add_edge(src, dst, op=op)
+    for name in spec.output_nodes():
+        graph.add_edge(name, OUTPUT, kind="output", combine=spec.output.kind)
+    return graph
+
+
+def _choice_for(space: SearchSpace, genotype: Genotype, cell_key: str) -> CellChoice | None:
+    choice = genotype.cell(cell_key)
+    if choice is None and space.unet.share == "by_type":
+        choice = genotype.cell(cell_type_of(cell_key))
+    return choice
+
+
+def live_edges(space: SearchSpace, spec: CellSpec, choice: CellChoice | None) -> list[tuple[str, str]]:
+    """The chosen edges whose operation is not zero."""
+    if choice is None:
+        return []
+    zeros = zero_ops(space, spec)
+    return [edge for edge, op in choice.chosen().items() if op not in zeros]
+
+
+def dead_in_cell(spec: CellSpec, edges: list[tuple[str, str]]) -> list[str]:
+    """Intermediate nodes of ``spec`` that are dead given the live ``edges``: no live input (directly or
+    through dead predecessors), or not reaching the cell output."""
+    graph = nx.DiGraph()
+    graph.add_nodes_from(spec.input_names() + spec.node_names() + [OUTPUT])
+    known = set(graph.nodes)
+    graph.add_edges_from((s, d) for s, d in edges if s in known and d in known)
+    graph.add_edges_from((n, OUTPUT) for n in spec.output_nodes() if n in known)
+    fed: set[str] = set()
+    for name in spec.input_names():
+        fed |= nx.descendants(graph, name)
+    reaches = nx.ancestors(graph, OUTPUT)
+    return [n for n in spec.node_names() if n not in fed or n not in reaches]
+
+
+def dead_nodes(space: SearchSpace, genotype: Genotype) -> dict[str, list[str]]:
+    """Structure key -> its dead intermediate nodes (only keys with at least one), for a genotype.
+
+    A node is dead when no live (non-zero) path from a cell input reaches it, or when it feeds nothing
+    that reaches the cell output.
+    """
+    out: dict[str, list[str]] = {}
+    for key in space.structure_keys():
+        spec = space.cell(cell_type_of(key))
+        if spec is None:
+            continue
+        dead = dead_in_cell(spec, live_edges(space, spec, _choice_for(space, genotype, key)))
+        if dead:
+            out[key] = dead
+    return out
+
+
+def levels(space: SearchSpace) -> list[tuple[str, str, CellSpec, int]]:
+    """(instance name, section, cell type, level of its output) for every cell in order: the stem is at
+    level 0, a reduction cell goes one level down (+1) and an expansion cell one level up (-1)."""
+    level = 0
+    out: list[tuple[str, str, CellSpec, int]] = []
+    for (instance, spec), (section, _) in zip(space.instances(), space.unet.sequence(), strict=True):
+        if spec.role == "reduction":
+            level += 1
+        elif spec.role == "expansion":
+            level -= 1
+        out.append((instance, section, spec, level))
+    return out
+
+
+def unet_graph(space: SearchSpace) -> nx.DiGraph:
+    """The U-Net as a graph of blocks: ``"stem"``, every cell instance (``enc[0]``...), ``"head"``.
+
+    Node attributes: ``kind`` (``stem``, ``cell``, ``head``), ``section``, ``cell_type``, ``role``,
+    ``level`` (0 = full resolution) and ``width`` (channels of the block's output). Edges have ``kind``
+    ``"sequence"`` (attribute ``inputs``: which cell inputs it feeds; ``in1`` is the previous block and
+    ``in0`` the one before it, and the first cell takes the stem as both) or ``"skip"``: the output of the last encoder-side block of a level (the stem
+    for level 0) is summed, in the decoder, into the input of the first block after the expansion that
+    returns to that level (the next decoder cell, or the head).
+    """
+    unet = space.unet
+    graph = nx.DiGraph(name=space.name, dims=unet.dims, share=unet.share)
+    stem_width = unet.stem.width or 1
+    graph.add_node("stem", kind="stem", section="stem", level=0, width=stem_width, op=unet.stem.call.kind)
+    order = ["stem"]
+    width = stem_width
+    last_at_level: dict[int, str] = {0: "stem"}
+    pending_skip: str | None = None
+    for instance, section, spec, level in levels(space):
+        if spec.role == "reduction":
+            width *= unet.width_factor
+        elif spec.role == "expansion":
+            width = max(1, width // unet.width_factor)
+        graph.add_node(instance, kind="cell", section=section, cell_type=spec.name, role=spec.role,
+                       level=level, width=width)
+        prev = order[-1]
+        if spec.inputs >= 2:
+            # The paper: the two previous blocks; the first cell after the stem takes the stem twice.
+            before = order[-2] if len(order) >= 2 else prev
+            if before == prev:
+                graph.add_edge(prev, instance, kind="sequence", inputs=[0, 1])
+            else:
+                graph.add_edge(before, instance, kind="sequence", inputs=[0])
+                graph.add_edge(prev, instance, kind="sequence", inputs=[1])
+        else:
+            graph.add_edge(prev, instance, kind="sequence", inputs=[0])
+        if pending_skip is not None:
+            graph.add_edge(pending_skip, instance, kind="skip")
+            pending_skip = None
+        if section == "encoder":
+            last_at_level[level] = instance
+        if section == "decoder" and spec.role == "expansion" and level in last_at_level:
+            pending_skip = last_at_level[level]
+        order.append(instance)
+    graph.add_node("head", kind="head", section="head", level=0, width=width, op=unet.head.call.kind)
+    graph.add_edge(order[-1], "head", kind="sequence", inputs=[0])
+    if pending_skip is not None:
+        graph.add_edge(pending_skip, "head", kind="skip")
+    return graph

@@ -1,0 +1,200 @@
+"""Load a ``.scn`` file: read, parse, resolve imports, check; one SpecError with every problem.
+
+>>> loaded = load("specs/genotypes/example.scn")          # doctest: +SKIP
+>>> space, genotype = loaded.genotype()                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scnas_dsl.errors import SpecError
+from scnas_dsl.model import Document, Genotype, Import, SearchSpace
+from scnas_dsl.model.checks import check
+from scnas_dsl.ops.signatures import LIBRARY_SIGNATURES, Signatures
+from scnas_dsl.syntax import Diagnostic, parse_text, spec_error
+from scnas_dsl.syntax.diagnostics import at
+
+# Files larger than this are refused before parsing (a spec is a few kB; this stops a wrong file early).
+MAX_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class Loaded:
+    """A checked file: its document, every space it can use (own and imported), its genotypes."""
+
+    path: Path | None
+    document: Document
+    spaces: dict[str, SearchSpace] = field(default_factory=dict)
+    genotypes: dict[str, Genotype] = field(default_factory=dict)
+    warnings: list[Diagnostic] = field(default_factory=list)
+    sources: dict[str | None, str] = field(default_factory=dict)
+
+    def space(self, name: str | None = None) -> SearchSpace:
+        """The space called ``name``; with None, the only space of the file (own first, then imported)."""
+        if name is not None:
+            if name not in self.spaces:
+                raise SpecError(f"{self._where()}: no space '{name}'; spaces here: {_names(self.spaces)}")
+            return self.spaces[name]
+        own = [s.name for s in self.document.spaces]
+        pool = own or list(self.spaces)
+        if len(pool) != 1:
+            what = "no space" if not pool else f"{len(pool)} spaces ({', '.join(pool)})"
+            raise SpecError(f"{self._where()}: has {what}; name the one you mean")
+        return self.spaces[pool[0]]
+
+    def genotype(self, name: str | None = None) -> tuple[SearchSpace, Genotype]:
+        """(its space, the genotype called ``name``); with None, the only genotype of the file."""
+        if name is None:
+            if len(self.genotypes) != 1:
+                what = "no genotype" if not self.genotypes else (
+                    f"{len(self.genotypes)} genotypes ({_names(self.genotypes)})")
+                raise SpecError(f"{self._where()}: has {what}; name the one you mean")
+            name = next(iter(self.genotypes))
+        if name not in self.genotypes:
+            raise SpecError(f"{self._where()}: no genotype '{name}'; genotypes here: {_names(self.genotypes)}")
+        genotype = self.genotypes[name]
+        return self.spaces[genotype.space], genotype
+
+    def _where(self) -> str:
+        return str(self.path) if self.path is not None else "<text>"
+
+
+def _names(items: dict[str, object]) -> str:
+    return ", ".join(items) or "none"
+
+
+def read_text(path: Path, shown: str) -> str:
+    """The UTF-8 text of ``path``; SpecError for a missing, unreadable, huge or non-UTF-8 file."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise SpecError(f"{shown}: the file is {size / 2**20:.1f} MB; a .scn spec is at most "
+                            f"{MAX_BYTES // 2**20} MB: is it the right file?")
+        data = path.read_bytes()
+    except FileNotFoundError as err:
+        raise SpecError(f"{shown}: no such file") from err
+    except IsADirectoryError as err:
+        raise SpecError(f"{shown}: is a directory, not a .scn file") from err
+    except OSError as err:
+        raise SpecError(f"{shown}: cannot read the file ({err.strerror})") from err
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise SpecError(f"{shown}:{line}:{column}: error: the file is not UTF-8 text (byte 0x{data[err.start]:02x})"
+                        "\n  help: save it as UTF-8; a .scn file is plain text", [
+                            Diagnostic(shown, line, column, f"the file is not UTF-8 text (byte 0x{data[err.start]:02x})",
+                                       "save it as UTF-8; a .scn file is plain text")]) from err
+
+
+class _Session:
+    """One load: files already parsed (by resolved path), the import chain (for cycles), all problems."""
+
+    def __init__(self, signatures: Signatures) -> None:
+        self.signatures = signatures
+        self.documents: dict[Path, Document] = {}
+        self.sources: dict[str | None, str] = {}
+        self.problems: list[Diagnostic] = []
+        self.spaces: dict[str, SearchSpace] = {}
+
+    def add_document(self, text: str, file: str | None, real: Path | None, base_dir: Path | None,
+                     chain: tuple[Path, ...]) -> Document | None:
+        """Parse one file and, first, the files it imports; None when it does not parse."""
+        self.sources[file] = text
+        try:
+            document = parse_text(text, file)
+        except SpecError as err:
+            self.problems.extend(err.diagnostics)
+            return None
+        if real is not None:
+            self.documents[real] = document
+        for imp in document.imports:
+            self._import(imp, base_dir, chain, text)
+        for space in document.spaces:
+            other = self.spaces.get(space.name)
+            if other is None:
+                self.spaces[space.name] = space
+            elif other.span is not None and space.span is not None and other.span.file != space.span.file:
+                self.problems.append(at(space.field_span("name"), f"space '{space.name}' is also defined in "
+                                        f"{other.span.where()}", "rename one: a genotype names its space",
+                                        lines=text.splitlines()))
+        return document
+
+    def _import(self, imp: Import, base_dir: Path | None, chain: tuple[Path, ...], text: str) -> None:
+        lines = text.splitlines()
+        if base_dir is None:
+            base_dir = Path.cwd()
+        target = (base_dir / imp.path).resolve()
+        shown = _shown(base_dir / imp.path)
+        if target in chain:
+            cycle = " -> ".join(_shown(p) for p in chain[chain.index(target):]) + f" -> {shown}"
+            self.problems.append(at(imp.span, f"import cycle: {cycle}",
+                                    "a file cannot import itself, directly or through other files", lines=lines))
+            return
+        if target in self.documents:
+            return
+        if not target.is_file():
+            self.problems.append(at(imp.field_span("path"), f"cannot import '{imp.path}': no such file "
+                                    f"({shown})", "the path is relative to the importing file", lines=lines))
+            return
+        try:
+            imported_text = read_text(target, shown)
+        except SpecError as err:
+            self.problems.append(at(imp.field_span("path"), f"cannot import '{imp.path}': {err}", lines=lines))
+            return
+        document = self.add_document(imported_text, shown, target, target.parent, chain + (target,))
+        if document is not None:
+            for diag in check(document, self.spaces, self.signatures, self.sources):
+                # Warnings of imported files are theirs to fix; only their errors stop this load.
+                if diag.severity == "error":
+                    self.problems.append(diag)
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would write it (relative to the working directory when inside it)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def load(path: str | Path, signatures: Signatures = LIBRARY_SIGNATURES) -> Loaded:
+    """Read, parse, resolve imports (relative to the file) and check ``path``.
+
+    Raises SpecError with every diagnostic of the file and its imports when anything is wrong; warnings
+    alone do not raise (they are in ``Loaded.warnings``).
+    """
+    path = Path(path)
+    shown = str(path)
+    text = read_text(path, shown)
+    return _load(text, shown, path.resolve(), path.resolve().parent, signatures, path)
+
+
+def load_text(text: str, file: str | None = None, base_dir: str | Path | None = None,
+              signatures: Signatures = LIBRARY_SIGNATURES) -> Loaded:
+    """Like ``load`` for text in memory; imports are resolved relative to ``base_dir`` (default: the
+    working directory)."""
+    base = Path(base_dir) if base_dir is not None else None
+    return _load(text, file, None, base, signatures, Path(file) if file else None)
+
+
+def _load(text: str, file: str | None, real: Path | None, base_dir: Path | None, signatures: Signatures,
+          path: Path | None) -> Loaded:
+    session = _Session(signatures)
+    document = session.add_document(text, file, real, base_dir, (real,) if real is not None else ())
+    if document is None:
+        raise spec_error(session.problems)
+    if not document.spaces and not document.genotypes:
+        session.problems.append(Diagnostic(file, 1, 1, "the file defines no space and no genotype",
+                                           "write a 'space NAME { ... }' or a 'genotype NAME of SPACE { ... }'"))
+    own = check(document, session.spaces, signatures, session.sources)
+    problems = session.problems + [d for d in own if d.severity == "error"]
+    warnings = [d for d in own if d.severity == "warning"]
+    if problems:
+        raise spec_error(problems + warnings)
+    return Loaded(path=path, document=document, spaces=dict(session.spaces),
+                  genotypes={g.name: g for g in document.genotypes}, warnings=warnings,
+                  sources=dict(session.sources))
