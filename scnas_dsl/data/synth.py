@@ -301,5 +301,5 @@ def _field_of_view(shape: tuple[int, ...]) -> np.ndarray:
     """A round field of view in the first two axes, over every slice."""
     x = (np.arange(shape[0]) - (shape[0] - 1) / 2) / (shape[0] / 2)
     y = (np.arange(shape[1]) - (shape[1] - 1) / 2) / (shape[1] / 2)
-    disc = (x[:, None] ** 2 + y[None, :] ** 2) <= 0.97
+    disc = (x[:, None] ** 2 + y[None, :] ** 2) <= 0.85
     return np.broadcast_to(disc[:, :, None], shape)
