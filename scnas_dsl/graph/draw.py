@@ -1,0 +1,112 @@
+"""Cells drawn as DAGs like the paper's Figure 2: inputs on the left, the output on the right, the chosen
+operation (genotype) or the number of candidates (space) on each edge.
+
+The layout is layered and computed here with networkx (no graphviz): a node's layer is the length of the
+longest path to it from a cell input; nodes of one layer are spread vertically. Uses matplotlib's object
+API (no pyplot state), so it is safe to call from a training loop.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import networkx as nx
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch
+
+from scnas_dsl.errors import ScnasError
+from scnas_dsl.graph.cells import OUTPUT, cell_graph, spec_of, zero_ops
+from scnas_dsl.model import Genotype, SearchSpace
+
+FORMATS = (".png", ".svg", ".pdf")
+_COLOURS = {"input": "#a6cee3", "node": "#fdbf6f", "output": "#b2df8a"}
+
+
+def layered_layout(graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
+    """Positions (x = layer, y = place in the layer) of a DAG's nodes; layers by longest path."""
+    layer: dict[str, int] = {}
+    for node in nx.topological_sort(graph):
+        preds = list(graph.predecessors(node))
+        layer[node] = 0 if not preds else 1 + max(layer[p] for p in preds)
+    # Inputs that feed nothing still stand in layer 0; the output goes one layer past everything.
+    if OUTPUT in layer:
+        layer[OUTPUT] = 1 + max((v for k, v in layer.items() if k != OUTPUT), default=0)
+    by_layer: dict[int, list[str]] = {}
+    for node, k in layer.items():
+        by_layer.setdefault(k, []).append(node)
+    pos: dict[str, tuple[float, float]] = {}
+    for k, nodes in by_layer.items():
+        nodes.sort(key=lambda n: graph.nodes[n].get("order", 0))
+        # A chain of one-node layers zigzags (as in the paper's Figure 2) so that long edges stay visible.
+        shift = 0.0 if len(nodes) > 1 or k == 0 or node_is_output(nodes) else (0.5 if k % 2 else -0.5)
+        for i, node in enumerate(nodes):
+            pos[node] = (float(k), (len(nodes) - 1) / 2.0 - i + shift)
+    return pos
+
+
+def node_is_output(nodes: list[str]) -> bool:
+    return nodes == [OUTPUT]
+
+
+def draw_cells(space: SearchSpace, genotype: Genotype | None, path: str | Path) -> Path:
+    """Draw every structure of ``space`` (one panel per cell type, or per instance with ``by_level``),
+    with ``genotype``'s operations or the candidate counts, into ``path`` (.png, .svg or .pdf)."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise ScnasError(f"{path}: the picture must end in {', '.join(FORMATS)}")
+    keys = space.structure_keys()
+    columns = min(2, len(keys)) if len(keys) <= 4 else 4
+    rows = math.ceil(len(keys) / max(columns, 1))
+    figure = Figure(figsize=(6.0 * columns, 4.2 * rows))
+    title = f"genotype {genotype.name} of {space.name}" if genotype is not None else f"space {space.name}"
+    figure.suptitle(title, fontsize=13)
+    for i, key in enumerate(keys):
+        axes = figure.add_subplot(rows, columns, i + 1)
+        _draw_cell(axes, space, key, genotype)
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=110)
+    except OSError as err:
+        raise ScnasError(f"{path}: cannot write the picture ({err.strerror or err})") from err
+    return path
+
+
+def _draw_cell(axes, space: SearchSpace, key: str, genotype: Genotype | None) -> None:  # type: ignore[no-untyped-def]
+    spec = spec_of(space, key)
+    graph = cell_graph(space, key, genotype)
+    pos = layered_layout(graph)
+    zeros = zero_ops(space, spec)
+    axes.set_title(f"{key} ({spec.role})", fontsize=11)
+    axes.set_axis_off()
+    for src, dst, data in graph.edges(data=True):
+        (x0, y0), (x1, y1) = pos[src], pos[dst]
+        is_output = data.get("kind") == "output"
+        cut = data.get("op") in zeros
+        # Edges that skip layers bend more, so that they do not run through the nodes in between.
+        rad = 0.0 if abs(x1 - x0) <= 1 else 0.18 + 0.04 * abs(x1 - x0)
+        if y1 > y0 or (y1 == y0 and int(x0) % 2):
+            rad = -rad
+        arrow = FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=12,
+                                shrinkA=14, shrinkB=14, color="#888888" if is_output or cut else "#333333",
+                                linestyle="--" if cut else "-", connectionstyle=f"arc3,rad={rad}")
+        axes.add_patch(arrow)
+        if is_output:
+            continue
+        label = data["op"] if "op" in data else f"{len(data.get('candidates', []))} ops"
+        # The middle of matplotlib's arc3 curve: half way from the chord's middle to its control point.
+        mx, my = (x0 + x1) / 2 + 0.5 * rad * (y1 - y0), (y0 + y1) / 2 - 0.5 * rad * (x1 - x0)
+        axes.text(mx, my, label, fontsize=7, ha="center", va="center",
+                  bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+    for node, (x, y) in pos.items():
+        kind = graph.nodes[node]["kind"]
+        text = "out" if node == OUTPUT else node
+        if node == OUTPUT:
+            text = {"concat": "concat", "sum": "sum", "node": "out"}[spec.output.kind]
+        axes.text(x, y, text, ha="center", va="center", fontsize=9, zorder=3,
+                  bbox={"boxstyle": "round,pad=0.35", "fc": _COLOURS[kind], "ec": "#333333"})
+    xs = [p[0] for p in pos.values()]
+    ys = [p[1] for p in pos.values()]
+    axes.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
+    axes.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
