@@ -413,7 +413,7 @@ def _fingerprint_case(case: Case, channels: int, is_ct: bool) -> dict[str, Any]:
         img = nib.load(str(case.images[0])) if case.images[0].is_file() else None
         if img is None:
             raise DataError(f"{case.images[0]}: case {case.id}: file is missing")
-        zooms, shape = _canonical_geometry(np.asarray(img.affine), img.shape[:3])
+        zooms, shape = canonical_geometry(np.asarray(img.affine), img.shape[:3])
         return {"spacing": zooms, "shape": shape, "samples": None}
     image, ref = _load_channels(case.images, channels)
     if case.label is None:
@@ -424,11 +424,12 @@ def _fingerprint_case(case: Case, channels: int, is_ct: bool) -> dict[str, Any]:
     rng = np.random.default_rng(int(hashlib.sha1(case.id.encode()).hexdigest()[:8], 16))
     if values.shape[1] > FOREGROUND_SAMPLES:
         values = values[:, rng.choice(values.shape[1], FOREGROUND_SAMPLES, replace=False)]
-    zooms, shape = _canonical_geometry(np.asarray(ref.affine), image.shape[1:])
+    zooms, shape = canonical_geometry(np.asarray(ref.affine), image.shape[1:])
     return {"spacing": zooms, "shape": shape, "samples": values.astype(np.float32).tolist()}
 
 
-def _canonical_geometry(affine: np.ndarray, shape: Sequence[int]) -> tuple[list[float], list[int]]:
+def canonical_geometry(affine: np.ndarray, shape: Sequence[int]) -> tuple[list[float], list[int]]:
+    """Voxel spacing (mm) and shape of an image of ``affine`` and ``shape`` after orientation to RAS."""
     transform = ornt_transform(io_orientation(affine), _RAS)
     canonical = affine @ inv_ornt_aff(transform, shape)
     spacing = np.sqrt((canonical[:3, :3] ** 2).sum(0)).tolist()
