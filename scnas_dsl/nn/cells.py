@@ -1,0 +1,147 @@
+"""Cells and edges as torch modules, shared by the supernet and the fixed network.
+
+Module keys are stable names: ``cells.3.pre.in0``, ``cells.3.skip``, ``cells.3.edges.in0_n2.ops.dil2``.
+A supernet edge holds every candidate operation; a fixed-network edge holds only the chosen one, under the
+same key, so weights move between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from scnas_dsl.errors import CompileError
+from scnas_dsl.model import SearchSpace
+from scnas_dsl.nn.plan import STEM, CellPlan, UNetPlan, zero_op_names
+from scnas_dsl.nn.sampler import EdgeSample
+from scnas_dsl.ops.library import Library, Projection, Resample
+
+EdgeChoice = Sequence[tuple[str, torch.Tensor | None]]
+"""The operations to run on one edge and their weights (None: weight one, output used as is)."""
+
+
+def edge_name(src: str, dst: str) -> str:
+    """Module key of the edge ``src -> dst``."""
+    return f"{src}_{dst}"
+
+
+class MixedEdge(nn.Module):
+    """One edge ``src -> dst``: candidate operations under ``ops`` (all of them in a supernet, the chosen one
+    in a fixed network). Only the operations named in a choice run."""
+
+    def __init__(self, ops: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.ops = nn.ModuleDict(ops)
+
+    def forward(self, x: torch.Tensor, choice: EdgeChoice | None) -> torch.Tensor | None:
+        """``sum_o w_o * o(x)`` over the chosen operations; ``choice=None`` runs every held operation with
+        weight one (a fixed network). Returns None when nothing runs (a zero). ``(B, C, *S) -> (B, C, *S')``."""
+        out: torch.Tensor | None = None
+        items = [(name, None) for name in self.ops] if choice is None else choice
+        for name, weight in items:
+            y = self.ops[name](x)
+            if weight is not None:
+                y = weight * y
+            out = y if out is None else out + y
+        return out
+
+
+class Cell(nn.Module):
+    """A cell instance: input projections (``pre``), the decoder skip projection (``skip``, when widths
+    differ), and its edges. Each intermediate node is the sum of its incoming edges; the output is the
+    concatenation (or sum) of the output nodes, or one node."""
+
+    def __init__(self, plan: CellPlan, space: SearchSpace, library: Library, dims: int,
+                 candidates: dict[tuple[str, str], list[str]]) -> None:
+        super().__init__()
+        self.plan = plan
+        self.zeros = zero_op_names(space, plan.spec)
+        opset = space.opset(plan.spec.ops)
+        if opset is None:
+            raise CompileError(f"cell '{plan.spec.name}' uses the undefined operation set '{plan.spec.ops}'")
+        self.pre = nn.ModuleDict({
+            i.name: Resample(i.source_width, plan.width, i.factor, dims) for i in plan.used_inputs()
+        })
+        skip = plan.skip
+        self.skip = (Projection(skip.width, skip.target_width, 1, dims)
+                     if skip is not None and skip.width != skip.target_width else None)
+        edges = {}
+        for src, dst in plan.edges:
+            ops = {}
+            for name in candidates[(src, dst)]:
+                if name in self.zeros:
+                    continue  # a zero is never computed: it has no module at all
+                call = opset.get(name).call  # type: ignore[union-attr]
+                ops[name] = library.build(call.kind, call.kwargs(), plan.width, plan.width, plan.stride(src),
+                                          dims)
+            edges[edge_name(src, dst)] = MixedEdge(ops)
+        self.edges = nn.ModuleDict(edges)
+        # rows of the structure's logits, in the spec's full edge order
+        self.rows = {e: r for r, e in enumerate(plan.spec.edge_list())}
+
+    def forward(self, inputs: Sequence[torch.Tensor], skip: torch.Tensor | None,
+                sample: tuple[list[str], EdgeSample] | None = None) -> torch.Tensor:
+        """``inputs``: the cell's input tensors ``(B, C_j, *S_j)`` in order; ``skip``: the decoder skip
+        tensor or None; ``sample``: (operation names, sample of the structure) or None for a fixed network.
+        Returns ``(B, out_width, *S_out)``."""
+        plan = self.plan
+        states: dict[str, torch.Tensor] = {}
+        for j, x in enumerate(inputs):
+            name = f"in{j}"
+            if name not in self.pre:
+                continue
+            if plan.skip is not None and plan.skip.input_name == name and skip is not None:
+                x = x + (skip if self.skip is None else self.skip(skip))
+            states[name] = self.pre[name](x)
+        choices = None if sample is None else _choices(sample)
+        for node in plan.nodes:
+            total: torch.Tensor | None = None
+            for src, dst in plan.edges:
+                if dst != node:
+                    continue
+                choice = None
+                if choices is not None:
+                    choice = [(op, w) for op, w in choices[self.rows[(src, dst)]] if op not in self.zeros]
+                y = self.edges[edge_name(src, dst)](states[src], choice)
+                if y is not None:
+                    total = y if total is None else total + y
+            states[node] = total if total is not None else self._zeros_like_node(states)
+        outs = [states[n] for n in plan.output_nodes]
+        kind = plan.spec.output.kind
+        if kind == "concat":
+            return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        out = outs[0]
+        for y in outs[1:]:
+            out = out + y
+        return out
+
+    def _zeros_like_node(self, states: dict[str, torch.Tensor]) -> torch.Tensor:
+        # every sampled operation into this node was a zero: the node is zeros (no compute spent)
+        ref = next(iter(states.values()))
+        stride = 2 if self.plan.spec.role == "reduction" else 1
+        spatial = [-(-s // stride) for s in ref.shape[2:]]
+        return ref.new_zeros((ref.shape[0], self.plan.width, *spatial))
+
+
+def _choices(sample: tuple[list[str], EdgeSample]) -> list[list[tuple[str, torch.Tensor | None]]]:
+    names, edge_sample = sample
+    rows = edge_sample.indices.tolist()
+    weights = edge_sample.weights
+    return [
+        [(names[i], None if weights is None else weights[r, c]) for c, i in enumerate(row)]
+        for r, row in enumerate(rows)
+    ]
+
+
+def run_unet(stem: nn.Module, cells: nn.ModuleList, head: nn.Module, plan: UNetPlan, x: torch.Tensor,
+             samples: dict[str, tuple[list[str], EdgeSample]] | None) -> torch.Tensor:
+    """Stem, cells in order (each reading the outputs of the cells before it), head."""
+    outs: dict[int, torch.Tensor] = {STEM: stem(x)}
+    for cell_plan, cell in zip(plan.cells, cells, strict=True):
+        inputs = [outs[i.source] for i in cell_plan.inputs]
+        skip = outs[cell_plan.skip.source] if cell_plan.skip is not None else None
+        sample = None if samples is None else samples[cell_plan.key]
+        outs[cell_plan.index] = cell(inputs, skip, sample)
+    return head(outs[plan.out_source])

@@ -1,0 +1,188 @@
+"""The supernet: every candidate operation on every edge, architecture logits per structure key, and a
+sampler that runs only the sampled operations.
+
+One sample per structure key per step: with ``share by_type`` all cells of a type use the same sampled
+structure in a step (the paper's shared cells), with ``by_level`` every cell instance draws its own. The
+draws come from the supernet's own seeded CPU ``torch.Generator``, so every DDP rank that starts from the
+same seed draws the same architecture at each step.
+
+Modes: ``train()`` draws a sample per forward by the chosen strategy; ``eval()`` uses the argmax
+architecture deterministically (each edge runs its most likely operation with weight one, a zero cuts it).
+``forward(x, samples=...)`` runs any given architecture, e.g. ``genotype_samples(genotype)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from scnas_dsl.errors import CompileError
+from scnas_dsl.model import Genotype, SearchSpace
+from scnas_dsl.nn.cells import Cell, run_unet
+from scnas_dsl.nn.derive import derive_genotype
+from scnas_dsl.nn.network import UNetBase, build_blocks
+from scnas_dsl.nn.plan import build_plan
+from scnas_dsl.nn.sampler import SAMPLINGS, EdgeSample, argmax_sample, draw
+from scnas_dsl.nn.schedule import TemperatureSchedule
+from scnas_dsl.ops.library import Library, default_library
+
+Samples = dict[str, tuple[list[str], EdgeSample]]
+"""structure key -> (operation names of its set, the sample)."""
+
+
+class Supernet(UNetBase):
+    """A search space as one network. ``forward: (B, in_channels, *S) -> (B, num_classes, *S)``."""
+
+    def __init__(self, space: SearchSpace, *, in_channels: int, num_classes: int, stem_width: int | None = None,
+                 sampling: str = "pair", temperature: TemperatureSchedule | None = None, seed: int = 0,
+                 library: Library | None = None) -> None:
+        super().__init__()
+        if sampling not in SAMPLINGS:
+            raise CompileError(f"unknown sampling '{sampling}': use one of {', '.join(SAMPLINGS)}")
+        library = library or default_library()
+        self.space = space
+        self.sampling = sampling
+        self.schedule = temperature or TemperatureSchedule()
+        self.temperature: float = self.schedule.at(0.0)
+        self.plan = build_plan(space, stem_width=stem_width)
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.stem, self.head = build_blocks(self.plan, library, in_channels, num_classes)
+        self.op_names: dict[str, list[str]] = {}
+        self.edge_lists: dict[str, list[tuple[str, str]]] = {}
+        cells = []
+        for cell_plan in self.plan.cells:
+            spec = cell_plan.spec
+            names = space.opset(spec.ops).names()  # type: ignore[union-attr]
+            self.op_names[cell_plan.key] = names
+            self.edge_lists[cell_plan.key] = spec.edge_list()
+            cells.append(Cell(cell_plan, space, library, self.plan.dims, {e: names for e in cell_plan.edges}))
+        self.cells = nn.ModuleList(cells)
+        init = torch.Generator().manual_seed(seed)
+        # DARTS' initialisation: small random logits, so that no operation is favoured at the start
+        self.arch = nn.ParameterDict({
+            key: nn.Parameter(1e-3 * torch.randn(len(self.edge_lists[key]), len(names), generator=init))
+            for key, names in self.op_names.items()
+        })
+        self.generator = torch.Generator().manual_seed(seed)
+        self._counts = {key: torch.zeros(p.shape, dtype=torch.long) for key, p in self.arch.items()}
+        self.last_samples: Samples | None = None
+
+    # parameters -------------------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture logits alpha, one ``(E, O)`` tensor per structure key."""
+        return list(self.arch.values())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Every weight theta (operations, projections, stem, head): everything but alpha."""
+        arch = {id(p) for p in self.arch.values()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    # temperature ------------------------------------------------------------------------------------
+    def set_progress(self, fraction: float) -> None:
+        """Set the temperature from the schedule after ``fraction`` (0..1) of the search."""
+        self.temperature = self.schedule.at(fraction)
+
+    # sampling ---------------------------------------------------------------------------------------
+    def draw_samples(self) -> Samples:
+        """One sample per structure key by the supernet's strategy (advances the generator)."""
+        out: Samples = {}
+        for key, alpha in self.arch.items():
+            sample = draw(self.sampling, alpha, self.temperature, self.generator)
+            self._counts[key].scatter_add_(1, sample.indices, torch.ones_like(sample.indices))
+            out[key] = (self.op_names[key], sample)
+        return out
+
+    def argmax_samples(self) -> Samples:
+        """The most likely operation on every edge, with weight one."""
+        return {key: (self.op_names[key], argmax_sample(alpha)) for key, alpha in self.arch.items()}
+
+    def genotype_samples(self, genotype: Genotype) -> Samples:
+        """The architecture of ``genotype`` as samples: the chosen operation with weight one on each chosen
+        edge, nothing on the others. With these the supernet computes what ``build_network(space,
+        genotype)`` computes."""
+        out: Samples = {}
+        for key, names in self.op_names.items():
+            choice = genotype.cell(key)
+            if choice is None:
+                raise CompileError(f"genotype '{genotype.name}' has no cell '{key}'")
+            chosen = choice.chosen()
+            zero = next((n for n in names if n in self.cells[self._first_cell(key)].zeros), None)
+            rows = []
+            for edge in self.edge_lists[key]:
+                op = chosen.get(edge, zero)
+                if op is None:
+                    raise CompileError(
+                        f"genotype '{genotype.name}', cell '{key}': edge {edge[0]}->{edge[1]} is left out, "
+                        f"but the operation set has no zero to cut it with"
+                    )
+                rows.append([names.index(op)])
+            out[key] = (names, EdgeSample(torch.tensor(rows, dtype=torch.long), None))
+        return out
+
+    def _first_cell(self, key: str) -> int:
+        return next(c.index for c in self.plan.cells if c.key == key)
+
+    def forward(self, x: torch.Tensor, samples: Samples | None = None) -> torch.Tensor:
+        """``(B, in_channels, *S) -> (B, num_classes, *S)`` logits. Without ``samples``: a fresh draw in
+        training mode, the argmax architecture in evaluation mode."""
+        self.check_input(x)
+        if samples is None:
+            samples = self.draw_samples() if self.training else self.argmax_samples()
+        self.last_samples = samples
+        return run_unet(self.stem, self.cells, self.head, self.plan, x, samples)
+
+    # reading the architecture -----------------------------------------------------------------------
+    def _nest(self, values: dict[str, torch.Tensor]) -> dict[str, dict[str, dict[str, Any]]]:
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for key, table in values.items():
+            names = self.op_names[key]
+            out[key] = {
+                f"{s}->{d}": {op: table[r, c].item() for c, op in enumerate(names)}
+                for r, (s, d) in enumerate(self.edge_lists[key])
+            }
+        return out
+
+    def arch_probabilities(self) -> dict[str, dict[str, dict[str, float]]]:
+        """structure key -> ``"src->dst"`` -> operation -> softmax(alpha)."""
+        return self._nest({k: torch.softmax(a.detach().cpu(), dim=-1) for k, a in self.arch.items()})
+
+    def sample_counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """How often each operation ran on each edge since the last reset (same nesting)."""
+        return self._nest(self._counts)
+
+    def reset_sample_counts(self) -> None:
+        for counts in self._counts.values():
+            counts.zero_()
+
+    def derive(self, name: str = "derived") -> tuple[Genotype, list[str]]:
+        """The genotype of the largest logit on each edge (zero cuts the edge, dead nodes pruned) and a
+        readable report of what was cut and pruned."""
+        return derive_genotype(self.space, {k: a.detach() for k, a in self.arch.items()}, name)
+
+    # exact resume -----------------------------------------------------------------------------------
+    def sampler_state_dict(self) -> dict[str, Any]:
+        """Generator state, temperature and sample counts: with ``state_dict()`` this resumes exactly."""
+        return {
+            "generator": self.generator.get_state(),
+            "temperature": self.temperature,
+            "sampling": self.sampling,
+            "counts": {k: v.clone() for k, v in self._counts.items()},
+        }
+
+    def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.temperature = float(state["temperature"])
+        for key, counts in state.get("counts", {}).items():
+            if key in self._counts:
+                self._counts[key].copy_(counts)
+
+
+def build_supernet(space: SearchSpace, *, in_channels: int, num_classes: int, stem_width: int | None = None,
+                   sampling: str = "pair", temperature: TemperatureSchedule | None = None, seed: int = 0,
+                   library: Library | None = None) -> Supernet:
+    """The supernet of ``space`` with ``sampling`` = ``pair`` (Algorithm 1), ``single`` (GDAS) or ``full``
+    (DARTS). ``seed`` fixes the initial logits and every draw."""
+    return Supernet(space, in_channels=in_channels, num_classes=num_classes, stem_width=stem_width,
+                    sampling=sampling, temperature=temperature, seed=seed, library=library)
