@@ -13,7 +13,7 @@ from scnas_dsl.errors import SpecError
 from scnas_dsl.model import Document, Genotype, Import, SearchSpace
 from scnas_dsl.model.checks import check
 from scnas_dsl.ops.signatures import LIBRARY_SIGNATURES, Signatures
-from scnas_dsl.syntax import Diagnostic, parse_text, spec_error
+from scnas_dsl.syntax import Diagnostic, parse_document, spec_error
 from scnas_dsl.syntax.diagnostics import at
 
 # Files larger than this are refused before parsing (a spec is a few kB; this stops a wrong file early).
@@ -99,16 +99,19 @@ class _Session:
         self.sources: dict[str | None, str] = {}
         self.problems: list[Diagnostic] = []
         self.spaces: dict[str, SearchSpace] = {}
+        # Problems the transformer found (the checker still runs on the stand-ins it put in their place).
+        self.structural: list[Diagnostic] = []
 
     def add_document(self, text: str, file: str | None, real: Path | None, base_dir: Path | None,
                      chain: tuple[Path, ...]) -> Document | None:
         """Parse one file and, first, the files it imports; None when it does not parse."""
         self.sources[file] = text
         try:
-            document = parse_text(text, file)
+            document, structural = parse_document(text, file)
         except SpecError as err:
             self.problems.extend(err.diagnostics)
             return None
+        self.structural.extend(structural)
         if real is not None:
             self.documents[real] = document
         for imp in document.imports:
@@ -137,8 +140,9 @@ class _Session:
         if target in self.documents:
             return
         if not target.is_file():
-            self.problems.append(at(imp.field_span("path"), f"cannot import '{imp.path}': no such file "
-                                    f"({shown})", "the path is relative to the importing file", lines=lines))
+            self.problems.append(at(imp.field_span("path"), f"cannot import '{imp.path}': no such file",
+                                    f"looked for {shown}; the path is relative to the importing file",
+                                    lines=lines))
             return
         try:
             imported_text = read_text(target, shown)
@@ -147,10 +151,18 @@ class _Session:
             return
         document = self.add_document(imported_text, shown, target, target.parent, chain + (target,))
         if document is not None:
-            for diag in check(document, self.spaces, self.signatures, self.sources):
-                # Warnings of imported files are theirs to fix; only their errors stop this load.
-                if diag.severity == "error":
-                    self.problems.append(diag)
+            # Warnings of imported files are theirs to fix; only their errors stop this load.
+            self.problems.extend(d for d in self.checked(document) if d.severity == "error")
+
+    def checked(self, document: Document) -> list[Diagnostic]:
+        """The checker's diagnostics of ``document`` and the structural ones of its file; a checker
+        diagnostic at the place of a structural one is left out (it is about the stand-in value)."""
+        file = document.span.file if document.span is not None else None
+        structural = [d for d in self.structural if d.file == file]
+        taken = {(d.line, d.column) for d in structural}
+        found = [d for d in check(document, self.spaces, self.signatures, self.sources)
+                 if (d.line, d.column) not in taken]
+        return structural + found
 
 
 def _shown(path: Path) -> str:
@@ -188,9 +200,11 @@ def _load(text: str, file: str | None, real: Path | None, base_dir: Path | None,
     if document is None:
         raise spec_error(session.problems)
     if not document.spaces and not document.genotypes:
+        first = text.splitlines()[0] if text.strip() else None
         session.problems.append(Diagnostic(file, 1, 1, "the file defines no space and no genotype",
-                                           "write a 'space NAME { ... }' or a 'genotype NAME of SPACE { ... }'"))
-    own = check(document, session.spaces, signatures, session.sources)
+                                           "write a 'space NAME { ... }' or a 'genotype NAME of SPACE { ... }'",
+                                           source=first))
+    own = session.checked(document)
     problems = session.problems + [d for d in own if d.severity == "error"]
     warnings = [d for d in own if d.severity == "warning"]
     if problems:

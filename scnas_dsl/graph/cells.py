@@ -137,7 +137,8 @@ def unet_graph(space: SearchSpace) -> nx.DiGraph:
     ``"sequence"`` (attribute ``inputs``: which cell inputs it feeds; ``in1`` is the previous block and
     ``in0`` the one before it, and the first cell takes the stem as both) or ``"skip"``: the output of the last encoder-side block of a level (the stem
     for level 0) is summed, in the decoder, into the input of the first block after the expansion that
-    returns to that level (the next decoder cell, or the head).
+    returns to that level (the next decoder cell, or the head); its ``inputs`` names the cell input it is
+    summed into (the one that comes from the previous block).
     """
     unet = space.unet
     graph = nx.DiGraph(name=space.name, dims=unet.dims, share=unet.share)
@@ -166,7 +167,8 @@ def unet_graph(space: SearchSpace) -> nx.DiGraph:
         else:
             graph.add_edge(prev, instance, kind="sequence", inputs=[0])
         if pending_skip is not None:
-            graph.add_edge(pending_skip, instance, kind="skip")
+            # Summed into the input that comes from the previous block (in1 of a two-input cell).
+            graph.add_edge(pending_skip, instance, kind="skip", inputs=[spec.inputs - 1])
             pending_skip = None
         if section == "encoder":
             last_at_level[level] = instance
@@ -176,5 +178,5 @@ def unet_graph(space: SearchSpace) -> nx.DiGraph:
     graph.add_node("head", kind="head", section="head", level=0, width=width, op=unet.head.call.kind)
     graph.add_edge(order[-1], "head", kind="sequence", inputs=[0])
     if pending_skip is not None:
-        graph.add_edge(pending_skip, "head", kind="skip")
+        graph.add_edge(pending_skip, "head", kind="skip", inputs=[0])
     return graph

@@ -6,6 +6,7 @@ passes an extended ``Signatures`` (``LIBRARY_SIGNATURES.extend([...])``).
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping
 
@@ -119,8 +120,8 @@ def _check_call(call: OpCall, signatures: Signatures, dims: int, report: _Report
         if param is None:  # pragma: no cover - problems only names given parameters
             report.add(call.span, message)
         elif signature.param(name) is None:
-            report.add(param.field_span("name"), message,
-                       did_you_mean(name, [d.name for d in signature.params], "its parameters"))
+            close = difflib.get_close_matches(name, [d.name for d in signature.params], n=1)
+            report.add(param.field_span("name"), message, f"did you mean '{close[0]}'?" if close else None)
         else:
             decl = signature.param(name)
             report.add(param.field_span("value"), message, decl.doc if decl is not None and decl.doc else None)
@@ -380,8 +381,11 @@ def _check_choice(space: SearchSpace, choice: CellChoice, report: _Report) -> No
                     report.add(edge.field_span("src"), f"cell '{choice.cell}' has no edge '{text}'",
                                f"its edges into {node} come from: {', '.join(into) or 'nothing'}")
             sources.add(edge.src)
-    for dead in dead_in_cell(spec, live_edges(space, spec, choice)):
-        report.add(choice.field_span("cell"), f"node '{dead}' of cell '{choice.cell}' is dead: it has no "
-                   "live input or does not reach the cell output",
-                   "every path through it is zero: it adds nothing to the cell output",
+    dead = dead_in_cell(spec, live_edges(space, spec, choice))
+    if dead:
+        several = len(dead) > 1
+        report.add(choice.field_span("cell"),
+                   f"node{'s' if several else ''} {', '.join(dead)} of cell '{choice.cell}' "
+                   f"{'are' if several else 'is'} dead: no live input, or no path to the cell output",
+                   "every path through a dead node is zero: it adds nothing to the cell output",
                    severity="warning")

@@ -20,9 +20,20 @@ def parse_text(text: str, file: str | None = None) -> Document:
     Raises SpecError whose ``diagnostics`` are Diagnostic objects and whose ``str()`` is the rendered
     report (``file:line:col: error: ...``, the source line, a caret, a hint).
     """
+    document, problems = parse_document(text, file)
+    if problems:
+        raise spec_error(problems)
+    return document
+
+
+def parse_document(text: str, file: str | None = None) -> tuple[Document, list[Diagnostic]]:
+    """Parse ``text``; structural problems (a cell without ``nodes``, ``dims 4``, a number too large...)
+    come back as diagnostics next to a document with stand-ins, so that the checker can still report the
+    rest of the file. A syntax error raises SpecError (nothing after it can be trusted)."""
     if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        column = text.index("\x00") - (text.rfind("\n", 0, text.index("\x00")) + 1) + 1
+        at = text.index("\x00")
+        line = text[:at].count("\n") + 1
+        column = at - (text.rfind("\n", 0, at) + 1) + 1
         raise spec_error([Diagnostic(file, line, column, "the file contains a NUL byte: is it a binary file?",
                                      "a .scn file is plain UTF-8 text")])
     try:
@@ -37,9 +48,7 @@ def parse_text(text: str, file: str | None = None) -> Document:
         if isinstance(err.orig_exc, (SpecError, UnhandledRule)):
             raise err.orig_exc from None
         raise
-    if transformer.diagnostics:
-        raise spec_error(transformer.diagnostics)
-    return document
+    return document, list(transformer.diagnostics)
 
 
-__all__ = ["Diagnostic", "did_you_mean", "get_parser", "grammar_text", "parse_text", "render_all", "spec_error"]
+__all__ = ["Diagnostic", "did_you_mean", "get_parser", "grammar_text", "parse_document", "parse_text", "render_all", "spec_error"]

@@ -115,7 +115,7 @@ def did_you_mean(name: str, known: Iterable[str], what: str = "known") -> str:
     """A hint for an unknown ``name``: the closest known names (difflib) and the full list."""
     options = list(dict.fromkeys(known))
     if not options:
-        return f"nothing is {what} here yet"
+        return f"{what}: none"
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
     listing = ", ".join(options[:30]) + (", ..." if len(options) > 30 else "")
     if close:

@@ -113,9 +113,10 @@ def describe(err: UnexpectedInput, text: str, file: str | None) -> Diagnostic:
 def _end_position(text: str) -> tuple[int, int]:
     """(line, column) of the last character of ``text`` (for "found end of file")."""
     lines = text.splitlines() or [""]
-    # Point just after the last non-blank line: that is where the reader expects the missing piece.
+    # Point just after the last line with code: that is where the reader expects the missing piece.
     for number in range(len(lines), 0, -1):
-        if lines[number - 1].strip():
+        stripped = lines[number - 1].strip()
+        if stripped and not stripped.startswith("#"):
             return number, len(lines[number - 1]) + 1
     return 1, 1
 
