@@ -1,0 +1,172 @@
+"""Run settings as pydantic models, with the paper's values as defaults (Kim et al. 2019, "Training set-up").
+
+Search: Adam for the weights lr 0.025, betas (0.1, 0.001); Adam for the logits lr 0.003, betas (0.5, 0.999);
+both learning rates x0.1 after 20 epochs without improvement of the training loss; 200 epochs; batch 4;
+stem width 48. Retraining: Adam lr 3e-4, betas (0.9, 0.999); x0.2 after a 30-epoch plateau; stop after 500
+epochs or when the learning rate falls under 1e-7; batch 8; stem width 68. Patches of 128^3, resampling to
+0.7 mm. Settings come from the command line or a JSON / TOML (/ YAML with PyYAML installed) file; the command
+line wins over the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from scnas_dsl.errors import RunError
+
+Device = Literal["auto", "cpu", "cuda"]
+Sampling = Literal["pair", "single", "full"]
+
+
+class AdamConfig(BaseModel):
+    """One Adam optimiser."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    lr: float = Field(gt=0)
+    betas: tuple[float, float]
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class PlateauConfig(BaseModel):
+    """Multiply the learning rate by ``factor`` after ``patience`` epochs without a better training loss."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    factor: float = Field(gt=0, lt=1)
+    patience: int = Field(ge=0)
+    #: relative improvement needed to count as better (torch's ReduceLROnPlateau threshold, "rel" mode)
+    threshold: float = Field(1e-4, ge=0)
+
+
+class TemperatureConfig(BaseModel):
+    """Gumbel-softmax temperature from ``initial`` to ``final`` over the search (the compiler's schedule)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    initial: float = Field(5.0, gt=0)
+    final: float = Field(0.1, gt=0)
+    kind: Literal["linear", "exponential"] = "exponential"
+
+
+class CommonConfig(BaseModel):
+    """What search and retraining share."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    data: str
+    fold: int = Field(0, ge=0)
+    out: str | None = None
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    #: patch size (D, H, W); None: 128^3 as the paper, shrunk to the median preprocessed shape
+    patch: tuple[int, int, int] | None = None
+    stem_width: int = Field(ge=1)
+    device: Device = "auto"
+    seed: int = 0
+    #: training batches per epoch (nnU-Net's 250)
+    batches_per_epoch: int = Field(250, ge=1)
+    #: target voxel size in mm when the data set is preprocessed here; None = the data set's median spacing
+    spacing: tuple[float, float, float] | None = (0.7, 0.7, 0.7)
+    splits_seed: int = 12345
+    foreground_fraction: float = Field(1 / 3, ge=0, le=1)
+    augment: bool = True
+    workers: int = Field(0, ge=0)
+    #: mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler); ignored on the CPU
+    amp: bool = True
+    progress: bool = True
+
+    @field_validator("patch")
+    @classmethod
+    def _patch_positive(cls, v: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if v is not None and min(v) < 1:
+            raise ValueError("patch sizes must be positive")
+        return v
+
+
+class SearchConfig(CommonConfig):
+    """``scnas search``: the bi-level search with the paper's settings as defaults."""
+
+    spec: str
+    space: str | None = None
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(4, ge=1)
+    stem_width: int = Field(48, ge=1)
+    sampling: Sampling = "pair"
+    weight_optimizer: AdamConfig = AdamConfig(lr=0.025, betas=(0.1, 0.001))
+    arch_optimizer: AdamConfig = AdamConfig(lr=0.003, betas=(0.5, 0.999))
+    plateau: PlateauConfig = PlateauConfig(factor=0.1, patience=20)
+    temperature: TemperatureConfig = TemperatureConfig()
+
+
+class TrainConfig(CommonConfig):
+    """``scnas train``: retraining a genotype from scratch with the paper's settings as defaults."""
+
+    genotype: str
+    genotype_name: str | None = None
+    optimizer: AdamConfig = AdamConfig(lr=3e-4, betas=(0.9, 0.999))
+    plateau: PlateauConfig = PlateauConfig(factor=0.2, patience=30)
+    #: stop after ``epochs`` or when the learning rate falls under ``min_lr``
+    min_lr: float = Field(1e-7, ge=0)
+    epochs: int = Field(500, ge=1)
+    batch_size: int = Field(8, ge=1)
+    #: the retraining width (about the FLOPs of the paper's 3D U-ResNet baseline)
+    stem_width: int = Field(68, ge=1)
+    #: validation Dice (sliding windows on the fold's validation cases) every this many epochs and at the end
+    val_every: int = Field(10, ge=1)
+    #: at most this many validation cases per check (None: all); the final check always uses all
+    val_cases: int | None = Field(None, ge=1)
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    mirror_validation: bool = False
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Settings from a ``.json``, ``.toml`` or ``.yaml``/``.yml`` file (a mapping of setting -> value)."""
+    if not path.is_file():
+        raise RunError(f"{path}: configuration file not found")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            value = json.loads(text)
+        elif suffix == ".toml":
+            value = _toml(path, text)
+        elif suffix in (".yaml", ".yml"):
+            try:
+                import yaml  # type: ignore[import-untyped]
+            except ImportError as err:
+                raise RunError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write the "
+                               "settings as .json or .toml") from err
+            value = yaml.safe_load(text)
+        else:
+            raise RunError(f"{path}: unknown configuration format '{suffix}': use .json, .toml or .yaml")
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path}: cannot be parsed ({err})") from err
+    except RunError:
+        raise
+    except Exception as err:  # yaml's errors, when PyYAML is there
+        raise RunError(f"{path}: cannot be parsed ({err})") from err
+    if not isinstance(value, dict):
+        raise RunError(f"{path}: expected a mapping of settings at the top level")
+    return value
+
+
+def _toml(path: Path, text: str) -> Any:
+    try:
+        import tomllib
+    except ModuleNotFoundError as err:  # Python 3.10
+        raise RunError(f"{path}: reading TOML needs Python 3.11 or newer; write the settings as .json") from err
+    return tomllib.loads(text)
+
+
+def resolve_config(kind: type[CommonConfig], file: Path | None, **cli: Any) -> Any:
+    """The validated configuration: file settings, overridden by every command-line value that is not None."""
+    values: dict[str, Any] = read_config_file(file) if file is not None else {}
+    values.update({k: v for k, v in cli.items() if v is not None})
+    try:
+        return kind.model_validate(values)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'settings'}: {e['msg']}"
+                             for e in err.errors())
+        where = f" (from {file})" if file is not None else ""
+        raise RunError(f"invalid settings{where}: {problems}") from err

@@ -1,0 +1,116 @@
+"""Devices, mixed precision and ``torchrun``: one CPU, one GPU, or several processes.
+
+Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment) the process group uses NCCL on
+GPUs and gloo on the CPU; each rank takes GPU ``LOCAL_RANK``. Only rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from scnas_dsl.errors import RunError
+
+
+@dataclass
+class Runtime:
+    """Where and how a run computes."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    #: autocast dtype on CUDA, None for full precision
+    amp_dtype: torch.dtype | None = None
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self) -> Any:
+        """The autocast context of a forward pass (a no-op without AMP)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A gradient scaler, enabled only for fp16 (bf16 needs none)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    def average(self, tensors: list[torch.Tensor]) -> None:
+        """Average tensors in place over the ranks (one flat all_reduce)."""
+        if not self.distributed or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1).float() for t in tensors])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for t in tensors:
+            n = t.numel()
+            t.copy_(flat[offset:offset + n].view_as(t))
+            offset += n
+
+    def mean_scalar(self, value: float) -> float:
+        """The mean of a number over the ranks."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup_runtime(device: str = "auto", amp: bool = True) -> Runtime:
+    """Pick the device (``auto``: CUDA when present), join the ``torchrun`` process group when there is one,
+    and choose mixed precision (bf16 where supported, else fp16; none on the CPU)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise RunError(f"unknown device '{device}': use auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda: no CUDA device is available to torch here; use --device cpu "
+                       "(or install a CUDA build of torch)")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    owns = False
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if use_cuda else "gloo"
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+        owns = True
+    if use_cuda:
+        dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
+        torch.backends.cudnn.benchmark = True  # fixed patch sizes: autotuning pays off
+        amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else None
+    else:
+        dev, amp_dtype = torch.device("cpu"), None
+    return Runtime(device=dev, rank=rank, world_size=world_size, local_rank=local_rank, amp_dtype=amp_dtype,
+                   owns_group=owns)
+
+
+def check_gpu_memory(runtime: Runtime, estimate_bytes: int | None, what: str) -> None:
+    """Refuse a configuration whose estimated training memory exceeds the GPU's, with the figures."""
+    if runtime.device.type != "cuda" or estimate_bytes is None:
+        return
+    total = torch.cuda.get_device_properties(runtime.device).total_memory
+    if estimate_bytes > total:
+        raise RunError(
+            f"{what} needs about {estimate_bytes / 2**30:.1f} GiB of GPU memory (estimate) but "
+            f"{torch.cuda.get_device_name(runtime.device)} has {total / 2**30:.1f} GiB; lower --batch-size, "
+            "--patch or --stem-width, or run on several GPUs with torchrun"
+        )

@@ -1,0 +1,146 @@
+"""Run folders: what a run keeps, and the refusal to overwrite one.
+
+Layout: ``config.json`` (every setting, defaults included), ``space.scn`` and ``genotype.scn``, ``metrics.jsonl``
+(one JSON object per epoch), ``environment.json`` (versions, device, seed, git commit), ``checkpoints/``,
+``plots/``, and a ``.scnas-run`` marker. Only rank 0 writes (``RunFolder(..., writer=False)`` on the others).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from scnas_dsl.errors import RunError
+
+MARKER = ".scnas-run"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become None, tuples lists, paths strings."""
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class RunFolder:
+    """A run's folder. ``prepare`` refuses an existing, non-empty folder unless resuming or forced."""
+
+    def __init__(self, path: Path | str, writer: bool = True) -> None:
+        self.path = Path(path)
+        self.writer = writer
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    def prepare(self, kind: str, resume: bool, force: bool) -> None:
+        """Create the folder, or check that it may be used: ``resume`` needs a run of the same ``kind``;
+        ``force`` replaces only a folder that scnas made (it has the marker), never another folder."""
+        exists = self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir()))
+        if resume and force:
+            raise RunError("--resume and --force exclude each other: resume continues the run, force replaces it")
+        if resume:
+            if not self.path.is_dir() or not (self.path / MARKER).is_file():
+                raise RunError(f"{self.path}: no scnas run here to resume; start a new run without --resume")
+            made = (self.path / MARKER).read_text().strip()
+            if made != kind:
+                raise RunError(f"{self.path}: is a '{made}' run, not a '{kind}' run; cannot resume it as one")
+            return
+        if exists:
+            if not force:
+                raise RunError(f"{self.path}: already exists; use --resume to continue that run, --force to "
+                               "replace it, or choose another --out")
+            if not self.path.is_dir() or not (self.path / MARKER).is_file():
+                raise RunError(f"{self.path}: exists and is not a scnas run folder; --force replaces only run "
+                               "folders scnas made. Choose another --out")
+            if self.writer:
+                shutil.rmtree(self.path)
+        if self.writer:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / MARKER).write_text(kind + "\n")
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a text file of the run (rank 0 only), atomically."""
+        target = self.path / name
+        if self.writer:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_text(text)
+            tmp.replace(target)
+        return target
+
+    def write_json(self, name: str, value: Any) -> Path:
+        return self.write_text(name, json.dumps(_clean(value), indent=1) + "\n")
+
+    def append_jsonl(self, name: str, record: dict[str, Any]) -> None:
+        """Append one JSON line (rank 0 only)."""
+        if self.writer:
+            with (self.path / name).open("a") as f:
+                f.write(json.dumps(_clean(record)) + "\n")
+
+    def truncate_jsonl(self, name: str, keep_epochs: int) -> None:
+        """Keep the records of the first ``keep_epochs`` epochs (a resumed run rewrites what followed its
+        checkpoint, so the history has no duplicates)."""
+        target = self.path / name
+        if not self.writer or not target.is_file():
+            return
+        lines = [ln for ln in target.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) < keep_epochs]
+        target.write_text("".join(ln + "\n" for ln in kept))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON lines file (empty when the file is missing)."""
+    if not path.is_file():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def git_commit() -> str | None:
+    """The commit of the scnas source tree when it is a git checkout, else None."""
+    source = Path(__file__).resolve().parents[2]
+    if not (source / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment(device: str, seed: int, world_size: int) -> dict[str, Any]:
+    """Versions, device, seed and git commit: what produced a run."""
+    import nibabel
+    import numpy
+    import torch
+
+    from scnas_dsl import __version__
+
+    env: dict[str, Any] = {
+        "scnas": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+        "torch": torch.__version__, "numpy": numpy.__version__, "nibabel": nibabel.__version__,
+        "device": device, "world_size": world_size, "seed": seed, "git_commit": git_commit(),
+        "threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cudnn"] = torch.backends.cudnn.version()
+    return env

@@ -1,0 +1,50 @@
+"""Sliding-window inference: windows, blending, mirroring, padding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from scnas_dsl.train.inference import importance_map, sliding_window_inference, window_starts
+
+
+class Pointwise(nn.Module):
+    """A 1x1x1 convolution: its output at a voxel depends on that voxel only, so windows must agree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv3d(2, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[2:] == (8, 8, 8), "the network must only ever see whole patches"
+        return self.conv(x)
+
+
+def test_window_starts_cover_the_volume_with_half_overlap() -> None:
+    assert window_starts(8, 8, 0.5) == [0]
+    assert window_starts(16, 8, 0.5) == [0, 4, 8]
+    starts = window_starts(21, 8, 0.5)
+    assert starts[0] == 0 and starts[-1] == 13
+    assert all(b - a <= 4 for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_gaussian_map_peaks_in_the_centre_and_has_no_zeros() -> None:
+    w = importance_map((8, 8, 8), "gaussian")
+    assert w.max() == pytest.approx(1.0) and w.min() > 0
+    assert w[4, 4, 4] > w[0, 0, 0]
+    assert torch.equal(importance_map((4, 4), "constant"), torch.ones(4, 4))
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_pointwise_network_gives_the_same_probabilities_as_one_pass(blend: str, mirror: bool) -> None:
+    model = Pointwise()
+    image = torch.randn(2, 13, 19, 6)  # the last axis is smaller than the patch: padded
+    probs = sliding_window_inference(model, image, (8, 8, 8), blend=blend, mirror=mirror,  # type: ignore[arg-type]
+                                     batch_size=3)
+    assert probs.shape == (3, 13, 19, 6)
+    expected = torch.softmax(model.conv(image[None]), 1)[0]
+    assert torch.allclose(probs, expected, atol=1e-5)
+    assert torch.allclose(probs.sum(0), torch.ones(13, 19, 6), atol=1e-5)

@@ -1,0 +1,112 @@
+"""Checkpoints (atomic, code-free loading, every random state), run folders, the paper's defaults."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from scnas_dsl.errors import CheckpointError, RunError
+from scnas_dsl.train import checkpoint as ckpt
+from scnas_dsl.train.config import SearchConfig, TrainConfig, resolve_config
+from scnas_dsl.train.runs import RunFolder
+
+
+def test_rng_states_round_trip_through_a_checkpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.normal()  # leaves a cached Gaussian in NumPy's state
+    ckpt.save_checkpoint(tmp_path / "c.pt", {"kind": "test", "rng": ckpt.capture_rng()})
+    expected = (random.random(), np.random.normal(), torch.rand(3))
+    state = ckpt.load_checkpoint(tmp_path / "c.pt")
+    ckpt.restore_rng(state["rng"])
+    got = (random.random(), np.random.normal(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def test_a_crash_while_writing_leaves_the_old_checkpoint(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "last.pt"
+    ckpt.save_checkpoint(path, {"kind": "test", "value": torch.tensor([1.0])})
+
+    def crash(obj, f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the process is stopped in the middle of the write
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(path, {"kind": "test", "value": torch.tensor([2.0])})
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(path)["value"].item() == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_a_corrupt_checkpoint_is_a_checkpoint_error_naming_the_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="last.pt"):
+        ckpt.load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoints_are_loaded_without_running_code(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"kind": "search", "x": Evil()}, path)
+    with pytest.raises(CheckpointError):
+        ckpt.load_checkpoint(path)
+
+
+def test_run_folder_refuses_to_overwrite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    run = RunFolder(tmp_path / "run")
+    run.prepare("search", resume=False, force=False)
+    (run.path / "genotype.scn").write_text("precious")
+    with pytest.raises(RunError, match="already exists.*--resume.*--force"):
+        RunFolder(run.path).prepare("search", resume=False, force=False)
+    assert (run.path / "genotype.scn").read_text() == "precious"
+    with pytest.raises(RunError, match="not a 'train' run"):
+        RunFolder(run.path).prepare("train", resume=True, force=False)
+    RunFolder(run.path).prepare("search", resume=True, force=False)  # resuming is allowed
+    assert (run.path / "genotype.scn").exists()
+    RunFolder(run.path).prepare("search", resume=False, force=True)  # forced: replaced
+    assert not (run.path / "genotype.scn").exists()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a run")
+    with pytest.raises(RunError, match="not a scnas run folder"):
+        RunFolder(other).prepare("search", resume=False, force=True)
+    assert (other / "notes.txt").read_text() == "not a run"
+
+
+def test_the_paper_hyperparameters_are_the_defaults() -> None:
+    s = SearchConfig(spec="s.scn", data="d")
+    assert (s.weight_optimizer.lr, s.weight_optimizer.betas) == (0.025, (0.1, 0.001))
+    assert (s.arch_optimizer.lr, s.arch_optimizer.betas) == (0.003, (0.5, 0.999))
+    assert (s.plateau.factor, s.plateau.patience) == (0.1, 20)
+    assert (s.epochs, s.batch_size, s.stem_width, s.sampling) == (200, 4, 48, "pair")
+    assert s.spacing == (0.7, 0.7, 0.7)
+    t = TrainConfig(genotype="g.scn", data="d")
+    assert (t.optimizer.lr, t.optimizer.betas) == (3e-4, (0.9, 0.999))
+    assert (t.plateau.factor, t.plateau.patience, t.min_lr) == (0.2, 30, 1e-7)
+    assert (t.epochs, t.batch_size, t.stem_width) == (500, 8, 68)
+
+
+def test_settings_from_a_file_are_overridden_by_the_command_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    toml = tmp_path / "c.toml"
+    toml.write_text('epochs = 7\nbatch_size = 2\n[weight_optimizer]\nlr = 0.01\nbetas = [0.9, 0.99]\n')
+    cfg = resolve_config(SearchConfig, toml, spec="s.scn", data="d", batch_size=3, epochs=None)
+    assert (cfg.epochs, cfg.batch_size, cfg.weight_optimizer.lr) == (7, 3, 0.01)
+    js = tmp_path / "c.json"
+    js.write_text(json.dumps({"epochs": 0}))
+    with pytest.raises(RunError, match="epochs"):
+        resolve_config(SearchConfig, js, spec="s.scn", data="d")
+    js.write_text(json.dumps({"learning_rate": 1}))
+    with pytest.raises(RunError, match="learning_rate"):
+        resolve_config(SearchConfig, js, spec="s.scn", data="d")
