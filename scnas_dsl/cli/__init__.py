@@ -33,6 +33,7 @@ def _register() -> None:
     lang.register(app)
     data.register(app)
     run.register(app)
+    from scnas_dsl.cli import compile as compile_cli; compile_cli.register(app)  # noqa: E702, I001
 
 
 _register()

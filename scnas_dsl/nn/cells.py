@@ -65,8 +65,10 @@ class Cell(nn.Module):
             i.name: Resample(i.source_width, plan.width, i.factor, dims) for i in plan.used_inputs()
         })
         skip = plan.skip
+        # the skip is summed into an input before its projection: only if that input is used at all
         self.skip = (Projection(skip.width, skip.target_width, 1, dims)
-                     if skip is not None and skip.width != skip.target_width else None)
+                     if skip is not None and skip.width != skip.target_width and skip.input_name in self.pre
+                     else None)
         edges = {}
         for src, dst in plan.edges:
             ops = {}

@@ -1,0 +1,144 @@
+"""``scnas compile FILE``: structure, parameters, MACs/FLOPs and training memory of a space (as a supernet)
+or a genotype (as a fixed network); ``--emit torch -o net.py`` writes standalone PyTorch source."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from scnas_dsl.errors import ScnasError
+
+USAGE = 2
+
+
+def _usage(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(USAGE)
+
+
+def _write_new(path: Path, text: str, force: bool) -> None:
+    """Write ``text`` to ``path`` atomically; refuse to replace an existing file unless ``force``."""
+    if path.exists() and not force:
+        raise _usage(f"{path} exists already; pass --force to overwrite it or choose another -o")
+    if path.is_dir():
+        raise _usage(f"{path} is a directory; give a file name such as net.py")
+    if not path.parent.exists():
+        raise _usage(f"{path.parent}: no such folder")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cost_text(report: Any, in_channels: int, classes: int, stem_width: int) -> str:
+    from scnas_dsl.nn.cost import format_bytes
+
+    patch = "x".join(str(s) for s in report.patch)
+    lines = [
+        f"  compiled for in_channels {in_channels}, classes {classes}, stem width {stem_width}, "
+        f"patch {patch}, batch {report.batch_size}",
+        f"  parameters: {report.params:,}",
+        f"  per sample forward: {report.macs / 1e9:,.2f} GMACs = {report.flops / 1e9:,.2f} GFLOPs "
+        "(torch flop counter: convolutions, 2 FLOPs per multiply-add)",
+    ]
+    for name, step in report.steps.items():
+        what = "training step" if name == "network" else f"{name} step (expected)"
+        lines.append(
+            f"  {what}: {step.flops / 1e9:,.2f} GFLOPs/sample, memory {format_bytes(step.memory_bytes)} "
+            f"(activations {format_bytes(step.activation_bytes)}, weights {format_bytes(step.weight_bytes)}, "
+            f"gradients {format_bytes(step.gradient_bytes)}, Adam {format_bytes(step.optimizer_bytes)})"
+        )
+    lines.append("  per cell:")
+    for cell in report.cells:
+        lines.append(f"    {cell.index:>2} {cell.instance:<10} params {cell.params:>12,}  "
+                     f"{cell.flops / 1e9:>12,.2f} GFLOPs")
+    return "\n".join(lines)
+
+
+def compile_cmd(
+    file: Path = typer.Argument(..., help="a .scn file with a space or a genotype"),  # noqa: B008
+    genotype_name: str = typer.Option(None, "--genotype", help="which genotype of FILE (default: the only one)"),
+    space_name: str = typer.Option(None, "--space", help="compile this space as a supernet, not a genotype"),
+    patch: tuple[int, int, int] = typer.Option(  # noqa: B008
+        None, "--patch", help="patch size D H W (2D spaces use H W of it); default 128 per dimension"),
+    in_channels: int = typer.Option(1, "--in-channels", min=1, help="input channels (modalities)"),
+    classes: int = typer.Option(2, "--classes", min=1, help="output classes (channels of the logits)"),
+    stem_width: int = typer.Option(None, "--stem-width", min=1, help="override the stem width of the spec"),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="batch size of the memory estimate"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON (params, macs, flops, arch_logits, ...)"),
+    emit: str = typer.Option(None, "--emit", help="'torch': write standalone PyTorch source (needs -o)"),
+    output: Path = typer.Option(None, "-o", "--output", help="file to write with --emit"),  # noqa: B008
+    force: bool = typer.Option(False, "--force", help="overwrite the -o file if it exists"),
+) -> None:
+    """Compile FILE: the structure, parameters, MACs/FLOPs per cell and in total, and training memory of a
+    genotype's fixed network or of a space's supernet (expected pair and full steps)."""
+    from scnas_dsl.graph.summary import render_text, summarize
+    from scnas_dsl.loader import load
+
+    if not file.exists():
+        raise _usage(f"{file}: no such file")
+    if emit is not None and emit != "torch":
+        raise _usage(f"--emit {emit}: the only target is 'torch'")
+    if emit is not None and output is None:
+        raise _usage("--emit torch needs -o FILE.py")
+    if output is not None and emit is None:
+        raise _usage("-o is for --emit torch")
+    if space_name is not None and genotype_name is not None:
+        raise _usage("--space and --genotype exclude each other")
+    loaded = load(file)
+    genotype = None
+    if space_name is not None:
+        space = loaded.space(space_name)
+    elif genotype_name is not None or (loaded.genotypes and not loaded.document.spaces) or \
+            len(loaded.genotypes) == 1:
+        space, genotype = loaded.genotype(genotype_name)
+    else:
+        space = loaded.space()
+    if emit is not None and genotype is None:
+        raise _usage(f"{file}: --emit torch needs a genotype (a space compiles to a supernet, not a file)")
+    dims = space.unet.dims
+    spatial = tuple(patch[-dims:]) if patch is not None else (128,) * dims
+
+    from scnas_dsl.nn.cost import estimate
+
+    width = stem_width or space.unet.stem.width or 0
+    try:
+        report = estimate(space, patch=spatial, batch_size=batch_size, genotype=genotype,
+                          in_channels=in_channels, num_classes=classes, stem_width=stem_width)
+    except ScnasError as err:
+        raise ScnasError(f"{file}: {err}") from err
+    summary = summarize(space, genotype)
+    if emit is not None:
+        from scnas_dsl.nn.codegen import emit_torch
+
+        assert genotype is not None and output is not None
+        source = emit_torch(space, genotype, in_channels=in_channels, num_classes=classes,
+                            stem_width=stem_width)
+        _write_new(output, source, force)
+    if as_json:
+        cost = report.to_dict()
+        data = {**summary, "params": report.params, "macs": report.macs, "flops": report.flops,
+                "memory_bytes": report.memory_bytes, "in_channels": in_channels, "classes": classes,
+                "stem_width": width, "cost": cost}
+        if genotype is not None:
+            data["arch_logits"] = 0
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        typer.echo(render_text(summary))
+        typer.echo(_cost_text(report, in_channels, classes, width))
+    if emit is not None:
+        typer.echo(f"wrote {output}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``scnas compile`` to ``app``."""
+    app.command("compile")(compile_cmd)

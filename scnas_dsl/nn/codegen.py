@@ -1,0 +1,234 @@
+"""A genotype as readable, standalone PyTorch source (imports torch only).
+
+The file defines the library's operation classes (their source is copied from ``scnas_dsl.ops.library``,
+so the two cannot drift apart), one class per cell structure whose ``forward`` spells out the cell's
+formula, and ``Network``, whose constructor arguments default to the values the file was compiled with.
+Its ``state_dict`` keys are those of ``build_network``'s fixed network, so trained weights load into either
+with ``strict=True`` and the outputs agree to floating-point precision.
+"""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+from collections.abc import Mapping
+
+from scnas_dsl import __version__
+from scnas_dsl.errors import CompileError
+from scnas_dsl.model import Genotype, SearchSpace
+from scnas_dsl.nn.plan import STEM, CellPlan, build_plan, zero_op_names
+from scnas_dsl.ops import library as lib
+from scnas_dsl.ops.library import Library, default_library
+from scnas_dsl.ops.signatures import ParamValue
+
+# built-in operation -> (class, extra constructor keywords); pooling shares one class
+_BUILTIN_CALLS: dict[str, tuple[str, dict[str, str]]] = {
+    "conv": ("ConvOp", {}),
+    "sep_conv": ("SepConvOp", {}),
+    "dil_conv": ("ConvOp", {}),
+    "max_pool": ("PoolOp", {"mode": "max"}),
+    "avg_pool": ("PoolOp", {"mode": "avg"}),
+    "identity": ("IdentityOp", {}),
+    "zero": ("ZeroOp", {}),
+    "conv_block": ("ConvBlock", {}),
+    "res_block": ("ResBlock", {}),
+    "logits": ("Logits", {}),
+}
+
+_HELPERS = (lib._ntuple, lib._same_padding, lib._conv, lib._norm)
+
+
+def _class_name(text: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in text.replace("[", "_").replace("]", "").split("_"))
+
+
+class _Emitter:
+    def __init__(self, library: Library) -> None:
+        self.library = library
+        self.custom: dict[str, str] = {}  # class name -> source
+
+    def call(self, kind: str, params: Mapping[str, ParamValue], c_in: str, c_out: str, stride: int,
+             dims: int) -> str:
+        """Source of the constructor call that ``Library.build`` would make."""
+        signature = self.library.signatures.get(kind)
+        if signature is None:
+            raise CompileError(f"no factory for operation '{kind}'")
+        args = dict(signature.resolve(params))
+        factory = self.library.factories[kind]
+        if kind in _BUILTIN_CALLS and factory is lib.default_library().factories[kind]:
+            cls, extra = _BUILTIN_CALLS[kind]
+            extra_args = [f"{k}={v!r}" for k, v in extra.items()]
+        else:
+            if not inspect.isclass(factory):
+                raise CompileError(
+                    f"operation '{kind}' is registered with a function; code generation needs an nn.Module "
+                    f"class taking (c_in, c_out, stride, dims, **params) whose source is self-contained"
+                )
+            try:
+                self.custom[factory.__name__] = textwrap.dedent(inspect.getsource(factory))
+            except (OSError, TypeError) as err:
+                raise CompileError(f"cannot read the source of operation '{kind}' ({factory!r}): {err}") from err
+            cls, extra_args = factory.__name__, []
+        kwargs = [f"{k}={v!r}" for k, v in args.items()] + extra_args
+        return f"{cls}({', '.join([c_in, c_out, str(stride), str(dims), *kwargs])})"
+
+
+def _out_width_expr(cp: CellPlan) -> str:
+    count = len(cp.output_nodes) if cp.spec.output.kind == "concat" else 1
+    return _width_expr(cp.out_level, count)
+
+
+def _width_expr(level: int, count: int) -> str:
+    return f"w[{level}]" if count == 1 else f"{count} * w[{level}]"
+
+
+def _cell_class(cp: CellPlan, space: SearchSpace, emitter: _Emitter, dims: int, genotype: Genotype) -> list[str]:
+    spec = cp.spec
+    opset = space.opset(spec.ops)
+    assert opset is not None
+    zeros = zero_op_names(space, spec)
+    chosen = genotype.cell(cp.key).chosen()  # type: ignore[union-attr]
+    used = [i.name for i in cp.used_inputs()]
+    last = f"in{spec.inputs - 1}"
+    lines = [
+        f"class {_class_name('cell_' + cp.key)}(nn.Module):",
+        f'    """Cell structure \'{cp.key}\' ({spec.role} cell \'{spec.name}\'): {len(cp.nodes)} live nodes, '
+        f'output {spec.output.kind} of {", ".join(cp.output_nodes)}."""',
+        "",
+        "    def __init__(self, width: int, in_widths: tuple[int, ...], factors: tuple[float, ...],",
+        "                 skip_width: int | None = None) -> None:",
+        "        super().__init__()",
+        "        self.pre = nn.ModuleDict({",
+    ]
+    for name in used:
+        j = int(name[2:])
+        lines.append(f'            "{name}": Resample(in_widths[{j}], width, factors[{j}], {dims}),')
+    lines.append("        })")
+    if last in used:
+        lines += [
+            "        # decoder: the previous cell's output plus the encoder output of its level",
+            "        self.skip = (Projection(skip_width, in_widths[-1], 1, "
+            f"{dims}) if skip_width is not None and skip_width != in_widths[-1] else None)",
+        ]
+    else:
+        lines.append("        self.skip = None")
+    lines.append("        self.edges = nn.ModuleDict({")
+    for src, dst in cp.edges:
+        op = chosen[(src, dst)]
+        if op in zeros:
+            continue
+        call = opset.get(op).call  # type: ignore[union-attr]
+        ctor = emitter.call(call.kind, call.kwargs(), "width", "width", cp.stride(src), dims)
+        lines.append(f'            "{src}_{dst}": Edge({{"{op}": {ctor}}}),')
+    lines += ["        })", "",
+              "    def forward(self, inputs: list[torch.Tensor], skip: torch.Tensor | None) -> torch.Tensor:",
+              f"        {', '.join(spec.input_names())}{',' if spec.inputs == 1 else ''} = inputs"]
+    if last in used:
+        lines += ["        if skip is not None:",
+                  f"            {last} = {last} + (skip if self.skip is None else self.skip(skip))"]
+    for name in used:
+        lines.append(f'        {name} = self.pre["{name}"]({name})')
+    for node in cp.nodes:
+        terms = [f'self.edges["{s}_{d}"].ops["{chosen[(s, d)]}"]({s})' for s, d in cp.edges if d == node]
+        lines.append(f"        {node} = {' + '.join(terms)}")
+    outs = list(cp.output_nodes)
+    kind = spec.output.kind
+    if kind == "concat" and len(outs) > 1:
+        lines.append(f"        return torch.cat([{', '.join(outs)}], dim=1)")
+    else:
+        lines.append(f"        return {' + '.join(outs) if kind != 'node' else outs[0]}")
+    return lines
+
+
+def emit_torch(space: SearchSpace, genotype: Genotype, *, in_channels: int, num_classes: int,
+               stem_width: int | None = None, library: Library | None = None) -> str:
+    """Standalone PyTorch source for ``genotype`` of ``space``: a class ``Network`` (constructor arguments
+    default to ``in_channels``, ``num_classes``, ``stem_width``) with the same ``state_dict`` keys and
+    outputs as ``build_network(space, genotype, ...)``."""
+    library = library or default_library()
+    plan = build_plan(space, stem_width=stem_width, genotype=genotype)
+    emitter = _Emitter(library)
+    dims = plan.dims
+    unet = space.unet
+
+    cell_classes: list[str] = []
+    seen: set[str] = set()
+    for cp in plan.cells:
+        if cp.key not in seen:
+            seen.add(cp.key)
+            cell_classes += _cell_class(cp, space, emitter, dims, genotype) + ["", ""]
+
+    stem = emitter.call(unet.stem.call.kind, unet.stem.call.kwargs(), "in_channels", "w[0]", 1, dims)
+    head = emitter.call(unet.head.call.kind, unet.head.call.kwargs(), _out_width_expr(plan.cells[-1])
+                        if plan.cells else "w[0]", "num_classes", 1, dims)
+    out_names = {STEM: "stem"} | {cp.index: f"c{cp.index}" for cp in plan.cells}
+    width_of = {STEM: "w[0]"} | {cp.index: _out_width_expr(cp) for cp in plan.cells}
+    init_cells, forward = [], ["        stem = self.stem(x)"]
+    for cp in plan.cells:
+        in_widths = ", ".join(width_of[i.source] for i in cp.inputs) + ("," if len(cp.inputs) == 1 else "")
+        factors = ", ".join(repr(i.factor) for i in cp.inputs) + ("," if len(cp.inputs) == 1 else "")
+        skip_w = width_of[cp.skip.source] if cp.skip is not None else "None"
+        init_cells.append(
+            f"            {_class_name('cell_' + cp.key)}(w[{cp.out_level}], ({in_widths}), ({factors}), "
+            f"{skip_w}),  # {cp.index}: {cp.instance}, level {cp.in_level} -> {cp.out_level}"
+        )
+        inputs = ", ".join(out_names[i.source] for i in cp.inputs)
+        skip = out_names[cp.skip.source] if cp.skip is not None else "None"
+        forward.append(f"        c{cp.index} = self.cells[{cp.index}]([{inputs}], {skip})")
+    forward.append(f"        return self.head({out_names[plan.out_source]})")
+
+    helpers = "\n\n".join(inspect.getsource(f) for f in _HELPERS)
+    classes = "\n\n".join(inspect.getsource(c) for c in lib.BUILTIN_CLASSES)
+    custom = "\n\n".join(emitter.custom.values())
+    stem_w = plan.stem_width
+    header = f'''"""Network '{genotype.name}' of space '{space.name}', generated by scnas {__version__}.
+
+Standalone PyTorch (imports torch only): ``Network()`` builds the compiled network
+(in_channels={in_channels}, num_classes={num_classes}, stem_width={stem_w}); its state_dict keys are those of
+scnas' fixed network, so weights load into either with strict=True.
+Input (B, in_channels, {", ".join("DHW"[3 - dims:])}) with every spatial size divisible by {2 ** plan.levels}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LEAKY_SLOPE = {lib.LEAKY_SLOPE!r}
+'''
+    edge_class = '''class Edge(nn.Module):
+    """One edge of a cell: its chosen operation under ``ops`` (the key layout of scnas' supernet)."""
+
+    def __init__(self, ops: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.ops = nn.ModuleDict(ops)
+'''
+    network = [
+        "class Network(nn.Module):",
+        f'    """{genotype.name}: stem, {len(plan.cells)} cells, head. '
+        f'(B, in_channels, *S) -> (B, num_classes, *S)."""',
+        "",
+        f"    def __init__(self, in_channels: int = {in_channels}, num_classes: int = {num_classes}, "
+        f"stem_width: int = {stem_w}) -> None:",
+        "        super().__init__()",
+        f"        w = [stem_width * {unet.width_factor}**level for level in range({plan.levels + 1})]",
+        f"        self.stem = {stem}",
+        f"        self.head = {head}",
+        "        self.cells = nn.ModuleList([",
+        *init_cells,
+        "        ])",
+        "",
+        "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+        f"        if any(s % {2 ** plan.levels} for s in x.shape[2:]):",
+        f'            raise ValueError(f"spatial size {{tuple(x.shape[2:])}} is not divisible by '
+        f'{2 ** plan.levels}")',
+        *forward,
+    ]
+    parts = [header, helpers, classes]
+    if custom:
+        parts.append(custom)
+    parts += [edge_class, "\n".join(cell_classes).rstrip() + "\n", "\n".join(network) + "\n"]
+    return "\n\n".join(p.rstrip("\n") + "\n" for p in parts)

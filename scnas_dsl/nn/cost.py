@@ -1,0 +1,223 @@
+"""Size, cost and training-memory estimates, computed on the meta device (no memory, no compute).
+
+Conventions:
+
+* FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix products, with
+  a multiply-add counted as two FLOPs; ``macs = flops / 2``. Element-wise work (norms, activations,
+  pooling, interpolation, the sums of a cell) is not counted, as in most papers' FLOP figures.
+* FLOPs and MACs are for one forward pass of one sample at the patch size; memory is for a training step of
+  ``batch_size`` samples.
+* Training memory = activations kept for backward (the unique tensors autograd saves, found with
+  ``torch.autograd.graph.saved_tensors_hooks``, parameters excluded) + weights + gradients + Adam state (two
+  tensors per weight). Float32 everywhere. For a supernet the weights, gradients and Adam state are those of
+  every operation (after a few steps every operation has been sampled and owns Adam state).
+* For a supernet, the ``pair``, ``single`` and ``full`` rows are expected costs of one step: ``full`` is
+  exact; ``pair`` and ``single`` average ``draws`` architectures sampled from the supernet's logits at its
+  temperature (from a separate generator: the supernet's own draws are not disturbed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from scnas_dsl.errors import CompileError
+from scnas_dsl.model import Genotype, SearchSpace
+from scnas_dsl.nn.network import FixedNetwork, UNetBase, build_network, check_input_size
+from scnas_dsl.nn.supernet import Supernet, build_supernet
+from scnas_dsl.ops.library import Library
+
+FLOAT_BYTES = 4
+
+
+@dataclass
+class CellCost:
+    """One cell instance: parameters and one forward pass of one sample."""
+
+    index: int
+    instance: str
+    params: int
+    macs: int
+    flops: int
+
+
+@dataclass
+class StepCost:
+    """One training step: forward cost per sample and memory for the batch, in bytes."""
+
+    macs: int
+    flops: int
+    activation_bytes: int
+    weight_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.activation_bytes + self.weight_bytes + self.gradient_bytes + self.optimizer_bytes
+
+
+@dataclass
+class CostReport:
+    """What ``scnas compile`` prints. For a supernet the top-level ``macs``/``flops``/memory are those of
+    the expected ``pair`` step; ``steps`` has ``pair``, ``single`` and ``full``."""
+
+    kind: str  # "network" or "supernet"
+    patch: tuple[int, ...]
+    batch_size: int
+    params: int
+    macs: int
+    flops: int
+    memory_bytes: int
+    cells: list[CellCost] = field(default_factory=list)
+    steps: dict[str, StepCost] = field(default_factory=dict)
+    arch_logits: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["patch"] = list(self.patch)
+        for name, step in self.steps.items():
+            out["steps"][name]["memory_bytes"] = step.memory_bytes
+        return out
+
+
+def _measure(model: UNetBase, x: torch.Tensor, count_flops: bool = True) -> tuple[int, dict[str, int], int]:
+    """(total FLOPs, FLOPs per module name, bytes saved for backward) of one forward on the meta device.
+    Without ``count_flops`` only the saved bytes are measured (much faster: no module tracking)."""
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    saved: dict[int, int] = {}
+    keep: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage._cdata not in params:
+            saved[storage._cdata] = storage.nbytes()
+            keep.append(t)  # keeps the storage alive, so its id cannot be reused by another tensor
+        return t
+
+    counter = FlopCounterMode(display=False, depth=None) if count_flops else contextlib.nullcontext()
+    with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = model(x)
+    # the logits and their gradient live through the loss computation
+    activation = sum(saved.values()) + 2 * y.numel() * y.element_size()
+    if not isinstance(counter, FlopCounterMode):
+        return 0, {}, activation
+    root = type(model).__name__
+    per_module = {k[len(root) + 1:]: v for k, v in counter.get_flop_counts().items() if k.startswith(root + ".")}
+    totals = {k: sum(v.values()) for k, v in per_module.items()}
+    return counter.get_total_flops(), totals, activation
+
+
+def _sampled_flops(net: Supernet, by_module: dict[str, int], total_full: int) -> int:
+    """FLOPs of the architecture in ``net.last_samples``, from the per-operation FLOPs of a full pass."""
+    op_flops = {k: v for k, v in by_module.items() if ".ops." in k and k.count(".") == 5}
+    flops = total_full - sum(op_flops.values())
+    assert net.last_samples is not None
+    for cp in net.plan.cells:
+        names, sample = net.last_samples[cp.key]
+        for (src, dst), row in zip(cp.spec.edge_list(), sample.indices.tolist(), strict=True):
+            for i in row:
+                flops += op_flops.get(f"cells.{cp.index}.edges.{src}_{dst}.ops.{names[i]}", 0)
+    return flops
+
+
+def _cells(model: UNetBase, flops_by_module: dict[str, int], batch: int) -> list[CellCost]:
+    out = []
+    for cp, cell in zip(model.plan.cells, model.cells, strict=True):
+        flops = flops_by_module.get(f"cells.{cp.index}", 0) // batch
+        params = sum(p.numel() for p in cell.parameters())
+        out.append(CellCost(cp.index, cp.instance, params, flops // 2, flops))
+    return out
+
+
+def _step(flops: int, activation: int, weights: int, batch: int) -> StepCost:
+    per_sample = flops // batch
+    return StepCost(per_sample // 2, per_sample, activation, weights * FLOAT_BYTES, weights * FLOAT_BYTES,
+                    2 * weights * FLOAT_BYTES)
+
+
+def estimate(target: SearchSpace | Supernet | FixedNetwork, *, patch: Sequence[int], batch_size: int = 1,
+             genotype: Genotype | None = None, in_channels: int | None = None, num_classes: int | None = None,
+             stem_width: int | None = None, library: Library | None = None, draws: int = 4,
+             seed: int = 0) -> CostReport:
+    """Parameters, MACs, FLOPs (per cell and in total) and training memory of a fixed network (a genotype,
+    or a ``FixedNetwork``) or of a supernet (a space without genotype, or a ``Supernet``: then the expected
+    ``pair``/``single``/``full`` steps). ``patch`` is the spatial size, e.g. ``(128, 128, 128)``.
+
+    Nothing is allocated: the network is rebuilt on the meta device."""
+    if batch_size < 1:
+        raise CompileError(f"batch size {batch_size}: must be at least 1")
+    supernet_state: dict[str, torch.Tensor] | None = None
+    temperature: float | None = None
+    if isinstance(target, (Supernet, FixedNetwork)):
+        space = target.plan.space
+        in_channels = in_channels or target.in_channels
+        num_classes = num_classes or target.num_classes
+        stem_width = stem_width or target.plan.stem_width
+        if isinstance(target, FixedNetwork):
+            genotype = target.genotype
+        else:
+            supernet_state = {k: a.detach().cpu() for k, a in target.arch.items()}
+            temperature = target.temperature
+    else:
+        space = target
+    if in_channels is None or num_classes is None:
+        raise CompileError("estimate needs in_channels and num_classes for a space or genotype")
+    shape = (batch_size, in_channels, *(int(s) for s in patch))
+
+    with torch.device("meta"):
+        if genotype is not None:
+            net: UNetBase = build_network(space, genotype, in_channels=in_channels, num_classes=num_classes,
+                                          stem_width=stem_width, library=library)
+        else:
+            net = build_supernet(space, in_channels=in_channels, num_classes=num_classes, stem_width=stem_width,
+                                 sampling="full", seed=seed, library=library)
+        x = torch.empty(shape)
+    check_input_size(net, patch)
+    net.train()
+
+    if genotype is not None:
+        params = sum(p.numel() for p in net.parameters())
+        flops, by_module, activation = _measure(net, x)
+        step = _step(flops, activation, params, batch_size)
+        return CostReport("network", tuple(patch), batch_size, params, step.macs, step.flops, step.memory_bytes,
+                          _cells(net, by_module, batch_size), {"network": step})
+
+    assert isinstance(net, Supernet)
+    # the sampler needs real logits (it reads them to draw); they are tiny, so they live on the CPU
+    state = supernet_state or {k: torch.zeros(a.shape) for k, a in net.arch.items()}
+    net.arch = torch.nn.ParameterDict({k: torch.nn.Parameter(v.clone()) for k, v in state.items()})
+    if temperature is not None:
+        net.temperature = temperature
+    weights = sum(p.numel() for p in net.weight_parameters())
+    steps: dict[str, StepCost] = {}
+    flops, by_module, activation = _measure(net, x)
+    steps["full"] = _step(flops, activation, weights, batch_size)
+    cells = _cells(net, by_module, batch_size)
+    for mode in ("pair", "single"):
+        net.sampling = mode
+        net.generator.manual_seed(seed)
+        total_flops, total_act = 0, 0
+        for _ in range(draws):
+            _, _, a = _measure(net, x, count_flops=False)
+            total_flops, total_act = total_flops + _sampled_flops(net, by_module, flops), total_act + a
+        steps[mode] = _step(total_flops // draws, total_act // draws, weights, batch_size)
+    pair = steps["pair"]
+    arch = sum(p.numel() for p in net.arch_parameters())
+    return CostReport("supernet", tuple(patch), batch_size, weights, pair.macs, pair.flops, pair.memory_bytes,
+                      cells, steps, arch)
+
+
+def format_bytes(n: int) -> str:
+    """``1536 -> '1.5 KiB'``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{value:.1f} GiB"
