@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,7 @@ class Loaded:
         return str(self.path) if self.path is not None else "<text>"
 
 
-def _names(items: dict[str, object]) -> str:
+def _names(items: Mapping[str, object]) -> str:
     return ", ".join(items) or "none"
 
 

@@ -10,6 +10,7 @@ them and that the meaning did not change, and refuses (SpecError) otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from scnas_dsl.errors import SpecError
@@ -220,15 +221,17 @@ def _join(lines: list[_Line]) -> str:
     out: list[str] = []
     widths = _trailing_columns(lines)
     for i, line in enumerate(lines):
+        # Comments before a closing brace belong to the block's inside: indent them one level deeper.
+        depth = line.depth + (1 if line.text == "}" else 0)
         for comment in line.leading or []:
-            out.append(f"{INDENT * line.depth}{comment}" if comment else "")
+            out.append(f"{INDENT * depth}{comment}" if comment else "")
         text = line.render()
         if line.trailing:
             text = text.ljust(widths[i]) + "  " + "  ".join(line.trailing)
         out.append(text)
     while out and not out[-1]:
         out.pop()
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" if out else ""
 
 
 def _trailing_columns(lines: list[_Line]) -> dict[int, int]:
@@ -326,6 +329,10 @@ def _attach(lines: list[_Line], comments: list[Comment]) -> list[str]:
     return tail
 
 
+def _pieces(texts: Iterable[str]) -> list[str]:
+    return sorted(piece.strip() for text in texts for piece in text.split("#") if piece.strip())
+
+
 def format_text(text: str, file: str | None = None) -> str:
     """``text`` in canonical layout with its comments kept (see the module docstring).
 
@@ -344,8 +351,9 @@ def format_text(text: str, file: str | None = None) -> str:
     if tail:
         body = body + ("\n" if body else "") + "\n".join(tail) + "\n"
     where = file or "<text>"
-    kept = [c.text for c in find_comments(body)]
-    if sorted(kept) != sorted(c.text for c in comments):
+    # Two trailing comments of one printed line are joined into one ("# a  # b"): compare the pieces.
+    kept = _pieces(c.text for c in find_comments(body))
+    if kept != _pieces(c.text for c in comments):
         raise SpecError(f"{where}: formatting would not keep every comment; the file was left as it is "
                         "(please report this as a bug in scnas fmt)")
     if parse_text(body, file) != document:

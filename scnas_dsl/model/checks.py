@@ -54,13 +54,13 @@ def check(document: Document, spaces: Mapping[str, SearchSpace] | None = None,
     for space in document.spaces:
         check_space(space, signatures, report)
     for genotype in document.genotypes:
-        space = available.get(genotype.space)
-        if space is None:
+        target = available.get(genotype.space)
+        if target is None:
             report.add(genotype.field_span("space"), f"unknown space '{genotype.space}'",
                        did_you_mean(genotype.space, available, "spaces here")
                        + "; a space in another file needs an import \"file.scn\"")
             continue
-        check_genotype(genotype, space, report)
+        check_genotype(genotype, target, report)
     return report.items
 
 
@@ -116,15 +116,15 @@ def _check_call(call: OpCall, signatures: Signatures, dims: int, report: _Report
         if name is None:
             report.add(call.span, message, "add it inside the parentheses: name=value")
             continue
-        param = by_name.get(name)
-        if param is None:  # pragma: no cover - problems only names given parameters
+        given = by_name.get(name)
+        if given is None:  # pragma: no cover - problems only names given parameters
             report.add(call.span, message)
         elif signature.param(name) is None:
             close = difflib.get_close_matches(name, [d.name for d in signature.params], n=1)
-            report.add(param.field_span("name"), message, f"did you mean '{close[0]}'?" if close else None)
+            report.add(given.field_span("name"), message, f"did you mean '{close[0]}'?" if close else None)
         else:
             decl = signature.param(name)
-            report.add(param.field_span("value"), message, decl.doc if decl is not None and decl.doc else None)
+            report.add(given.field_span("value"), message, decl.doc if decl is not None and decl.doc else None)
 
 
 def _position(spec: CellSpec, name: str) -> int | None:

@@ -84,7 +84,8 @@ def describe(err: UnexpectedInput, text: str, file: str | None) -> Diagnostic:
     column = max(getattr(err, "column", 1) or 1, 1)
     hint: str | None = None
     if isinstance(err, UnexpectedCharacters):
-        char = text[err.pos_in_stream] if 0 <= err.pos_in_stream < len(text) else ""
+        pos = err.pos_in_stream if err.pos_in_stream is not None else -1
+        char = text[pos] if 0 <= pos < len(text) else ""
         found = _show_char(char)
         expected = _words(err.allowed or ())
         hint = "names use letters, digits and '_'; '#' starts a comment; paths are written in double quotes"
