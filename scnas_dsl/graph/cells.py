@@ -129,54 +129,45 @@ def levels(space: SearchSpace) -> list[tuple[str, str, CellSpec, int]]:
     return out
 
 
-def unet_graph(space: SearchSpace) -> nx.DiGraph:
+def unet_graph(space: SearchSpace) -> nx.MultiDiGraph:
     """The U-Net as a graph of blocks: ``"stem"``, every cell instance (``enc[0]``...), ``"head"``.
 
+    A MultiDiGraph whose edge keys are the edge kinds, since one block can feed a cell both in sequence
+    and as its skip (the last reduction cell feeds the first expansion cell twice): ``g.edges[u, v, "skip"]``.
+
     Node attributes: ``kind`` (``stem``, ``cell``, ``head``), ``section``, ``cell_type``, ``role``,
-    ``level`` (0 = full resolution) and ``width`` (channels of the block's output). Edges have ``kind``
-    ``"sequence"`` (attribute ``inputs``: which cell inputs it feeds; ``in1`` is the previous block and
-    ``in0`` the one before it, and the first cell takes the stem as both) or ``"skip"``: the output of the last encoder-side block of a level (the stem
-    for level 0) is summed, in the decoder, into the input of the first block after the expansion that
-    returns to that level (the next decoder cell, or the head); its ``inputs`` names the cell input it is
-    summed into (the one that comes from the previous block).
+    ``level`` (of the block's output; 0 = full resolution) and ``width`` (channels of a node of the
+    block). Edges have ``kind`` ``"sequence"`` or ``"skip"`` and ``inputs``, the cell inputs they feed:
+    a cell with n inputs reads the n previous blocks (``in{n-1}`` the previous one), and the first cell
+    takes the stem output for every input. A ``"skip"`` edge is the decoder sum of the paper: the output
+    of the last encoder-side block at the level of the previous block's output (the stem for level 0) is
+    summed into ``in{n-1}`` of every decoder cell, unless that block is the previous block itself. This is
+    the wiring ``scnas_dsl.nn.plan`` builds (a test checks that the two agree).
     """
     unet = space.unet
-    graph = nx.DiGraph(name=space.name, dims=unet.dims, share=unet.share)
+    graph = nx.MultiDiGraph(name=space.name, dims=unet.dims, share=unet.share)
     stem_width = unet.stem.width or 1
     graph.add_node("stem", kind="stem", section="stem", level=0, width=stem_width, op=unet.stem.call.kind)
     order = ["stem"]
-    width = stem_width
     last_at_level: dict[int, str] = {0: "stem"}
-    pending_skip: str | None = None
     for instance, section, spec, level in levels(space):
-        if spec.role == "reduction":
-            width *= unet.width_factor
-        elif spec.role == "expansion":
-            width = max(1, width // unet.width_factor)
-        graph.add_node(instance, kind="cell", section=section, cell_type=spec.name, role=spec.role,
-                       level=level, width=width)
         prev = order[-1]
-        if spec.inputs >= 2:
-            # The paper: the two previous blocks; the first cell after the stem takes the stem twice.
-            before = order[-2] if len(order) >= 2 else prev
-            if before == prev:
-                graph.add_edge(prev, instance, kind="sequence", inputs=[0, 1])
+        graph.add_node(instance, kind="cell", section=section, cell_type=spec.name, role=spec.role,
+                       level=level, width=stem_width * unet.width_factor ** max(level, 0))
+        for j in range(spec.inputs):
+            back = spec.inputs - j
+            source = order[-back] if back <= len(order) else "stem"
+            if graph.has_edge(source, instance, "sequence"):
+                graph.edges[source, instance, "sequence"]["inputs"].append(j)
             else:
-                graph.add_edge(before, instance, kind="sequence", inputs=[0])
-                graph.add_edge(prev, instance, kind="sequence", inputs=[1])
-        else:
-            graph.add_edge(prev, instance, kind="sequence", inputs=[0])
-        if pending_skip is not None:
-            # Summed into the input that comes from the previous block (in1 of a two-input cell).
-            graph.add_edge(pending_skip, instance, kind="skip", inputs=[spec.inputs - 1])
-            pending_skip = None
+                graph.add_edge(source, instance, "sequence", kind="sequence", inputs=[j])
+        if section == "decoder":
+            skip = last_at_level.get(graph.nodes[prev]["level"])
+            if skip is not None and skip != prev:
+                graph.add_edge(skip, instance, "skip", kind="skip", inputs=[spec.inputs - 1])
         if section == "encoder":
             last_at_level[level] = instance
-        if section == "decoder" and spec.role == "expansion" and level in last_at_level:
-            pending_skip = last_at_level[level]
         order.append(instance)
-    graph.add_node("head", kind="head", section="head", level=0, width=width, op=unet.head.call.kind)
-    graph.add_edge(order[-1], "head", kind="sequence", inputs=[0])
-    if pending_skip is not None:
-        graph.add_edge(pending_skip, "head", kind="skip", inputs=[0])
+    graph.add_node("head", kind="head", section="head", level=0, width=stem_width, op=unet.head.call.kind)
+    graph.add_edge(order[-1], "head", "sequence", kind="sequence", inputs=[0])
     return graph

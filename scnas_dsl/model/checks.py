@@ -382,7 +382,12 @@ def _check_choice(space: SearchSpace, choice: CellChoice, report: _Report) -> No
                                f"its edges into {node} come from: {', '.join(into) or 'nothing'}")
             sources.add(edge.src)
     dead = dead_in_cell(spec, live_edges(space, spec, choice))
-    if dead:
+    if all(n in dead for n in spec.output_nodes()):
+        # Not a warning: a cell whose output is all zero cuts the network in two (the compiler refuses it).
+        report.add(choice.field_span("cell"), f"cell '{choice.cell}' has no live path from its inputs to its "
+                   "output", "choose a non-zero operation on the edges of at least one path from an input "
+                   f"to {' or '.join(spec.output_nodes())}")
+    elif dead:
         several = len(dead) > 1
         report.add(choice.field_span("cell"),
                    f"node{'s' if several else ''} {', '.join(dead)} of cell '{choice.cell}' "

@@ -58,10 +58,16 @@ def test_unet_graph_has_levels_widths_and_skips() -> None:
     assert graph.nodes["red[2]"]["level"] == 3 and graph.nodes["red[2]"]["width"] == 384
     assert graph.nodes["dec[2]"]["level"] == 0 and graph.nodes["head"]["width"] == 48
     skips = sorted((u, v) for u, v, d in graph.edges(data=True) if d["kind"] == "skip")
-    assert skips == [("enc[0]", "dec[1]"), ("enc[1]", "dec[0]"), ("stem", "dec[2]")]
+    # Every decoder cell: the previous output plus the encoder output of its level (paper, section 2).
+    assert skips == [("enc[0]", "dec[1]"), ("enc[0]", "exp[2]"), ("enc[1]", "dec[0]"), ("enc[1]", "exp[1]"),
+                     ("red[2]", "exp[0]"), ("stem", "dec[2]")]
+    assert all(graph.edges[u, v, "skip"]["inputs"] == [1] for u, v in skips)
     # The first reduction cell takes the stem output twice.
-    assert graph.edges["stem", "red[0]"]["inputs"] == [0, 1]
-    assert graph.edges["red[0]", "red[1]"]["inputs"] == [0] and graph.edges["enc[0]", "red[1]"]["inputs"] == [1]
+    assert graph.edges["stem", "red[0]", "sequence"]["inputs"] == [0, 1]
+    assert graph.edges["red[0]", "red[1]", "sequence"]["inputs"] == [0]
+    assert graph.edges["enc[0]", "red[1]", "sequence"]["inputs"] == [1]
+    # The last reduction cell feeds the first expansion cell twice: as in0 and as the skip into in1.
+    assert graph.number_of_edges("red[2]", "exp[0]") == 2
 
 
 def test_dead_nodes_follow_zero_edges_transitively() -> None:
@@ -136,3 +142,20 @@ def test_layered_layout_puts_inputs_first_and_output_last() -> None:
     assert pos["in0"][0] == pos["in1"][0] == 0
     assert pos["out"][0] > max(x for n, (x, _) in pos.items() if n != "out")
     assert pos["n3"][0] > pos["n2"][0] > pos["n1"][0] > pos["n0"][0]
+
+
+def test_unet_graph_agrees_with_the_compilers_plan() -> None:
+    plan_module = pytest.importorskip("scnas_dsl.nn.plan")
+    for name in ["unet4cell.scn", "baselines/unet3d.scn", "tiny_by_level.scn"]:
+        space = load(SPECS / name).space()
+        graph = unet_graph(space)
+        plan = plan_module.build_plan(space)
+        names = {plan_module.STEM: "stem", **{c.index: c.instance for c in plan.cells}}
+        for cell in plan.cells:
+            want = {(names[i.source], int(i.name[2:])) for i in cell.inputs}
+            got = {(u, j) for u, _, d in graph.in_edges(cell.instance, data=True) if d["kind"] == "sequence"
+                   for j in d["inputs"]}
+            assert got == want, cell.instance
+            skips = [u for u, _, d in graph.in_edges(cell.instance, data=True) if d["kind"] == "skip"]
+            assert skips == ([names[cell.skip.source]] if cell.skip else []), cell.instance
+            assert graph.nodes[cell.instance]["level"] == cell.out_level
