@@ -294,6 +294,8 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image] | str:
         return "file is missing"
     try:
         img = nib.load(str(path))
+        if 0 in img.shape:
+            return f"image has an empty dimension (shape {img.shape})"
         data = np.asanyarray(img.dataobj)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         return f"truncated or corrupt gzip stream ({err}); copy the file again"

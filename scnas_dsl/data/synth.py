@@ -228,8 +228,8 @@ def _make_case(task: str, shape: tuple[int, ...], rng: np.random.Generator) -> t
         radii = size * rng.uniform(0.19, 0.25, size=3)
         field = _blob(shape, _inside_point(shape, radii * 1.3 + size * 0.06, rng), radii, rng)
         tumour = (field < 1.0) & body
-        core = (field < 0.6) & body
-        necrotic = (field < 0.38) & body
+        core = (field < 0.7) & body
+        necrotic = (field < 0.45) & body
         region[tumour] = 2
         region[core] = 4
         region[necrotic] = 3
@@ -251,8 +251,10 @@ def _make_case(task: str, shape: tuple[int, ...], rng: np.random.Generator) -> t
         scale = 300.0
     else:
         # Hounsfield-like: soft tissue, two lungs (air-filled), a tumour inside one lung.
-        means = np.array([[40.0], [-850.0], [30.0]], dtype=np.float32)
-        textures = [(1.5, 15.0), (1.0, 40.0), (0.8, 35.0)]
+        # The tumour is denser than the soft tissue (contrast uptake) and mottled, so that it differs from
+        # the chest wall it may touch by more than its surroundings.
+        means = np.array([[30.0], [-850.0], [110.0]], dtype=np.float32)
+        textures = [(1.5, 10.0), (1.0, 40.0), (0.8, 30.0)]
         region = np.zeros(shape, dtype=np.int64)
         lungs = []
         for side in (0.3, 0.7):
