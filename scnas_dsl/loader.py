@@ -85,10 +85,10 @@ def read_text(path: Path, shown: str) -> str:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        raise SpecError(f"{shown}:{line}:{column}: error: the file is not UTF-8 text (byte 0x{data[err.start]:02x})"
-                        "\n  help: save it as UTF-8; a .scn file is plain text", [
-                            Diagnostic(shown, line, column, f"the file is not UTF-8 text (byte 0x{data[err.start]:02x})",
-                                       "save it as UTF-8; a .scn file is plain text")]) from err
+        shown_line = data.splitlines()[line - 1].decode("utf-8", errors="replace") if data else None
+        raise spec_error([Diagnostic(shown, line, column,
+                                     f"the file is not UTF-8 text (byte 0x{data[err.start]:02x})",
+                                     "save it as UTF-8; a .scn file is plain text", source=shown_line)]) from err
 
 
 class _Session:
