@@ -56,7 +56,7 @@ def draw_cells(space: SearchSpace, genotype: Genotype | None, path: str | Path) 
     if path.suffix.lower() not in FORMATS:
         raise ScnasError(f"{path}: the picture must end in {', '.join(FORMATS)}")
     keys = space.structure_keys()
-    columns = min(2, len(keys)) if len(keys) <= 4 else 4
+    columns = max(1, min(len(keys), math.ceil(math.sqrt(len(keys)))))
     rows = math.ceil(len(keys) / max(columns, 1))
     figure = Figure(figsize=(6.0 * columns, 4.2 * rows))
     title = f"genotype {genotype.name} of {space.name}" if genotype is not None else f"space {space.name}"
