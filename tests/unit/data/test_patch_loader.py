@@ -1,0 +1,113 @@
+"""The patch loader: shapes, padding, foreground forcing, and repeatable seeded streams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scnas_dsl.data.augment import AugmentConfig
+from scnas_dsl.data.loader import choose_lower_corner, extract_patch, make_loader
+from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
+from scnas_dsl.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def pre(brain_nnunet: Path, tmp_path_factory: pytest.TempPathFactory) -> Preprocessed:
+    return preprocess_dataset(
+        brain_nnunet, out=tmp_path_factory.mktemp("pre") / "p", spacing=None, progress=False
+    )
+
+
+def _batches(pre: Preprocessed, **kwargs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    settings = dict(patch_size=(16, 16, 16), batch_size=2, seed=0, num_batches=4)
+    settings.update(kwargs)
+    return list(make_loader(pre, pre.case_ids, **settings))  # type: ignore[arg-type]
+
+
+def _same(a: list, b: list) -> bool:
+    return all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
+
+
+def test_shapes_and_types(pre: Preprocessed) -> None:
+    batches = _batches(pre, patch_size=(16, 12, 8), batch_size=3)
+    assert len(batches) == 4
+    for image, label in batches:
+        assert image.shape == (3, 4, 16, 12, 8) and image.dtype == torch.float32
+        assert label.shape == (3, 16, 12, 8) and label.dtype == torch.int64
+
+
+def test_same_seed_same_batches_with_and_without_workers(pre: Preprocessed) -> None:
+    augment = AugmentConfig(p_rotation=0.5)
+    serial = _batches(pre, augment=augment, num_batches=5)
+    assert _same(serial, _batches(pre, augment=augment, num_batches=5))
+    assert _same(serial, _batches(pre, augment=augment, num_batches=5, workers=2))
+    assert not _same(serial, _batches(pre, augment=augment, num_batches=5, seed=1))
+
+
+def test_ranks_and_epochs_draw_different_batches(pre: Preprocessed) -> None:
+    rank0 = _batches(pre, world_size=2, rank=0)
+    rank1 = _batches(pre, world_size=2, rank=1)
+    assert not _same(rank0, rank1)
+    loader = make_loader(pre, pre.case_ids, patch_size=(16, 16, 16), batch_size=2, seed=0, num_batches=4)
+    epoch0, epoch1 = list(loader), list(loader)
+    assert _same(epoch0, rank0) and not _same(epoch0, epoch1)
+    loader.set_epoch(1)
+    assert _same(list(loader), epoch1)
+
+
+def test_forced_patches_contain_foreground(pre: Preprocessed) -> None:
+    for _, label in _batches(pre, foreground_fraction=1.0, patch_size=(8, 8, 8), num_batches=6):
+        assert all((sample > 0).any() for sample in label)
+
+
+def test_foreground_share_is_about_a_third(pre: Preprocessed) -> None:
+    # with small patches, random ones often miss the tumour; forced ones never do
+    forced = _batches(pre, foreground_fraction=1.0, patch_size=(4, 4, 4), batch_size=1, num_batches=60)
+    random = _batches(pre, foreground_fraction=0.0, patch_size=(4, 4, 4), batch_size=1, num_batches=60)
+    share = lambda batches: np.mean([(label > 0).any().item() for _, label in batches])  # noqa: E731
+    assert share(forced) == 1.0 and share(random) < 0.7
+
+
+def test_patches_larger_than_the_volume_are_padded(pre: Preprocessed) -> None:
+    big = tuple(max(pre.load(c)[1].shape[a] for c in pre.case_ids) + 6 for a in range(3))
+    for image, label in _batches(pre, patch_size=big, batch_size=1, num_batches=3):
+        assert image.shape[2:] == big
+        # the whole volume lies inside the patch: nothing of it is lost, the rest is zero padding
+        sums = {
+            c: (int(np.asarray(pre.load(c)[1]).sum()), float(np.asarray(pre.load(c)[0]).sum()))
+            for c in pre.case_ids
+        }
+        assert any(int(label.sum()) == s[0] and abs(float(image.sum()) - s[1]) < 1e-2 for s in sums.values())
+
+
+def test_patch_helpers() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        corner = choose_lower_corner((10, 5, 8), (4, 8, 8), rng)
+        assert 0 <= corner[0] <= 6 and -3 <= corner[1] <= 0 and corner[2] == 0
+    assert choose_lower_corner((10, 10, 10), (4, 4, 4), rng, centre=(9, 0, 5)) == [6, 0, 3]
+    volume = np.arange(27).reshape(3, 3, 3)
+    patch = extract_patch(volume, (-1, 1, 0), (3, 3, 3))
+    assert (patch[0] == 0).all() and (patch[1:, 2] == 0).all()
+    np.testing.assert_array_equal(patch[1:, :2], volume[:2, 1:3])
+
+
+def test_bad_arguments_are_clear(pre: Preprocessed) -> None:
+    with pytest.raises(DataError, match="unknown case"):
+        make_loader(pre, ["nobody"], patch_size=(8, 8, 8), batch_size=1, seed=0, num_batches=1)
+    with pytest.raises(DataError, match="three positive sizes"):
+        make_loader(pre, pre.case_ids, patch_size=(8, 8), batch_size=1, seed=0, num_batches=1)
+    with pytest.raises(DataError, match="rank 2 is outside"):
+        make_loader(
+            pre, pre.case_ids, patch_size=(8, 8, 8), batch_size=1, seed=0, num_batches=1, rank=2, world_size=2
+        )
+
+
+def test_augmentation_can_be_left_to_the_trainer(pre: Preprocessed) -> None:
+    raw = _batches(pre, augment=None)
+    deferred = _batches(pre, augment=AugmentConfig(p_rotation=1.0), augment_in_loader=False)
+    applied = _batches(pre, augment=AugmentConfig(p_rotation=1.0))
+    assert _same(raw, deferred) and not _same(raw, applied)
