@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"
 
@@ -71,6 +73,7 @@ def test_fmt_write_leaves_a_broken_file_alone(tmp_path: Path) -> None:
     assert spec.read_text(encoding="utf-8") == text
 
 
+@pytest.mark.slow
 def test_draw_genotype_and_space(tmp_path: Path) -> None:
     out = tmp_path / "cells.png"
     result = scnas("draw", str(SPECS / "genotypes" / "example.scn"), "-o", str(out))
