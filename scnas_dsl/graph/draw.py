@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import networkx as nx
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
 
@@ -73,7 +74,7 @@ def draw_cells(space: SearchSpace, genotype: Genotype | None, path: str | Path) 
     return path
 
 
-def _draw_cell(axes, space: SearchSpace, key: str, genotype: Genotype | None) -> None:  # type: ignore[no-untyped-def]
+def _draw_cell(axes: Axes, space: SearchSpace, key: str, genotype: Genotype | None) -> None:
     spec = spec_of(space, key)
     graph = cell_graph(space, key, genotype)
     pos = layered_layout(graph)

@@ -12,7 +12,7 @@ Naming, used across the DSL, the compiler and the docs:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -37,6 +37,9 @@ class Span(BaseModel):
         return f"{self.file or '<text>'}:{self.line}:{self.column}"
 
 
+_N = TypeVar("_N", bound="Node")
+
+
 class Node(BaseModel):
     """Base of every model element: frozen, with a ``span`` that equality and hashing ignore."""
 
@@ -50,7 +53,7 @@ class Node(BaseModel):
         """The span of a part of this element (``"name"``, ``"ops"``, ``"nodes[1]"``...), else the element's."""
         return self._field_spans.get(key, self.span)
 
-    def with_field_spans(self, spans: dict[str, Span]) -> Node:
+    def with_field_spans(self: _N, spans: dict[str, Span]) -> _N:
         """Record the spans of parts of this element (used by the parser); returns self."""
         self._field_spans.update(spans)
         return self

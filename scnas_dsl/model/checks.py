@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 import networkx as nx
 
@@ -17,6 +18,7 @@ from scnas_dsl.model import CellChoice, CellSpec, Document, Genotype, Node, OpCa
 from scnas_dsl.ops.signatures import LIBRARY_SIGNATURES, Signatures
 from scnas_dsl.syntax.diagnostics import Diagnostic, Severity, at, did_you_mean
 
+_T = TypeVar("_T", bound=Node)
 MAX_NODES = 32
 MAX_WIDTH = 4096
 MAX_WIDTH_FACTOR = 8
@@ -64,7 +66,8 @@ def check(document: Document, spaces: Mapping[str, SearchSpace] | None = None,
     return report.items
 
 
-def _duplicates(report: _Report, items: Iterable[Node], what: str, name_of, where: str = "") -> None:  # type: ignore[no-untyped-def]
+def _duplicates(report: _Report, items: Iterable[_T], what: str, name_of: Callable[[_T], str],
+                where: str = "") -> None:
     first: dict[str, Node] = {}
     for item in items:
         name = name_of(item)

@@ -116,7 +116,7 @@ class ToModel(Transformer):
         span = self._span(meta)
         if not value.strip():
             self._problem(self._tok(path), "the import path is empty", 'write the file to import, e.g. import "space.scn"')
-        return Import(path=value, span=span).with_field_spans({"path": self._tok(path)})  # type: ignore[return-value]
+        return Import(path=value, span=span).with_field_spans({"path": self._tok(path)})
 
     # ------------------------------------------------------------------ spaces
     def space(self, meta: Meta, children: list[Any]) -> SearchSpace:
@@ -136,27 +136,27 @@ class ToModel(Transformer):
                 self._problem(extra.span or span, f"space '{name}' has a second 'unet' block",
                               "a space describes one network: keep one 'unet' block")
         out = SearchSpace(name=str(name), opsets=opsets, cells=cells, unet=unet, span=span)
-        return out.with_field_spans({"name": self._tok(name)})  # type: ignore[return-value]
+        return out.with_field_spans({"name": self._tok(name)})
 
     def opset(self, meta: Meta, children: list[Any]) -> OpSet:
         name, *ops = children
         out = OpSet(name=str(name), ops=tuple(ops), span=self._span(meta))
-        return out.with_field_spans({"name": self._tok(name)})  # type: ignore[return-value]
+        return out.with_field_spans({"name": self._tok(name)})
 
     def op_def(self, meta: Meta, children: list[Any]) -> OpSpec:
         name, call = children
         out = OpSpec(name=str(name), call=call, span=self._span(meta))
-        return out.with_field_spans({"name": self._tok(name)})  # type: ignore[return-value]
+        return out.with_field_spans({"name": self._tok(name)})
 
     def call(self, meta: Meta, children: list[Any]) -> OpCall:
         kind, *params = children
         out = OpCall(kind=str(kind), params=tuple(params), span=self._span(meta))
-        return out.with_field_spans({"kind": self._tok(kind)})  # type: ignore[return-value]
+        return out.with_field_spans({"kind": self._tok(kind)})
 
     def param(self, meta: Meta, children: list[Any]) -> Param:
         name, (value, value_span) = children
         out = Param(name=str(name), value=value, span=self._span(meta))
-        return out.with_field_spans({"name": self._tok(name), "value": value_span})  # type: ignore[return-value]
+        return out.with_field_spans({"name": self._tok(name), "value": value_span})
 
     def int_value(self, meta: Meta, children: list[Token]) -> tuple[int, Span]:
         return self._int(children[0]), self._tok(children[0])
@@ -212,7 +212,7 @@ class ToModel(Transformer):
         out = CellSpec(name=str(name), role=role, span=span, **fields)
         spans = {"name": self._tok(name)}
         spans.update({k: st.span for k, st in found.items()})
-        return out.with_field_spans(spans)  # type: ignore[return-value]
+        return out.with_field_spans(spans)
 
     def cell_nodes(self, meta: Meta, children: list[Token]) -> _Stmt:
         return _Stmt("nodes", self._int(children[0]), self._tok(children[0]))
@@ -229,7 +229,7 @@ class ToModel(Transformer):
     def edge(self, meta: Meta, children: list[Token]) -> EdgeSpec:
         src, dst = children
         out = EdgeSpec(src=str(src), dst=str(dst), span=self._span(meta))
-        return out.with_field_spans({"src": self._tok(src), "dst": self._tok(dst)})  # type: ignore[return-value]
+        return out.with_field_spans({"src": self._tok(src), "dst": self._tok(dst)})
 
     def _output(self, meta: Meta, kind: str, names: list[Token] | None) -> _Stmt:
         nodes = None if names is None else tuple(str(t) for t in names)
@@ -269,7 +269,7 @@ class ToModel(Transformer):
                           "3 for volumes (the paper), 2 for slices")
             fields["dims"] = 3
         out = Topology(span=span, **fields)
-        return out.with_field_spans({k: st.span for k, st in found.items()})  # type: ignore[return-value]
+        return out.with_field_spans({k: st.span for k, st in found.items()})
 
     def unet_dims(self, meta: Meta, children: list[Token]) -> _Stmt:
         return _Stmt("dims", self._int(children[0]), self._tok(children[0]))
@@ -313,12 +313,12 @@ class ToModel(Transformer):
     def genotype(self, meta: Meta, children: list[Any]) -> Genotype:
         name, space, *cells = children
         out = Genotype(name=str(name), space=str(space), cells=tuple(cells), span=self._span(meta))
-        return out.with_field_spans({"name": self._tok(name), "space": self._tok(space)})  # type: ignore[return-value]
+        return out.with_field_spans({"name": self._tok(name), "space": self._tok(space)})
 
     def cell_choice(self, meta: Meta, children: list[Any]) -> CellChoice:
         (key, key_span), *nodes = children
         out = CellChoice(cell=key, nodes=tuple(nodes), span=self._span(meta))
-        return out.with_field_spans({"cell": key_span})  # type: ignore[return-value]
+        return out.with_field_spans({"cell": key_span})
 
     def cell_key(self, meta: Meta, children: list[Token]) -> tuple[str, Span]:
         if len(children) == 1:
@@ -332,12 +332,12 @@ class ToModel(Transformer):
     def node_choice(self, meta: Meta, children: list[Any]) -> NodeChoice:
         node, *edges = children
         out = NodeChoice(node=str(node), edges=tuple(edges), span=self._span(meta))
-        return out.with_field_spans({"node": self._tok(node)})  # type: ignore[return-value]
+        return out.with_field_spans({"node": self._tok(node)})
 
     def chosen_edge(self, meta: Meta, children: list[Token]) -> ChosenEdge:
         op, src = children
         out = ChosenEdge(op=str(op), src=str(src), span=self._span(meta))
-        return out.with_field_spans({"op": self._tok(op), "src": self._tok(src)})  # type: ignore[return-value]
+        return out.with_field_spans({"op": self._tok(op), "src": self._tok(src)})
 
 
 def _placeholder_unet() -> Topology:
