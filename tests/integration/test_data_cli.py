@@ -1,0 +1,123 @@
+"""``scnas data synth/check/preprocess/plan/splits`` end to end in both layouts: output, exit codes, safety."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def scnas(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if cache is not None:
+        env["SCNAS_CACHE"] = str(cache)
+    return subprocess.run(
+        [sys.executable, "-m", "scnas_dsl", "data", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha1()
+    for path in sorted(folder.rglob("*")):
+        h.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["msd", "nnunet"])
+def test_synth_check_preprocess_plan_splits(tmp_path: Path, layout: str) -> None:
+    data, cache = tmp_path / "ds", tmp_path / "cache"
+    made = scnas(
+        "synth",
+        str(data),
+        "--task",
+        "brain",
+        "--cases",
+        "3",
+        "--shape",
+        "24",
+        "24",
+        "20",
+        "--layout",
+        layout,
+        "--test-cases",
+        "1",
+    )
+    assert made.returncode == 0, made.stderr
+    assert f"{data}: 3 training and 1 test case(s), task brain, {layout} layout" in made.stdout
+    before = digest(data)
+
+    checked = scnas("check", str(data))
+    assert checked.returncode == 0, checked.stderr
+    assert f"ok ({layout} layout, 3 training case(s), 1 test case(s)" in checked.stdout
+
+    first = scnas("preprocess", str(data), "--median-spacing", "--no-progress", cache=cache)
+    assert first.returncode == 0, first.stderr
+    assert "3 case(s) at spacing 1 x 1 x 1.5 mm (3 processed, 0 reused)" in first.stdout
+    again = scnas("preprocess", str(data), "--median-spacing", "--workers", "2", cache=cache)
+    assert "(0 processed, 3 reused)" in again.stdout
+    [out] = list(cache.iterdir())
+    assert out.name.startswith("SynthBrainTumour-")
+
+    planned = scnas("plan", str(data), "--memory-gb", "4", "--json", cache=cache)
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    assert plan["num_cases"] == 3 and len(plan["patch_size"]) == 3 and plan["batch_size"] >= 1
+    assert set(plan["class_frequencies"]) == {"0", "1", "2", "3"}
+    text = scnas("plan", str(data), cache=cache)
+    assert "patch size" in text.stdout and "preprocessed data in" in text.stdout
+
+    splits = scnas("splits", str(data), cache=cache)
+    assert splits.returncode == 0, splits.stderr
+    assert (
+        "3 fold(s) from" in splits.stdout
+        and "fold 2: train 2 (weights 1, architecture 1), val 1" in splits.stdout
+    )
+    assert (out / "splits_final.json").is_file()
+    assert digest(data) == before  # nothing written into the data set folder
+
+
+@pytest.mark.slow
+def test_problems_and_usage_errors(tmp_path: Path) -> None:
+    data = tmp_path / "ds"
+    assert (
+        scnas("synth", str(data), "--task", "heart", "--cases", "2", "--shape", "16", "16", "16").returncode
+        == 0
+    )
+    label = data / "labelsTr" / "heart_001.nii.gz"
+    label.write_bytes(label.read_bytes()[:150])
+    (data / "imagesTr" / "heart_000.nii.gz").unlink()
+
+    checked = scnas("check", str(data))
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    assert f"{data / 'imagesTr' / 'heart_000.nii.gz'} [case heart_000]: file is missing" in checked.stderr
+    assert f"{label} [case heart_001]: truncated or corrupt gzip" in checked.stderr
+    assert "2 problem(s)" in checked.stderr
+    as_json = json.loads(scnas("check", str(data), "--json").stdout)
+    assert {p["case"] for p in as_json} == {"heart_000", "heart_001"}
+
+    failed = scnas("preprocess", str(data), "--out", str(tmp_path / "pre"))
+    assert failed.returncode == 1 and "heart_000" in failed.stderr and "Traceback" not in failed.stderr
+
+    assert scnas("check", str(tmp_path / "nope")).returncode == 2
+    both = scnas("preprocess", str(data), "--spacing", "1", "1", "1", "--median-spacing")
+    assert both.returncode == 2 and "exclude each other" in both.stderr
+    inside = scnas("preprocess", str(data), "--out", str(data / "pre"))
+    assert inside.returncode == 1 and "never writes there" in inside.stderr and not (data / "pre").exists()
+    again = scnas("synth", str(data))
+    assert again.returncode == 1 and "not an empty folder" in again.stderr
+    unknown = scnas("synth", str(tmp_path / "x"), "--task", "liver")
+    assert unknown.returncode == 2 and "choose brain, heart or lung" in unknown.stderr
+    not_yet = scnas("splits", str(data), "--out", str(tmp_path / "empty"))
+    assert not_yet.returncode == 1 and "not preprocessed yet" in not_yet.stderr
