@@ -104,6 +104,7 @@ def draw_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="the picture: .png, .svg or .pdf"),  # noqa: B008
     genotype: str | None = typer.Option(None, "--genotype", "-g", help="which genotype (default: the only one)"),
     space: str | None = typer.Option(None, "--space", help="draw this space's cells (default: the only one)"),
+    force: bool = typer.Option(False, "--force", help="replace the picture if it exists"),
 ) -> None:
     """Draw the cells of a genotype (the chosen operation on each edge) or of a space (candidate counts)."""
     from scnas_dsl.loader import load
@@ -111,6 +112,8 @@ def draw_cmd(
     _existing(file)
     if output.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise _usage(f"{output}: the picture must end in .png, .svg or .pdf")
+    if output.exists() and not force:
+        raise _usage(f"{output} exists already; pass --force to replace it or choose another -o")
     loaded = load(file)
     if genotype is not None or (space is None and loaded.genotypes):
         chosen_space, chosen = loaded.genotype(genotype)

@@ -84,5 +84,7 @@ def test_draw_genotype_and_space(tmp_path: Path) -> None:
     assert svg.read_text(encoding="utf-8").lstrip().startswith("<?xml")
     wrong = scnas("draw", str(SPECS / "unet4cell.scn"), "-o", str(tmp_path / "cells.txt"))
     assert wrong.returncode == 2 and ".png, .svg or .pdf" in wrong.stderr
-    unknown = scnas("draw", str(SPECS / "baselines" / "unet3d.scn"), "-o", str(out), "--genotype", "nope")
+    again = scnas("draw", str(SPECS / "genotypes" / "example.scn"), "-o", str(out))
+    assert again.returncode == 2 and "exists already; pass --force" in again.stderr
+    unknown = scnas("draw", str(SPECS / "baselines" / "unet3d.scn"), "-o", str(out), "--genotype", "nope", "--force")
     assert unknown.returncode == 1 and "no genotype 'nope'; genotypes here: unet3d" in unknown.stderr
