@@ -129,6 +129,8 @@ class _Session:
 
     def _import(self, imp: Import, base_dir: Path | None, chain: tuple[Path, ...], text: str) -> None:
         lines = text.splitlines()
+        if not imp.path.strip():
+            return  # reported by the parser ("the import path is empty")
         if base_dir is None:
             base_dir = Path.cwd()
         target = (base_dir / imp.path).resolve()

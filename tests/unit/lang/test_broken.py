@@ -33,7 +33,8 @@ def test_the_corpus_covers_every_kind_of_error() -> None:
                  "names unknown node", "encoder/decoder mismatch", "sharing mismatch", "is not in the set",
                  "has no edge", "gives no structure", "is dead", "expected", "found end of file",
                  "too large", "cannot import", "unknown space", "in the encoder", "in the decoder",
-                 "dims must be 2 or 3", "is given twice"]:
+                 "dims must be 2 or 3", "is given twice", "closes a cycle", "appears twice in the output",
+                 "is empty", "is negative", "second 'unet' block", "must be at most"]:
         assert kind in messages, f"no broken spec shows '{kind}'"
 
 
