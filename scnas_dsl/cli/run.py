@@ -1,9 +1,228 @@
-"""CLI commands of this area (see scnas_dsl/cli/__init__.py)."""
+"""The trainer's commands: ``search``, ``train``, ``predict``, ``evaluate``, ``cv``, ``demo``.
+
+Exit status: 0 success, 1 a problem with the input or the run (message, no traceback), 2 a usage problem,
+130 stopped by Ctrl-C or SIGTERM after saving a checkpoint (``--resume`` continues).
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import typer
+
+from scnas_dsl.errors import ScnasError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Options shared by search and train (typer needs one default object per option; these are only read).
+DATA = typer.Option(..., "--data", help="data set folder (MSD or nnU-Net layout) or a preprocessed folder")
+FOLD = typer.Option(None, "--fold", help="cross-validation fold, 0-4 (default: 0)")
+OUT = typer.Option(None, "--out", help="run folder (default: runs/<kind>_<name>_fold<K>)")
+EPOCHS = typer.Option(None, "--epochs", help="epochs (default: the paper's: 200 search, 500 train)")
+BATCH = typer.Option(None, "--batch-size", help="global batch size (default: 4 search, 8 train)")
+PATCH = typer.Option(None, "--patch", help="patch size D H W (default: 128^3 shrunk to the median shape)")
+STEM = typer.Option(None, "--stem-width", help="stem width (default: 48 search, 68 train)")
+DEVICE = typer.Option(None, "--device", help="auto, cpu or cuda (default: auto)")
+SEED = typer.Option(None, "--seed", help="random seed (default: 0)")
+RESUME = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint")
+FORCE = typer.Option(False, "--force", help="replace an existing run folder (only one scnas made)")
+CONFIG = typer.Option(None, "--config", help="settings file (.json, .toml, .yaml); the command line wins")
+BATCHES = typer.Option(None, "--batches-per-epoch", help="steps per epoch (default: 250)")
+SPACING = typer.Option(None, "--spacing", help="target voxel size in mm when preprocessing (default: 0.7^3)")
+MEDIAN = typer.Option(False, "--median-spacing", help="preprocess at the data set's median voxel size")
+WORKERS = typer.Option(None, "--workers", help="data loader processes (default: 0, in the main process)")
+NO_AUG = typer.Option(False, "--no-augment", help="switch data augmentation off")
+QUIET = typer.Option(False, "--quiet", help="no progress bars")
+
+
+def user_errors(func: F) -> F:
+    """Turn scnas errors into a message and exit status 1 (130 for a stop by signal), never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from scnas_dsl.train.common import RunInterrupted
+
+        try:
+            return func(*args, **kwargs)
+        except RunInterrupted as err:
+            typer.echo(f"stopped: {err}", err=True)
+            raise typer.Exit(130) from None
+        except ScnasError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _common(data: str, fold: int | None, out: Path | None, epochs: int | None, batch_size: int | None,
+            patch: tuple[int, int, int] | None, stem_width: int | None, device: str | None,
+            seed: int | None, batches: int | None, spacing: tuple[float, float, float] | None,
+            workers: int | None, no_augment: bool, quiet: bool, median: bool) -> dict[str, Any]:
+    if median and spacing is not None:
+        typer.echo("error: --spacing and --median-spacing exclude each other", err=True)
+        raise typer.Exit(2)
+    return {"data": data, "fold": fold, "out": str(out) if out else None, "epochs": epochs,
+            "batch_size": batch_size, "patch": patch, "stem_width": stem_width, "device": device, "seed": seed,
+            "batches_per_epoch": batches, "spacing": "median" if median else spacing, "workers": workers,
+            "augment": False if no_augment else None, "progress": False if quiet else None}
+
+
+@user_errors
+def search_cmd(
+    spec: Path = typer.Argument(..., help="the .scn file of the search space"),  # noqa: B008
+    data: str = DATA, fold: int | None = FOLD, out: Path | None = OUT, epochs: int | None = EPOCHS,
+    batch_size: int | None = BATCH, patch: tuple[int, int, int] | None = PATCH,
+    stem_width: int | None = STEM,
+    sampling: str | None = typer.Option(None, "--sampling", help="pair (the paper), single or full"),
+    space: str | None = typer.Option(None, "--space", help="which space of the file (default: the only one)"),
+    device: str | None = DEVICE, seed: int | None = SEED, resume: bool = RESUME, force: bool = FORCE,
+    config: Path | None = CONFIG, batches: int | None = BATCHES,
+    spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
+    no_augment: bool = NO_AUG, quiet: bool = QUIET, median: bool = MEDIAN,
+) -> None:
+    """Search an architecture: bi-level optimisation with Gumbel-softmax pair sampling (the paper's defaults)."""
+    from scnas_dsl.train.config import SearchConfig, resolve_config
+    from scnas_dsl.train.search import run_search
+
+    cfg = resolve_config(SearchConfig, config, spec=str(spec), sampling=sampling, space=space,
+                         **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
+                                   spacing, workers, no_augment, quiet, median))
+    result = run_search(cfg, resume=resume, force=force)
+    if result is not None and result.genotype_file.exists():
+        typer.echo(f"genotype: {result.genotype_file}")
+        for line in result.pruning:
+            typer.echo(f"  {line}")
+        typer.echo(f"plots: {result.run / 'plots'}")
+        typer.echo(f"next: scnas train {result.genotype_file} --data {data}")
+
+
+@user_errors
+def train_cmd(
+    genotype: Path = typer.Argument(..., help="a .scn file with the genotype (e.g. a search's genotype.scn)"),  # noqa: B008
+    data: str = DATA, fold: int | None = FOLD, out: Path | None = OUT, epochs: int | None = EPOCHS,
+    batch_size: int | None = BATCH, patch: tuple[int, int, int] | None = PATCH,
+    stem_width: int | None = STEM,
+    name: str | None = typer.Option(None, "--genotype-name", help="which genotype of the file"),
+    val_every: int | None = typer.Option(None, "--val-every", help="validation every N epochs (default: 10)"),
+    device: str | None = DEVICE, seed: int | None = SEED, resume: bool = RESUME, force: bool = FORCE,
+    config: Path | None = CONFIG, batches: int | None = BATCHES,
+    spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
+    no_augment: bool = NO_AUG, quiet: bool = QUIET, median: bool = MEDIAN,
+) -> None:
+    """Retrain a genotype (or a baseline) from scratch with the paper's optimiser, schedule and stopping rule."""
+    from scnas_dsl.train.config import TrainConfig, resolve_config
+    from scnas_dsl.train.retrain import run_train
+
+    cfg = resolve_config(TrainConfig, config, genotype=str(genotype), genotype_name=name, val_every=val_every,
+                         **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
+                                   spacing, workers, no_augment, quiet, median))
+    result = run_train(cfg, resume=resume, force=force)
+    if result is not None:
+        dice = "n/a (no validation cases)" if result.best_epoch < 0 else (
+            f"{result.best_dice:.4f} at epoch {result.best_epoch + 1}")
+        typer.echo(f"run: {result.run} ({result.epochs} epochs, stopped by {result.stopped_by})")
+        typer.echo(f"best validation mean foreground Dice: {dice}")
+        typer.echo(f"next: scnas predict {result.run} --input IMAGES --output PREDICTIONS")
+
+
+@user_errors
+def predict_cmd(
+    run: Path = typer.Argument(..., help="a run folder written by scnas train"),  # noqa: B008
+    inputs: list[Path] = typer.Option(..., "--input", help="image files or folders (repeatable)"),  # noqa: B008
+    output: Path = typer.Option(..., "--output", help="folder for <case>.nii.gz"),  # noqa: B008
+    probabilities: bool = typer.Option(False, "--probabilities", help="also write probabilities/<case>.nii.gz"),
+    mirror: bool = typer.Option(False, "--mirror", help="test-time mirroring (8 passes in 3D)"),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    batch_size: int = typer.Option(2, "--batch-size", help="windows per forward pass"),
+    force: bool = typer.Option(False, "--force", help="overwrite existing predictions"),
+    quiet: bool = QUIET,
+) -> None:
+    """Segment images with a trained run; label maps on the original grid, one <case>.nii.gz per case."""
+    from scnas_dsl.train.predict import predict_run
+
+    written = predict_run(run, inputs, output, probabilities=probabilities, mirror=mirror, device=device,
+                          checkpoint=checkpoint, batch_size=batch_size, force=force, progress=not quiet)
+    typer.echo(f"{len(written)} prediction(s) written to {output}")
+
+
+@user_errors
+def evaluate_cmd(
+    pred: Path = typer.Option(..., "--pred", help="folder of predictions <case>.nii.gz"),  # noqa: B008
+    ref: Path = typer.Option(..., "--ref", help="folder of references <case>.nii.gz (e.g. labelsTr)"),  # noqa: B008
+    labels: list[int] | None = typer.Option(None, "--labels", help="labels to score (repeatable)"),  # noqa: B008
+    dataset: Path | None = typer.Option(None, "--dataset", help="data set folder: label names from its dataset.json"),  # noqa: B008
+    out: Path | None = typer.Option(None, "--out", help="folder for dice.csv/dice.json (default: --pred)"),  # noqa: B008
+) -> None:
+    """Dice per label and case (both masks empty: undefined, left out of the mean, as nnU-Net)."""
+    from scnas_dsl.train.metrics import evaluate_folders, label_names_from_dataset
+
+    names = label_names_from_dataset(dataset) if dataset is not None else None
+    result = evaluate_folders(pred, ref, labels=labels or None, label_names=names)
+    typer.echo(result.table())
+    if result.missing:
+        typer.echo(f"note: {len(result.missing)} reference case(s) have no prediction and were not scored: "
+                   f"{', '.join(result.missing[:5])}{' ...' if len(result.missing) > 5 else ''}", err=True)
+    csv_path, json_path = result.write(out or pred)
+    typer.echo(f"written: {csv_path}, {json_path}")
+
+
+@user_errors
+def cv_cmd(
+    genotype: Path = typer.Argument(..., help="the genotype to retrain on every fold"),  # noqa: B008
+    data: str = DATA,
+    out: Path = typer.Option(..., "--out", help="folder for fold_0 ... fold_4 and the summary"),  # noqa: B008
+    folds: list[int] | None = typer.Option(None, "--fold", help="folds to run (repeatable) (default: all 5)"),  # noqa: B008
+    epochs: int | None = EPOCHS, batch_size: int | None = BATCH, patch: tuple[int, int, int] | None = PATCH,
+    stem_width: int | None = STEM, device: str | None = DEVICE, seed: int | None = SEED,
+    resume: bool = RESUME, force: bool = FORCE, config: Path | None = CONFIG, batches: int | None = BATCHES,
+    spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
+    no_augment: bool = NO_AUG, quiet: bool = QUIET, median: bool = MEDIAN,
+    mirror: bool = typer.Option(False, "--mirror", help="test-time mirroring of the validation predictions"),
+    val_every: int | None = typer.Option(None, "--val-every", help="validation every N epochs (default: 10)"),
+) -> None:
+    """Five-fold cross-validation of a genotype: retrain, predict, evaluate each fold; the paper's Dice table."""
+    from scnas_dsl.train.config import TrainConfig, resolve_config
+    from scnas_dsl.train.cv import run_cv
+
+    cfg = resolve_config(TrainConfig, config, genotype=str(genotype), val_every=val_every,
+                         **_common(data, None, None, epochs, batch_size, patch, stem_width, device, seed, batches,
+                                   spacing, workers, no_augment, quiet, median))
+    result = run_cv(cfg, out, folds or None, mirror=mirror, resume=resume, force=force)
+    typer.echo("mean Dice (%) per label")
+    typer.echo(result.table())
+    typer.echo(f"written: {out / 'cv_summary.csv'}, {out / 'cv_summary.json'}")
+
+
+@user_errors
+def demo_cmd(
+    out: Path = typer.Argument(Path("scnas-demo"), help="folder for everything the demo makes"),  # noqa: B008
+    force: bool = typer.Option(False, "--force", help="replace an earlier demo folder"),
+    quick: bool = typer.Option(False, "--quick", help="a tiny budget (a smoke test, not a result)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    quiet: bool = QUIET,
+) -> None:
+    """Generate data, search, derive, retrain, predict and evaluate: the whole method in a few minutes."""
+    from scnas_dsl.train.demo import DemoSettings, run_demo
+
+    result = run_demo(out, DemoSettings.quick() if quick else None, force=force, progress=not quiet,
+                      echo=typer.echo, device=device)
+    typer.echo(result.evaluation.table())
+    minutes, seconds = divmod(int(round(result.seconds)), 60)
+    typer.echo(f"done in {minutes} min {seconds:02d} s")
+    typer.echo(f"genotype:    {result.genotype}")
+    typer.echo(f"plots:       {result.search_plots}")
+    typer.echo(f"predictions: {result.predictions}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
+    app.command("search")(search_cmd)
+    app.command("train")(train_cmd)
+    app.command("predict")(predict_cmd)
+    app.command("evaluate")(evaluate_cmd)
+    app.command("cv")(cv_cmd)
+    app.command("demo")(demo_cmd)

@@ -66,7 +66,8 @@ class CommonConfig(BaseModel):
     seed: int = 0
     #: training batches per epoch (nnU-Net's 250)
     batches_per_epoch: int = Field(250, ge=1)
-    #: target voxel size in mm when the data set is preprocessed here; None = the data set's median spacing
+    #: target voxel size in mm when the data set is preprocessed here; None (or "median") = the data set's
+    #: median spacing
     spacing: tuple[float, float, float] | None = (0.7, 0.7, 0.7)
     splits_seed: int = 12345
     foreground_fraction: float = Field(1 / 3, ge=0, le=1)
@@ -75,6 +76,11 @@ class CommonConfig(BaseModel):
     #: mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler); ignored on the CPU
     amp: bool = True
     progress: bool = True
+
+    @field_validator("spacing", mode="before")
+    @classmethod
+    def _median(cls, v: Any) -> Any:
+        return None if v == "median" else v
 
     @field_validator("patch")
     @classmethod

@@ -153,15 +153,23 @@ def evaluate_folders(pred_dir: Path | str, ref_dir: Path | str, labels: Sequence
         raise DataError(f"{ref_dir}: no reference for case(s) {', '.join(orphans[:5])}"
                         f"{' ...' if len(orphans) > 5 else ''}; give the folder with the matching labels "
                         "(e.g. the data set's labelsTr)")
+    result = evaluate_pairs({case: (preds[case], refs[case]) for case in preds}, labels, label_names)
+    result.missing = sorted(set(refs) - set(preds))
+    return result
+
+
+def evaluate_pairs(pairs: dict[str, tuple[Path, Path]], labels: Sequence[int] | None = None,
+                   label_names: dict[int, str] | None = None) -> Evaluation:
+    """Dice of ``{case: (prediction file, reference file)}``; see :func:`evaluate_folders`."""
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for case in sorted(preds):
-        pred_img, ref_img = _load(preds[case], case), _load(refs[case], case)
+    for case, (pred_path, ref_path) in sorted(pairs.items()):
+        pred_img, ref_img = _load(pred_path, case), _load(ref_path, case)
         if pred_img.shape[:3] != ref_img.shape[:3] or len(pred_img.shape) != 3:
-            raise DataError(f"case {case}: prediction {preds[case]} has shape {pred_img.shape}, reference "
-                            f"{refs[case]} has {ref_img.shape}; predictions must be on the reference grid "
+            raise DataError(f"case {case}: prediction {pred_path} has shape {pred_img.shape}, reference "
+                            f"{ref_path} has {ref_img.shape}; predictions must be on the reference grid "
                             "(scnas predict writes them so)")
         if not np.allclose(pred_img.affine, ref_img.affine, atol=AFFINE_TOLERANCE):
-            raise DataError(f"case {case}: the affines of {preds[case]} and {refs[case]} differ; predictions "
+            raise DataError(f"case {case}: the affines of {pred_path} and {ref_path} differ; predictions "
                             "must be on the reference grid (scnas predict writes them so)")
         arrays[case] = (np.rint(np.asarray(pred_img.dataobj)).astype(np.int64),
                         np.rint(np.asarray(ref_img.dataobj)).astype(np.int64))
@@ -174,11 +182,10 @@ def evaluate_folders(pred_dir: Path | str, ref_dir: Path | str, labels: Sequence
                 found |= set(np.unique(p).tolist()) | set(np.unique(r).tolist())
             labels = sorted(v for v in found if v != 0)
             if not labels:
-                raise DataError(f"{ref_dir}: no foreground label in any reference or prediction; "
-                                "name the labels with --labels")
+                raise DataError("no foreground label in any reference or prediction; name the labels with --labels")
     names = {int(k): (label_names or {}).get(int(k), f"label_{int(k)}") for k in labels}
     per_case = {case: dice_per_label(p, r, names) for case, (p, r) in arrays.items()}
-    return Evaluation(labels=names, per_case=per_case, missing=sorted(set(refs) - set(preds)))
+    return Evaluation(labels=names, per_case=per_case)
 
 
 def _load(path: Path, case: str):  # type: ignore[no-untyped-def]

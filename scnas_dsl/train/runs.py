@@ -21,14 +21,14 @@ from scnas_dsl.errors import RunError
 MARKER = ".scnas-run"
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe: NaN and infinities become None, tuples lists, paths strings."""
     if isinstance(value, float):
         return None if math.isnan(value) or math.isinf(value) else value
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     return value
@@ -86,13 +86,13 @@ class RunFolder:
         return target
 
     def write_json(self, name: str, value: Any) -> Path:
-        return self.write_text(name, json.dumps(_clean(value), indent=1) + "\n")
+        return self.write_text(name, json.dumps(json_safe(value), indent=1) + "\n")
 
     def append_jsonl(self, name: str, record: dict[str, Any]) -> None:
         """Append one JSON line (rank 0 only)."""
         if self.writer:
             with (self.path / name).open("a") as f:
-                f.write(json.dumps(_clean(record)) + "\n")
+                f.write(json.dumps(json_safe(record)) + "\n")
 
     def truncate_jsonl(self, name: str, keep_epochs: int) -> None:
         """Keep the records of the first ``keep_epochs`` epochs (a resumed run rewrites what followed its
