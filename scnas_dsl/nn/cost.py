@@ -100,7 +100,9 @@ def _measure(model: UNetBase, x: torch.Tensor, count_flops: bool = True) -> tupl
             keep.append(t)  # keeps the storage alive, so its id cannot be reused by another tensor
         return t
 
-    counter = FlopCounterMode(display=False, depth=None) if count_flops else contextlib.nullcontext()
+    counter: Any = contextlib.nullcontext()
+    if count_flops:  # depth=None: FLOPs of every module, not only the top few levels
+        counter = FlopCounterMode(display=False, depth=None)  # type: ignore[arg-type]
     with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = model(x)
     # the logits and their gradient live through the loss computation

@@ -35,6 +35,9 @@ class UNetBase(nn.Module):
     plan: UNetPlan
     in_channels: int
     num_classes: int
+    stem: nn.Module
+    head: nn.Module
+    cells: nn.ModuleList
 
     def check_input(self, x: torch.Tensor) -> None:
         """Cheap shape check at the start of forward (Python ints only, no computation)."""

@@ -23,8 +23,8 @@ from scnas_dsl.model import Genotype, SearchSpace
 from scnas_dsl.nn.cells import Cell, run_unet
 from scnas_dsl.nn.derive import derive_genotype
 from scnas_dsl.nn.network import UNetBase, build_blocks
-from scnas_dsl.nn.plan import build_plan
-from scnas_dsl.nn.sampler import SAMPLINGS, EdgeSample, argmax_sample, draw
+from scnas_dsl.nn.plan import build_plan, zero_op_names
+from scnas_dsl.nn.sampler import SAMPLINGS, EdgeSample, Sampling, argmax_sample, draw
 from scnas_dsl.nn.schedule import TemperatureSchedule
 from scnas_dsl.ops.library import Library, default_library
 
@@ -36,7 +36,7 @@ class Supernet(UNetBase):
     """A search space as one network. ``forward: (B, in_channels, *S) -> (B, num_classes, *S)``."""
 
     def __init__(self, space: SearchSpace, *, in_channels: int, num_classes: int, stem_width: int | None = None,
-                 sampling: str = "pair", temperature: TemperatureSchedule | None = None, seed: int = 0,
+                 sampling: Sampling = "pair", temperature: TemperatureSchedule | None = None, seed: int = 0,
                  library: Library | None = None) -> None:
         super().__init__()
         if sampling not in SAMPLINGS:
@@ -51,12 +51,14 @@ class Supernet(UNetBase):
         self.stem, self.head = build_blocks(self.plan, library, in_channels, num_classes)
         self.op_names: dict[str, list[str]] = {}
         self.edge_lists: dict[str, list[tuple[str, str]]] = {}
+        self.zero_names: dict[str, set[str]] = {}
         cells = []
         for cell_plan in self.plan.cells:
             spec = cell_plan.spec
             names = space.opset(spec.ops).names()  # type: ignore[union-attr]
             self.op_names[cell_plan.key] = names
             self.edge_lists[cell_plan.key] = spec.edge_list()
+            self.zero_names[cell_plan.key] = zero_op_names(space, spec)
             cells.append(Cell(cell_plan, space, library, self.plan.dims, {e: names for e in cell_plan.edges}))
         self.cells = nn.ModuleList(cells)
         init = torch.Generator().manual_seed(seed)
@@ -108,7 +110,7 @@ class Supernet(UNetBase):
             if choice is None:
                 raise CompileError(f"genotype '{genotype.name}' has no cell '{key}'")
             chosen = choice.chosen()
-            zero = next((n for n in names if n in self.cells[self._first_cell(key)].zeros), None)
+            zero = next((n for n in names if n in self.zero_names[key]), None)
             rows = []
             for edge in self.edge_lists[key]:
                 op = chosen.get(edge, zero)
@@ -120,9 +122,6 @@ class Supernet(UNetBase):
                 rows.append([names.index(op)])
             out[key] = (names, EdgeSample(torch.tensor(rows, dtype=torch.long), None))
         return out
-
-    def _first_cell(self, key: str) -> int:
-        return next(c.index for c in self.plan.cells if c.key == key)
 
     def forward(self, x: torch.Tensor, samples: Samples | None = None) -> torch.Tensor:
         """``(B, in_channels, *S) -> (B, num_classes, *S)`` logits. Without ``samples``: a fresh draw in
@@ -180,7 +179,7 @@ class Supernet(UNetBase):
 
 
 def build_supernet(space: SearchSpace, *, in_channels: int, num_classes: int, stem_width: int | None = None,
-                   sampling: str = "pair", temperature: TemperatureSchedule | None = None, seed: int = 0,
+                   sampling: Sampling = "pair", temperature: TemperatureSchedule | None = None, seed: int = 0,
                    library: Library | None = None) -> Supernet:
     """The supernet of ``space`` with ``sampling`` = ``pair`` (Algorithm 1), ``single`` (GDAS) or ``full``
     (DARTS). ``seed`` fixes the initial logits and every draw."""

@@ -6,6 +6,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from scnas_dsl.errors import CompileError
@@ -135,3 +137,16 @@ def test_temperature_schedules() -> None:
     assert exp.at(0.5) == pytest.approx(2.0)
     with pytest.raises(CompileError, match="positive"):
         TemperatureSchedule(0.0, 1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(edges=st.integers(1, 6), ops=st.integers(2, 12), tau=st.floats(0.05, 20.0), seed=st.integers(0, 2**31))
+def test_pair_sample_properties(edges: int, ops: int, tau: float, seed: int) -> None:
+    alpha = torch.randn(edges, ops, generator=torch.Generator().manual_seed(seed)) * 3
+    sample = sample_pair(alpha, tau, torch.Generator().manual_seed(seed))
+    assert sample.indices.shape == (edges, 2) and sample.weights is not None
+    assert (sample.indices[:, 0] < sample.indices[:, 1]).all()  # two distinct operations
+    assert ((sample.indices >= 0) & (sample.indices < ops)).all()
+    assert (sample.weights >= 0).all() and torch.allclose(sample.weights.sum(1), torch.ones(edges))
+    q = pair_probabilities(gumbel_softmax(alpha, tau, torch.Generator().manual_seed(seed)))
+    assert torch.allclose(q.sum(1), torch.ones(edges), atol=1e-5)
