@@ -41,9 +41,6 @@ def derive_genotype(space: SearchSpace, alphas: Mapping[str, torch.Tensor], name
         logits = alphas[key].detach().cpu()
         best = [names[i] for i in logits.argmax(dim=1).tolist()]
         chosen = dict(zip(spec.edge_list(), best, strict=True))
-        for (s, d), op in chosen.items():
-            if op in zeros:
-                report.append(f"{key}: edge {s}->{d} chose '{op}': cut")
         edges, nodes, outputs, notes = live_structure(spec, chosen, zeros)
         if not outputs and len(zeros) < len(names):
             report.append(f"{key}: every path to the output was cut; derived again without "
@@ -54,6 +51,7 @@ def derive_genotype(space: SearchSpace, alphas: Mapping[str, torch.Tensor], name
                     masked[:, i] = float("-inf")
             chosen = dict(zip(spec.edge_list(), [names[i] for i in masked.argmax(dim=1).tolist()], strict=True))
             edges, nodes, outputs, notes = live_structure(spec, chosen, zeros)
+        report += [f"{key}: edge {s}->{d} chose '{op}': cut" for (s, d), op in chosen.items() if op in zeros]
         report += [f"{key}: {line}" for line in notes]
         cells.append(_cell_choice(key, edges, chosen, nodes))
     return Genotype(name=name, space=space.name, cells=tuple(cells)), report

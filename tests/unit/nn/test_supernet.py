@@ -268,3 +268,19 @@ def test_impossible_networks_are_clear_errors() -> None:
         build_network(space, genotype, in_channels=1, num_classes=1)
     with pytest.raises(CompileError, match="unknown sampling"):
         build_supernet(space, in_channels=1, num_classes=1, sampling="half")
+
+
+def test_derived_genotype_prints_and_loads_back() -> None:
+    from scnas_dsl.graph.printer import print_document
+    from scnas_dsl.loader import load_text
+    from scnas_dsl.model import Document
+
+    space = unet_space(levels=1, nodes=3)
+    net = build_supernet(space, in_channels=1, num_classes=2, seed=5)
+    with torch.no_grad():
+        net.arch["dec"][:2, net.op_names["dec"].index("none")] = 5  # dec: n0 loses both inputs
+    genotype, report = net.derive("found")
+    assert "dec: n0 has no incoming edge left: pruned" in report
+    text = print_document(Document(spaces=(space,), genotypes=(genotype,)))
+    loaded_space, loaded = load_text(text, "found.scn").genotype("found")
+    assert loaded == genotype and loaded_space == space
