@@ -535,28 +535,44 @@ def _prepare_out(dataset: Dataset, out: Path | None) -> Path:
     return out
 
 
-def _map(
-    fn: Callable[..., Any], jobs: list[tuple[Any, ...]], workers: int, progress: bool, desc: str
-) -> list[Any]:
-    """Run ``fn(*job)`` for every job, in a process pool when ``workers > 1``, with a progress bar."""
-    results: list[Any] = []
-    bar = tqdm(total=len(jobs), desc=desc, file=sys.stderr, disable=not progress or not jobs, unit="case")
-    try:
-        if workers > 1 and len(jobs) > 1:
-            # 'spawn' so that worker processes never inherit threads (torch, tqdm) from the parent.
-            with ProcessPoolExecutor(
-                max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")
-            ) as pool:
-                for result in pool.map(fn, *zip(*jobs, strict=True)):
+class _Workers:
+    """Runs jobs serially, or in one process pool (started on first use, shared by both passes)."""
+
+    def __init__(self, workers: int, progress: bool) -> None:
+        self.workers = workers
+        self.progress = progress
+        self._pool: ProcessPoolExecutor | None = None
+
+    def map(
+        self, fn: Callable[..., Any], jobs: list[tuple[Any, ...]], desc: str, parallel: bool = True
+    ) -> list[Any]:
+        """``[fn(*job) for job in jobs]`` with a progress bar on stderr."""
+        results: list[Any] = []
+        bar = tqdm(
+            total=len(jobs), desc=desc, file=sys.stderr, disable=not self.progress or not jobs, unit="case"
+        )
+        try:
+            if parallel and self.workers > 1 and len(jobs) > 1:
+                if self._pool is None:
+                    # 'spawn' so that worker processes never inherit threads (torch, tqdm) from the parent.
+                    self._pool = ProcessPoolExecutor(
+                        max_workers=self.workers, mp_context=get_context("spawn")
+                    )
+                for result in self._pool.map(fn, *zip(*jobs, strict=True)):
                     results.append(result)
                     bar.update()
-        else:
-            for job in jobs:
-                results.append(fn(*job))
-                bar.update()
-    finally:
-        bar.close()
-    return results
+            else:
+                for job in jobs:
+                    results.append(fn(*job))
+                    bar.update()
+        finally:
+            bar.close()
+        return results
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
 
 def preprocess_dataset(
@@ -571,6 +587,8 @@ def preprocess_dataset(
     ``spacing`` is the target voxel size in mm (D, H, W after orientation to RAS); ``None`` takes the data
     set's median spacing (no resampling for a data set of one spacing). Cases whose files and settings are
     unchanged since the last run are kept as they are. Returns the :class:`Preprocessed` data.
+    With ``workers > 1`` cases run in spawned processes: a script calling this needs the usual
+    ``if __name__ == "__main__":`` guard.
     """
     dataset = open_dataset(root)
     if not dataset.cases:
@@ -582,6 +600,16 @@ def preprocess_dataset(
     if workers < 1:
         raise DataError(f"workers must be at least 1 (got {workers})")
     out = _prepare_out(dataset, out)
+    pool = _Workers(workers, progress)
+    try:
+        return _preprocess(dataset, out, spacing, pool)
+    finally:
+        pool.close()
+
+
+def _preprocess(
+    dataset: Dataset, out: Path, spacing: tuple[float, ...] | None, pool: _Workers
+) -> Preprocessed:
     channels = len(dataset.modalities)
     keys = {case.id: _input_key(dataset, case) for case in dataset.cases}
 
@@ -596,8 +624,9 @@ def preprocess_dataset(
     ]
     for case, result in zip(
         stale,
-        _map(
-            _fingerprint_case, [(c, channels, dataset.is_ct) for c in stale], workers, progress, "fingerprint"
+        # MRI fingerprints read headers only: not worth a process; CT ones read the data.
+        pool.map(
+            _fingerprint_case, [(c, channels, dataset.is_ct) for c in stale], "fingerprint", dataset.is_ct
         ),
         strict=True,
     ):
@@ -659,7 +688,7 @@ def preprocess_dataset(
         (c, out, channels, target, norm, dataset.num_classes, {"files": keys[c.id], "settings": settings_key})
         for c in todo
     ]
-    for case, summary in zip(todo, _map(_process_case, jobs, workers, progress, "preprocess"), strict=True):
+    for case, summary in zip(todo, pool.map(_process_case, jobs, "preprocess"), strict=True):
         summaries[case.id] = summary
 
     # 3. forget cases that left the data set, then commit the manifest
