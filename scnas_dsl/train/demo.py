@@ -66,13 +66,13 @@ class DemoSettings:
     shape: tuple[int, int, int] = (40, 40, 40)
     patch: tuple[int, int, int] = (32, 32, 32)
     stem_width: int = 8
-    search_epochs: int = 4
-    search_batches: int = 20
+    search_epochs: int = 3
+    search_batches: int = 15
     search_batch: int = 2
-    train_epochs: int = 12
-    train_batches: int = 25
+    train_epochs: int = 15
+    train_batches: int = 20
     train_batch: int = 2
-    val_every: int = 4
+    val_every: int = 5
 
     @classmethod
     def quick(cls) -> DemoSettings:

@@ -44,6 +44,8 @@ class SearchResult:
     genotype: Genotype
     genotype_file: Path
     pruning: list[str]
+    #: the final architecture logits alpha, structure key -> (E, O) tensor on the CPU
+    logits: dict[str, torch.Tensor]
 
 
 def default_out(cfg: SearchConfig, space: SearchSpace) -> Path:
@@ -260,4 +262,5 @@ def _finish(model: Any, space: SearchSpace, run: RunFolder, cfg: SearchConfig) -
         from scnas_dsl.train.plots import plot_search
 
         plot_search(run, space, genotype)
-    return SearchResult(run=run.path, genotype=genotype, genotype_file=target, pruning=pruning)
+    return SearchResult(run=run.path, genotype=genotype, genotype_file=target, pruning=pruning,
+                        logits={k: a.detach().cpu().clone() for k, a in model.arch.items()})

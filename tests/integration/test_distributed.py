@@ -1,0 +1,89 @@
+"""A distributed search with ``torchrun --nproc_per_node 2`` on the CPU (gloo): one genotype, one writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scnas_dsl.data.preprocess import preprocess_dataset
+from scnas_dsl.data.synth import synthesize
+
+SPACE = """\
+space tiny {
+  ops paper {
+    conv3 = conv(kernel=3)
+    dil2 = sep_conv(kernel=3, dilation=2)
+    skip = identity
+    none = zero
+  }
+  cell enc normal { nodes 2; inputs 2; ops paper }
+  cell red reduction { nodes 2; inputs 2; ops paper }
+  cell dec normal { nodes 2; inputs 2; ops paper }
+  cell exp expansion { nodes 2; inputs 2; ops paper }
+  unet {
+    dims 3
+    stem conv_block(kernel=3) -> 4
+    encoder red
+    bridge enc
+    decoder exp dec
+    head logits(kernel=1)
+  }
+}
+"""
+
+# Each rank runs the search and writes what it derived, so the test can compare the ranks.
+SCRIPT = """\
+import os, sys
+import torch
+from scnas_dsl.train.config import SearchConfig
+from scnas_dsl.train.search import run_search
+from scnas_dsl.train.common import genotype_body
+
+spec, data, out, report = sys.argv[1:5]
+cfg = SearchConfig(spec=spec, data=data, out=out, epochs=2, batch_size=2, patch=(16, 16, 16), stem_width=4,
+                   batches_per_epoch=2, device="cpu", progress=False)
+result = run_search(cfg)
+with open(os.path.join(report, f"rank{os.environ['RANK']}.scn"), "w") as f:
+    f.write(genotype_body(result.genotype))
+torch.save(result.logits, os.path.join(report, f"rank{os.environ['RANK']}.pt"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_search_one_architecture(tmp_path: Path) -> None:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this Python")
+    data = synthesize(tmp_path / "data", "heart", cases=6, shape=(24, 24, 24), seed=0)
+    pre = preprocess_dataset(data, out=tmp_path / "pre", spacing=None, progress=False)
+    (tmp_path / "tiny.scn").write_text(SPACE)
+    (tmp_path / "rank_script.py").write_text(SCRIPT)
+    report = tmp_path / "report"
+    report.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--standalone", str(tmp_path / "rank_script.py"),
+         str(tmp_path / "tiny.scn"), str(pre.root), str(tmp_path / "run"), str(report)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (report / "rank0.scn").read_text(), (report / "rank1.scn").read_text()
+    assert rank0 == rank1  # every rank sampled the same architectures and averaged the same gradients
+    logits0 = torch.load(report / "rank0.pt", weights_only=True)
+    logits1 = torch.load(report / "rank1.pt", weights_only=True)
+    assert logits0.keys() == logits1.keys()
+    assert all(torch.equal(logits0[k], logits1[k]) for k in logits0)
+    assert rank0.split("genotype ")[1].split(" of")[0] == "tiny_fold0"
+    written = (tmp_path / "run" / "genotype.scn").read_text()
+    assert rank0.strip().splitlines()[1:] == written.strip().splitlines()[-len(rank0.strip().splitlines()) + 1:]
+    records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in records] == [0, 1]  # one writer: no line twice
+    assert json.loads((tmp_path / "run" / "environment.json").read_text())["world_size"] == 2

@@ -1,0 +1,210 @@
+"""The trainer's commands end to end on generated data, at tiny sizes (width 4, patch 16^3, few steps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from scnas_dsl.cli import app
+from scnas_dsl.data.preprocess import preprocess_dataset
+from scnas_dsl.data.synth import synthesize
+from scnas_dsl.errors import RunError
+from scnas_dsl.loader import load
+from scnas_dsl.train import search as search_module
+from scnas_dsl.train.common import RunInterrupted
+from scnas_dsl.train.config import SearchConfig
+from scnas_dsl.train.search import run_search
+
+pytestmark = pytest.mark.xdist_group("run_cli")
+
+TINY_SPACE = """\
+space tiny {
+  ops paper {
+    conv3 = conv(kernel=3)
+    dil2 = sep_conv(kernel=3, dilation=2)
+    maxpool = max_pool(kernel=3)
+    skip = identity
+    none = zero
+  }
+  cell enc normal { nodes 2; inputs 2; ops paper }
+  cell red reduction { nodes 2; inputs 2; ops paper }
+  cell dec normal { nodes 2; inputs 2; ops paper }
+  cell exp expansion { nodes 2; inputs 2; ops paper }
+  unet {
+    dims 3
+    stem conv_block(kernel=3) -> 4
+    encoder red
+    bridge enc
+    decoder exp dec
+    head logits(kernel=1)
+  }
+}
+"""
+TINY = ["--stem-width", "4", "--patch", "16", "16", "16", "--batch-size", "2", "--batches-per-epoch", "2",
+        "--device", "cpu", "--quiet", "--no-augment"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Generated heart-like data (6 cases, 24^3), preprocessed once at its own voxel size, and the space."""
+    torch.set_num_threads(1)  # tiny tensors: threads only cost, and other tests share the cores
+    root = tmp_path_factory.mktemp("run_cli")
+    data = synthesize(root / "data", "heart", cases=6, shape=(24, 24, 24), seed=0)
+    pre = preprocess_dataset(data, out=root / "pre", spacing=None, progress=False)
+    spec = root / "tiny.scn"
+    spec.write_text(TINY_SPACE)
+    return {"root": root, "data": data, "pre": pre.root, "spec": spec}
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def test_search_train_predict_evaluate(workspace: dict[str, Path]) -> None:
+    root, data = workspace["root"], workspace["data"]
+    code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", root / "search",
+                          "--epochs", "2", *TINY)
+    assert code == 0, output
+    run = root / "search"
+    for name in ("config.json", "space.scn", "genotype.scn", "metrics.jsonl", "alphas.jsonl", "environment.json",
+                 "checkpoints/last.pt", "plots/losses.png", "plots/temperature.png", "plots/probabilities.png",
+                 "plots/cells.png"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["weight_optimizer"] == {"lr": 0.025, "betas": [0.1, 0.001], "weight_decay": 0.0}
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert records[1]["temperature"] < records[0]["temperature"]
+    first = records[0]
+    for key in ("weight_loss", "arch_loss", "lr_weights", "lr_arch", "entropy", "sample_counts", "genotype"):
+        assert key in first, key
+    counts = first["sample_counts"]["enc"]["in0->n0"]
+    assert sum(counts.values()) == 2 * 2 * 2  # 2 steps x 2 forwards x a pair of operations
+    space, genotype = load(run / "genotype.scn").genotype()
+    assert space.name == "tiny" and genotype.name == "tiny_fold0"
+
+    code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", run, "--epochs", "2",
+                          *TINY)
+    assert code == 1 and "already exists" in output and "--resume" in output
+
+    code, output = invoke("train", run / "genotype.scn", "--data", workspace["pre"], "--out", root / "train",
+                          "--epochs", "2", "--val-every", "1", *TINY)
+    assert code == 0, output
+    assert (root / "train" / "checkpoints" / "best.pt").is_file()
+    records = [json.loads(line) for line in (root / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["val_dice"] <= 1.0 for r in records)
+
+    images = sorted((data / "imagesTr").iterdir())[:2]
+    code, output = invoke("predict", root / "train", "--input", images[0], "--input", images[1], "--output",
+                          root / "pred", "--probabilities", "--mirror", "--device", "cpu", "--quiet")
+    assert code == 0, output
+    for image in images:
+        original = nib.load(str(image))
+        predicted = nib.load(str(root / "pred" / image.name))
+        assert predicted.shape == original.shape[:3]  # the inverse of preprocessing: the original grid
+        assert np.allclose(predicted.affine, original.affine)
+        probs = nib.load(str(root / "pred" / "probabilities" / image.name))
+        assert probs.shape == (*original.shape[:3], 2)
+        assert np.allclose(np.asarray(probs.dataobj).sum(-1), 1.0, atol=1e-4)
+    code, output = invoke("predict", root / "train", "--input", images[0], "--output", root / "pred", "--quiet")
+    assert code == 1 and "overwrite" in output
+
+    code, output = invoke("evaluate", "--pred", root / "pred", "--ref", data / "labelsTr", "--dataset", data)
+    assert code == 0, output
+    result = json.loads((root / "pred" / "dice.json").read_text())
+    assert set(result["mean_dice"]) == {"left atrium"} and result["cases"] == 2
+    assert 0.0 <= result["foreground_mean"] <= 1.0
+
+
+def test_resume_after_a_signal_ends_like_an_uninterrupted_search(workspace: dict[str, Path], tmp_path: Path) -> None:
+    def config(out: str) -> SearchConfig:
+        return SearchConfig(spec=str(workspace["spec"]), data=str(workspace["pre"]), out=str(tmp_path / out),
+                            epochs=2, batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=2,
+                            device="cpu", progress=False)
+
+    whole = run_search(config("whole"))
+    assert whole is not None
+
+    def terminate(epoch: int, step: int) -> None:
+        if (epoch, step) == (0, 0):
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler stopping the job
+
+    with pytest.raises(RunInterrupted, match="epoch 1, step 1.*--resume"):
+        run_search(config("parts"), on_step=terminate)
+    assert run_search(config("parts"), resume=True, stop_after_epochs=1) is None  # ends after epoch 1 of 2
+    parts = run_search(config("parts"), resume=True)
+    assert parts is not None
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "parts" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert parts.genotype == whole.genotype
+    assert (tmp_path / "whole" / "genotype.scn").read_text() == (tmp_path / "parts" / "genotype.scn").read_text()
+    history = (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in history] == [0, 1]
+
+
+def test_a_nan_loss_stops_the_run_with_advice(workspace: dict[str, Path], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def nan_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return logits.sum() * float("nan")
+
+    monkeypatch.setattr(search_module, "soft_jaccard_loss", nan_loss)
+    cfg = SearchConfig(spec=str(workspace["spec"]), data=str(workspace["pre"]), out=str(tmp_path / "nan"),
+                       epochs=1, batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=2, device="cpu",
+                       progress=False)
+    with pytest.raises(RunError, match=r"weight loss became nan at epoch 1, step 1 of 2.*lower learning rate"
+                                       r".*scnas data check"):
+        run_search(cfg)
+
+
+def test_bad_inputs_are_clear_errors(workspace: dict[str, Path], tmp_path: Path) -> None:
+    code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", tmp_path / "x",
+                          "--patch", "15", "16", "16", "--epochs", "1", "--device", "cpu", "--quiet")
+    assert code == 1 and "patch 15" in output
+    code, output = invoke("train", tmp_path / "missing.scn", "--data", workspace["pre"], "--out", tmp_path / "y")
+    assert code == 1 and "missing.scn" in output
+    code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", tmp_path / "z",
+                          "--resume", "--device", "cpu")
+    assert code == 1 and "nothing" not in output and "no scnas run here to resume" in output
+    code, output = invoke("predict", tmp_path, "--input", workspace["data"] / "imagesTr", "--output", tmp_path / "p")
+    assert code == 1 and "not a folder written by `scnas train`" in output
+
+
+@pytest.mark.slow
+def test_transfer_and_cross_validation_of_a_baseline(workspace: dict[str, Path], tmp_path: Path) -> None:
+    """A hand-designed baseline genotype retrained on a 4-channel, 3-label task, fold by fold."""
+    brain = synthesize(tmp_path / "brain", "brain", cases=4, shape=(24, 24, 24), seed=1)
+    spec = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
+    code, output = invoke("cv", spec, "--data", brain, "--out", tmp_path / "cv", "--fold", "0", "--fold", "1",
+                          "--epochs", "1", "--median-spacing", *TINY)
+    assert code == 0, output
+    summary = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
+    assert set(summary["folds"]) == {"0", "1"}
+    assert set(summary["mean_dice"]) == {"edema", "non-enhancing tumour", "enhancing tumour"} or len(
+        summary["mean_dice"]) == 3
+    assert summary["cases"] == 2  # one validation case per fold of four cases... in two of the folds
+    network = json.loads((tmp_path / "cv" / "fold_0" / "network.json").read_text())
+    assert (network["in_channels"], network["num_classes"]) == (4, 4)
+
+
+@pytest.mark.slow
+def test_demo_with_a_small_budget(tmp_path: Path) -> None:
+    code, output = invoke("demo", tmp_path / "demo", "--quick", "--device", "cpu", "--quiet")
+    assert code == 0, output
+    assert "foreground mean Dice" in output
+    assert (tmp_path / "demo" / "search" / "genotype.scn").is_file()
+    assert json.loads((tmp_path / "demo" / "predictions" / "dice.json").read_text())["cases"] >= 1
+    code, output = invoke("demo", tmp_path / "demo", "--quick")
+    assert code == 1 and "already exists" in output
