@@ -23,37 +23,33 @@ from scnas_dsl.train.predict import predict_run
 from scnas_dsl.train.retrain import run_train
 from scnas_dsl.train.search import run_search
 
-DEMO_SPACE = """\
-# The demo's search space: the paper's cells and operations, smaller (two levels, two nodes per cell).
-space demo {
-  ops paper {
-    conv3 = conv(kernel=3)
-    dil2 = sep_conv(kernel=3, dilation=2)
-    dil3 = sep_conv(kernel=3, dilation=3)
-    dil4 = sep_conv(kernel=3, dilation=4)
-    maxpool = max_pool(kernel=3)
-    avgpool = avg_pool(kernel=3)
-    skip = identity
-    none = zero
-  }
-
-  cell enc normal { nodes 2; inputs 2; ops paper }
-  cell red reduction { nodes 2; inputs 2; ops paper }
-  cell dec normal { nodes 2; inputs 2; ops paper }
-  cell exp expansion { nodes 2; inputs 2; ops paper }
-
-  unet {
-    dims 3
-    stem conv_block(kernel=3) -> 8
-    encoder red enc red
-    bridge enc
-    decoder exp dec exp dec
-    head logits(kernel=1)
-    width_factor 2
-    share by_type
-  }
+#: The paper's eight candidate operations, as .scn operation calls.
+PAPER_OPS: dict[str, str] = {
+    "conv3": "conv(kernel=3)", "dil2": "sep_conv(kernel=3, dilation=2)", "dil3": "sep_conv(kernel=3, dilation=3)",
+    "dil4": "sep_conv(kernel=3, dilation=4)", "maxpool": "max_pool(kernel=3)", "avgpool": "avg_pool(kernel=3)",
+    "skip": "identity", "none": "zero",
 }
-"""
+
+
+def small_space(name: str = "demo", levels: int = 2, ops: tuple[str, ...] = tuple(PAPER_OPS), nodes: int = 2,
+                stem_width: int = 8) -> str:
+    """The .scn text of a small space with the paper's four cell types: ``levels`` down-samplings, ``nodes``
+    intermediate nodes per cell, a subset of the paper's operations."""
+    encoder = " ".join(["red"] + ["enc red"] * (levels - 1))
+    decoder = " ".join(["exp dec"] * levels)
+    lines = [f"space {name} {{", "  ops paper {"]
+    lines += [f"    {op} = {PAPER_OPS[op]}" for op in ops]
+    lines += ["  }"]
+    lines += [f"  cell {cell} {role} {{ nodes {nodes}; inputs 2; ops paper }}"
+              for cell, role in (("enc", "normal"), ("red", "reduction"), ("dec", "normal"), ("exp", "expansion"))]
+    lines += ["  unet {", "    dims 3", f"    stem conv_block(kernel=3) -> {stem_width}", f"    encoder {encoder}",
+              "    bridge enc", f"    decoder {decoder}", "    head logits(kernel=1)", "    width_factor 2",
+              "    share by_type", "  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+#: The demo's search space: the paper's cells and operations, smaller (two levels, two nodes per cell).
+DEMO_SPACE = "# The scnas demo's space: the paper's cells and eight operations, two levels, two nodes.\n" + small_space()
 
 MARKER = ".scnas-demo"
 

@@ -14,29 +14,9 @@ import torch
 
 from scnas_dsl.data.preprocess import preprocess_dataset
 from scnas_dsl.data.synth import synthesize
+from scnas_dsl.train.demo import small_space
 
-SPACE = """\
-space tiny {
-  ops paper {
-    conv3 = conv(kernel=3)
-    dil2 = sep_conv(kernel=3, dilation=2)
-    skip = identity
-    none = zero
-  }
-  cell enc normal { nodes 2; inputs 2; ops paper }
-  cell red reduction { nodes 2; inputs 2; ops paper }
-  cell dec normal { nodes 2; inputs 2; ops paper }
-  cell exp expansion { nodes 2; inputs 2; ops paper }
-  unet {
-    dims 3
-    stem conv_block(kernel=3) -> 4
-    encoder red
-    bridge enc
-    decoder exp dec
-    head logits(kernel=1)
-  }
-}
-"""
+SPACE = small_space("tiny", levels=1, ops=("conv3", "dil2", "maxpool", "skip", "none"), stem_width=4)
 
 # Each rank runs the search and writes what it derived, so the test can compare the ranks.
 SCRIPT = """\

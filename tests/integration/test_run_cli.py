@@ -21,33 +21,12 @@ from scnas_dsl.loader import load
 from scnas_dsl.train import search as search_module
 from scnas_dsl.train.common import RunInterrupted
 from scnas_dsl.train.config import SearchConfig
+from scnas_dsl.train.demo import small_space
 from scnas_dsl.train.search import run_search
 
 pytestmark = pytest.mark.xdist_group("run_cli")
 
-TINY_SPACE = """\
-space tiny {
-  ops paper {
-    conv3 = conv(kernel=3)
-    dil2 = sep_conv(kernel=3, dilation=2)
-    maxpool = max_pool(kernel=3)
-    skip = identity
-    none = zero
-  }
-  cell enc normal { nodes 2; inputs 2; ops paper }
-  cell red reduction { nodes 2; inputs 2; ops paper }
-  cell dec normal { nodes 2; inputs 2; ops paper }
-  cell exp expansion { nodes 2; inputs 2; ops paper }
-  unet {
-    dims 3
-    stem conv_block(kernel=3) -> 4
-    encoder red
-    bridge enc
-    decoder exp dec
-    head logits(kernel=1)
-  }
-}
-"""
+TINY_SPACE = small_space("tiny", levels=1, ops=("conv3", "dil2", "maxpool", "skip", "none"), stem_width=4)
 TINY = ["--stem-width", "4", "--patch", "16", "16", "16", "--batch-size", "2", "--batches-per-epoch", "2",
         "--device", "cpu", "--quiet", "--no-augment"]
 
