@@ -219,7 +219,7 @@ def synth_cmd(
     try:
         path = synthesize(
             out,
-            task=task,
+            task=task,  # type: ignore[arg-type]
             cases=cases,
             shape=shape,
             seed=seed,

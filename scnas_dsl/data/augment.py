@@ -27,42 +27,42 @@ class AugmentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     enabled: bool = True
     rotation: bool = True
-    p_rotation: float = Field(0.2, ge=0, le=1)
+    p_rotation: float = Field(default=0.2, ge=0, le=1)
     rotation_degrees: Range = (-30.0, 30.0)
     scaling: bool = True
-    p_scaling: float = Field(0.2, ge=0, le=1)
+    p_scaling: float = Field(default=0.2, ge=0, le=1)
     scale_range: Range = (0.7, 1.4)
     elastic: bool = False
-    p_elastic: float = Field(0.2, ge=0, le=1)
+    p_elastic: float = Field(default=0.2, ge=0, le=1)
     #: displacement amplitude in voxels, and the spacing of its random control points in voxels
     elastic_magnitude: Range = (0.0, 4.0)
     elastic_grid: Range = (9.0, 13.0)
-    label_interpolation: str = Field("nearest", pattern="^(nearest|onehot)$")
+    label_interpolation: str = Field(default="nearest", pattern="^(nearest|onehot)$")
     noise: bool = True
-    p_noise: float = Field(0.1, ge=0, le=1)
+    p_noise: float = Field(default=0.1, ge=0, le=1)
     noise_variance: Range = (0.0, 0.1)
     blur: bool = True
-    p_blur: float = Field(0.2, ge=0, le=1)
-    p_blur_per_channel: float = Field(0.5, ge=0, le=1)
+    p_blur: float = Field(default=0.2, ge=0, le=1)
+    p_blur_per_channel: float = Field(default=0.5, ge=0, le=1)
     blur_sigma: Range = (0.5, 1.0)
     brightness: bool = True
-    p_brightness: float = Field(0.15, ge=0, le=1)
+    p_brightness: float = Field(default=0.15, ge=0, le=1)
     brightness_range: Range = (0.75, 1.25)
     contrast: bool = True
-    p_contrast: float = Field(0.15, ge=0, le=1)
+    p_contrast: float = Field(default=0.15, ge=0, le=1)
     contrast_range: Range = (0.75, 1.25)
     low_resolution: bool = True
-    p_low_resolution: float = Field(0.25, ge=0, le=1)
-    p_low_resolution_per_channel: float = Field(0.5, ge=0, le=1)
+    p_low_resolution: float = Field(default=0.25, ge=0, le=1)
+    p_low_resolution_per_channel: float = Field(default=0.5, ge=0, le=1)
     low_resolution_zoom: Range = (0.5, 1.0)
     gamma_inverted: bool = True
-    p_gamma_inverted: float = Field(0.1, ge=0, le=1)
+    p_gamma_inverted: float = Field(default=0.1, ge=0, le=1)
     gamma: bool = True
-    p_gamma: float = Field(0.3, ge=0, le=1)
+    p_gamma: float = Field(default=0.3, ge=0, le=1)
     gamma_range: Range = (0.7, 1.5)
     mirror: bool = True
     mirror_axes: tuple[int, ...] = (0, 1, 2)
-    p_mirror: float = Field(0.5, ge=0, le=1)
+    p_mirror: float = Field(default=0.5, ge=0, le=1)
 
     @classmethod
     def none(cls) -> AugmentConfig:

@@ -19,7 +19,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import nibabel as nib
 import numpy as np
@@ -288,12 +288,17 @@ def _cases_from_folder(
 # ---------------------------------------------------------------------------------------------- checking
 
 
+def load_header(path: Path) -> nib.Nifti1Image:
+    """Open a NIfTI file lazily (header now, data on access)."""
+    return cast(nib.Nifti1Image, nib.load(str(path)))
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image] | str:
     """The data and image of ``path``, or a message (without the path) saying why it cannot be read."""
     if not path.is_file():
         return "file is missing"
     try:
-        img = nib.load(str(path))
+        img = load_header(path)
         if 0 in img.shape:
             return f"image has an empty dimension (shape {img.shape})"
         data = np.asanyarray(img.dataobj)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,9 @@ def extract_patch(volume: np.ndarray, corner: Sequence[int], patch: Sequence[int
         a, b = max(lo, 0), min(lo + p, n)
         src.append(slice(a, b))
         dst.append(slice(a - lo, b - lo))
-    out[(..., *dst)] = volume[(..., *src)]
+    target: tuple[Any, ...] = (Ellipsis, *dst)
+    source: tuple[Any, ...] = (Ellipsis, *src)
+    out[target] = volume[source]
     return out
 
 

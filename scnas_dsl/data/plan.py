@@ -16,10 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
-from scnas_dsl.data.dataset import Dataset
+from scnas_dsl.data.dataset import Dataset, load_header
 from scnas_dsl.data.preprocess import Preprocessed, canonical_geometry
 from scnas_dsl.errors import DataError
 
@@ -98,7 +97,7 @@ def _fingerprint(
     shapes, spacings = [], []
     for case in source.cases:
         try:
-            img = nib.load(str(case.images[0]))
+            img = load_header(case.images[0])
         except Exception as err:  # nibabel raises several kinds for unreadable files
             raise DataError(
                 f"{case.images[0]}: case {case.id}: cannot be read ({err}); run `scnas data check`"

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict
 from scipy import ndimage
 from tqdm import tqdm
 
-from scnas_dsl.data.dataset import Case, Dataset, load_nifti, open_dataset
+from scnas_dsl.data.dataset import Case, Dataset, load_header, load_nifti, open_dataset
 from scnas_dsl.errors import DataError
 
 #: Bump when the pipeline changes what it writes: every cached case is then redone.
@@ -403,6 +403,11 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
             tmp.unlink()
 
 
+def _npy(array: np.ndarray) -> Callable[[Any], None]:
+    """A writer of ``array`` in .npy form, for :func:`_atomic`."""
+    return lambda handle: np.save(handle, array)
+
+
 def _write_json(path: Path, value: Any) -> None:
     _atomic(path, lambda f: f.write(json.dumps(value, indent=1)), mode="w")
 
@@ -410,7 +415,7 @@ def _write_json(path: Path, value: Any) -> None:
 def _fingerprint_case(case: Case, channels: int, is_ct: bool) -> dict[str, Any]:
     """Canonical spacing and shape of a case, and for CT a sample of its foreground intensities per channel."""
     if not is_ct:
-        img = nib.load(str(case.images[0])) if case.images[0].is_file() else None
+        img = load_header(case.images[0]) if case.images[0].is_file() else None
         if img is None:
             raise DataError(f"{case.images[0]}: case {case.id}: file is missing")
         zooms, shape = canonical_geometry(np.asarray(img.affine), img.shape[:3])
@@ -465,12 +470,12 @@ def _process_case(
         label = raw_label.astype(np.int16 if num_classes > 127 else np.int8)
     pre_image, pre_label, meta, raw = _run_pipeline(case.id, image, label, ref, target, norm)
     folder = out / "cases"
-    _atomic(folder / f"{case.id}.image.npy", lambda f: np.save(f, pre_image))
+    _atomic(folder / f"{case.id}.image.npy", _npy(pre_image))
     locations: dict[str, np.ndarray] = {}
     class_voxels: dict[str, int] = {}
     intensity: list[dict[str, float]] = []
     if pre_label is not None:
-        _atomic(folder / f"{case.id}.label.npy", lambda f: np.save(f, pre_label))
+        _atomic(folder / f"{case.id}.label.npy", _npy(pre_label))
         rng = np.random.default_rng(int(hashlib.sha1(case.id.encode()).hexdigest()[:8], 16))
         for value in range(num_classes):
             coords = np.argwhere(pre_label == value)
@@ -491,7 +496,7 @@ def _process_case(
                     "p99_5": float(np.percentile(values, 99.5)),
                 }
             )
-    _atomic(folder / f"{case.id}.locations.npz", lambda f: np.savez(f, **locations))
+    _atomic(folder / f"{case.id}.locations.npz", lambda f: np.savez(f, **locations))  # type: ignore[arg-type]
     summary = {
         "key": key,
         "meta": meta.model_dump(mode="json"),
@@ -632,10 +637,7 @@ def _preprocess(
     ):
         samples = result.pop("samples")
         if samples is not None:
-            _atomic(
-                out / "fingerprint" / f"{case.id}.samples.npy",
-                lambda f, s=samples: np.save(f, np.asarray(s, np.float32)),
-            )
+            _atomic(out / "fingerprint" / f"{case.id}.samples.npy", _npy(np.asarray(samples, np.float32)))
         fingerprints[case.id] = {**result, "key": keys[case.id], "is_ct": dataset.is_ct}
     fingerprints = {c.id: fingerprints[c.id] for c in dataset.cases}
     if stale:

@@ -289,11 +289,11 @@ def _make_case(task: str, shape: tuple[int, ...], rng: np.random.Generator) -> t
             channel = channel + noise
             # Air around the body inside the scanner's round field of view; zero padding outside it.
             fov = _field_of_view(shape)
-            channel = np.where(body, channel, np.where(fov, -1000.0 + noise, 0.0))
+            channel = np.where(body, channel, np.where(fov, -1000.0 + noise, 0.0)).astype(np.float32)
         else:
             bias = 1.0 + 0.12 * _smooth_noise(shape, max(shape) / 3, rng)
-            channel = channel * bias + rng.normal(0.0, 0.06, size=shape).astype(np.float32)
-            channel = np.where(body, np.clip(channel, 0.02, None) * scale, 0.0)
+            channel = (channel * bias + rng.normal(0.0, 0.06, size=shape)).astype(np.float32)
+            channel = np.where(body, np.clip(channel, 0.02, None) * scale, 0.0).astype(np.float32)
         image[c] = channel
     label[~body] = 0
     return image, label
