@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from scnas_dsl.errors import DataError
@@ -127,10 +128,52 @@ def _open_preprocessed(folder: Path, out: Path | None):
     return Preprocessed(where)
 
 
+#: Patch at which a spec's memory is measured once; other patches and batches scale from it (see spec_estimator).
+REFERENCE_PATCH = (32, 32, 32)
+
+
+def spec_estimator(spec: Path, in_channels: int, num_classes: int):
+    """The compiler's training-memory estimate for the spec's network, as a ``(patch, batch) -> bytes`` callback.
+
+    One estimate on the meta device at :data:`REFERENCE_PATCH`, batch 1 (a build takes seconds, the plan
+    asks dozens of times): weights, gradients and Adam state stay fixed, activations scale with
+    ``batch * voxels``. A file with one genotype (and no space of its own) is its fixed network; otherwise
+    the space's supernet with pair sampling is estimated.
+    """
+    from scnas_dsl.loader import load
+    from scnas_dsl.nn.cost import estimate
+
+    loaded = load(spec)
+    genotype = None
+    if len(loaded.genotypes) == 1 and not loaded.document.spaces:
+        space, genotype = loaded.genotype()
+    else:
+        space = loaded.space()
+    if space.unet.dims != 3:
+        raise DataError(f"{spec}: a {space.unet.dims}D space cannot be planned for 3D patches")
+    report = estimate(
+        space,
+        patch=REFERENCE_PATCH,
+        batch_size=1,
+        genotype=genotype,
+        in_channels=in_channels,
+        num_classes=num_classes,
+    )
+    step = report.steps["network" if genotype is not None else "pair"]
+    fixed = step.weight_bytes + step.gradient_bytes + step.optimizer_bytes
+    per_voxel = step.activation_bytes / float(np.prod(REFERENCE_PATCH))
+
+    def estimator(patch: tuple[int, ...], batch: int) -> float:
+        return fixed + batch * float(np.prod(patch)) * per_voxel
+
+    return estimator
+
+
 @data_app.command("plan")
 def plan_cmd(
     folder: Path = typer.Argument(..., help="the data set folder (with dataset.json)"),  # noqa: B008
     memory_gb: float = typer.Option(16.0, "--memory-gb", help="memory budget of one device in GB"),
+    spec: Path = typer.Option(None, "--spec", help="a .scn space or genotype: use the compiler's estimate"),  # noqa: B008
     out: Path = typer.Option(None, "--out", help=OUT_HELP),  # noqa: B008
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
@@ -139,17 +182,25 @@ def plan_cmd(
     from scnas_dsl.data.plan import plan
 
     _folder(folder)
+    if spec is not None and not spec.is_file():
+        raise _usage(f"{spec}: no such file")
     try:
         pre = _open_preprocessed(folder, out)
-        result = plan(pre if pre is not None else open_dataset(folder), memory_gb=memory_gb)
+        source = pre if pre is not None else open_dataset(folder)
+        estimator = None
+        if spec is not None:
+            modalities = pre.dataset.modalities if pre is not None else source.modalities  # type: ignore[union-attr]
+            labels = pre.dataset.labels if pre is not None else source.labels  # type: ignore[union-attr]
+            estimator = spec_estimator(spec, len(modalities), max(labels) + 1)
+        result = plan(source, memory_gb=memory_gb, spec_estimator=estimator)
     except DataError as err:
         raise _fail(err) from err
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=1))
         return
-    source = f"preprocessed data in {pre.root}" if pre is not None else "raw images (run preprocess for more)"
+    where = f"preprocessed data in {pre.root}" if pre is not None else "raw images (run preprocess for more)"
     lines = [
-        f"data set      {folder} ({source})",
+        f"data set      {folder} ({where})",
         f"cases         {result.num_cases}; channels {', '.join(result.modalities)}",
         f"median shape  {' x '.join(map(str, result.median_shape))} at "
         f"{' x '.join(f'{s:.3g}' for s in result.median_spacing)} mm",

@@ -77,6 +77,11 @@ def test_synth_check_preprocess_plan_splits(tmp_path: Path, layout: str) -> None
     assert set(plan["class_frequencies"]) == {"0", "1", "2", "3"}
     text = scnas("plan", str(data), cache=cache)
     assert "patch size" in text.stdout and "preprocessed data in" in text.stdout
+    if layout == "msd":  # the compiler's estimate for a spec (one build on the meta device)
+        spec = Path(__file__).resolve().parents[2] / "specs" / "tiny_by_level.scn"
+        with_spec = scnas("plan", str(data), "--spec", str(spec), "--memory-gb", "4", "--json", cache=cache)
+        assert with_spec.returncode == 0, with_spec.stderr
+        assert json.loads(with_spec.stdout)["rule"] == "spec estimate"
 
     splits = scnas("splits", str(data), cache=cache)
     assert splits.returncode == 0, splits.stderr
