@@ -284,3 +284,18 @@ def test_derived_genotype_prints_and_loads_back() -> None:
     text = print_document(Document(spaces=(space,), genotypes=(genotype,)))
     loaded_space, loaded = load_text(text, "found.scn").genotype("found")
     assert loaded == genotype and loaded_space == space
+
+
+def test_consecutive_resizing_cells_resample_by_four() -> None:
+    space = unet_space(levels=1, dims=2)
+    unet = space.unet.model_copy(update={
+        "encoder": (space.unet.encoder[0], space.unet.encoder[0]), "bridge": (),
+        "decoder": (space.unet.decoder[0], space.unet.decoder[0]),
+    })
+    space = space.model_copy(update={"unet": unet})  # red red | exp exp
+    net = build_supernet(space, in_channels=1, num_classes=2)
+    assert [i.factor for i in net.plan.cells[3].inputs] == [4.0, 2.0]  # exp[1] reads red[1] two levels down
+    # red[1] works at level 1 (then stride 2 on its edges): the stem it reads is down-sampled first
+    assert [i.factor for i in net.plan.cells[1].inputs] == [0.5, 1.0]
+    assert net.plan.cells[1].inputs[0].source == -1 and net.plan.levels == 2
+    assert net(torch.randn(1, 1, 8, 8)).shape == (1, 2, 8, 8)
