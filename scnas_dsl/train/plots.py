@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from scnas_dsl.model import Genotype, SearchSpace
 from scnas_dsl.train.runs import RunFolder, read_jsonl
@@ -33,6 +34,7 @@ def plot_curves(records: list[dict[str, Any]], keys: dict[str, str], ylabel: str
             x, y = zip(*points, strict=True)
             axes.plot(x, y, marker="o" if len(points) < 30 else None, label=label)
     axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel(ylabel)
     if log:
         axes.set_yscale("log")
@@ -50,7 +52,9 @@ def plot_probabilities(probabilities: dict[str, dict[str, dict[str, float]]], pa
         edges = list(probabilities[key])
         ops = list(next(iter(probabilities[key].values())))
         table = np.array([[probabilities[key][e][o] for o in ops] for e in edges])
-        image = axes.imshow(table, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(float(table.max()), 1e-6))
+        # the colour range is the table's own: early in a search the probabilities differ by little
+        low, high = float(table.min()), float(table.max())
+        image = axes.imshow(table, aspect="auto", cmap="viridis", vmin=low, vmax=max(high, low + 1e-6))
         axes.set_xticks(range(len(ops)), ops, rotation=60, ha="right", fontsize=8)
         axes.set_yticks(range(len(edges)), edges, fontsize=8)
         axes.set_title(f"cell {key}")
