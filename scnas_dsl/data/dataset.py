@@ -238,7 +238,18 @@ def _open_nnunet(root: Path, meta_path: Path, meta: dict[str, Any]) -> Dataset:
     if "dataset" in meta:
         # nnU-Net v2 may list the cases explicitly instead of relying on the folder's file names.
         cases = []
-        for case_id, entry in sorted(meta["dataset"].items()):
+        listed = meta["dataset"]
+        if not isinstance(listed, dict):
+            raise DataError(
+                f'{meta_path}: \'dataset\' must be an object {{case: {{"images": [...], "label": ...}}}}'
+            )
+        for case_id, entry in sorted(listed.items()):
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("images"), list)
+                or "label" not in entry
+            ):
+                raise DataError(f"{meta_path}: dataset[{case_id!r}] needs a list 'images' and a 'label'")
             images = [
                 _inside(root, meta_path, p, f"dataset[{case_id}].images", escaping) for p in entry["images"]
             ]

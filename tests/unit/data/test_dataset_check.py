@@ -241,3 +241,22 @@ def test_checking_writes_nothing(brain, copy_of) -> None:
     check_dataset(root)
     open_dataset(root)
     assert tree_digest(root) == before
+
+
+def test_nnunet_explicit_case_list(brain_nnunet: Path, copy_of) -> None:
+    root = copy_of(brain_nnunet)
+
+    def listing(meta: dict) -> None:
+        meta["dataset"] = {
+            "brain_001": {
+                "images": [f"./imagesTr/brain_001_{c:04d}.nii.gz" for c in range(4)],
+                "label": "./labelsTr/brain_001.nii.gz",
+            }
+        }
+
+    _edit_json(root, listing)
+    dataset = open_dataset(root)
+    assert [c.id for c in dataset.cases] == ["brain_001"] and check_dataset(root) == []
+    _edit_json(root, lambda m: m.update(dataset={"brain_001": {"images": "x"}}))
+    with pytest.raises(DataError, match=r"dataset\['brain_001'\] needs a list 'images'"):
+        open_dataset(root)
