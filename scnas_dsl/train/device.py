@@ -57,13 +57,27 @@ class Runtime:
             t.copy_(flat[offset:offset + n].view_as(t))
             offset += n
 
-    def mean_scalar(self, value: float) -> float:
-        """The mean of a number over the ranks."""
+    def mean_values(self, values: list[float]) -> list[float]:
+        """The means of some numbers over the ranks (one all_reduce)."""
         if not self.distributed:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return float(t.item()) / self.world_size
+        return (t / self.world_size).tolist()
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A batch onto the device; on CUDA through pinned memory, so that the copy runs asynchronously."""
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order."""
+        if not self.distributed:
+            return [value]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
 
     def barrier(self) -> None:
         if self.distributed:

@@ -54,12 +54,15 @@ def validation_dice(model: torch.nn.Module, pre: Any, case_ids: list[str], patch
                     mirror: bool = False) -> dict[str, Any]:
     """Mean Dice per label over ``case_ids`` (preprocessed grid) and their mean, ``foreground_mean``."""
     per_case: dict[str, dict[int, float]] = {}
-    for case in case_ids:
+    # each rank scores its share of the cases; the scores are gathered so that every rank has them all
+    for case in case_ids[runtime.rank::runtime.world_size]:
         image, label = pre.load(case, mmap=False)
         probs = sliding_window_inference(model, torch.from_numpy(np.ascontiguousarray(image)), patch,
                                          blend=blend, mirror=mirror, device=runtime.device,  # type: ignore[arg-type]
                                          autocast_dtype=runtime.amp_dtype)
         per_case[case] = dice_per_label(probs.argmax(0).numpy(), np.asarray(label), labels)
+    for part in runtime.gather(per_case):
+        per_case.update(part)
     means = {name: nanmean(s[k] for s in per_case.values()) for k, name in labels.items()}
     return {"mean_dice": means, "foreground_mean": nanmean(means.values()), "cases": len(per_case)}
 
@@ -153,19 +156,21 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
             bar = common.progress_bar(steps, f"train epoch {epoch + 1}/{cfg.epochs}", cfg.progress and runtime.is_main)
             bar.update(first)
             for step, (x, y) in enumerate(common.epoch_batches(train_loader, epoch, first), start=first):
-                x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
+                x, y = runtime.to_device(x), runtime.to_device(y)
                 opt.zero_grad(set_to_none=True)
                 with runtime.autocast():
                     loss = soft_jaccard_loss(model(x), y)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
-                value = runtime.mean_scalar(loss.item())
+                # with the stop request in the same all_reduce: every rank stops at the same step
+                value, stopping = runtime.mean_values([loss.item(), float(bool(stop.requested))])
                 common.check_finite(value, epoch, step, steps, "training loss", common.lr_of(opt))
                 loss_sum += value
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{common.lr_of(opt):.2g}")
                 bar.update()
-                if stop.requested and step + 1 < steps:
+                if stopping > 0 and step + 1 < steps:
+                    stop.requested = stop.requested or "SIGTERM"
                     bar.close()
                     checkpoint(epoch, step + 1)
                     raise common.RunInterrupted(
@@ -178,15 +183,14 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
             last = epoch + 1 == cfg.epochs or low_lr
             if val_cases and ((epoch + 1) % cfg.val_every == 0 or last):
                 cases = val_cases if last or cfg.val_cases is None else val_cases[:cfg.val_cases]
-                if runtime.is_main:
-                    val = validation_dice(net, data.pre, cases, patch, data.label_names, runtime, cfg.blend,
-                                          cfg.mirror_validation)
-                    record.update(val_dice=val["foreground_mean"], val_mean_dice=val["mean_dice"])
-                    if val["foreground_mean"] > best["dice"]:
-                        best = {"dice": val["foreground_mean"], "epoch": epoch}
+                val = validation_dice(net, data.pre, cases, patch, data.label_names, runtime, cfg.blend,
+                                      cfg.mirror_validation)
+                record.update(val_dice=val["foreground_mean"], val_mean_dice=val["mean_dice"])
+                if val["foreground_mean"] > best["dice"]:
+                    best = {"dice": val["foreground_mean"], "epoch": epoch}
+                    if runtime.is_main:
                         save_checkpoint(best_path, {"kind": "weights", "model": net.state_dict(),
                                                     "epoch": epoch, "dice": val["foreground_mean"]})
-                runtime.barrier()
             record["seconds"] = round(time.time() - started, 3)
             run.append_jsonl("metrics.jsonl", record)
             checkpoint(epoch + 1, 0)
@@ -194,9 +198,9 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
             if low_lr:
                 stopped_by = f"learning rate {common.lr_of(opt):.2g} < {cfg.min_lr:g}"
                 break
-            if stop.requested:
+            if runtime.mean_values([float(bool(stop.requested))])[0] > 0:  # every rank decides alike
                 raise common.RunInterrupted(
-                    f"{stop.requested}: stopped after epoch {epoch + 1}; checkpoint saved to {ckpt_path}; "
+                    f"{stop.requested or 'SIGTERM'}: stopped after epoch {epoch + 1}; checkpoint saved to {ckpt_path}; "
                     f"continue with `scnas train ... --out {out} --resume`")
             if stop_after_epochs is not None and epochs_run >= stop_after_epochs and epoch + 1 < cfg.epochs:
                 return None

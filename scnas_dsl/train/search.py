@@ -177,28 +177,31 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
             batches = zip(common.epoch_batches(w_loader, epoch, first), common.epoch_batches(a_loader, epoch, first),
                           strict=True)
             for step, ((xw, yw), (xa, ya)) in enumerate(batches, start=first):
-                xw, yw = xw.to(runtime.device, non_blocking=True), yw.to(runtime.device, non_blocking=True)
+                xw, yw = runtime.to_device(xw), runtime.to_device(yw)
                 with runtime.autocast():
                     loss_w = soft_jaccard_loss(model(xw), yw)
                 _grads_to(weights, w_scaler.scale(loss_w), runtime)
                 w_scaler.step(w_opt)
                 w_scaler.update()
-                xa, ya = xa.to(runtime.device, non_blocking=True), ya.to(runtime.device, non_blocking=True)
+                xa, ya = runtime.to_device(xa), runtime.to_device(ya)
                 with runtime.autocast():
                     loss_a = soft_jaccard_loss(model(xa), ya)
                 _grads_to(logits, a_scaler.scale(loss_a), runtime)
                 a_scaler.step(a_opt)
                 a_scaler.update()
-                lw, la = runtime.mean_scalar(loss_w.item()), runtime.mean_scalar(loss_a.item())
+                if on_step is not None:
+                    on_step(epoch, step)
+                # one all_reduce for the logged losses and the stop request, so that every rank stops at the
+                # same step even when the signal reaches the ranks at different moments
+                lw, la, stopping = runtime.mean_values([loss_w.item(), loss_a.item(), float(bool(stop.requested))])
                 common.check_finite(lw, epoch, step, steps, "weight loss", common.lr_of(w_opt))
                 common.check_finite(la, epoch, step, steps, "architecture loss", common.lr_of(a_opt))
                 sums["weight_loss"] += lw
                 sums["arch_loss"] += la
                 bar.set_postfix(loss=f"{lw:.4f}", arch=f"{la:.4f}", tau=f"{model.temperature:.3g}")
                 bar.update()
-                if on_step is not None:
-                    on_step(epoch, step)
-                if stop.requested and step + 1 < steps:
+                if stopping > 0 and step + 1 < steps:
+                    stop.requested = stop.requested or "SIGTERM"
                     bar.close()
                     checkpoint(epoch, step + 1)
                     raise common.RunInterrupted(
@@ -214,9 +217,9 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
                                               "probabilities": model.arch_probabilities()})
             checkpoint(epoch + 1, 0)
             epochs_run += 1
-            if stop.requested:
+            if runtime.mean_values([float(bool(stop.requested))])[0] > 0:  # every rank decides alike
                 raise common.RunInterrupted(
-                    f"{stop.requested}: stopped after epoch {epoch + 1}; checkpoint saved to {ckpt_path}; "
+                    f"{stop.requested or 'SIGTERM'}: stopped after epoch {epoch + 1}; checkpoint saved to {ckpt_path}; "
                     f"continue with `scnas search ... --out {out} --resume`")
             if stop_after_epochs is not None and epochs_run >= stop_after_epochs and epoch + 1 < cfg.epochs:
                 return None

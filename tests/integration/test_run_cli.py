@@ -20,8 +20,9 @@ from scnas_dsl.errors import RunError
 from scnas_dsl.loader import load
 from scnas_dsl.train import search as search_module
 from scnas_dsl.train.common import RunInterrupted
-from scnas_dsl.train.config import SearchConfig
+from scnas_dsl.train.config import SearchConfig, TrainConfig
 from scnas_dsl.train.demo import small_space
+from scnas_dsl.train.retrain import run_train
 from scnas_dsl.train.search import run_search
 
 pytestmark = pytest.mark.xdist_group("run_cli")
@@ -132,6 +133,24 @@ def test_resume_after_a_signal_ends_like_an_uninterrupted_search(workspace: dict
     assert (tmp_path / "whole" / "genotype.scn").read_text() == (tmp_path / "parts" / "genotype.scn").read_text()
     history = (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in history] == [0, 1]
+
+
+def test_a_resumed_retraining_ends_like_an_uninterrupted_one(workspace: dict[str, Path], tmp_path: Path) -> None:
+    spec = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
+
+    def config(out: str) -> TrainConfig:
+        return TrainConfig(genotype=str(spec), data=str(workspace["pre"]), out=str(tmp_path / out), epochs=2,
+                           batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=2, device="cpu",
+                           progress=False, val_every=1)
+
+    whole = run_train(config("whole"))
+    assert run_train(config("parts"), stop_after_epochs=1) is None
+    parts = run_train(config("parts"), resume=True)
+    assert whole is not None and parts is not None
+    assert (parts.best_dice, parts.best_epoch) == (whole.best_dice, whole.best_epoch)
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "parts" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_nan_loss_stops_the_run_with_advice(workspace: dict[str, Path], tmp_path: Path,
