@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -24,6 +25,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from scnas_dsl.data.augment import AugmentConfig, augment_batch
 from scnas_dsl.data.preprocess import Preprocessed
 from scnas_dsl.errors import DataError
+
+#: Cases whose memory maps a loader process keeps open at once.
+OPEN_CASES = 64
 
 
 def choose_lower_corner(
@@ -86,17 +90,20 @@ class PatchDataset(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
-        self._open: dict[str, tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]] = {}
+        self._open: OrderedDict[str, tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]] = OrderedDict()
 
     def _case(self, case_id: str) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-        # Memory maps are opened lazily inside each worker process, never inherited.
-        if case_id not in self._open:
-            image, label = self.pre.load(case_id, mmap=True)
-            if label is None:
-                raise DataError(
-                    f"{self.pre.root}: case {case_id} has no label; it cannot be used for training"
-                )
-            self._open[case_id] = (image, label, self.pre.foreground_locations(case_id))
+        # Memory maps are opened lazily inside each worker process. Each one holds a file descriptor, so only
+        # the most recently used OPEN_CASES stay open (484 BraTS cases would exceed the usual limit of 1024).
+        if case_id in self._open:
+            self._open.move_to_end(case_id)
+            return self._open[case_id]
+        image, label = self.pre.load(case_id, mmap=True)
+        if label is None:
+            raise DataError(f"{self.pre.root}: case {case_id} has no label; it cannot be used for training")
+        self._open[case_id] = (image, label, self.pre.foreground_locations(case_id))
+        if len(self._open) > OPEN_CASES:
+            self._open.popitem(last=False)
         return self._open[case_id]
 
     def make_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -111,3 +111,13 @@ def test_augmentation_can_be_left_to_the_trainer(pre: Preprocessed) -> None:
     deferred = _batches(pre, augment=AugmentConfig(p_rotation=1.0), augment_in_loader=False)
     applied = _batches(pre, augment=AugmentConfig(p_rotation=1.0))
     assert _same(raw, deferred) and not _same(raw, applied)
+
+
+def test_open_memory_maps_are_bounded(pre: Preprocessed, monkeypatch) -> None:
+    import scnas_dsl.data.loader as loader_module
+
+    monkeypatch.setattr(loader_module, "OPEN_CASES", 2)
+    loader = make_loader(pre, pre.case_ids, patch_size=(8, 8, 8), batch_size=4, seed=0, num_batches=5)
+    batches = list(loader)
+    assert len(loader.dataset._open) == 2
+    assert _same(batches, _batches(pre, patch_size=(8, 8, 8), batch_size=4, num_batches=5))
