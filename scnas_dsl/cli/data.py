@@ -60,12 +60,13 @@ OUT_HELP = "folder of the preprocessed data (default $SCNAS_CACHE/<name>-<hash>,
 def check_cmd(
     folder: Path = typer.Argument(..., help="the data set folder (with dataset.json)"),  # noqa: B008
     as_json: bool = typer.Option(False, "--json", help="print the problems as JSON"),
+    workers: int = typer.Option(1, "--workers", min=1, help="cases read in parallel"),
 ) -> None:
     """Check every case of a data set and report every problem at once (reads only)."""
     from scnas_dsl.data.dataset import check_dataset
 
     _folder(folder)
-    problems = check_dataset(folder)
+    problems = check_dataset(folder, workers=workers)
     if as_json:
         typer.echo(
             json.dumps(

@@ -444,13 +444,14 @@ def _check_label_values(dataset: Dataset, case: Case, label: np.ndarray) -> list
     return problems
 
 
-def check_dataset(root: Path | str) -> list[Problem]:
+def check_dataset(root: Path | str, workers: int = 1) -> list[Problem]:
     """Check every case of the data set at ``root``; return every problem found (empty: all is well).
 
     Reports, naming case and file: a bad ``dataset.json`` or paths escaping the folder; missing or unreadable
     files, truncated or corrupt gzip; empty dimensions; NaN/inf intensities; a channel count that disagrees
     with the declared modalities; image and label shapes that differ; affines differing by more than
-    :data:`AFFINE_TOLERANCE`; undeclared or non-integer label values. Reads only.
+    :data:`AFFINE_TOLERANCE`; undeclared or non-integer label values. Reads only; ``workers > 1`` reads cases
+    in that many spawned processes (problems come back in case order all the same).
     """
     try:
         dataset = open_dataset(root)
@@ -459,8 +460,16 @@ def check_dataset(root: Path | str) -> list[Problem]:
     problems: list[Problem] = []
     if not dataset.cases:
         problems.append(Problem(None, dataset.root / "dataset.json", "no training cases found"))
-    for case in dataset.cases:
-        problems.extend(check_case(dataset, case, labelled=True))
-    for case in dataset.test_images:
-        problems.extend(check_case(dataset, case, labelled=False))
+    jobs = [(case, True) for case in dataset.cases] + [(case, False) for case in dataset.test_images]
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            found = pool.map(check_case, [dataset] * len(jobs), *zip(*jobs, strict=True))
+            for case_problems in found:
+                problems.extend(case_problems)
+    else:
+        for case, labelled in jobs:
+            problems.extend(check_case(dataset, case, labelled=labelled))
     return problems

@@ -230,6 +230,7 @@ def test_every_problem_is_reported_at_once(brain_msd: Path, copy_of) -> None:
     test_image = open_dataset(root).test_images[0].images[0]
     test_image.write_bytes(test_image.read_bytes()[:100])
     problems = check_dataset(root)
+    assert check_dataset(root, workers=2) == problems
     assert before == [] and len(problems) == 4
     assert {p.case for p in problems} == {"brain_000", "brain_001", "brain_004"}
     assert all(str(p.file) in str(p) for p in problems)
