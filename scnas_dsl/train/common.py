@@ -170,6 +170,26 @@ def genotype_body(genotype: Genotype) -> str:
     return print_document(Document(genotypes=(genotype,)))
 
 
+#: settings that may change when a run is resumed (they do not change what the run computes, or extend it)
+RESUMABLE_CHANGES = {"out", "device", "workers", "progress", "epochs", "data"}
+
+
+def check_resumed_settings(run_dir: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume a run with other settings than it started with (the result would be neither run)."""
+    import json
+
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text())
+    changed = sorted(k for k, v in settings.items()
+                     if k not in RESUMABLE_CHANGES and k in before and json.dumps(before[k]) != json.dumps(v))
+    if changed:
+        details = "; ".join(f"{k}: {before[k]!r} -> {settings[k]!r}" for k in changed)
+        raise RunError(f"{path}: the run was started with other settings ({details}); resume with the same "
+                       "settings (only --epochs, --device, --workers may change) or start a new run")
+
+
 def lr_of(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 

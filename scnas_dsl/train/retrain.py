@@ -114,6 +114,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     start_epoch, start_step, loss_sum = 0, 0, 0.0
     best = {"dice": -1.0, "epoch": -1}
     if resume:
+        common.check_resumed_settings(out, {**cfg.model_dump(mode="json"), "patch": list(patch)})
         state = load_checkpoint(ckpt_path)
         if state["kind"] != "train":
             raise CheckpointError(f"{ckpt_path}: a '{state['kind']}' checkpoint, not a training checkpoint")

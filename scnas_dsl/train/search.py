@@ -114,6 +114,7 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
     start_epoch, start_step = 0, 0
     sums = {"weight_loss": 0.0, "arch_loss": 0.0}
     if resume:
+        common.check_resumed_settings(out, {**cfg.model_dump(mode="json"), "patch": list(patch)})
         state = load_checkpoint(ckpt_path)
         if state["kind"] != "search":
             raise CheckpointError(f"{ckpt_path}: a '{state['kind']}' checkpoint, not a search checkpoint")

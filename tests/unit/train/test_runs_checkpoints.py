@@ -110,3 +110,26 @@ def test_settings_from_a_file_are_overridden_by_the_command_line(tmp_path) -> No
     js.write_text(json.dumps({"learning_rate": 1}))
     with pytest.raises(RunError, match="learning_rate"):
         resolve_config(SearchConfig, js, spec="s.scn", data="d")
+
+
+def test_a_configuration_too_big_for_the_gpu_is_refused_with_the_figures(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from scnas_dsl.train.device import Runtime, check_gpu_memory
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=16 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Test GPU")
+    runtime = Runtime(device=torch.device("cuda", 0))
+    check_gpu_memory(runtime, 8 * 2**30, "the search")  # fits: nothing happens
+    with pytest.raises(RunError, match=r"the search needs about 40.0 GiB.*Test GPU has 16.0 GiB.*--patch"):
+        check_gpu_memory(runtime, 40 * 2**30, "the search")
+    check_gpu_memory(Runtime(device=torch.device("cpu")), 10**15, "the search")  # the CPU is not checked
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from scnas_dsl.train.common import check_resumed_settings
+
+    (tmp_path / "config.json").write_text(json.dumps({"seed": 0, "epochs": 10, "batch_size": 4}))
+    check_resumed_settings(tmp_path, {"seed": 0, "epochs": 20, "batch_size": 4})  # longer is fine
+    with pytest.raises(RunError, match=r"batch_size: 4 -> 2"):
+        check_resumed_settings(tmp_path, {"seed": 0, "epochs": 10, "batch_size": 2})
