@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scnas_dsl.data.augment import AugmentConfig
 from scnas_dsl.data.loader import choose_lower_corner, extract_patch, make_loader
@@ -121,3 +123,28 @@ def test_open_memory_maps_are_bounded(pre: Preprocessed, monkeypatch) -> None:
     batches = list(loader)
     assert len(loader.dataset._open) == 2
     assert _same(batches, _batches(pre, patch_size=(8, 8, 8), batch_size=4, num_batches=5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(*[st.integers(1, 9)] * 3),
+    patch=st.tuples(*[st.integers(1, 9)] * 3),
+    seed=st.integers(0, 2**16),
+    centre=st.booleans(),
+)
+def test_patches_match_a_padded_volume(shape, patch, seed, centre) -> None:
+    """Any patch is the matching window of the volume zero-padded by the patch size on every side."""
+    rng = np.random.default_rng(seed)
+    volume = rng.integers(1, 100, size=(2, *shape))
+    point = tuple(int(rng.integers(n)) for n in shape) if centre else None
+    corner = choose_lower_corner(shape, patch, rng, point)
+    for n, p, c in zip(shape, patch, corner, strict=True):
+        # inside the volume where it is larger than the patch, containing it where it is smaller
+        assert (0 <= c <= n - p) if n >= p else (n - p <= c <= 0)
+    padded = np.pad(volume, [(0, 0)] + [(p, p) for p in patch])
+    window = padded[(slice(None), *[slice(c + p, c + 2 * p) for c, p in zip(corner, patch, strict=True)])]
+    np.testing.assert_array_equal(extract_patch(volume, corner, patch), window)
+    if point is not None:
+        for n, p, c, x in zip(shape, patch, corner, point, strict=True):
+            if n >= p:
+                assert c <= x < c + p  # a forced patch contains its foreground voxel
