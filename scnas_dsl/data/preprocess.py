@@ -119,16 +119,22 @@ class Preprocessed:
         manifest_path = self.root / _MANIFEST
         try:
             manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            self.dataset = DatasetInfo.model_validate(manifest["dataset"])
+            self.normalization = Normalization.model_validate(manifest["normalization"])
+            self.spacing: tuple[float, float, float] = tuple(manifest["spacing"])  # type: ignore[assignment]
+            self.case_ids: list[str] = list(manifest["case_ids"])
+            self.settings_key: str = manifest["settings_key"]
+            self._summaries: dict[str, dict[str, Any]] = manifest["cases"]
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+        ) as err:  # ValueError covers JSON and pydantic errors
             raise DataError(
-                f"{manifest_path}: not a preprocessed data set ({err}); run `scnas data preprocess`"
+                f"{manifest_path}: not a preprocessed data set ({type(err).__name__}: {err}); "
+                "run `scnas data preprocess` (again) to make it"
             ) from err
-        self.dataset = DatasetInfo.model_validate(manifest["dataset"])
-        self.normalization = Normalization.model_validate(manifest["normalization"])
-        self.spacing: tuple[float, float, float] = tuple(manifest["spacing"])  # type: ignore[assignment]
-        self.case_ids: list[str] = list(manifest["case_ids"])
-        self.settings_key: str = manifest["settings_key"]
-        self._summaries: dict[str, dict[str, Any]] = manifest["cases"]
         #: Case ids (re)computed by the preprocess_dataset call that returned this object.
         self.redone: list[str] = []
 
@@ -403,6 +409,14 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
             tmp.unlink()
 
 
+def _read_own_json(path: Path) -> Any:
+    """One of our cache records, or None when it is missing or unreadable (then it is simply made again)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _npy(array: np.ndarray) -> Callable[[Any], None]:
     """A writer of ``array`` in .npy form, for :func:`_atomic`."""
     return lambda handle: np.save(handle, array)
@@ -620,7 +634,7 @@ def _preprocess(
 
     # 1. fingerprint (spacing, shape, CT foreground samples) of the cases whose files changed
     fp_path = out / "fingerprint" / "cases.json"
-    fingerprints: dict[str, Any] = json.loads(fp_path.read_text()) if fp_path.exists() else {}
+    fingerprints: dict[str, Any] = _read_own_json(fp_path) or {}
     stale = [
         c
         for c in dataset.cases
@@ -680,7 +694,7 @@ def _preprocess(
     for case in dataset.cases:
         key = {"files": keys[case.id], "settings": settings_key}
         record = out / "cases" / f"{case.id}.json"
-        previous = json.loads(record.read_text()) if record.exists() else None
+        previous = _read_own_json(record)
         files_ok = all((out / "cases" / f"{case.id}{s}").exists() for s in (".image.npy", ".locations.npz"))
         if previous is not None and previous.get("key") == key and files_ok:
             summaries[case.id] = previous
@@ -708,7 +722,7 @@ def _preprocess(
         "cases": {c.id: summaries[c.id] for c in dataset.cases},
     }
     manifest_path = out / _MANIFEST
-    if todo or not manifest_path.exists() or json.loads(manifest_path.read_text()) != manifest:
+    if todo or _read_own_json(manifest_path) != manifest:
         _write_json(manifest_path, manifest)
     pre = Preprocessed(out)
     pre.redone = [c.id for c in todo]

@@ -201,3 +201,18 @@ def test_two_workers_give_the_same_result(brain_msd: Path, tmp_path: Path) -> No
     for case_id in one.case_ids:
         np.testing.assert_array_equal(one.load(case_id)[0], two.load(case_id)[0])
         assert one.meta(case_id) == two.meta(case_id)
+
+
+def test_damaged_cache_records_are_remade_and_a_damaged_manifest_is_named(
+    brain_msd: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "pre"
+    preprocess_dataset(brain_msd, out=out, spacing=None, progress=False)
+    (out / "cases" / "brain_002.json").write_text("{ half written")
+    (out / "fingerprint" / "cases.json").write_text("[")
+    assert preprocess_dataset(brain_msd, out=out, spacing=None, progress=False).redone == ["brain_002"]
+    (out / "preprocessed.json").write_text('{"dataset": {}}')
+    with pytest.raises(DataError, match="preprocessed.json: not a preprocessed data set"):
+        Preprocessed(out)
+    assert preprocess_dataset(brain_msd, out=out, spacing=None, progress=False).redone == []
+    assert Preprocessed(out).case_ids == ["brain_000", "brain_001", "brain_002", "brain_003"]
