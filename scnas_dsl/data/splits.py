@@ -83,6 +83,9 @@ def _read_splits(path: Path, known: set[str]) -> list[dict[str, list[str]]]:
             )
         if not entry["train"]:
             raise DataError(f"{path}: fold {n} has no training cases")
+        both = sorted({str(c) for c in entry["train"]} & {str(c) for c in entry["val"]})
+        if both:
+            raise DataError(f"{path}: fold {n} has case(s) in both train and val: {', '.join(both[:5])}")
         folds.append({"train": [str(c) for c in entry["train"]], "val": [str(c) for c in entry["val"]]})
     return folds
 

@@ -89,6 +89,10 @@ def test_splits_option_file_wins_and_is_checked(pre: Preprocessed, tmp_path: Pat
     bad.write_text(json.dumps([{"train": ["brain_001", "nobody"], "val": ["brain_000"]}]))
     with pytest.raises(DataError, match="bad.json: fold 0 names case.*nobody"):
         get_fold(pre, 0, splits_file=bad)
+    overlap = tmp_path / "overlap.json"
+    overlap.write_text(json.dumps([{"train": ["brain_001", "brain_000"], "val": ["brain_000"]}]))
+    with pytest.raises(DataError, match="in both train and val: brain_000"):
+        get_fold(pre, 0, splits_file=overlap)
     broken = tmp_path / "broken.json"
     broken.write_text('{"train": []}')
     with pytest.raises(DataError, match="expected a non-empty list"):
