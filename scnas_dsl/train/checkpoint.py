@@ -23,7 +23,7 @@ from scnas_dsl.errors import CheckpointError
 def capture_rng() -> dict[str, Any]:
     """Every global random state, as tensors and plain types."""
     version, mt, gauss = random.getstate()
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
     state: dict[str, Any] = {
         "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
         "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),

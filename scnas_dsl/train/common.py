@@ -76,6 +76,19 @@ def default_patch(pre: Preprocessed, case_ids: list[str], levels: int) -> tuple[
                  for m in median)
 
 
+def levels_of(space: SearchSpace) -> int:
+    """How many down-samplings the U-Net of ``space`` makes (its reduction cells)."""
+    roles = [space.cell(ref.name).role for _, ref in space.unet.sequence()]  # type: ignore[union-attr]
+    return roles.count("reduction")
+
+
+def patch_for(cfg: CommonConfig, data: DataContext, space: SearchSpace) -> tuple[int, int, int]:
+    """The configured patch, or :func:`default_patch` for the fold's training cases."""
+    if cfg.patch is not None:
+        return cfg.patch
+    return default_patch(data.pre, data.fold.train, levels_of(space))
+
+
 def per_rank_batch(batch_size: int, runtime: Runtime) -> int:
     """The global batch is split over the ranks (the paper: batch 4 over 4 GPUs = 1 per GPU)."""
     if batch_size % runtime.world_size:

@@ -28,7 +28,7 @@ class AdamConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     lr: float = Field(gt=0)
     betas: tuple[float, float]
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
 
 
 class PlateauConfig(BaseModel):
@@ -38,15 +38,15 @@ class PlateauConfig(BaseModel):
     factor: float = Field(gt=0, lt=1)
     patience: int = Field(ge=0)
     #: relative improvement needed to count as better (torch's ReduceLROnPlateau threshold, "rel" mode)
-    threshold: float = Field(1e-4, ge=0)
+    threshold: float = Field(default=1e-4, ge=0)
 
 
 class TemperatureConfig(BaseModel):
     """Gumbel-softmax temperature from ``initial`` to ``final`` over the search (the compiler's schedule)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    initial: float = Field(5.0, gt=0)
-    final: float = Field(0.1, gt=0)
+    initial: float = Field(default=5.0, gt=0)
+    final: float = Field(default=0.1, gt=0)
     kind: Literal["linear", "exponential"] = "exponential"
 
 
@@ -55,7 +55,7 @@ class CommonConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     data: str
-    fold: int = Field(0, ge=0)
+    fold: int = Field(default=0, ge=0)
     out: str | None = None
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -65,14 +65,14 @@ class CommonConfig(BaseModel):
     device: Device = "auto"
     seed: int = 0
     #: training batches per epoch (nnU-Net's 250)
-    batches_per_epoch: int = Field(250, ge=1)
+    batches_per_epoch: int = Field(default=250, ge=1)
     #: target voxel size in mm when the data set is preprocessed here; None (or "median") = the data set's
     #: median spacing
     spacing: tuple[float, float, float] | None = (0.7, 0.7, 0.7)
     splits_seed: int = 12345
-    foreground_fraction: float = Field(1 / 3, ge=0, le=1)
+    foreground_fraction: float = Field(default=1 / 3, ge=0, le=1)
     augment: bool = True
-    workers: int = Field(0, ge=0)
+    workers: int = Field(default=0, ge=0)
     #: mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler); ignored on the CPU
     amp: bool = True
     progress: bool = True
@@ -95,9 +95,9 @@ class SearchConfig(CommonConfig):
 
     spec: str
     space: str | None = None
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(4, ge=1)
-    stem_width: int = Field(48, ge=1)
+    epochs: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=4, ge=1)
+    stem_width: int = Field(default=48, ge=1)
     sampling: Sampling = "pair"
     weight_optimizer: AdamConfig = AdamConfig(lr=0.025, betas=(0.1, 0.001))
     arch_optimizer: AdamConfig = AdamConfig(lr=0.003, betas=(0.5, 0.999))
@@ -113,15 +113,15 @@ class TrainConfig(CommonConfig):
     optimizer: AdamConfig = AdamConfig(lr=3e-4, betas=(0.9, 0.999))
     plateau: PlateauConfig = PlateauConfig(factor=0.2, patience=30)
     #: stop after ``epochs`` or when the learning rate falls under ``min_lr``
-    min_lr: float = Field(1e-7, ge=0)
-    epochs: int = Field(500, ge=1)
-    batch_size: int = Field(8, ge=1)
+    min_lr: float = Field(default=1e-7, ge=0)
+    epochs: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=8, ge=1)
     #: the retraining width (about the FLOPs of the paper's 3D U-ResNet baseline)
-    stem_width: int = Field(68, ge=1)
+    stem_width: int = Field(default=68, ge=1)
     #: validation Dice (sliding windows on the fold's validation cases) every this many epochs and at the end
-    val_every: int = Field(10, ge=1)
+    val_every: int = Field(default=10, ge=1)
     #: at most this many validation cases per check (None: all); the final check always uses all
-    val_cases: int | None = Field(None, ge=1)
+    val_cases: int | None = Field(default=None, ge=1)
     blend: Literal["gaussian", "constant"] = "gaussian"
     mirror_validation: bool = False
 

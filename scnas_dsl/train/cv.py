@@ -91,7 +91,8 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
     with (out / "cv_summary.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["fold", *labels.values(), "foreground_mean"])
-        for fold, ev in [*results.items(), ("all", pooled)]:
+        rows: list[tuple[str, Evaluation]] = [*((str(k), v) for k, v in results.items()), ("all", pooled)]
+        for name, ev in rows:
             means = ev.mean_dice()
-            writer.writerow([fold, *(f"{means[n]:.6f}" for n in labels.values()), f"{ev.foreground_mean():.6f}"])
+            writer.writerow([name, *(f"{means[n]:.6f}" for n in labels.values()), f"{ev.foreground_mean():.6f}"])
     return result

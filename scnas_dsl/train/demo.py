@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -125,7 +126,7 @@ def _run(out: Path, s: DemoSettings, progress: bool, echo: Callable[[str], None]
     # Keep the data's own voxel size (median spacing): small volumes, and no cache outside the demo folder.
     pre = preprocess_dataset(data, out=out / "preprocessed", spacing=None, progress=progress)
     (out / "space.scn").write_text(DEMO_SPACE)
-    common = dict(data=str(pre.root), patch=s.patch, stem_width=s.stem_width, device=device, seed=0,
+    common: dict[str, Any] = dict(data=str(pre.root), patch=s.patch, stem_width=s.stem_width, device=device, seed=0,
                   spacing=None, progress=progress)
     echo(f"[2/6] searching ({s.search_epochs} epochs x {s.search_batches} steps, pair sampling)")
     search = run_search(SearchConfig(spec=str(out / "space.scn"), out=str(out / "search"), epochs=s.search_epochs,

@@ -78,10 +78,6 @@ def run_train(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
         runtime.close()
 
 
-def _levels(space: SearchSpace) -> int:
-    return sum(1 for _, ref in space.unet.sequence() if space.cell(ref.name).role == "reduction")  # type: ignore[union-attr]
-
-
 def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
            stop_after_epochs: int | None) -> TrainResult | None:
     space, genotype = load(cfg.genotype).genotype(cfg.genotype_name)
@@ -91,7 +87,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
         run.prepare("train", resume=resume, force=force)
     runtime.barrier()
     data = common.open_data(cfg, runtime)
-    patch = tuple(cfg.patch) if cfg.patch else common.default_patch(data.pre, data.fold.train, _levels(space))
+    patch = common.patch_for(cfg, data, space)
     check_input_size(space, patch)
     torch.manual_seed(cfg.seed)
     net = build_network(space, genotype, in_channels=data.in_channels, num_classes=data.num_classes,

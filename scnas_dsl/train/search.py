@@ -90,8 +90,7 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
         run.prepare("search", resume=resume, force=force)
     runtime.barrier()
     data = common.open_data(cfg, runtime)
-    levels = sum(1 for _, ref in space.unet.sequence() if space.cell(ref.name).role == "reduction")  # type: ignore[union-attr]
-    patch = tuple(cfg.patch) if cfg.patch else common.default_patch(data.pre, data.fold.train, levels)
+    patch = common.patch_for(cfg, data, space)
     check_input_size(space, patch)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
