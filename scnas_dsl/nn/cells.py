@@ -140,10 +140,14 @@ def _choices(sample: tuple[list[str], EdgeSample]) -> list[list[tuple[str, torch
 def run_unet(stem: nn.Module, cells: nn.ModuleList, head: nn.Module, plan: UNetPlan, x: torch.Tensor,
              samples: dict[str, tuple[list[str], EdgeSample]] | None) -> torch.Tensor:
     """Stem, cells in order (each reading the outputs of the cells before it), head."""
+    last_use = plan.last_use()
     outs: dict[int, torch.Tensor] = {STEM: stem(x)}
     for cell_plan, cell in zip(plan.cells, cells, strict=True):
         inputs = [outs[i.source] for i in cell_plan.inputs]
         skip = outs[cell_plan.skip.source] if cell_plan.skip is not None else None
         sample = None if samples is None else samples[cell_plan.key]
         outs[cell_plan.index] = cell(inputs, skip, sample)
+        # drop outputs no later cell reads: under no_grad (inference) nothing else keeps them alive
+        for source in [s for s in outs if last_use.get(s, -2) <= cell_plan.index and s != plan.out_source]:
+            del outs[source]
     return head(outs[plan.out_source])

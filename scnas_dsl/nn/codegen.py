@@ -164,6 +164,7 @@ def emit_torch(space: SearchSpace, genotype: Genotype, *, in_channels: int, num_
     out_names = {STEM: "stem"} | {cp.index: f"c{cp.index}" for cp in plan.cells}
     width_of = {STEM: "w[0]"} | {cp.index: _out_width_expr(cp) for cp in plan.cells}
     init_cells, forward = [], ["        stem = self.stem(x)"]
+    last_use = plan.last_use()
     for cp in plan.cells:
         in_widths = ", ".join(width_of[i.source] for i in cp.inputs) + ("," if len(cp.inputs) == 1 else "")
         factors = ", ".join(repr(i.factor) for i in cp.inputs) + ("," if len(cp.inputs) == 1 else "")
@@ -175,6 +176,9 @@ def emit_torch(space: SearchSpace, genotype: Genotype, *, in_channels: int, num_
         inputs = ", ".join(out_names[i.source] for i in cp.inputs)
         skip = out_names[cp.skip.source] if cp.skip is not None else "None"
         forward.append(f"        c{cp.index} = self.cells[{cp.index}]([{inputs}], {skip})")
+        done = [out_names[s] for s, last in last_use.items() if last == cp.index and s != plan.out_source]
+        if done:  # frees memory at inference, where nothing else holds these tensors
+            forward.append(f"        del {', '.join(done)}")
     forward.append(f"        return self.head({out_names[plan.out_source]})")
 
     helpers = "\n\n".join(inspect.getsource(f) for f in _HELPERS)

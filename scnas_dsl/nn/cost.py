@@ -161,6 +161,7 @@ def estimate(target: SearchSpace | Supernet | FixedNetwork, *, patch: Sequence[i
         in_channels = in_channels or target.in_channels
         num_classes = num_classes or target.num_classes
         stem_width = stem_width or target.plan.stem_width
+        library = library or target.library
         if isinstance(target, FixedNetwork):
             genotype = target.genotype
         else:

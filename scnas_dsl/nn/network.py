@@ -66,6 +66,7 @@ class FixedNetwork(UNetBase):
         library = library or default_library()
         self.plan = build_plan(space, stem_width=stem_width, genotype=genotype)
         self.genotype = genotype
+        self.library = library
         self.in_channels, self.num_classes = in_channels, num_classes
         self.stem, self.head = build_blocks(self.plan, library, in_channels, num_classes)
         cells = []

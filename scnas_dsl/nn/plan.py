@@ -95,6 +95,14 @@ class UNetPlan:
     def keys(self) -> list[str]:
         return self.space.structure_keys()
 
+    def last_use(self) -> dict[int, int]:
+        """For every output (STEM or a cell index), the index of the last cell that reads it."""
+        last: dict[int, int] = {}
+        for cp in self.cells:
+            for source in [i.source for i in cp.inputs] + ([cp.skip.source] if cp.skip else []):
+                last[source] = cp.index
+        return last
+
 
 def zero_op_names(space: SearchSpace, spec: CellSpec) -> set[str]:
     """Names of the operations of the cell's set that are ``zero`` (no connection)."""

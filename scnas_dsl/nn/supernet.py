@@ -43,6 +43,7 @@ class Supernet(UNetBase):
             raise CompileError(f"unknown sampling '{sampling}': use one of {', '.join(SAMPLINGS)}")
         library = library or default_library()
         self.space = space
+        self.library = library
         self.sampling = sampling
         self.schedule = temperature or TemperatureSchedule()
         self.temperature: float = self.schedule.at(0.0)
