@@ -38,6 +38,13 @@ NO_AUG = typer.Option(False, "--no-augment", help="switch data augmentation off"
 QUIET = typer.Option(False, "--quiet", help="no progress bars")
 
 
+def _main_process() -> bool:
+    """True except on the ranks other than 0 of a torchrun job (they stay silent, rank 0 reports)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def user_errors(func: F) -> F:
     """Turn scnas errors into a message and exit status 1 (130 for a stop by signal), never a traceback."""
 
@@ -91,7 +98,7 @@ def search_cmd(
                          **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
                                    spacing, workers, no_augment, quiet, median))
     result = run_search(cfg, resume=resume, force=force)
-    if result is not None and result.genotype_file.exists():
+    if result is not None and result.genotype_file.exists() and _main_process():
         typer.echo(f"genotype: {result.genotype_file}")
         for line in result.pruning:
             typer.echo(f"  {line}")
@@ -120,7 +127,7 @@ def train_cmd(
                          **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
                                    spacing, workers, no_augment, quiet, median))
     result = run_train(cfg, resume=resume, force=force)
-    if result is not None:
+    if result is not None and _main_process():
         dice = "n/a (no validation cases)" if result.best_epoch < 0 else (
             f"{result.best_dice:.4f} at epoch {result.best_epoch + 1}")
         typer.echo(f"run: {result.run} ({result.epochs} epochs, stopped by {result.stopped_by})")

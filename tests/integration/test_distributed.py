@@ -67,3 +67,17 @@ def test_two_processes_search_one_architecture(tmp_path: Path) -> None:
     records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in records] == [0, 1]  # one writer: no line twice
     assert json.loads((tmp_path / "run" / "environment.json").read_text())["world_size"] == 2
+
+    # retraining the genotype with DDP through the command line: one report, one run folder
+    done = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--standalone", "-m", "scnas_dsl", "train",
+         str(tmp_path / "run" / "genotype.scn"), "--data", str(pre.root), "--out", str(tmp_path / "train"),
+         "--epochs", "2", "--batch-size", "2", "--patch", "16", "16", "16", "--stem-width", "4",
+         "--batches-per-epoch", "2", "--val-every", "1", "--device", "cpu", "--quiet"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("best validation mean foreground Dice") == 1
+    records = (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in records] == [0, 1]
+    assert (tmp_path / "train" / "checkpoints" / "best.pt").is_file()
