@@ -83,10 +83,20 @@ def levels_of(space: SearchSpace) -> int:
 
 
 def patch_for(cfg: CommonConfig, data: DataContext, space: SearchSpace) -> tuple[int, int, int]:
-    """The configured patch, or :func:`default_patch` for the fold's training cases."""
-    if cfg.patch is not None:
-        return cfg.patch
-    return default_patch(data.pre, data.fold.train, levels_of(space))
+    """The configured patch, or :func:`default_patch` for the fold's training cases; checked against the
+    space (3D, divisible by 2**levels)."""
+    from scnas_dsl.errors import CompileError
+    from scnas_dsl.nn import check_input_size
+
+    if space.unet.dims != 3:
+        raise RunError(f"space '{space.name}' is {space.unet.dims}D but the data is 3D volumes; use a space with "
+                       "`dims 3` (2D training on slices is not supported)")
+    patch = cfg.patch if cfg.patch is not None else default_patch(data.pre, data.fold.train, levels_of(space))
+    try:
+        check_input_size(space, patch)
+    except CompileError as err:
+        raise RunError(f"--patch {' '.join(map(str, patch))} does not fit space '{space.name}': {err}") from err
+    return patch
 
 
 def per_rank_batch(batch_size: int, runtime: Runtime) -> int:

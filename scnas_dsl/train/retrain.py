@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from scnas_dsl.errors import CheckpointError
 from scnas_dsl.loader import load
 from scnas_dsl.model import Document, SearchSpace
-from scnas_dsl.nn import build_network, check_input_size
+from scnas_dsl.nn import build_network
 from scnas_dsl.train import common
 from scnas_dsl.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from scnas_dsl.train.config import TrainConfig
@@ -84,11 +84,9 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     out = Path(cfg.out) if cfg.out else default_out(cfg, genotype.name)
     run = RunFolder(out, writer=runtime.is_main)
     if runtime.is_main:
-        run.prepare("train", resume=resume, force=force)
-    runtime.barrier()
+        run.prepare("train", resume=resume, force=force, create=False)  # refuse early, write nothing yet
     data = common.open_data(cfg, runtime)
     patch = common.patch_for(cfg, data, space)
-    check_input_size(space, patch)
     torch.manual_seed(cfg.seed)
     net = build_network(space, genotype, in_channels=data.in_channels, num_classes=data.num_classes,
                         stem_width=cfg.stem_width)
@@ -97,6 +95,9 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
 
         report = estimate(net, patch=patch, batch_size=common.per_rank_batch(cfg.batch_size, runtime))
         check_gpu_memory(runtime, report.memory_bytes, f"retraining (patch {patch}, batch {cfg.batch_size})")
+    if runtime.is_main:  # everything checked: now the folder is made (or replaced, with --force)
+        run.prepare("train", resume=resume, force=force)
+    runtime.barrier()
     net.to(runtime.device)
     model: torch.nn.Module = net
     if runtime.distributed:

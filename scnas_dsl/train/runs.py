@@ -49,9 +49,10 @@ class RunFolder:
     def plots(self) -> Path:
         return self.path / "plots"
 
-    def prepare(self, kind: str, resume: bool, force: bool) -> None:
+    def prepare(self, kind: str, resume: bool, force: bool, create: bool = True) -> None:
         """Create the folder, or check that it may be used: ``resume`` needs a run of the same ``kind``;
-        ``force`` replaces only a folder that scnas made (it has the marker), never another folder."""
+        ``force`` replaces only a folder that scnas made (it has the marker), never another folder.
+        ``create=False`` only checks (so that bad settings found later leave no folder behind)."""
         exists = self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir()))
         if resume and force:
             raise RunError("--resume and --force exclude each other: resume continues the run, force replaces it")
@@ -69,9 +70,9 @@ class RunFolder:
             if not self.path.is_dir() or not (self.path / MARKER).is_file():
                 raise RunError(f"{self.path}: exists and is not a scnas run folder; --force replaces only run "
                                "folders scnas made. Choose another --out")
-            if self.writer:
+            if self.writer and create:
                 shutil.rmtree(self.path)
-        if self.writer:
+        if self.writer and create:
             self.path.mkdir(parents=True, exist_ok=True)
             (self.path / MARKER).write_text(kind + "\n")
 

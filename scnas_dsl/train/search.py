@@ -25,7 +25,7 @@ import torch
 from scnas_dsl.errors import CheckpointError, ScnasError
 from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype, SearchSpace
-from scnas_dsl.nn import TemperatureSchedule, build_supernet, check_input_size
+from scnas_dsl.nn import TemperatureSchedule, build_supernet
 from scnas_dsl.train import common
 from scnas_dsl.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from scnas_dsl.train.config import SearchConfig
@@ -87,17 +87,18 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
     out = Path(cfg.out) if cfg.out else default_out(cfg, space)
     run = RunFolder(out, writer=runtime.is_main)
     if runtime.is_main:
-        run.prepare("search", resume=resume, force=force)
-    runtime.barrier()
+        run.prepare("search", resume=resume, force=force, create=False)  # refuse early, write nothing yet
     data = common.open_data(cfg, runtime)
     patch = common.patch_for(cfg, data, space)
-    check_input_size(space, patch)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     schedule = TemperatureSchedule(cfg.temperature.initial, cfg.temperature.final, cfg.temperature.kind)
     model = build_supernet(space, in_channels=data.in_channels, num_classes=data.num_classes,
                            stem_width=cfg.stem_width, sampling=cfg.sampling, temperature=schedule, seed=cfg.seed)
     _check_memory(model, runtime, patch, cfg)
+    if runtime.is_main:  # everything checked: now the folder is made (or replaced, with --force)
+        run.prepare("search", resume=resume, force=force)
+    runtime.barrier()
     model.to(runtime.device)
     weights, logits = model.weight_parameters(), model.arch_parameters()
     w_opt = torch.optim.Adam(weights, lr=cfg.weight_optimizer.lr, betas=cfg.weight_optimizer.betas,

@@ -171,6 +171,7 @@ def test_bad_inputs_are_clear_errors(workspace: dict[str, Path], tmp_path: Path)
     code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", tmp_path / "x",
                           "--patch", "15", "16", "16", "--epochs", "1", "--device", "cpu", "--quiet")
     assert code == 1 and "patch 15" in output
+    assert not (tmp_path / "x").exists()  # bad settings leave no run folder behind
     code, output = invoke("train", tmp_path / "missing.scn", "--data", workspace["pre"], "--out", tmp_path / "y")
     assert code == 1 and "missing.scn" in output
     code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", tmp_path / "z",
