@@ -182,9 +182,12 @@ def test_bad_inputs_are_clear_errors(workspace: dict[str, Path], tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_transfer_and_cross_validation_of_a_baseline(workspace: dict[str, Path], tmp_path: Path) -> None:
+def test_transfer_and_cross_validation_of_a_baseline(workspace: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A genotype found on the 1-channel heart task retrained on a 4-channel, 3-label task (the paper's
-    transfer), and a hand-designed baseline cross-validated there (nnU-Net layout: one file per channel)."""
+    transfer), and a hand-designed baseline cross-validated there (nnU-Net layout: one file per channel).
+    The raw data set is preprocessed by the commands themselves, into the cache."""
+    monkeypatch.setenv("SCNAS_CACHE", str(tmp_path / "cache"))
     brain = synthesize(tmp_path / "brain", "brain", cases=4, shape=(24, 24, 24), seed=1, layout="nnunet")
     code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", tmp_path / "heart",
                           "--epochs", "1", *TINY)
@@ -206,6 +209,7 @@ def test_transfer_and_cross_validation_of_a_baseline(workspace: dict[str, Path],
     assert summary["cases"] == 2  # four cases make four folds of one validation case; two folds were run
     for fold in (0, 1):
         assert len(list((tmp_path / "cv" / f"fold_{fold}" / "validation").glob("*.nii.gz"))) == 1
+    assert any((tmp_path / "cache").iterdir())
 
 
 @pytest.mark.slow
