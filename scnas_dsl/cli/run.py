@@ -143,6 +143,7 @@ def predict_cmd(
     probabilities: bool = typer.Option(False, "--probabilities", help="also write probabilities/<case>.nii.gz"),
     mirror: bool = typer.Option(False, "--mirror", help="test-time mirroring (8 passes in 3D)"),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
+    blend: str | None = typer.Option(None, "--blend", help="gaussian or constant (default: the run's)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     batch_size: int = typer.Option(2, "--batch-size", help="windows per forward pass"),
     force: bool = typer.Option(False, "--force", help="overwrite existing predictions"),
@@ -152,7 +153,8 @@ def predict_cmd(
     from scnas_dsl.train.predict import predict_run
 
     written = predict_run(run, inputs, output, probabilities=probabilities, mirror=mirror, device=device,
-                          checkpoint=checkpoint, batch_size=batch_size, force=force, progress=not quiet)
+                          checkpoint=checkpoint, batch_size=batch_size, force=force, progress=not quiet,
+                          blend=blend)
     typer.echo(f"{len(written)} prediction(s) written to {output}")
 
 

@@ -100,8 +100,11 @@ def group_cases(inputs: list[Path], layout: str, channels: int) -> dict[str, lis
 
 def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilities: bool = False,
                 mirror: bool = False, device: str = "auto", checkpoint: str = "best", batch_size: int = 2,
-                force: bool = False, progress: bool = True) -> list[Path]:
-    """Segment every case of ``inputs`` with the run's network; returns the label map files written."""
+                force: bool = False, progress: bool = True, blend: str | None = None) -> list[Path]:
+    """Segment every case of ``inputs`` with the run's network; returns the label map files written.
+    ``blend``: ``gaussian`` or ``constant`` (default: the run's setting)."""
+    if blend not in (None, "gaussian", "constant"):
+        raise RunError(f"unknown blending '{blend}': use gaussian or constant")
     model = load_trained(run, checkpoint)
     pre = model.pre
     cases = group_cases([Path(i) for i in inputs], pre.dataset.layout, len(pre.dataset.modalities))
@@ -118,7 +121,7 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
     bar = progress_bar(len(cases), "predict", progress)
     for case, paths in sorted(cases.items()):
         image, meta = preprocess_image(sorted(paths), pre)
-        probs = sliding_window_inference(network, torch.from_numpy(image), model.patch, blend=model.blend,  # type: ignore[arg-type]
+        probs = sliding_window_inference(network, torch.from_numpy(image), model.patch, blend=blend or model.blend,  # type: ignore[arg-type]
                                          mirror=mirror, batch_size=batch_size, device=runtime.device,
                                          autocast_dtype=runtime.amp_dtype)
         labels = probs.argmax(0).numpy()

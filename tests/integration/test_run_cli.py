@@ -99,6 +99,10 @@ def test_search_train_predict_evaluate(workspace: dict[str, Path]) -> None:
         assert np.allclose(np.asarray(probs.dataobj).sum(-1), 1.0, atol=1e-4)
     code, output = invoke("predict", root / "train", "--input", images[0], "--output", root / "pred", "--quiet")
     assert code == 1 and "overwrite" in output
+    code, output = invoke("predict", root / "train", "--input", images[0], "--output", root / "constant", "--quiet",
+                          "--blend", "constant", "--checkpoint", "last")
+    assert code == 0, output
+    assert nib.load(str(root / "constant" / images[0].name)).shape == nib.load(str(images[0])).shape[:3]
 
     code, output = invoke("evaluate", "--pred", root / "pred", "--ref", data / "labelsTr", "--dataset", data)
     assert code == 0, output
