@@ -143,7 +143,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
             })
         runtime.barrier()
 
-    stopped_by, epochs_run, epoch = "epochs", 0, start_epoch
+    stopped_by, epochs_run, epoch = "epochs", 0, start_epoch - 1  # epoch: the last one run
     with common.StopSignal() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             started = time.time()

@@ -51,6 +51,7 @@ def invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@pytest.mark.slow
 def test_search_train_predict_evaluate(workspace: dict[str, Path]) -> None:
     root, data = workspace["root"], workspace["data"]
     code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", root / "search",
@@ -111,6 +112,7 @@ def test_search_train_predict_evaluate(workspace: dict[str, Path]) -> None:
     assert 0.0 <= result["foreground_mean"] <= 1.0
 
 
+@pytest.mark.slow
 def test_resume_after_a_signal_ends_like_an_uninterrupted_search(workspace: dict[str, Path], tmp_path: Path) -> None:
     def config(out: str) -> SearchConfig:
         return SearchConfig(spec=str(workspace["spec"]), data=str(workspace["pre"]), out=str(tmp_path / out),
