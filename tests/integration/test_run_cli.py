@@ -249,3 +249,35 @@ def test_evaluate_command_with_labels_and_another_output_folder(tmp_path: Path) 
     nib.save(nib.Nifti1Image(guess[:5], np.eye(4)), str(pred / "case_a.nii.gz"))
     code, output = invoke("evaluate", "--pred", pred, "--ref", ref)
     assert code == 1 and "case case_a" in output and "shape" in output
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(workspace: dict[str, Path], tmp_path: Path) -> None:
+    """A real process and a real SIGINT: exit status 130, a checkpoint, and --resume completes the run."""
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "scnas_dsl", "search", str(workspace["spec"]), "--data", str(workspace["pre"]),
+               "--out", str(run), *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([*command, "--epochs", "100"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (run / "metrics.jsonl").is_file() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in err and "--resume" in err
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] >= 1
+    done = subprocess.run([*command, "--epochs", str(state["epoch"] + 1), "--resume"], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load(run / "genotype.scn").genotype()[1].name == "tiny_fold0"
