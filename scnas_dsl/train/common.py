@@ -214,6 +214,7 @@ def check_resumed_settings(run_dir: Path, settings: dict[str, Any]) -> None:
 
 
 def lr_of(optimizer: torch.optim.Optimizer) -> float:
+    """The current learning rate of ``optimizer`` (its first parameter group)."""
     return float(optimizer.param_groups[0]["lr"])
 
 

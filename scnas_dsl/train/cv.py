@@ -31,6 +31,7 @@ class CVResult:
     pooled: Evaluation
 
     def table(self) -> str:
+        """Mean Dice (%) per label: one row per fold, then the pooled row ``all``."""
         names = list(self.pooled.labels.values())
         width = max(8, *(len(n) for n in names))
         lines = ["  ".join([f"{'fold':<8}", *(f"{n:>{width}}" for n in names), f"{'mean':>8}"])]

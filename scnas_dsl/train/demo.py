@@ -76,6 +76,7 @@ class DemoSettings:
 
     @classmethod
     def quick(cls) -> DemoSettings:
+        """A tiny budget for smoke tests (its Dice means nothing)."""
         return cls(cases=6, shape=(24, 24, 24), patch=(16, 16, 16), stem_width=4, search_epochs=1,
                    search_batches=2, train_epochs=1, train_batches=2, val_every=1)
 

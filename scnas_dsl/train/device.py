@@ -30,10 +30,12 @@ class Runtime:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that writes."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """More than one process."""
         return self.world_size > 1
 
     def autocast(self) -> Any:
@@ -80,10 +82,12 @@ class Runtime:
         return out
 
     def barrier(self) -> None:
+        """Wait for every rank (nothing to do alone)."""
         if self.distributed:
             dist.barrier()
 
     def close(self) -> None:
+        """Leave the process group if this runtime joined it."""
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -46,6 +46,7 @@ class TrainResult:
 
 
 def default_out(cfg: TrainConfig, genotype_name: str) -> Path:
+    """``runs/train_<genotype>_fold<K>`` when no ``--out`` is given."""
     return Path("runs") / f"train_{genotype_name}_fold{cfg.fold}"
 
 

@@ -43,10 +43,12 @@ class RunFolder:
 
     @property
     def checkpoints(self) -> Path:
+        """The folder of ``last.pt`` (and ``best.pt``)."""
         return self.path / "checkpoints"
 
     @property
     def plots(self) -> Path:
+        """The folder of the run's pictures."""
         return self.path / "plots"
 
     def prepare(self, kind: str, resume: bool, force: bool, create: bool = True) -> None:
@@ -87,6 +89,7 @@ class RunFolder:
         return target
 
     def write_json(self, name: str, value: Any) -> Path:
+        """Write a JSON file of the run (rank 0 only), NaN as null."""
         return self.write_text(name, json.dumps(json_safe(value), indent=1) + "\n")
 
     def append_jsonl(self, name: str, record: dict[str, Any]) -> None:

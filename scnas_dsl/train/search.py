@@ -49,6 +49,7 @@ class SearchResult:
 
 
 def default_out(cfg: SearchConfig, space: SearchSpace) -> Path:
+    """``runs/search_<space>_fold<K>`` when no ``--out`` is given."""
     return Path("runs") / f"search_{space.name}_fold{cfg.fold}"
 
 
