@@ -108,10 +108,13 @@ class PoolOp(nn.Module):
         super().__init__()
         k = _ntuple(kernel, dims)
         pad = _same_padding(k, (1,) * dims)
+        pool: Any
         if mode == "max":
-            self.pool: nn.Module = (nn.MaxPool3d if dims == 3 else nn.MaxPool2d)(k, stride, pad)
+            pool = nn.MaxPool3d if dims == 3 else nn.MaxPool2d
+            self.pool: nn.Module = pool(k, stride, pad)
         else:
-            self.pool = (nn.AvgPool3d if dims == 3 else nn.AvgPool2d)(k, stride, pad, count_include_pad=False)
+            pool = nn.AvgPool3d if dims == 3 else nn.AvgPool2d
+            self.pool = pool(k, stride, pad, count_include_pad=False)
         self.project = Projection(c_in, c_out, 1, dims) if c_in != c_out else None
         self.window, self.stride, self.pad, self.average = k, stride, pad, mode != "max"
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
-ParamValue = Union[int, float, bool, str, tuple[int, ...]]
+ParamValue = int | float | bool | str | tuple[int, ...]
 ParamKind = Literal["int", "float", "bool", "name", "kernel"]
 
 
