@@ -194,6 +194,7 @@ def _unet_lines(unet: Topology) -> list[_Line]:
     lines.append(_Line(2, f"head {_block(unet.head)}", at("head")))
     lines.append(_Line(2, f"width_factor {unet.width_factor}", at("width_factor")))
     lines.append(_Line(2, f"share {unet.share}", at("share")))
+    lines.append(_Line(2, f"node_width {unet.node_width}", at("node_width")))
     lines.append(_Line(1, "}", _end(unet)))
     return lines
 

@@ -62,6 +62,7 @@ def summarize(space: SearchSpace, genotype: Genotype | None = None) -> dict[str,
         "stem": {"op": unet.stem.call.kind, "width": unet.stem.width},
         "head": {"op": unet.head.call.kind},
         "width_factor": unet.width_factor,
+        "node_width": unet.node_width,
         "sequence": [name for name, _ in space.instances()],
         "cells": cells,
         "arch_logits": logits,
@@ -76,7 +77,8 @@ def render_text(summary: dict[str, Any]) -> str:
     lines = [head, f"  dims {summary['dims']}, share {summary['share']}"]
     if "stem" in summary:
         lines.append(f"  stem {summary['stem']['op']} -> {summary['stem']['width']}, "
-                     f"width x{summary.get('width_factor', 2)} per level, head {summary['head']['op']}")
+                     f"width x{summary.get('width_factor', 2)} per level, node width {summary.get('node_width', 'split')}, "
+                     f"head {summary['head']['op']}")
     if "sequence" in summary:
         lines.append(f"  cells in order ({len(summary['sequence'])}): {' '.join(summary['sequence'])}")
     for cell in summary["cells"]:
@@ -97,7 +99,8 @@ def render_text(summary: dict[str, Any]) -> str:
         lines.append(f"  architecture logits: {summary['arch_logits']}")
         lines.append(f"  search space size: 10^{summary['log10_architectures']:.2f} architectures")
     for extra, value in summary.items():
-        if extra in {"kind", "name", "space", "dims", "share", "stem", "head", "width_factor", "sequence",
+        if extra in {"kind", "name", "space", "dims", "share", "stem", "head", "width_factor", "node_width",
+                     "sequence",
                      "cells", "arch_logits", "log10_architectures"}:
             continue
         lines.append(f"  {extra}: {value}")

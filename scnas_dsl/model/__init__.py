@@ -20,6 +20,7 @@ from scnas_dsl.ops.signatures import ParamValue
 
 Role = Literal["normal", "reduction", "expansion"]
 Share = Literal["by_type", "by_level"]
+NodeWidth = Literal["split", "full"]
 OutputKind = Literal["concat", "sum", "node"]
 
 
@@ -188,6 +189,9 @@ class Topology(Node):
     """``unet { ... }``: the U-Net built from cells.
 
     ``width_factor``: reduction cells multiply the width by it, expansion cells divide by it.
+    ``node_width``: the level's width ``C_l = stem_width * width_factor**l`` is the width of the cell output;
+    ``split`` divides it over the k concatenated output nodes (node width ``ceil(C_l / k)``), ``full`` gives
+    every node ``C_l`` so a concat cell outputs ``k * C_l`` (DARTS). Sum and single-node outputs: ``C_l``.
     ``in_channels`` and the number of classes are not here: they come from the data or the command line.
     """
 
@@ -199,6 +203,7 @@ class Topology(Node):
     head: Block
     width_factor: int = 2
     share: Share = "by_type"
+    node_width: NodeWidth = "split"
 
     def sequence(self) -> list[tuple[str, CellRef]]:
         """(section, cell) for every cell in order: section is encoder, bridge or decoder."""
@@ -312,5 +317,5 @@ class Document(Node):
 __all__ = [
     "Block", "CellChoice", "CellRef", "CellSpec", "ChosenEdge", "Document", "EdgeSpec", "Genotype",
     "Import", "Node", "NodeChoice", "OpCall", "OpSet", "OpSpec", "OutputSpec", "Param", "Role",
-    "SearchSpace", "Share", "Span", "Topology",
+    "NodeWidth", "SearchSpace", "Share", "Span", "Topology",
 ]

@@ -73,13 +73,20 @@ class _Emitter:
         return f"{cls}({', '.join([c_in, c_out, str(stride), str(dims), *kwargs])})"
 
 
-def _out_width_expr(cp: CellPlan) -> str:
-    count = len(cp.output_nodes) if cp.spec.output.kind == "concat" else 1
-    return _width_expr(cp.out_level, count)
+def _count(cp: CellPlan) -> int:
+    return len(cp.output_nodes) if cp.spec.output.kind == "concat" else 1
 
 
-def _width_expr(level: int, count: int) -> str:
-    return f"w[{level}]" if count == 1 else f"{count} * w[{level}]"
+def _node_width_expr(cp: CellPlan, mode: str) -> str:
+    """The node width as an expression of the level widths ``w`` (the plan's ``node_width``)."""
+    count = _count(cp)
+    return f"-(-w[{cp.out_level}] // {count})" if mode == "split" and count > 1 else f"w[{cp.out_level}]"
+
+
+def _out_width_expr(cp: CellPlan, mode: str) -> str:
+    count = _count(cp)
+    node = _node_width_expr(cp, mode)
+    return node if count == 1 else f"{count} * {node}"
 
 
 def _cell_class(cp: CellPlan, space: SearchSpace, emitter: _Emitter, dims: int, genotype: Genotype) -> list[str]:
@@ -159,10 +166,11 @@ def emit_torch(space: SearchSpace, genotype: Genotype, *, in_channels: int, num_
             cell_classes += _cell_class(cp, space, emitter, dims, genotype) + ["", ""]
 
     stem = emitter.call(unet.stem.call.kind, unet.stem.call.kwargs(), "in_channels", "w[0]", 1, dims)
-    head = emitter.call(unet.head.call.kind, unet.head.call.kwargs(), _out_width_expr(plan.cells[-1])
+    mode = unet.node_width
+    head = emitter.call(unet.head.call.kind, unet.head.call.kwargs(), _out_width_expr(plan.cells[-1], mode)
                         if plan.cells else "w[0]", "num_classes", 1, dims)
     out_names = {STEM: "stem"} | {cp.index: f"c{cp.index}" for cp in plan.cells}
-    width_of = {STEM: "w[0]"} | {cp.index: _out_width_expr(cp) for cp in plan.cells}
+    width_of = {STEM: "w[0]"} | {cp.index: _out_width_expr(cp, mode) for cp in plan.cells}
     init_cells, forward = [], ["        stem = self.stem(x)"]
     last_use = plan.last_use()
     for cp in plan.cells:
@@ -170,7 +178,7 @@ def emit_torch(space: SearchSpace, genotype: Genotype, *, in_channels: int, num_
         factors = ", ".join(repr(i.factor) for i in cp.inputs) + ("," if len(cp.inputs) == 1 else "")
         skip_w = width_of[cp.skip.source] if cp.skip is not None else "None"
         init_cells.append(
-            f"            {_class_name('cell_' + cp.key)}(w[{cp.out_level}], ({in_widths}), ({factors}), "
+            f"            {_class_name('cell_' + cp.key)}({_node_width_expr(cp, mode)}, ({in_widths}), ({factors}), "
             f"{skip_w}),  # {cp.index}: {cp.instance}, level {cp.in_level} -> {cp.out_level}"
         )
         inputs = ", ".join(out_names[i.source] for i in cp.inputs)

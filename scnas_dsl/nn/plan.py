@@ -5,7 +5,10 @@ plan, so they cannot disagree.
 Conventions (docs/compiler.md explains why):
 
 * level 0 is the stem's resolution; a reduction cell goes from level l to l+1, an expansion cell from l to
-  l-1. Node width at level l is ``stem_width * width_factor**l``.
+  l-1. The level's width ``C_l = stem_width * width_factor**l`` is the width of a cell's *output*: with
+  ``node_width split`` (the default) a cell concatenating k live nodes gives each node ``ceil(C_l / k)``
+  channels, so its output has about ``C_l``; with ``node_width full`` (DARTS) every node has ``C_l`` and
+  the output ``k * C_l``. Cells whose output is a sum or one node have node width ``C_l`` either way.
 * a cell with n inputs reads the outputs of the n previous cells: ``in{n-1}`` is the previous cell,
   ``in{n-2}`` the one before, ...; positions before the first cell read the stem (the first cell takes the
   stem output twice, as in the paper).
@@ -143,6 +146,13 @@ def live_structure(spec: CellSpec, chosen: dict[tuple[str, str], str] | None, ze
     return edges, nodes, outputs, report
 
 
+def node_width(level_width: int, count: int, mode: str) -> int:
+    """Width of every intermediate node of a cell at a level of width ``level_width`` whose output
+    concatenates ``count`` nodes (1 for sum and single-node outputs): ``ceil(level_width / count)`` with
+    ``split``, ``level_width`` with ``full``."""
+    return -(-level_width // count) if mode == "split" else level_width
+
+
 def build_plan(space: SearchSpace, *, stem_width: int | None = None, genotype: Genotype | None = None
                ) -> UNetPlan:
     """Levels, widths and inputs of every cell; with a genotype, only the live edges and nodes."""
@@ -206,8 +216,9 @@ def build_plan(space: SearchSpace, *, stem_width: int | None = None, genotype: G
                 f"cell {instance} ({key}) has no path from its inputs to its output: every edge into its "
                 f"output nodes is zero; choose a non-zero operation on at least one edge"
             )
-        width = width_at(out_level)
-        out_width = width * len(outputs) if spec.output.kind == "concat" else width
+        count = len(outputs) if spec.output.kind == "concat" else 1
+        width = node_width(width_at(out_level), count, unet.node_width)
+        out_width = width * count
         inputs = []
         n_in = spec.inputs
         for j in range(n_in):

@@ -253,7 +253,7 @@ class ToModel(Transformer):
     # ------------------------------------------------------------------ the U-Net
     def unet(self, meta: Meta, children: list[_Stmt]) -> Topology:
         span = self._span(meta)
-        keys = ("dims", "stem", "encoder", "bridge", "decoder", "head", "width_factor", "share")
+        keys = ("dims", "stem", "encoder", "bridge", "decoder", "head", "width_factor", "share", "node_width")
         found = self._collect(children, keys, "the unet block")
         missing = [k for k in ("stem", "encoder", "decoder", "head") if k not in found]
         if missing:
@@ -302,6 +302,15 @@ class ToModel(Transformer):
 
     def unet_share(self, meta: Meta, children: list[str]) -> _Stmt:
         return _Stmt("share", children[0], self._span(meta))
+
+    def unet_node_width(self, meta: Meta, children: list[str]) -> _Stmt:
+        return _Stmt("node_width", children[0], self._span(meta))
+
+    def split(self, meta: Meta, children: list[Any]) -> str:
+        return "split"
+
+    def full(self, meta: Meta, children: list[Any]) -> str:
+        return "full"
 
     def by_type(self, meta: Meta, children: list[Any]) -> str:
         return "by_type"

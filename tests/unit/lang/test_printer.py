@@ -52,6 +52,7 @@ space s {
     head logits
     width_factor 2
     share by_type
+    node_width split
     # inside unet, at its end
   }
 }

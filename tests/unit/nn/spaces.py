@@ -33,7 +33,7 @@ def opset(name: str = "paper", ops: tuple[tuple[str, str, dict], ...] = PAPER_OP
 
 def unet_space(*, nodes: int = 2, inputs: int = 2, dims: int = 2, width: int = 4, levels: int = 1,
                copies: int = 1, share: str = "by_type", bridge: bool = True, ops=PAPER_OPS,
-               output: str = "concat") -> m.SearchSpace:
+               output: str = "concat", node_width: str = "split") -> m.SearchSpace:
     """A paper-like U-Net: encoder (red enc) x levels minus the last enc, bridge enc, decoder (exp dec)."""
     cells = tuple(
         m.CellSpec(name=n, role=r, nodes=nodes, inputs=inputs, ops="paper", output=m.OutputSpec(kind=output))  # type: ignore[arg-type]
@@ -47,7 +47,7 @@ def unet_space(*, nodes: int = 2, inputs: int = 2, dims: int = 2, width: int = 4
         dims=dims, stem=m.Block(call=call("conv_block", kernel=3), width=width),
         encoder=tuple(m.CellRef(name=n) for n in encoder), bridge=(m.CellRef(name="enc"),) if bridge else (),
         decoder=tuple(m.CellRef(name=n) for n in decoder), head=m.Block(call=call("logits", kernel=1)),
-        share=share,  # type: ignore[arg-type]
+        share=share, node_width=node_width,  # type: ignore[arg-type]
     )
     return m.SearchSpace(name="tiny", opsets=(opset(ops=ops, copies=copies),), cells=cells, unet=topo)
 

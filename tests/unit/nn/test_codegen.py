@@ -32,6 +32,8 @@ def load_source(path: Path, source: str) -> ModuleType:
     (unet_space(levels=2, nodes=3, width=3), random_genotype(unet_space(levels=2, nodes=3), 5, True), 2),
     (unet_space(levels=1, nodes=2, dims=3, width=2, share="by_level", output="sum"),
      random_genotype(unet_space(levels=1, nodes=2, share="by_level"), 2), 3),
+    (unet_space(levels=2, nodes=3, width=3, node_width="full"),
+     random_genotype(unet_space(levels=2, nodes=3), 5, True), 2),
     (baseline_space(), baseline_genotype(), 2),
 ])
 def test_generated_source_equals_compiled_network(tmp_path: Path, space, genotype, dims: int) -> None:

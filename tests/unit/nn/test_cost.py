@@ -31,6 +31,29 @@ def test_fixed_network_params_and_flops() -> None:
     assert step.weight_bytes == step.gradient_bytes == report.params * 4 == step.optimizer_bytes // 2
 
 
+def test_node_width_split_against_full() -> None:
+    # full (DARTS): every node has the level's width, a cell concatenating k nodes outputs k times it;
+    # split (the default): the level's width is the cell output, ceil(C_l / k) per node
+    split = unet_space(levels=2, nodes=3, dims=3, width=6)
+    full = unet_space(levels=2, nodes=3, dims=3, width=6, node_width="full")
+    genotype = random_genotype(split, seed=3)
+    nets = {name: build_network(space, genotype, in_channels=1, num_classes=2)
+            for name, space in (("split", split), ("full", full))}
+    for cp_split, cp_full in zip(nets["split"].plan.cells, nets["full"].plan.cells, strict=True):
+        level_width = 6 * 2**cp_split.out_level
+        count = len(cp_split.output_nodes)
+        assert count == len(cp_full.output_nodes)
+        assert cp_full.width == level_width and cp_full.out_width == count * level_width
+        assert cp_split.width == -(-level_width // count) and cp_split.out_width == count * cp_split.width
+        assert level_width <= cp_split.out_width < level_width + count
+    x = torch.randn(1, 1, 8, 8, 8)
+    assert nets["split"](x).shape == nets["full"](x).shape == (1, 2, 8, 8, 8)
+    costs = {name: estimate(net, patch=(8, 8, 8)) for name, net in nets.items()}
+    assert costs["split"].flops < costs["full"].flops / 2
+    assert costs["split"].params < costs["full"].params / 2
+    assert costs["split"].memory_bytes < costs["full"].memory_bytes
+
+
 def test_supernet_pair_is_cheaper_and_flat_in_the_set_size() -> None:
     small = estimate(unet_space(levels=1, dims=2), patch=(16, 16), in_channels=1, num_classes=2)
     big = estimate(unet_space(levels=1, dims=2, copies=2), patch=(16, 16), in_channels=1, num_classes=2)

@@ -225,7 +225,9 @@ def test_transfer_to_other_channels_and_classes() -> None:
     space = unet_space(levels=2, dims=3, width=2)
     genotype = random_genotype(space, seed=1)
     brain = build_network(space, genotype, in_channels=4, num_classes=3)
-    heart = build_network(space, genotype, in_channels=1, num_classes=1, stem_width=3)
+    # stem widths divisible by the 2 output nodes: the decoder skips then need no projection in either
+    # (with node_width split an odd width rounds the cell output up to 2 * ceil(w / 2) != w, adding one)
+    heart = build_network(space, genotype, in_channels=1, num_classes=1, stem_width=4)
     assert heart(torch.randn(1, 1, 8, 8, 8)).shape == (1, 1, 8, 8, 8)
     assert brain(torch.randn(1, 4, 8, 8, 8)).shape == (1, 3, 8, 8, 8)
     assert set(brain.state_dict()) == set(heart.state_dict())
@@ -233,11 +235,13 @@ def test_transfer_to_other_channels_and_classes() -> None:
 
 def test_the_paper_shape_in_3d() -> None:
     # 12 cells, 4 nodes, 2 inputs, three levels: at 16^3 the deepest level is 2^3
-    space = unet_space(levels=3, nodes=4, dims=3, width=2)
+    # node_width split: a level's width 8 * 2^l is the cell output, four nodes of a quarter of it each
+    space = unet_space(levels=3, nodes=4, dims=3, width=8)
     assert len(space.instances()) == 12
     net = build_supernet(space, in_channels=1, num_classes=2)
     net(torch.randn(1, 1, 16, 16, 16)).mean().backward()
     assert [c.width for c in net.plan.cells] == [4, 4, 8, 8, 16, 16, 8, 8, 4, 4, 2, 2]
+    assert [c.out_width for c in net.plan.cells] == [16, 16, 32, 32, 64, 64, 32, 32, 16, 16, 8, 8]
     assert net.plan.cells[6].skip is not None and net.plan.cells[6].skip.source == 4  # bridge + red[2]
 
 
