@@ -163,12 +163,14 @@ def evaluate_cmd(
     pred: Path = typer.Option(..., "--pred", help="folder of predictions <case>.nii.gz"),  # noqa: B008
     ref: Path = typer.Option(..., "--ref", help="folder of references <case>.nii.gz (e.g. labelsTr)"),  # noqa: B008
     labels: list[int] | None = typer.Option(None, "--labels", help="labels to score (repeatable)"),  # noqa: B008
-    dataset: Path | None = typer.Option(None, "--dataset", help="data set folder: label names from its dataset.json"),  # noqa: B008
+    dataset: Path | None = typer.Option(None, "--dataset", help="data set folder: label names from its dataset.json (default: the one above --ref, if any)"),  # noqa: B008
     out: Path | None = typer.Option(None, "--out", help="folder for dice.csv/dice.json (default: --pred)"),  # noqa: B008
 ) -> None:
     """Dice per label and case (both masks empty: undefined, left out of the mean, as nnU-Net)."""
     from scnas_dsl.train.metrics import evaluate_folders, label_names_from_dataset
 
+    if dataset is None and (ref.parent / "dataset.json").is_file():
+        dataset = ref.parent  # --ref is a data set's labelsTr: its dataset.json names the labels
     names = label_names_from_dataset(dataset) if dataset is not None else None
     result = evaluate_folders(pred, ref, labels=labels or None, label_names=names)
     typer.echo(result.table())

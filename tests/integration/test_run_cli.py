@@ -110,6 +110,10 @@ def test_search_train_predict_evaluate(workspace: dict[str, Path]) -> None:
     result = json.loads((root / "pred" / "dice.json").read_text())
     assert set(result["mean_dice"]) == {"left atrium"} and result["cases"] == 2
     assert 0.0 <= result["foreground_mean"] <= 1.0
+    # without --dataset, the dataset.json above labelsTr names the labels
+    code, output = invoke("evaluate", "--pred", root / "pred", "--ref", data / "labelsTr", "--out", root / "auto")
+    assert code == 0, output
+    assert set(json.loads((root / "auto" / "dice.json").read_text())["mean_dice"]) == {"left atrium"}
 
 
 @pytest.mark.slow
