@@ -41,17 +41,21 @@ class Loaded:
         own = [s.name for s in self.document.spaces]
         pool = own or list(self.spaces)
         if len(pool) != 1:
-            what = "no space" if not pool else f"{len(pool)} spaces ({', '.join(pool)})"
-            raise SpecError(f"{self._where()}: has {what}; name the one you mean")
+            if not pool:
+                raise SpecError(f"{self._where()}: holds no space; give a file with a 'space NAME {{ ... }}' "
+                                "block, such as specs/unet4cell.scn")
+            raise SpecError(f"{self._where()}: has {len(pool)} spaces ({', '.join(pool)}); name the one you mean")
         return self.spaces[pool[0]]
 
     def genotype(self, name: str | None = None) -> tuple[SearchSpace, Genotype]:
         """(its space, the genotype called ``name``); with None, the only genotype of the file."""
         if name is None:
             if len(self.genotypes) != 1:
-                what = "no genotype" if not self.genotypes else (
-                    f"{len(self.genotypes)} genotypes ({_names(self.genotypes)})")
-                raise SpecError(f"{self._where()}: has {what}; name the one you mean")
+                if not self.genotypes:
+                    raise SpecError(f"{self._where()}: holds no genotype; give a genotype file (a search run's "
+                                    "genotype.scn, specs/genotypes/ or specs/baselines/), not a search space")
+                raise SpecError(f"{self._where()}: has {len(self.genotypes)} genotypes "
+                                f"({_names(self.genotypes)}); name the one you mean")
             name = next(iter(self.genotypes))
         if name not in self.genotypes:
             raise SpecError(f"{self._where()}: no genotype '{name}'; genotypes here: {_names(self.genotypes)}")

@@ -88,7 +88,7 @@ def test_loaded_helpers_name_the_choices(tmp_path: Path) -> None:
     assert loaded.space("two").name == "two"
     with pytest.raises(SpecError, match="no space 'three'; spaces here: one, two"):
         loaded.space("three")
-    with pytest.raises(SpecError, match="has no genotype"):
+    with pytest.raises(SpecError, match="holds no genotype; give a genotype file"):
         loaded.genotype()
 
 
