@@ -35,9 +35,18 @@ class MixedEdge(nn.Module):
         super().__init__()
         self.ops = nn.ModuleDict(ops)
 
-    def forward(self, x: torch.Tensor, choice: EdgeChoice | None) -> torch.Tensor | None:
+    def forward(self, x: torch.Tensor, choice: EdgeChoice | None, complementary: bool = False
+                ) -> torch.Tensor | None:
         """``sum_o w_o * o(x)`` over the chosen operations; ``choice=None`` runs every held operation with
-        weight one (a fixed network). Returns None when nothing runs (a zero). ``(B, C, *S) -> (B, C, *S')``."""
+        weight one (a fixed network). Returns None when nothing runs (a zero). ``(B, C, *S) -> (B, C, *S')``.
+
+        ``complementary``: the choice is a pair whose weights sum to one (``w2 = 1 - w1`` as functions of
+        alpha), computed as ``b + w1 * (a - b)``: autograd then keeps one tensor (``a - b``) for the weight's
+        gradient instead of ``a`` and ``b``, and the gradient with respect to alpha is the same."""
+        if complementary and choice is not None and len(choice) == 2 and choice[0][1] is not None:
+            (first, w1), (second, _) = choice
+            a, b = self.ops[first](x), self.ops[second](x)
+            return b + w1 * (a - b)
         out: torch.Tensor | None = None
         items = [(name, None) for name in self.ops] if choice is None else choice
         for name, weight in items:
@@ -98,6 +107,7 @@ class Cell(nn.Module):
                 x = x + (skip if self.skip is None else self.skip(skip))
             states[name] = self.pre[name](x)
         choices = None if sample is None else _choices(sample)
+        complementary = sample is not None and sample[1].complementary
         for node in plan.nodes:
             total: torch.Tensor | None = None
             for src, dst in plan.edges:
@@ -106,7 +116,7 @@ class Cell(nn.Module):
                 choice = None
                 if choices is not None:
                     choice = [(op, w) for op, w in choices[self.rows[(src, dst)]] if op not in self.zeros]
-                y = self.edges[edge_name(src, dst)](states[src], choice)
+                y = self.edges[edge_name(src, dst)](states[src], choice, complementary)
                 if y is not None:
                     total = y if total is None else total + y
             states[node] = total if total is not None else self._zeros_like_node(states)

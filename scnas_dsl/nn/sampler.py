@@ -27,10 +27,13 @@ class EdgeSample:
     ``indices``: ``(E, k)`` long tensor on the CPU (k = 2 for pair, 1 for single and argmax, O for full);
     ``weights``: ``(E, k)`` tensor on alpha's device, or None when every chosen operation has weight one
     and is used as is (argmax / a fixed genotype).
+    ``complementary``: the two weights of every row sum to one as functions of alpha (a renormalised pair),
+    so an edge may compute ``w1 * a + w2 * b`` as ``b + w1 * (a - b)`` with the same gradients.
     """
 
     indices: torch.Tensor
     weights: torch.Tensor | None
+    complementary: bool = False
 
 
 def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -71,7 +74,7 @@ def sample_pair(alpha: torch.Tensor, temperature: float, generator: torch.Genera
     pick = torch.multinomial(q, 1, generator=generator).squeeze(1)
     indices = pair_table(alpha.shape[-1])[pick]
     chosen = z_bar.gather(1, indices.to(alpha.device))
-    return EdgeSample(indices, chosen / chosen.sum(dim=1, keepdim=True))
+    return EdgeSample(indices, chosen / chosen.sum(dim=1, keepdim=True), complementary=True)
 
 
 def sample_single(alpha: torch.Tensor, temperature: float, generator: torch.Generator) -> EdgeSample:

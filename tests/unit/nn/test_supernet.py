@@ -303,3 +303,51 @@ def test_consecutive_resizing_cells_resample_by_four() -> None:
     assert [i.factor for i in net.plan.cells[1].inputs] == [0.5, 1.0]
     assert net.plan.cells[1].inputs[0].source == -1 and net.plan.levels == 2
     assert net(torch.randn(1, 1, 8, 8)).shape == (1, 2, 8, 8)
+
+
+def test_complementary_pair_form_has_the_same_gradients_and_keeps_less() -> None:
+    # w1 * a + w2 * b (the plain form) against b + w1 * (a - b) (the supernet's form for a renormalised
+    # pair): same output and same gradients for alpha and the operations' weights, on the same sample
+    from scnas_dsl.nn.cells import MixedEdge
+    from scnas_dsl.nn.sampler import sample_pair
+    from scnas_dsl.ops.library import default_library
+
+    library = default_library()
+    torch.manual_seed(0)
+    ops = {"conv3": library.build("conv", {"kernel": 3}, 4, 4, 1, 3),
+           "dil2": library.build("sep_conv", {"kernel": 3, "dilation": 2}, 4, 4, 1, 3)}
+    edge = MixedEdge(ops)
+    x = torch.randn(2, 4, 6, 6, 6)
+    target = torch.randn(2, 4, 6, 6, 6)
+    alpha = torch.randn(1, 2, requires_grad=True)
+    results = []
+    for complementary in (False, True):
+        edge.zero_grad()
+        alpha.grad = None
+        sample = sample_pair(alpha, 0.7, torch.Generator().manual_seed(4))
+        assert sample.complementary and sample.weights is not None
+        sample.weights.retain_grad()
+        names = list(ops)
+        choice = [(names[i], sample.weights[0, c]) for c, i in enumerate(sample.indices[0].tolist())]
+        saved: list[int] = []
+
+        def pack(t: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
+            if t.dim() == 5:  # activations (the 3D weights of the convolutions too: both forms have them)
+                saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = edge(x, choice, complementary)
+        assert out is not None
+        (out * target).sum().backward()
+        w_grad = sample.weights.grad[0]
+        results.append((out.detach(), alpha.grad.clone(), {n: p.grad.clone() for n, p in edge.named_parameters()},
+                        w_grad[0] - w_grad[1] if not complementary else w_grad[0], sum(saved)))
+    (out_plain, a_plain, p_plain, w_plain, saved_plain), (out_new, a_new, p_new, w_new, saved_new) = results
+    assert torch.allclose(out_plain, out_new, atol=1e-5)
+    assert torch.allclose(a_plain, a_new, atol=1e-4, rtol=1e-4) and a_plain.abs().sum() > 0
+    # the new form differentiates w1 only: its gradient is dL/dw1 - dL/dw2 of the plain form
+    assert torch.allclose(w_plain, w_new, atol=1e-3, rtol=1e-4)
+    for name, grad in p_plain.items():
+        assert torch.allclose(grad, p_new[name], atol=1e-5, rtol=1e-4), name
+    assert saved_plain - saved_new == out_plain.numel()  # one activation fewer
