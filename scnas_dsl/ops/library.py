@@ -175,7 +175,9 @@ class ConvBlock(nn.Module):
                 _conv(dims)(c_in if i == 0 else c_out, c_out, k, stride=stride if i == 0 else 1, padding=pad,
                             bias=False),
                 _norm(dims, c_out),
-                nn.LeakyReLU(LEAKY_SLOPE),
+                # in place: the norm's output is a fresh tensor its backward does not need (saves one
+                # full-resolution activation per repeat)
+                nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
             ]
         self.layers = nn.Sequential(*layers)
 
@@ -202,9 +204,10 @@ class ResBlock(nn.Module):
             self.shortcut = nn.Sequential(conv(c_in, c_out, 1, stride=stride, bias=False), _norm(dims, c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.leaky_relu(self.norm1(self.conv1(x)), LEAKY_SLOPE)
+        # in place on fresh tensors whose producers' backward does not need them (less memory kept)
+        y = F.leaky_relu(self.norm1(self.conv1(x)), LEAKY_SLOPE, inplace=True)
         y = self.norm2(self.conv2(y))
-        return F.leaky_relu(y + (x if self.shortcut is None else self.shortcut(x)), LEAKY_SLOPE)
+        return F.leaky_relu(y + (x if self.shortcut is None else self.shortcut(x)), LEAKY_SLOPE, inplace=True)
 
 
 class Logits(nn.Module):
