@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _space(cells: str, copies: int, width: int, dims: int):  # noqa: ANN202
+def _space(cells: str, copies: int, width: int, dims: int, node_width: str = "split"):  # noqa: ANN202
     from scnas_dsl.model import Block, CellRef, CellSpec, OpCall, OpSet, OpSpec, Param, SearchSpace, Topology
 
     paper = [("conv3", "conv", {"kernel": 3}), ("dil2", "sep_conv", {"kernel": 3, "dilation": 2}),
@@ -47,7 +47,8 @@ def _space(cells: str, copies: int, width: int, dims: int):  # noqa: ANN202
         encoder, bridge, decoder = ["red", "enc", "red", "enc", "red"], ["enc"], ["exp", "dec"] * 3
     topo = Topology(dims=dims, stem=Block(call=OpCall(kind="conv_block"), width=width),
                     encoder=tuple(CellRef(name=n) for n in encoder), bridge=tuple(CellRef(name=n) for n in bridge),
-                    decoder=tuple(CellRef(name=n) for n in decoder), head=Block(call=OpCall(kind="logits")))
+                    decoder=tuple(CellRef(name=n) for n in decoder), head=Block(call=OpCall(kind="logits")),
+                    node_width=node_width)  # type: ignore[arg-type]
     return SearchSpace(name="bench", opsets=(OpSet(name="ops", ops=ops),), cells=specs, unet=topo)
 
 
@@ -66,7 +67,7 @@ def child(args: argparse.Namespace) -> None:
         return
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    space = _space(args.cells, args.copies, args.width, args.dims)
+    space = _space(args.cells, args.copies, args.width, args.dims, args.node_width)
     patch = (args.patch,) * args.dims
     net = build_supernet(space, in_channels=1, num_classes=2, sampling=args.mode, seed=0)
     w_opt = torch.optim.Adam(net.weight_parameters(), lr=0.025, betas=(0.1, 0.001))
@@ -111,7 +112,7 @@ def _tensor_peak(step) -> int:  # noqa: ANN001
 def run(args: argparse.Namespace, **extra: object) -> dict:
     cmd = [sys.executable, __file__, "--child", "--width", str(args.width), "--patch", str(args.patch),
            "--dims", str(args.dims), "--batch", str(args.batch), "--steps", str(args.steps),
-           "--threads", str(args.threads), "--cells", args.cells]
+           "--threads", str(args.threads), "--cells", args.cells, "--node-width", args.node_width]
     for key, value in extra.items():
         flag = "--" + key.replace("_", "-")
         cmd += [flag] if value is True else [flag, str(value)]
@@ -130,6 +131,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16, help="stem width")
     parser.add_argument("--patch", type=int, default=32, help="patch size per dimension")
     parser.add_argument("--dims", type=int, default=3, choices=(2, 3))
+    parser.add_argument("--node-width", choices=("split", "full"), default="split",
+                        help="the space's node_width (full: the widths of runs before split existed)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     parser.add_argument("--threads", type=int, default=2)
@@ -156,7 +159,7 @@ def main() -> None:
     results: dict[tuple[str, int], dict] = {}
     for n in args.ops:
         # scnas' own estimate (meta device, here in the parent so that it cannot touch the children's peaks)
-        report = estimate(_space(args.cells, n // 8, args.width, args.dims), patch=(args.patch,) * args.dims,
+        report = estimate(_space(args.cells, n // 8, args.width, args.dims, args.node_width), patch=(args.patch,) * args.dims,
                           batch_size=args.batch, in_channels=1, num_classes=2, draws=8)
         for mode in args.modes:
             r = run(args, mode=mode, copies=n // 8)
@@ -167,7 +170,7 @@ def main() -> None:
             print(f"{mode:>6} {n:>2} ops: {r['time']:.3f} s/step, peak {r['memory'] / 2**20:.0f} MiB above "
                   f"imports, estimate {r['estimate'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
     malloc = "glibc default malloc" if args.glibc_default else "MALLOC_MMAP_THRESHOLD_=131072"
-    print(f"\n{args.cells} cells, stem width {args.width}, patch {args.patch}^{args.dims}, batch {args.batch}, "
+    print(f"\n{args.cells} cells, stem width {args.width} (node_width {args.node_width}), patch {args.patch}^{args.dims}, batch {args.batch}, "
           f"{args.threads} threads, fastest of {args.steps} steps, {malloc}\n")
     print("| sampling | ops | time / step (s) | time / full | peak memory (MiB) | memory / full | "
           "estimate (MiB) | estimate / peak | tensor peak (MiB) | estimate / tensor peak |")
