@@ -121,6 +121,22 @@ def setup_runtime(device: str = "auto", amp: bool = True) -> Runtime:
                    owns_group=owns)
 
 
+def training_memory(report: Any, runtime: Runtime, sampling: str | None = None) -> int:
+    """The training memory of ``report`` (a ``scnas_dsl.nn.cost.CostReport``) for this runtime, in bytes.
+
+    The step of the given ``sampling`` (a supernet's ``pair``/``single``/``full``), else the report's own
+    figure. Under mixed precision the activations kept for backward are stored in 16 bits, so they count half;
+    weights, gradients and Adam state stay in float32."""
+    steps = getattr(report, "steps", {}) or {}
+    step = steps.get(sampling) if sampling is not None else None
+    if step is None and len(steps) == 1:
+        step = next(iter(steps.values()))
+    if step is None:
+        return int(report.memory_bytes)
+    activations = step.activation_bytes // 2 if runtime.amp_dtype is not None else step.activation_bytes
+    return int(activations + step.weight_bytes + step.gradient_bytes + step.optimizer_bytes)
+
+
 def check_gpu_memory(runtime: Runtime, estimate_bytes: int | None, what: str) -> None:
     """Refuse a configuration whose estimated training memory exceeds the GPU's, with the figures."""
     if runtime.device.type != "cuda" or estimate_bytes is None:

@@ -27,7 +27,7 @@ from scnas_dsl.nn import build_network
 from scnas_dsl.train import common
 from scnas_dsl.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from scnas_dsl.train.config import TrainConfig
-from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime
+from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime, training_memory
 from scnas_dsl.train.inference import sliding_window_inference
 from scnas_dsl.train.losses import soft_jaccard_loss
 from scnas_dsl.train.metrics import dice_per_label, nanmean
@@ -95,7 +95,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
         from scnas_dsl.nn.cost import estimate
 
         report = estimate(net, patch=patch, batch_size=common.per_rank_batch(cfg.batch_size, runtime))
-        check_gpu_memory(runtime, report.memory_bytes, f"retraining (patch {patch}, batch {cfg.batch_size})")
+        check_gpu_memory(runtime, training_memory(report, runtime),
+                         f"retraining (patch {patch}, batch {cfg.batch_size})")
     if runtime.is_main:  # everything checked: now the folder is made (or replaced, with --force)
         run.prepare("train", resume=resume, force=force)
     runtime.barrier()

@@ -29,7 +29,7 @@ from scnas_dsl.nn import TemperatureSchedule, build_supernet
 from scnas_dsl.train import common
 from scnas_dsl.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from scnas_dsl.train.config import SearchConfig
-from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime
+from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime, training_memory
 from scnas_dsl.train.losses import soft_jaccard_loss
 from scnas_dsl.train.runs import RunFolder, environment
 
@@ -234,7 +234,8 @@ def _check_memory(model: torch.nn.Module, runtime: Runtime, patch: tuple[int, ..
     from scnas_dsl.nn.cost import estimate
 
     report = estimate(model, patch=patch, batch_size=common.per_rank_batch(cfg.batch_size, runtime))  # type: ignore[arg-type]
-    check_gpu_memory(runtime, report.memory_bytes, f"the search (patch {patch}, batch {cfg.batch_size})")
+    need = training_memory(report, runtime, cfg.sampling)
+    check_gpu_memory(runtime, need, f"the search (patch {patch}, batch {cfg.batch_size}, {cfg.sampling} sampling)")
 
 
 def _epoch_record(model: Any, epoch: int, sums: dict[str, float], steps: int, w_opt: torch.optim.Optimizer,

@@ -133,3 +133,26 @@ def test_resuming_with_other_settings_is_refused(tmp_path) -> None:  # type: ign
     check_resumed_settings(tmp_path, {"seed": 0, "epochs": 20, "batch_size": 4})  # longer is fine
     with pytest.raises(RunError, match=r"batch_size: 4 -> 2"):
         check_resumed_settings(tmp_path, {"seed": 0, "epochs": 10, "batch_size": 2})
+
+
+def test_gpu_memory_need_follows_the_sampling_and_mixed_precision() -> None:
+    from scnas_dsl.nn.cost import StepCost
+    from scnas_dsl.train.device import Runtime, training_memory
+
+    gib = 2**30
+    steps = {"pair": StepCost(0, 0, 20 * gib, gib, gib, 2 * gib), "full": StepCost(0, 0, 60 * gib, gib, gib, 2 * gib)}
+    report = SimpleNamespaceReport(steps=steps, memory_bytes=24 * gib)
+    fp32 = Runtime(device=torch.device("cuda", 0))
+    bf16 = Runtime(device=torch.device("cuda", 0), amp_dtype=torch.bfloat16)
+    assert training_memory(report, fp32, "pair") == 24 * gib
+    assert training_memory(report, fp32, "full") == 64 * gib
+    # mixed precision keeps the activations in 16 bits; weights, gradients and Adam state stay in float32
+    assert training_memory(report, bf16, "pair") == 14 * gib
+    # a fixed network's report has one step, used whatever the sampling
+    single = SimpleNamespaceReport(steps={"network": steps["pair"]}, memory_bytes=24 * gib)
+    assert training_memory(single, bf16) == 14 * gib
+
+
+class SimpleNamespaceReport:
+    def __init__(self, steps: dict, memory_bytes: int) -> None:  # type: ignore[type-arg]
+        self.steps, self.memory_bytes = steps, memory_bytes
