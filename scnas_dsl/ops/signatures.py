@@ -202,6 +202,8 @@ LIBRARY_SIGNATURES = Signatures(
 def _show(value: object) -> str:
     if isinstance(value, str):
         return f"the name '{value}'"
+    if isinstance(value, bool):  # as written in a .scn file, not Python's True/False
+        return "true" if value else "false"
     return repr(value)
 
 
