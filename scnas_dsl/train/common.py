@@ -21,8 +21,9 @@ from scnas_dsl.data.augment import AugmentConfig
 from scnas_dsl.data.loader import PatchLoader, make_loader
 from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
 from scnas_dsl.data.splits import FoldSplit, get_fold
-from scnas_dsl.errors import RunError
+from scnas_dsl.errors import CheckpointError, RunError
 from scnas_dsl.model import Document, Genotype, Import, SearchSpace
+from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.config import CommonConfig
 from scnas_dsl.train.device import Runtime
 
@@ -195,6 +196,17 @@ def genotype_body(genotype: Genotype) -> str:
 
 #: settings that may change when a run is resumed (they do not change what the run computes, or extend it)
 RESUMABLE_CHANGES = {"out", "device", "workers", "progress", "epochs", "data"}
+
+
+def resume_state(run_dir: Path, settings: dict[str, Any], ckpt_path: Path, kind: str) -> dict[str, Any]:
+    """The checkpoint to resume from: the settings must match the run's (``check_resumed_settings``) and the
+    checkpoint must be of this ``kind`` ("search" or "train")."""
+    check_resumed_settings(run_dir, settings)
+    state = load_checkpoint(ckpt_path)
+    if state["kind"] != kind:
+        what = {"search": "a search", "train": "a training"}.get(kind, f"a '{kind}'")
+        raise CheckpointError(f"{ckpt_path}: a '{state['kind']}' checkpoint, not {what} checkpoint")
+    return state
 
 
 def check_resumed_settings(run_dir: Path, settings: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from scnas_dsl.loader import load
 from scnas_dsl.model import Document, SearchSpace
 from scnas_dsl.nn import build_network
 from scnas_dsl.train import common
-from scnas_dsl.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from scnas_dsl.train.checkpoint import capture_rng, restore_rng, save_checkpoint
 from scnas_dsl.train.config import TrainConfig
 from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime, training_memory
 from scnas_dsl.train.inference import sliding_window_inference
@@ -113,10 +113,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     start_epoch, start_step, loss_sum = 0, 0, 0.0
     best = {"dice": -1.0, "epoch": -1}
     if resume:
-        common.check_resumed_settings(out, {**cfg.model_dump(mode="json"), "patch": list(patch)})
-        state = load_checkpoint(ckpt_path)
-        if state["kind"] != "train":
-            raise CheckpointError(f"{ckpt_path}: a '{state['kind']}' checkpoint, not a training checkpoint")
+        state = common.resume_state(out, {**cfg.model_dump(mode="json"), "patch": list(patch)}, ckpt_path,
+                                    "train")
         try:
             net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])

@@ -27,7 +27,7 @@ from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype, SearchSpace
 from scnas_dsl.nn import TemperatureSchedule, build_supernet
 from scnas_dsl.train import common
-from scnas_dsl.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from scnas_dsl.train.checkpoint import capture_rng, restore_rng, save_checkpoint
 from scnas_dsl.train.config import SearchConfig
 from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime, training_memory
 from scnas_dsl.train.losses import soft_jaccard_loss
@@ -115,10 +115,8 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
     start_epoch, start_step = 0, 0
     sums = {"weight_loss": 0.0, "arch_loss": 0.0}
     if resume:
-        common.check_resumed_settings(out, {**cfg.model_dump(mode="json"), "patch": list(patch)})
-        state = load_checkpoint(ckpt_path)
-        if state["kind"] != "search":
-            raise CheckpointError(f"{ckpt_path}: a '{state['kind']}' checkpoint, not a search checkpoint")
+        state = common.resume_state(out, {**cfg.model_dump(mode="json"), "patch": list(patch)}, ckpt_path,
+                                    "search")
         try:
             model.load_state_dict(state["model"])
             model.load_sampler_state_dict(state["sampler"])

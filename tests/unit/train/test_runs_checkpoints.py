@@ -156,3 +156,13 @@ def test_gpu_memory_need_follows_the_sampling_and_mixed_precision() -> None:
 class SimpleNamespaceReport:
     def __init__(self, steps: dict, memory_bytes: int) -> None:  # type: ignore[type-arg]
         self.steps, self.memory_bytes = steps, memory_bytes
+
+
+def test_resuming_from_a_checkpoint_of_the_other_kind_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from scnas_dsl.train.common import resume_state
+
+    path = tmp_path / "last.pt"
+    ckpt.save_checkpoint(path, {"kind": "search", "epoch": 1})
+    assert resume_state(tmp_path, {}, path, "search")["epoch"] == 1
+    with pytest.raises(CheckpointError, match=r"last.pt: a 'search' checkpoint, not a training checkpoint"):
+        resume_state(tmp_path, {}, path, "train")
