@@ -85,6 +85,10 @@ def search_cmd(
     stem_width: int | None = STEM,
     sampling: str | None = typer.Option(None, "--sampling", help="pair (the paper), single or full"),
     space: str | None = typer.Option(None, "--space", help="which space of the file (default: the only one)"),
+    weight_betas: tuple[float, float] | None = typer.Option(
+        None, "--weight-betas", help="Adam betas of the weights (default: the paper's 0.1 0.001)"),
+    arch_betas: tuple[float, float] | None = typer.Option(
+        None, "--arch-betas", help="Adam betas of the logits alpha (default: the paper's 0.5 0.999)"),
     device: str | None = DEVICE, seed: int | None = SEED, resume: bool = RESUME, force: bool = FORCE,
     config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
@@ -95,6 +99,8 @@ def search_cmd(
     from scnas_dsl.train.search import run_search
 
     cfg = resolve_config(SearchConfig, config, spec=str(spec), sampling=sampling, space=space,
+                         weight_optimizer={"betas": weight_betas} if weight_betas else None,
+                         arch_optimizer={"betas": arch_betas} if arch_betas else None,
                          **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
                                    spacing, workers, no_augment, quiet, median))
     result = run_search(cfg, resume=resume, force=force)

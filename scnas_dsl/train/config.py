@@ -168,7 +168,15 @@ def _toml(path: Path, text: str) -> Any:
 def resolve_config(kind: type[CommonConfig], file: Path | None, **cli: Any) -> Any:
     """The validated configuration: file settings, overridden by every command-line value that is not None."""
     values: dict[str, Any] = read_config_file(file) if file is not None else {}
-    values.update({k: v for k, v in cli.items() if v is not None})
+    for key, value in cli.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):  # a nested setting (e.g. one optimiser's betas): over the file's, or the default
+            default = kind.model_fields[key].default if key in kind.model_fields else None
+            base = default.model_dump() if isinstance(default, BaseModel) else {}
+            earlier = values.get(key)
+            value = {**base, **(earlier if isinstance(earlier, dict) else {}), **value}
+        values[key] = value
     try:
         return kind.model_validate(values)
     except ValidationError as err:

@@ -61,12 +61,30 @@ def entropy_table(probabilities: dict[str, dict[str, dict[str, float]]]) -> dict
 
 def _grads_to(params: list[torch.nn.Parameter], loss: torch.Tensor, runtime: Runtime) -> None:
     """Set ``p.grad`` of ``params`` from ``loss`` (only these: the other group's gradients are not computed
-    into ``.grad``), averaged over the ranks; parameters the step did not use get zeros."""
+    into ``.grad``), averaged over the ranks.
+
+    A parameter that took no part in the step (an operation that was not sampled, a cell output that was not
+    used) gets ``grad = None``, not zeros: Adam skips it, so its weights and its moments stay exactly as they
+    were. A zero gradient would not: Adam keeps moving a parameter from its moments (with the paper's betas
+    (0.1, 0.001) such a step grows about beta1 / sqrt(beta2) ~ 3x per step). Every rank drew the same
+    architecture, so the set of gradients that exist is the same on every rank and only those are averaged.
+    """
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    filled = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
-    runtime.average(filled)
-    for p, g in zip(params, filled, strict=True):
+    present = [g for g in grads if g is not None]
+    runtime.average(present)
+    for p, g in zip(params, grads, strict=True):
         p.grad = g
+
+
+def update(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+           loss: torch.Tensor, runtime: Runtime) -> None:
+    """One gradient step of ``optimizer`` on ``params`` (the weights theta or the logits alpha) from
+    ``loss``: gradients of what took part only (:func:`_grads_to`), averaged over the ranks; afterwards the
+    gradients are released so that they hold no memory during the other group's step."""
+    _grads_to(params, scaler.scale(loss), runtime)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def run_search(cfg: SearchConfig, *, resume: bool = False, force: bool = False,
@@ -180,15 +198,11 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
                 xw, yw = runtime.to_device(xw), runtime.to_device(yw)
                 with runtime.autocast():
                     loss_w = soft_jaccard_loss(model(xw), yw)
-                _grads_to(weights, w_scaler.scale(loss_w), runtime)
-                w_scaler.step(w_opt)
-                w_scaler.update()
+                update(weights, w_opt, w_scaler, loss_w, runtime)
                 xa, ya = runtime.to_device(xa), runtime.to_device(ya)
                 with runtime.autocast():
                     loss_a = soft_jaccard_loss(model(xa), ya)
-                _grads_to(logits, a_scaler.scale(loss_a), runtime)
-                a_scaler.step(a_opt)
-                a_scaler.update()
+                update(logits, a_opt, a_scaler, loss_a, runtime)
                 if on_step is not None:
                     on_step(epoch, step)
                 # one all_reduce for the logged losses and the stop request, so that every rank stops at the

@@ -103,6 +103,12 @@ def test_settings_from_a_file_are_overridden_by_the_command_line(tmp_path) -> No
     toml.write_text('epochs = 7\nbatch_size = 2\n[weight_optimizer]\nlr = 0.01\nbetas = [0.9, 0.99]\n')
     cfg = resolve_config(SearchConfig, toml, spec="s.scn", data="d", batch_size=3, epochs=None)
     assert (cfg.epochs, cfg.batch_size, cfg.weight_optimizer.lr) == (7, 3, 0.01)
+    # one optimiser's betas from the command line keep the file's learning rate, or the paper's default
+    cfg = resolve_config(SearchConfig, toml, spec="s.scn", data="d", weight_optimizer={"betas": (0.9, 0.999)})
+    assert (cfg.weight_optimizer.lr, cfg.weight_optimizer.betas) == (0.01, (0.9, 0.999))
+    cfg = resolve_config(SearchConfig, None, spec="s.scn", data="d", arch_optimizer={"betas": (0.9, 0.999)})
+    assert (cfg.arch_optimizer.lr, cfg.arch_optimizer.betas) == (0.003, (0.9, 0.999))
+    assert cfg.weight_optimizer.betas == (0.1, 0.001)
     js = tmp_path / "c.json"
     js.write_text(json.dumps({"epochs": 0}))
     with pytest.raises(RunError, match="epochs"):
