@@ -44,6 +44,48 @@ def test_jaccard_gives_gradients_to_every_logit() -> None:
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
+def _two_class_logits(foreground_probability: torch.Tensor) -> torch.Tensor:
+    """``(B, 2, *S)`` logits whose softmax gives ``foreground_probability`` to class 1, as a leaf tensor."""
+    p = foreground_probability
+    return torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))], 1).requires_grad_(True)
+
+
+def test_confident_false_positives_on_an_all_background_batch_are_pushed_down() -> None:
+    # A batch without foreground: the IoU of class 1 is 0/0. The smoothed IoU gave loss ~1 for any prediction
+    # and a gradient of s * p(1-p) / (sum p)^2 ~ 5e-13 here; the false-positive rate sum p / V gives the loss
+    # p and d loss / d logit_1 = p(1-p) / V at every voxel (4.6e-5 here), positive: descent lowers the logit.
+    target = torch.zeros(2, 8, 8, 8, dtype=torch.long)
+    voxels = target.numel()
+    p = 0.95
+    logits = _two_class_logits(torch.full((2, 8, 8, 8), p))
+    loss = soft_jaccard_loss(logits, target)
+    loss.backward()
+    assert loss.item() == pytest.approx(p, rel=1e-5)
+    assert logits.grad is not None
+    assert torch.allclose(logits.grad[:, 1], torch.full_like(logits.grad[:, 1], p * (1 - p) / voxels), rtol=1e-4)
+    assert torch.allclose(logits.grad[:, 0], -logits.grad[:, 1])  # the softmax: background goes up as much
+    # a clean prediction of the same batch scores its (small) false-positive mass, not ~1
+    clean = soft_jaccard_loss(_two_class_logits(torch.full((2, 8, 8, 8), 1e-3)), target)
+    assert clean.item() == pytest.approx(1e-3, rel=1e-4)
+    # half the voxels wrong: half the loss (linear, no saturation)
+    half = torch.full((2, 8, 8, 8), 1e-6)
+    half[:, :4] = 1 - 1e-6
+    assert soft_jaccard_loss(_two_class_logits(half), target).item() == pytest.approx(0.5, abs=1e-4)
+
+
+def test_a_class_absent_from_the_batch_is_scored_by_its_false_positive_rate_the_others_by_iou() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 4, 4, 4, generator=g)
+    target = torch.randint(0, 2, (2, 4, 4, 4), generator=g)  # class 2 absent
+    p = torch.softmax(logits, 1)
+    inter = (p[:, 1] * (target == 1)).sum()
+    iou = inter / (p[:, 1].sum() + (target == 1).sum() - inter)
+    expected = ((1 - iou) + p[:, 2].mean()) / 2
+    assert soft_jaccard_loss(logits, target, smooth=0.0).item() == pytest.approx(expected.item(), rel=1e-5)
+    # without a process group the reduction over ranks changes nothing
+    assert torch.equal(soft_jaccard_loss(logits, target, reduce_over_ranks=True), soft_jaccard_loss(logits, target))
+
+
 def test_dice_on_hand_made_cases_with_the_empty_mask_rule() -> None:
     ref = np.zeros((4, 4, 4), np.int64)
     pred = np.zeros_like(ref)
