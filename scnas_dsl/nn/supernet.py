@@ -88,13 +88,30 @@ class Supernet(UNetBase):
         self.temperature = self.schedule.at(fraction)
 
     # sampling ---------------------------------------------------------------------------------------
-    def draw_samples(self) -> Samples:
-        """One sample per structure key by the supernet's strategy (advances the generator)."""
+    def draw_samples(self, generator: torch.Generator | None = None) -> Samples:
+        """One sample per structure key by the supernet's strategy. Without ``generator``: from the
+        supernet's own generator (advanced), counted in the sample counts. With one (e.g. to measure the
+        supernet without disturbing the search's random stream): from it, not counted."""
         out: Samples = {}
         for key, alpha in self.arch.items():
-            sample = draw(self.sampling, alpha, self.temperature, self.generator)
-            self._counts[key].scatter_add_(1, sample.indices, torch.ones_like(sample.indices))
+            sample = draw(self.sampling, alpha, self.temperature, generator or self.generator)
+            if generator is None:
+                self._counts[key].scatter_add_(1, sample.indices, torch.ones_like(sample.indices))
             out[key] = (self.op_names[key], sample)
+        return out
+
+    def parameter_free(self) -> dict[str, set[str]]:
+        """structure key -> the operations of its set that have no parameters where they keep the resolution
+        (zero, identity, pooling; on a stride-2 edge an identity may carry a projection): the ones
+        differentiable NAS is known to collapse to."""
+        out: dict[str, set[str]] = {}
+        for cell_plan, cell in zip(self.plan.cells, self.cells, strict=True):
+            if cell_plan.key in out:
+                continue
+            free = set(self.zero_names[cell_plan.key])
+            for edge in cell.edges.values():
+                free |= {name for name, op in edge.ops.items() if not any(True for _ in op.parameters())}
+            out[cell_plan.key] = free
         return out
 
     def argmax_samples(self) -> Samples:

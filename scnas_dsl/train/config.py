@@ -103,6 +103,9 @@ class SearchConfig(CommonConfig):
     arch_optimizer: AdamConfig = AdamConfig(lr=0.003, betas=(0.5, 0.999))
     plateau: PlateauConfig = PlateauConfig(factor=0.1, patience=20)
     temperature: TemperatureConfig = TemperatureConfig()
+    #: batches of the architecture part (the same every epoch, not augmented) on which the argmax architecture
+    #: and the sampled supernet are compared after each epoch (the discretisation gap); 0 switches it off
+    gap_batches: int = Field(default=4, ge=0)
 
 
 class TrainConfig(CommonConfig):

@@ -27,7 +27,7 @@ from scnas_dsl.errors import CheckpointError, DataError, RunError
 from scnas_dsl.loader import load
 from scnas_dsl.nn import build_network
 from scnas_dsl.train.checkpoint import load_checkpoint
-from scnas_dsl.train.common import progress_bar
+from scnas_dsl.train.loop import progress_bar
 from scnas_dsl.train.device import setup_runtime
 from scnas_dsl.train.inference import sliding_window_inference
 from scnas_dsl.train.metrics import NIFTI_ENDINGS, case_id_of

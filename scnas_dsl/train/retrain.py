@@ -11,7 +11,7 @@ set's channels and classes (the paper's transfer). Several processes: DDP (NCCL 
 from __future__ import annotations
 
 import shutil
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,24 @@ from scnas_dsl.errors import CheckpointError
 from scnas_dsl.loader import load
 from scnas_dsl.model import Document, SearchSpace
 from scnas_dsl.nn import build_network
-from scnas_dsl.train import common
 from scnas_dsl.train.checkpoint import capture_rng, restore_rng, save_checkpoint
 from scnas_dsl.train.config import TrainConfig
+from scnas_dsl.train.data_context import (
+    DataContext,
+    epoch_batches,
+    loader,
+    open_data,
+    patch_for,
+    per_rank_batch,
+)
 from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime, training_memory
+from scnas_dsl.train.genotype_files import genotype_text
 from scnas_dsl.train.inference import sliding_window_inference
+from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam_text, fmt, lr_of, plateau
 from scnas_dsl.train.losses import soft_jaccard_loss
 from scnas_dsl.train.metrics import dice_per_label, nanmean
+from scnas_dsl.train.plots import plot_train
+from scnas_dsl.train.resume import resume_state
 from scnas_dsl.train.runs import RunFolder, environment
 
 
@@ -71,7 +82,7 @@ def validation_dice(model: torch.nn.Module, pre: Any, case_ids: list[str], patch
 def run_train(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
               stop_after_epochs: int | None = None) -> TrainResult | None:
     """Retrain as configured (or resume); None when stopped early by ``stop_after_epochs`` (checkpoint
-    saved). Raises :class:`common.RunInterrupted` on Ctrl-C or SIGTERM after saving a checkpoint."""
+    saved). Raises :class:`RunInterrupted` on Ctrl-C or SIGTERM after saving a checkpoint."""
     runtime = setup_runtime(cfg.device, cfg.amp)
     try:
         return _train(cfg, runtime, resume, force, stop_after_epochs)
@@ -86,15 +97,15 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     run = RunFolder(out, writer=runtime.is_main)
     if runtime.is_main:
         run.prepare("train", resume=resume, force=force, create=False)  # refuse early, write nothing yet
-    data = common.open_data(cfg, runtime)
-    patch = common.patch_for(cfg, data, space)
+    data = open_data(cfg, runtime)
+    patch = patch_for(cfg, data, space)
     torch.manual_seed(cfg.seed)
     net = build_network(space, genotype, in_channels=data.in_channels, num_classes=data.num_classes,
                         stem_width=cfg.stem_width)
     if runtime.device.type == "cuda":
         from scnas_dsl.nn.cost import estimate
 
-        report = estimate(net, patch=patch, batch_size=common.per_rank_batch(cfg.batch_size, runtime))
+        report = estimate(net, patch=patch, batch_size=per_rank_batch(cfg.batch_size, runtime))
         check_gpu_memory(runtime, training_memory(report, runtime),
                          f"retraining (patch {patch}, batch {cfg.batch_size})")
     if runtime.is_main:  # everything checked: now the folder is made (or replaced, with --force)
@@ -105,122 +116,124 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     if runtime.distributed:
         model = DistributedDataParallel(net, device_ids=[runtime.device.index] if runtime.device.type == "cuda"
                                         else None)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas,
-                           weight_decay=cfg.optimizer.weight_decay)
-    sched = common.plateau(opt, cfg.plateau.factor, cfg.plateau.patience, cfg.plateau.threshold)
-    scaler = runtime.grad_scaler()
-    ckpt_path, best_path = run.checkpoints / "last.pt", run.checkpoints / "best.pt"
-    start_epoch, start_step, loss_sum = 0, 0, 0.0
-    best = {"dice": -1.0, "epoch": -1}
+    job = _TrainJob(net, model, cfg, runtime, run, data, patch)
+    state = LoopState()
     if resume:
-        state = common.resume_state(out, {**cfg.model_dump(mode="json"), "patch": list(patch)}, ckpt_path,
-                                    "train")
-        try:
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise CheckpointError(f"{ckpt_path}: does not fit this network ({str(err)[:200]}); was the genotype "
-                                  "or the stem width changed?") from err
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
-        start_epoch, start_step, loss_sum = int(state["epoch"]), int(state["step"]), float(state["loss_sum"])
-        best = dict(state["best"])
-        run.truncate_jsonl("metrics.jsonl", start_epoch)
+        state = job.resume(resume_state(out, {**cfg.model_dump(mode="json"), "patch": list(patch)},
+                                        job.ckpt_path, "train"))
     else:
         _write_run_files(run, cfg, space, genotype, data, patch, runtime, out)
-
-    train_loader = common.loader(cfg, data, runtime, data.fold.train, patch, stream=3)
-    steps = cfg.batches_per_epoch
-    val_cases = data.fold.val
-
-    def checkpoint(epoch: int, step: int) -> None:
-        if runtime.is_main:
-            save_checkpoint(ckpt_path, {
-                "kind": "train", "epoch": epoch, "step": step, "loss_sum": loss_sum, "best": best,
-                "model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "rng": capture_rng(),
-            })
-        runtime.barrier()
-
-    stopped_by, epochs_run, epoch = "epochs", 0, start_epoch - 1  # epoch: the last one run
-    with common.StopSignal() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
-            started = time.time()
-            model.train()
-            first = start_step if epoch == start_epoch else 0
-            if first == 0:
-                loss_sum = 0.0
-            bar = common.progress_bar(steps, f"train epoch {epoch + 1}/{cfg.epochs}", cfg.progress and runtime.is_main)
-            bar.update(first)
-            for step, (x, y) in enumerate(common.epoch_batches(train_loader, epoch, first), start=first):
-                x, y = runtime.to_device(x), runtime.to_device(y)
-                opt.zero_grad(set_to_none=True)
-                with runtime.autocast():
-                    loss = soft_jaccard_loss(model(x), y)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                # with the stop request in the same all_reduce: every rank stops at the same step
-                value, stopping = runtime.mean_values([loss.item(), float(bool(stop.requested))])
-                common.check_finite(value, epoch, step, steps, "training loss", common.lr_of(opt))
-                loss_sum += value
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{common.lr_of(opt):.2g}")
-                bar.update()
-                if stopping > 0 and step + 1 < steps:
-                    stop.requested = stop.requested or "SIGTERM"
-                    bar.close()
-                    checkpoint(epoch, step + 1)
-                    raise common.RunInterrupted(
-                        f"{stop.requested}: stopped at epoch {epoch + 1}, step {step + 1}; checkpoint saved to "
-                        f"{ckpt_path}; continue with `scnas train ... --out {out} --resume`")
-            bar.close()
-            record: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / steps, "lr": common.lr_of(opt)}
-            sched.step(record["train_loss"])
-            low_lr = common.lr_of(opt) < cfg.min_lr
-            last = epoch + 1 == cfg.epochs or low_lr
-            if val_cases and ((epoch + 1) % cfg.val_every == 0 or last):
-                cases = val_cases if last or cfg.val_cases is None else val_cases[:cfg.val_cases]
-                val = validation_dice(net, data.pre, cases, patch, data.label_names, runtime, cfg.blend,
-                                      cfg.mirror_validation)
-                record.update(val_dice=val["foreground_mean"], val_mean_dice=val["mean_dice"])
-                if val["foreground_mean"] > best["dice"]:
-                    best = {"dice": val["foreground_mean"], "epoch": epoch}
-                    if runtime.is_main:
-                        save_checkpoint(best_path, {"kind": "weights", "model": net.state_dict(),
-                                                    "epoch": epoch, "dice": val["foreground_mean"]})
-            record["seconds"] = round(time.time() - started, 3)
-            run.append_jsonl("metrics.jsonl", record)
-            checkpoint(epoch + 1, 0)
-            epochs_run += 1
-            if low_lr:
-                stopped_by = f"learning rate {common.lr_of(opt):.2g} < {cfg.min_lr:g}"
-                break
-            if runtime.mean_values([float(bool(stop.requested))])[0] > 0:  # every rank decides alike
-                raise common.RunInterrupted(
-                    f"{stop.requested or 'SIGTERM'}: stopped after epoch {epoch + 1}; checkpoint saved to {ckpt_path}; "
-                    f"continue with `scnas train ... --out {out} --resume`")
-            if stop_after_epochs is not None and epochs_run >= stop_after_epochs and epoch + 1 < cfg.epochs:
-                return None
-    if runtime.is_main:
-        if not best_path.exists():  # no validation cases: the last weights are the ones to use
-            save_checkpoint(best_path, {"kind": "weights", "model": net.state_dict(), "epoch": epoch,
+    loop = EpochLoop(kind="train", run=run, runtime=runtime, epochs=cfg.epochs, steps=cfg.batches_per_epoch,
+                     resume_hint=f"scnas train ... --out {out} --resume", checkpoint_path=job.ckpt_path,
+                     echo=cfg.progress, stop_after_epochs=stop_after_epochs)
+    loop.announce(genotype.name, cfg, patch, state, resume,
+                  f"{adam_text(cfg.optimizer)}; {len(data.fold.val)} validation case(s)")
+    end = loop.run_job(job, state)
+    if end.how == "paused":
+        return None
+    if runtime.is_main and not job.best_path.exists():  # no validation cases: the last weights are the best known
+        save_checkpoint(job.best_path, {"kind": "weights", "model": net.state_dict(), "epoch": end.epoch,
                                         "dice": float("nan")})
-        from scnas_dsl.train.plots import plot_train
-
-        plot_train(run)
+    runtime.barrier()
+    best = job.best
     return TrainResult(run=run.path, best_dice=float(best["dice"]), best_epoch=int(best["epoch"]),
-                       epochs=epoch + 1, stopped_by=stopped_by)
+                       epochs=end.epoch + 1, stopped_by=end.reason if end.how == "early" else "epochs")
+
+
+class _TrainJob:
+    """Retraining's part of the epoch loop: one Adam step per batch; at the end of an epoch the plateau
+    schedule, validation every ``val_every`` epochs (keeping the best weights), and the learning-rate floor."""
+
+    def __init__(self, net: torch.nn.Module, model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime,
+                 run: RunFolder, data: DataContext, patch: tuple[int, int, int]) -> None:
+        self.net, self.model, self.cfg, self.runtime, self.run, self.data, self.patch = (
+            net, model, cfg, runtime, run, data, patch)
+        self.opt = torch.optim.Adam(net.parameters(), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas,
+                                    weight_decay=cfg.optimizer.weight_decay)
+        self.sched = plateau(self.opt, cfg.plateau.factor, cfg.plateau.patience, cfg.plateau.threshold)
+        self.scaler = runtime.grad_scaler()
+        self.ckpt_path, self.best_path = run.checkpoints / "last.pt", run.checkpoints / "best.pt"
+        self.best: dict[str, Any] = {"dice": -1.0, "epoch": -1}
+        self.train_loader = loader(cfg, data, runtime, data.fold.train, patch, stream=3)
+
+    def resume(self, state: dict[str, Any]) -> LoopState:
+        """Load a training checkpoint; the loop state to continue from."""
+        try:
+            self.net.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"{self.ckpt_path}: does not fit this network ({str(err)[:200]}); was the "
+                                  "genotype or the stem width changed?") from err
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        self.best = dict(state["best"])
+        epoch = int(state["epoch"])
+        self.run.truncate_jsonl("metrics.jsonl", epoch)
+        sums = state.get("sums", {"train_loss": float(state.get("loss_sum", 0.0))})
+        return LoopState(epoch, int(state["step"]), dict(sums))
+
+    def batches(self, epoch: int, skip: int) -> Iterable[Any]:
+        return epoch_batches(self.train_loader, epoch, skip)
+
+    def begin_epoch(self, epoch: int, first: int) -> None:
+        self.model.train()
+
+    def step(self, epoch: int, step: int, batch: Any) -> dict[str, torch.Tensor]:
+        x, y = (self.runtime.to_device(t) for t in batch)
+        self.opt.zero_grad(set_to_none=True)
+        with self.runtime.autocast():
+            loss = soft_jaccard_loss(self.model(x), y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return {"train_loss": loss.detach()}
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"weights": lr_of(self.opt)}
+
+    def end_epoch(self, epoch: int, means: dict[str, float]) -> EpochEnd:
+        cfg, val_cases = self.cfg, self.data.fold.val
+        record: dict[str, Any] = {"lr": lr_of(self.opt)}
+        self.sched.step(means["train_loss"])
+        low_lr = lr_of(self.opt) < cfg.min_lr
+        last = epoch + 1 == cfg.epochs or low_lr
+        summary = f"loss {fmt(means['train_loss'])} | lr {record['lr']:.3g}"
+        if val_cases and ((epoch + 1) % cfg.val_every == 0 or last):
+            cases = val_cases if last or cfg.val_cases is None else val_cases[:cfg.val_cases]
+            val = validation_dice(self.net, self.data.pre, cases, self.patch, self.data.label_names, self.runtime,
+                                  cfg.blend, cfg.mirror_validation)
+            record.update(val_dice=val["foreground_mean"], val_mean_dice=val["mean_dice"])
+            summary += f" | validation Dice {fmt(val['foreground_mean'], 3)} ({val['cases']} cases)"
+            if val["foreground_mean"] > self.best["dice"]:
+                self.best = {"dice": val["foreground_mean"], "epoch": epoch}
+                if self.runtime.is_main:
+                    save_checkpoint(self.best_path, {"kind": "weights", "model": self.net.state_dict(),
+                                                     "epoch": epoch, "dice": val["foreground_mean"]})
+        stop = f"learning rate {lr_of(self.opt):.2g} < {cfg.min_lr:g}" if low_lr else None
+        return EpochEnd(record, summary, stop)
+
+    def save(self, state: LoopState) -> None:
+        if self.runtime.is_main:
+            save_checkpoint(self.ckpt_path, {
+                "kind": "train", "epoch": state.epoch, "step": state.step, "sums": state.sums,
+                "best": self.best, "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "rng": capture_rng(),
+            })
+        self.runtime.barrier()
+
+    def plot(self) -> None:
+        plot_train(self.run)
 
 
 def _write_run_files(run: RunFolder, cfg: TrainConfig, space: SearchSpace, genotype: Any,
-                     data: common.DataContext, patch: tuple[int, ...], runtime: Runtime, out: Path) -> None:
+                     data: DataContext, patch: tuple[int, ...], runtime: Runtime, out: Path) -> None:
     """Everything ``scnas predict`` needs besides the weights: the network's recipe and the preprocessing."""
     from scnas_dsl.graph.printer import print_document
 
     run.write_json("config.json", {**cfg.model_dump(mode="json"), "out": str(out), "patch": list(patch)})
     run.write_text("space.scn", print_document(Document(spaces=(space,))))
-    run.write_text("genotype.scn", common.genotype_text(
+    run.write_text("genotype.scn", genotype_text(
         genotype, f"Retrained by `scnas train` from {cfg.genotype} on {Path(cfg.data).name}, fold {cfg.fold}."))
     run.write_json("network.json", {
         "genotype": genotype.name, "space": space.name, "in_channels": data.in_channels,

@@ -13,9 +13,7 @@ also all-reduce the logits' gradients during the weight step). Only rank 0 write
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +24,32 @@ from scnas_dsl.errors import CheckpointError, ScnasError
 from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype, SearchSpace
 from scnas_dsl.nn import TemperatureSchedule, build_supernet
-from scnas_dsl.train import common
+from scnas_dsl.nn.supernet import Supernet
 from scnas_dsl.train.checkpoint import capture_rng, restore_rng, save_checkpoint
 from scnas_dsl.train.config import SearchConfig
+from scnas_dsl.train.data_context import (
+    DataContext,
+    epoch_batches,
+    loader,
+    open_data,
+    patch_for,
+    per_rank_batch,
+)
 from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime, training_memory
+from scnas_dsl.train.genotype_files import genotype_body, genotype_text, space_text
+from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam_text, fmt, lr_of, plateau
 from scnas_dsl.train.losses import soft_jaccard_loss
-from scnas_dsl.train.runs import RunFolder, environment
+from scnas_dsl.train.plots import plot_search, plot_search_progress
+from scnas_dsl.train.resume import resume_state
+from scnas_dsl.train.runs import RunFolder, environment, read_jsonl
+from scnas_dsl.train.search_report import (
+    Choices,
+    changed_edges,
+    choices_of,
+    discretisation_gap,
+    edge_table,
+    parameter_free_share,
+)
 
 StepHook = Callable[[int, int], None]
 
@@ -51,12 +69,6 @@ class SearchResult:
 def default_out(cfg: SearchConfig, space: SearchSpace) -> Path:
     """``runs/search_<space>_fold<K>`` when no ``--out`` is given."""
     return Path("runs") / f"search_{space.name}_fold{cfg.fold}"
-
-
-def entropy_table(probabilities: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Entropy (nats) of each edge's operation distribution: key -> "src->dst" -> H."""
-    return {key: {edge: -sum(p * math.log(p) for p in ops.values() if p > 0) for edge, ops in edges.items()}
-            for key, edges in probabilities.items()}
 
 
 def _grads_to(params: list[torch.nn.Parameter], loss: torch.Tensor, runtime: Runtime) -> None:
@@ -90,7 +102,7 @@ def update(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, s
 def run_search(cfg: SearchConfig, *, resume: bool = False, force: bool = False,
                stop_after_epochs: int | None = None, on_step: StepHook | None = None) -> SearchResult | None:
     """Run (or resume) a search as configured; returns None when stopped early by ``stop_after_epochs``
-    (a checkpoint is saved, ``resume=True`` continues). Raises :class:`common.RunInterrupted` on Ctrl-C or
+    (a checkpoint is saved, ``resume=True`` continues). Raises :class:`RunInterrupted` on Ctrl-C or
     SIGTERM after saving a checkpoint."""
     runtime = setup_runtime(cfg.device, cfg.amp)
     try:
@@ -107,8 +119,8 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
     run = RunFolder(out, writer=runtime.is_main)
     if runtime.is_main:
         run.prepare("search", resume=resume, force=force, create=False)  # refuse early, write nothing yet
-    data = common.open_data(cfg, runtime)
-    patch = common.patch_for(cfg, data, space)
+    data = open_data(cfg, runtime)
+    patch = patch_for(cfg, data, space)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     schedule = TemperatureSchedule(cfg.temperature.initial, cfg.temperature.final, cfg.temperature.kind)
@@ -119,125 +131,165 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
         run.prepare("search", resume=resume, force=force)
     runtime.barrier()
     model.to(runtime.device)
-    weights, logits = model.weight_parameters(), model.arch_parameters()
-    w_opt = torch.optim.Adam(weights, lr=cfg.weight_optimizer.lr, betas=cfg.weight_optimizer.betas,
-                             weight_decay=cfg.weight_optimizer.weight_decay)
-    a_opt = torch.optim.Adam(logits, lr=cfg.arch_optimizer.lr, betas=cfg.arch_optimizer.betas,
-                             weight_decay=cfg.arch_optimizer.weight_decay)
-    p = cfg.plateau
-    w_sched = common.plateau(w_opt, p.factor, p.patience, p.threshold)
-    a_sched = common.plateau(a_opt, p.factor, p.patience, p.threshold)
-    w_scaler, a_scaler = runtime.grad_scaler(), runtime.grad_scaler()
-    ckpt_path = run.checkpoints / "last.pt"
-
-    start_epoch, start_step = 0, 0
-    sums = {"weight_loss": 0.0, "arch_loss": 0.0}
+    job = _SearchJob(model, cfg, runtime, run, data, patch, on_step)
+    state = LoopState()
     if resume:
-        state = common.resume_state(out, {**cfg.model_dump(mode="json"), "patch": list(patch)}, ckpt_path,
-                                    "search")
-        try:
-            model.load_state_dict(state["model"])
-            model.load_sampler_state_dict(state["sampler"])
-            w_opt.load_state_dict(state["weight_optimizer"])
-            a_opt.load_state_dict(state["arch_optimizer"])
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise CheckpointError(f"{ckpt_path}: does not fit this search's network ({str(err)[:200]}); "
-                                  "was the spec or the stem width changed?") from err
-        w_sched.load_state_dict(state["weight_scheduler"])
-        a_sched.load_state_dict(state["arch_scheduler"])
-        w_scaler.load_state_dict(state["weight_scaler"])
-        a_scaler.load_state_dict(state["arch_scaler"])
-        restore_rng(state["rng"])
-        start_epoch, start_step, sums = int(state["epoch"]), int(state["step"]), dict(state["sums"])
-        run.truncate_jsonl("metrics.jsonl", start_epoch)
-        run.truncate_jsonl("alphas.jsonl", start_epoch)
+        state = job.resume(resume_state(out, {**cfg.model_dump(mode="json"), "patch": list(patch)},
+                                        job.ckpt_path, "search"))
     else:
         run.write_json("config.json", {**cfg.model_dump(mode="json"), "out": str(out), "patch": list(patch)})
         source = Path(cfg.spec).read_text(encoding="utf-8-sig")
         own = not loaded.document.imports and any(s.name == space.name for s in loaded.document.spaces)
-        run.write_text("space.scn", common.space_text(space, source, own))
+        run.write_text("space.scn", space_text(space, source, own))
         run.write_json("environment.json", environment(str(runtime.device), cfg.seed, runtime.world_size))
         run.write_json("split.json", {"fold": cfg.fold, "weight_part": data.fold.weight_part,
                                       "arch_part": data.fold.arch_part, "val": data.fold.val})
     if runtime.distributed:  # identical starting point on every rank, also after a resume
         for tensor in model.state_dict().values():
             torch.distributed.broadcast(tensor, src=0)
+    job.start_choices()
 
-    w_loader = common.loader(cfg, data, runtime, data.fold.weight_part, patch, stream=1)
-    a_loader = common.loader(cfg, data, runtime, data.fold.arch_part, patch, stream=2)
-    steps = cfg.batches_per_epoch
-
-    def checkpoint(epoch: int, step: int) -> None:
-        if runtime.is_main:
-            save_checkpoint(ckpt_path, {
-                "kind": "search", "epoch": epoch, "step": step, "sums": dict(sums),
-                "model": model.state_dict(), "sampler": model.sampler_state_dict(),
-                "weight_optimizer": w_opt.state_dict(), "arch_optimizer": a_opt.state_dict(),
-                "weight_scheduler": w_sched.state_dict(), "arch_scheduler": a_sched.state_dict(),
-                "weight_scaler": w_scaler.state_dict(), "arch_scaler": a_scaler.state_dict(),
-                "rng": capture_rng(), "patch": list(patch),
-            })
-        runtime.barrier()
-
-    epochs_run = 0
-    with common.StopSignal() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
-            started = time.time()
-            model.train()
-            model.set_progress(epoch / max(cfg.epochs - 1, 1))
-            first = start_step if epoch == start_epoch else 0
-            if first == 0:
-                sums = {"weight_loss": 0.0, "arch_loss": 0.0}
-                model.reset_sample_counts()
-            bar = common.progress_bar(steps, f"search epoch {epoch + 1}/{cfg.epochs}",
-                                      cfg.progress and runtime.is_main)
-            bar.update(first)
-            batches = zip(common.epoch_batches(w_loader, epoch, first), common.epoch_batches(a_loader, epoch, first),
-                          strict=True)
-            for step, ((xw, yw), (xa, ya)) in enumerate(batches, start=first):
-                xw, yw = runtime.to_device(xw), runtime.to_device(yw)
-                with runtime.autocast():
-                    loss_w = soft_jaccard_loss(model(xw), yw)
-                update(weights, w_opt, w_scaler, loss_w, runtime)
-                xa, ya = runtime.to_device(xa), runtime.to_device(ya)
-                with runtime.autocast():
-                    loss_a = soft_jaccard_loss(model(xa), ya)
-                update(logits, a_opt, a_scaler, loss_a, runtime)
-                if on_step is not None:
-                    on_step(epoch, step)
-                # one all_reduce for the logged losses and the stop request, so that every rank stops at the
-                # same step even when the signal reaches the ranks at different moments
-                lw, la, stopping = runtime.mean_values([loss_w.item(), loss_a.item(), float(bool(stop.requested))])
-                common.check_finite(lw, epoch, step, steps, "weight loss", common.lr_of(w_opt))
-                common.check_finite(la, epoch, step, steps, "architecture loss", common.lr_of(a_opt))
-                sums["weight_loss"] += lw
-                sums["arch_loss"] += la
-                bar.set_postfix(loss=f"{lw:.4f}", arch=f"{la:.4f}", tau=f"{model.temperature:.3g}")
-                bar.update()
-                if stopping > 0 and step + 1 < steps:
-                    stop.requested = stop.requested or "SIGTERM"
-                    bar.close()
-                    checkpoint(epoch, step + 1)
-                    raise common.RunInterrupted(
-                        f"{stop.requested}: stopped at epoch {epoch + 1}, step {step + 1}; checkpoint saved to "
-                        f"{ckpt_path}; continue with `scnas search ... --out {out} --resume`")
-            bar.close()
-            record = _epoch_record(model, epoch, sums, steps, w_opt, a_opt, time.time() - started)
-            w_sched.step(record["weight_loss"])
-            a_sched.step(record["weight_loss"])
-            run.append_jsonl("metrics.jsonl", record)
-            run.append_jsonl("alphas.jsonl", {"epoch": epoch, "temperature": model.temperature,
-                                              "logits": {k: a.detach().cpu().tolist() for k, a in model.arch.items()},
-                                              "probabilities": model.arch_probabilities()})
-            checkpoint(epoch + 1, 0)
-            epochs_run += 1
-            if runtime.mean_values([float(bool(stop.requested))])[0] > 0:  # every rank decides alike
-                raise common.RunInterrupted(
-                    f"{stop.requested or 'SIGTERM'}: stopped after epoch {epoch + 1}; checkpoint saved to {ckpt_path}; "
-                    f"continue with `scnas search ... --out {out} --resume`")
-            if stop_after_epochs is not None and epochs_run >= stop_after_epochs and epoch + 1 < cfg.epochs:
-                return None
+    loop = EpochLoop(kind="search", run=run, runtime=runtime, epochs=cfg.epochs, steps=cfg.batches_per_epoch,
+                     resume_hint=f"scnas search ... --out {out} --resume", checkpoint_path=job.ckpt_path,
+                     echo=cfg.progress, stop_after_epochs=stop_after_epochs)
+    loop.announce(space.name, cfg, patch, state, resume, f"{cfg.sampling} sampling; weights "
+                  f"{adam_text(cfg.weight_optimizer)}; logits {adam_text(cfg.arch_optimizer)}")
+    end = loop.run_job(job, state)
+    if end.how == "paused":
+        return None
     return _finish(model, space, run, cfg)
+
+
+class _SearchJob:
+    """The search's part of the epoch loop: one weight step and one architecture step per step, the
+    schedules and the search's own report at the end of each epoch, its checkpoint and plots."""
+
+    def __init__(self, model: Supernet, cfg: SearchConfig, runtime: Runtime, run: RunFolder, data: DataContext,
+                 patch: tuple[int, int, int], on_step: StepHook | None) -> None:
+        self.model, self.cfg, self.runtime, self.run, self.on_step = model, cfg, runtime, run, on_step
+        self.weights, self.logits = model.weight_parameters(), model.arch_parameters()
+        w, a = cfg.weight_optimizer, cfg.arch_optimizer
+        self.w_opt = torch.optim.Adam(self.weights, lr=w.lr, betas=w.betas, weight_decay=w.weight_decay)
+        self.a_opt = torch.optim.Adam(self.logits, lr=a.lr, betas=a.betas, weight_decay=a.weight_decay)
+        p = cfg.plateau
+        self.w_sched = plateau(self.w_opt, p.factor, p.patience, p.threshold)
+        self.a_sched = plateau(self.a_opt, p.factor, p.patience, p.threshold)
+        self.w_scaler, self.a_scaler = runtime.grad_scaler(), runtime.grad_scaler()
+        self.ckpt_path = run.checkpoints / "last.pt"
+        self.w_loader = loader(cfg, data, runtime, data.fold.weight_part, patch, stream=1)
+        self.a_loader = loader(cfg, data, runtime, data.fold.arch_part, patch, stream=2)
+        # the discretisation gap: the same few un-augmented patches of the architecture part every epoch
+        self.gap_loader = (loader(cfg, data, runtime, data.fold.arch_part, patch, stream=4, augment=False,
+                                  num_batches=cfg.gap_batches) if cfg.gap_batches else None)
+        self.free = model.parameter_free()
+        self.choices: Choices | None = None
+
+    def resume(self, state: dict[str, Any]) -> LoopState:
+        """Load a search checkpoint; the loop state to continue from."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.model.load_sampler_state_dict(state["sampler"])
+            self.w_opt.load_state_dict(state["weight_optimizer"])
+            self.a_opt.load_state_dict(state["arch_optimizer"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"{self.ckpt_path}: does not fit this search's network ({str(err)[:200]}); "
+                                  "was the spec or the stem width changed?") from err
+        self.w_sched.load_state_dict(state["weight_scheduler"])
+        self.a_sched.load_state_dict(state["arch_scheduler"])
+        self.w_scaler.load_state_dict(state["weight_scaler"])
+        self.a_scaler.load_state_dict(state["arch_scaler"])
+        restore_rng(state["rng"])
+        epoch = int(state["epoch"])
+        self.run.truncate_jsonl("metrics.jsonl", epoch)
+        self.run.truncate_jsonl("alphas.jsonl", epoch)
+        return LoopState(epoch, int(state["step"]), dict(state["sums"]))
+
+    def start_choices(self) -> None:
+        """The choices the first reported epoch is compared with: the last record's, or the current logits'."""
+        records = read_jsonl(self.run.path / "metrics.jsonl") if self.run.writer else []
+        if records and "edges" in records[-1]:
+            self.choices = choices_of(records[-1]["edges"])
+        else:
+            self.choices = choices_of(edge_table(self.model.arch_probabilities()))
+
+    def batches(self, epoch: int, skip: int) -> Iterable[Any]:
+        return zip(epoch_batches(self.w_loader, epoch, skip), epoch_batches(self.a_loader, epoch, skip),
+                   strict=True)
+
+    def begin_epoch(self, epoch: int, first: int) -> None:
+        self.model.train()
+        self.model.set_progress(epoch / max(self.cfg.epochs - 1, 1))
+        if first == 0:
+            self.model.reset_sample_counts()
+
+    def step(self, epoch: int, step: int, batch: Any) -> dict[str, torch.Tensor]:
+        (xw, yw), (xa, ya) = batch
+        model, runtime = self.model, self.runtime
+        xw, yw = runtime.to_device(xw), runtime.to_device(yw)
+        with runtime.autocast():
+            loss_w = soft_jaccard_loss(model(xw), yw)
+        update(self.weights, self.w_opt, self.w_scaler, loss_w, runtime)
+        xa, ya = runtime.to_device(xa), runtime.to_device(ya)
+        with runtime.autocast():
+            loss_a = soft_jaccard_loss(model(xa), ya)
+        update(self.logits, self.a_opt, self.a_scaler, loss_a, runtime)
+        if self.on_step is not None:
+            self.on_step(epoch, step)
+        return {"weight_loss": loss_w.detach(), "arch_loss": loss_a.detach()}
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"weights": lr_of(self.w_opt), "logits": lr_of(self.a_opt)}
+
+    def end_epoch(self, epoch: int, means: dict[str, float]) -> EpochEnd:
+        model = self.model
+        self.w_sched.step(means["weight_loss"])
+        self.a_sched.step(means["weight_loss"])
+        probabilities = model.arch_probabilities()
+        edges = edge_table(probabilities)
+        choices = choices_of(edges)
+        changed, self.choices = changed_edges(self.choices, choices), choices
+        every = [row for rows in edges.values() for row in rows.values()]
+        genotype, pruning = model.derive(name="derived")
+        record: dict[str, Any] = {
+            "temperature": model.temperature, "lr_weights": lr_of(self.w_opt), "lr_arch": lr_of(self.a_opt),
+            "mean_entropy": sum(r["entropy"] for r in every) / max(len(every), 1),
+            "mean_top_probability": sum(r["p"] for r in every) / max(len(every), 1),
+            "changed_edges": changed, "edges_total": len(every),
+            "parameter_free_share": parameter_free_share(choices, self.free),
+        }
+        if self.gap_loader is not None:
+            record.update(discretisation_gap(model, self.gap_loader, self.runtime, self.cfg.seed * 7919 + epoch))
+        record.update(edges=edges, sample_counts=model.sample_counts(), genotype=genotype_body(genotype),
+                      pruned=pruning)
+        self.run.append_jsonl("alphas.jsonl", {
+            "epoch": epoch, "temperature": model.temperature,
+            "logits": {k: a.detach().cpu().tolist() for k, a in model.arch.items()},
+            "probabilities": probabilities})
+        summary = (f"loss weights {fmt(means['weight_loss'])} arch {fmt(means['arch_loss'])} | "
+                   f"tau {model.temperature:.3g} | lr {lr_of(self.w_opt):.3g}/{lr_of(self.a_opt):.3g} | "
+                   f"entropy {record['mean_entropy']:.3f} | changed {changed}/{len(every)} edges | "
+                   f"param-free {record['parameter_free_share']:.2f}")
+        if self.gap_loader is not None:
+            summary += (f" | gap loss {fmt(record['sampled_loss'])} -> {fmt(record['argmax_loss'])}, "
+                        f"Dice {fmt(record['sampled_dice'], 3)} -> {fmt(record['argmax_dice'], 3)} "
+                        "(sampled -> argmax)")
+        return EpochEnd(record, summary)
+
+    def save(self, state: LoopState) -> None:
+        if self.runtime.is_main:
+            m = self.model
+            save_checkpoint(self.ckpt_path, {
+                "kind": "search", "epoch": state.epoch, "step": state.step, "sums": state.sums,
+                "model": m.state_dict(), "sampler": m.sampler_state_dict(),
+                "weight_optimizer": self.w_opt.state_dict(), "arch_optimizer": self.a_opt.state_dict(),
+                "weight_scheduler": self.w_sched.state_dict(), "arch_scheduler": self.a_sched.state_dict(),
+                "weight_scaler": self.w_scaler.state_dict(), "arch_scaler": self.a_scaler.state_dict(),
+                "rng": capture_rng(),
+            })
+        self.runtime.barrier()
+
+    def plot(self) -> None:
+        plot_search_progress(self.run)
 
 
 def _check_memory(model: torch.nn.Module, runtime: Runtime, patch: tuple[int, ...], cfg: SearchConfig) -> None:
@@ -245,24 +297,9 @@ def _check_memory(model: torch.nn.Module, runtime: Runtime, patch: tuple[int, ..
         return
     from scnas_dsl.nn.cost import estimate
 
-    report = estimate(model, patch=patch, batch_size=common.per_rank_batch(cfg.batch_size, runtime))  # type: ignore[arg-type]
+    report = estimate(model, patch=patch, batch_size=per_rank_batch(cfg.batch_size, runtime))  # type: ignore[arg-type]
     need = training_memory(report, runtime, cfg.sampling)
     check_gpu_memory(runtime, need, f"the search (patch {patch}, batch {cfg.batch_size}, {cfg.sampling} sampling)")
-
-
-def _epoch_record(model: Any, epoch: int, sums: dict[str, float], steps: int, w_opt: torch.optim.Optimizer,
-                  a_opt: torch.optim.Optimizer, seconds: float) -> dict[str, Any]:
-    probabilities = model.arch_probabilities()
-    entropy = entropy_table(probabilities)
-    genotype, pruning = model.derive(name="derived")
-    every = [h for edges in entropy.values() for h in edges.values()]
-    return {
-        "epoch": epoch, "weight_loss": sums["weight_loss"] / steps, "arch_loss": sums["arch_loss"] / steps,
-        "temperature": model.temperature, "lr_weights": common.lr_of(w_opt), "lr_arch": common.lr_of(a_opt),
-        "mean_entropy": sum(every) / max(len(every), 1), "entropy": entropy,
-        "sample_counts": model.sample_counts(), "genotype": common.genotype_body(genotype), "pruned": pruning,
-        "seconds": round(seconds, 3),
-    }
 
 
 def _finish(model: Any, space: SearchSpace, run: RunFolder, cfg: SearchConfig) -> SearchResult:
@@ -271,14 +308,12 @@ def _finish(model: Any, space: SearchSpace, run: RunFolder, cfg: SearchConfig) -
     genotype, pruning = model.derive(name=name)
     header = (f"Found by `scnas search` on {Path(cfg.data).name}, fold {cfg.fold}, {cfg.epochs} epochs, "
               f"{cfg.sampling} sampling, seed {cfg.seed}.\nRetrain it with: scnas train genotype.scn --data DATA")
-    target = run.write_text("genotype.scn", common.genotype_text(genotype, header))
+    target = run.write_text("genotype.scn", genotype_text(genotype, header))
     if run.writer:
         try:
             load(target).genotype(name)
         except ScnasError as err:  # a bug of ours, not the user's: say so plainly
             raise ScnasError(f"{target}: the written genotype does not load back ({err}); please report this") from err
-        from scnas_dsl.train.plots import plot_search
-
         plot_search(run, space, genotype)
     return SearchResult(run=run.path, genotype=genotype, genotype_file=target, pruning=pruning,
                         logits={k: a.detach().cpu().clone() for k, a in model.arch.items()})

@@ -19,11 +19,11 @@ from scnas_dsl.data.synth import synthesize
 from scnas_dsl.errors import RunError
 from scnas_dsl.loader import load
 from scnas_dsl.train import search as search_module
-from scnas_dsl.train.common import RunInterrupted
 from scnas_dsl.train.config import SearchConfig, TrainConfig
 from scnas_dsl.train.demo import small_space
 from scnas_dsl.train.retrain import run_train
 from scnas_dsl.train.search import run_search
+from scnas_dsl.train.stopping import RunInterrupted
 
 pytestmark = pytest.mark.xdist_group("run_cli")
 
@@ -68,8 +68,15 @@ def test_search_train_predict_evaluate(workspace: dict[str, Path]) -> None:
     assert [r["epoch"] for r in records] == [0, 1]
     assert records[1]["temperature"] < records[0]["temperature"]
     first = records[0]
-    for key in ("weight_loss", "arch_loss", "lr_weights", "lr_arch", "entropy", "sample_counts", "genotype"):
+    for key in ("weight_loss", "arch_loss", "lr_weights", "lr_arch", "temperature", "mean_entropy", "edges",
+                "changed_edges", "parameter_free_share", "argmax_loss", "argmax_dice", "sampled_loss",
+                "sampled_dice", "elapsed", "estimated_total", "sample_counts", "genotype"):
         assert key in first, key
+    assert set(first["edges"]["enc"]["in0->n0"]) == {"op", "p", "entropy"}
+    for name in ("gap.png", "entropy.png"):
+        assert (run / "plots" / name).is_file(), name
+    log = (run / "log.txt").read_text()
+    assert "\r" not in log and "search epoch 1/2 |" in log and "search epoch 2/2 |" in log
     counts = first["sample_counts"]["enc"]["in0->n0"]
     assert sum(counts.values()) == 2 * 2 * 2  # 2 steps x 2 forwards x a pair of operations
     space, genotype = load(run / "genotype.scn").genotype()

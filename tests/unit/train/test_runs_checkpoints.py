@@ -133,7 +133,7 @@ def test_a_configuration_too_big_for_the_gpu_is_refused_with_the_figures(monkeyp
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from scnas_dsl.train.common import check_resumed_settings
+    from scnas_dsl.train.resume import check_resumed_settings
 
     (tmp_path / "config.json").write_text(json.dumps({"seed": 0, "epochs": 10, "batch_size": 4}))
     check_resumed_settings(tmp_path, {"seed": 0, "epochs": 20, "batch_size": 4})  # longer is fine
@@ -165,7 +165,7 @@ class SimpleNamespaceReport:
 
 
 def test_resuming_from_a_checkpoint_of_the_other_kind_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from scnas_dsl.train.common import resume_state
+    from scnas_dsl.train.resume import resume_state
 
     path = tmp_path / "last.pt"
     ckpt.save_checkpoint(path, {"kind": "search", "epoch": 1})

@@ -1,0 +1,120 @@
+"""The data of a run: the preprocessed data set and its fold, the patch size, and seeded patch loaders."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from scnas_dsl.data.augment import AugmentConfig
+from scnas_dsl.data.loader import PatchLoader, make_loader
+from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
+from scnas_dsl.data.splits import FoldSplit, get_fold
+from scnas_dsl.errors import RunError
+from scnas_dsl.model import SearchSpace
+from scnas_dsl.train.config import CommonConfig
+from scnas_dsl.train.device import Runtime
+
+#: the paper's patch edge; the default patch is this, shrunk to the median preprocessed shape
+PAPER_PATCH = 128
+
+
+@dataclass
+class DataContext:
+    """The preprocessed data of a run and its fold."""
+
+    pre: Preprocessed
+    fold: FoldSplit
+    in_channels: int
+    num_classes: int
+    label_names: dict[int, str]
+
+
+def open_data(cfg: CommonConfig, runtime: Runtime) -> DataContext:
+    """The preprocessed data (``cfg.data`` is a data set folder, preprocessed here into the cache, or an
+    already preprocessed folder) and fold ``cfg.fold``. Rank 0 preprocesses; the other ranks wait for it."""
+    root: list[Any] = [None]
+    if runtime.is_main:
+        source = Path(cfg.data)
+        if (source / "preprocessed.json").is_file():
+            pre = Preprocessed(source)
+        else:
+            pre = preprocess_dataset(source, spacing=cfg.spacing, progress=cfg.progress)
+        get_fold(pre, cfg.fold, cfg.splits_seed)  # records the search split on disk once
+        root[0] = str(pre.root)
+    if runtime.distributed:
+        dist.broadcast_object_list(root, src=0)
+    pre = Preprocessed(Path(root[0]))
+    fold = get_fold(pre, cfg.fold, cfg.splits_seed)
+    labels = dict(pre.dataset.labels)
+    return DataContext(pre=pre, fold=fold, in_channels=len(pre.dataset.modalities),
+                       num_classes=pre.dataset.num_classes,
+                       label_names={k: v for k, v in labels.items() if k != 0})
+
+
+def default_patch(pre: Preprocessed, case_ids: list[str], levels: int) -> tuple[int, int, int]:
+    """128^3 (the paper's patch) shrunk per axis to the median preprocessed shape, rounded up to a multiple
+    of ``2**levels`` so that the U-Net can take it."""
+    step = 2**levels
+    median = np.median([pre.meta(c).shape for c in case_ids], axis=0)
+    return tuple(int(max(step, min(PAPER_PATCH // step * step, math.ceil(m / step) * step)))  # type: ignore[return-value]
+                 for m in median)
+
+
+def levels_of(space: SearchSpace) -> int:
+    """How many down-samplings the U-Net of ``space`` makes (its reduction cells)."""
+    roles = [space.cell(ref.name).role for _, ref in space.unet.sequence()]  # type: ignore[union-attr]
+    return roles.count("reduction")
+
+
+def patch_for(cfg: CommonConfig, data: DataContext, space: SearchSpace) -> tuple[int, int, int]:
+    """The configured patch, or :func:`default_patch` for the fold's training cases; checked against the
+    space (3D, divisible by 2**levels)."""
+    from scnas_dsl.errors import CompileError
+    from scnas_dsl.nn import check_input_size
+
+    if space.unet.dims != 3:
+        raise RunError(f"space '{space.name}' is {space.unet.dims}D but the data is 3D volumes; use a space with "
+                       "`dims 3` (2D training on slices is not supported)")
+    patch = cfg.patch if cfg.patch is not None else default_patch(data.pre, data.fold.train, levels_of(space))
+    try:
+        check_input_size(space, patch)
+    except CompileError as err:
+        raise RunError(f"--patch {' '.join(map(str, patch))} does not fit space '{space.name}': {err}") from err
+    return patch
+
+
+def per_rank_batch(batch_size: int, runtime: Runtime) -> int:
+    """The global batch is split over the ranks (the paper: batch 4 over 4 GPUs = 1 per GPU)."""
+    if batch_size % runtime.world_size:
+        raise RunError(f"batch size {batch_size} cannot be split evenly over {runtime.world_size} processes; "
+                       "use a multiple of the number of processes")
+    return batch_size // runtime.world_size
+
+
+def loader(cfg: CommonConfig, data: DataContext, runtime: Runtime, case_ids: list[str],
+           patch: tuple[int, int, int], stream: int, *, augment: bool | None = None,
+           num_batches: int | None = None) -> PatchLoader:
+    """Seeded training batches from ``case_ids``; ``stream`` separates loaders of one run. ``augment`` and
+    ``num_batches`` default to the run's settings."""
+    augment = cfg.augment if augment is None else augment
+    return make_loader(data.pre, case_ids, patch_size=patch, batch_size=per_rank_batch(cfg.batch_size, runtime),
+                       foreground_fraction=cfg.foreground_fraction,
+                       augment=AugmentConfig() if augment else AugmentConfig.none(),
+                       seed=cfg.seed * 1000 + stream, workers=cfg.workers,
+                       num_batches=num_batches or cfg.batches_per_epoch, rank=runtime.rank,
+                       world_size=runtime.world_size)
+
+
+def epoch_batches(source: PatchLoader, epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Epoch ``epoch``'s batches, without the first ``skip`` (already used before a resume)."""
+    source.set_epoch(epoch)
+    for index, batch in enumerate(source):
+        if index >= skip:
+            yield batch

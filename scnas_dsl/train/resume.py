@@ -1,0 +1,38 @@
+"""Resuming a run: the settings must be the run's, the checkpoint of the right kind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from scnas_dsl.errors import CheckpointError, RunError
+from scnas_dsl.train.checkpoint import load_checkpoint
+
+#: settings that may change when a run is resumed (they do not change what the run computes, or extend it)
+RESUMABLE_CHANGES = {"out", "device", "workers", "progress", "epochs", "data"}
+
+
+def resume_state(run_dir: Path, settings: dict[str, Any], ckpt_path: Path, kind: str) -> dict[str, Any]:
+    """The checkpoint to resume from: the settings must match the run's (``check_resumed_settings``) and the
+    checkpoint must be of this ``kind`` ("search" or "train")."""
+    check_resumed_settings(run_dir, settings)
+    state = load_checkpoint(ckpt_path)
+    if state["kind"] != kind:
+        what = {"search": "a search", "train": "a training"}.get(kind, f"a '{kind}'")
+        raise CheckpointError(f"{ckpt_path}: a '{state['kind']}' checkpoint, not {what} checkpoint")
+    return state
+
+
+def check_resumed_settings(run_dir: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume a run with other settings than it started with (the result would be neither run)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text())
+    changed = sorted(k for k, v in settings.items()
+                     if k not in RESUMABLE_CHANGES and k in before and json.dumps(before[k]) != json.dumps(v))
+    if changed:
+        details = "; ".join(f"{k}: {before[k]!r} -> {settings[k]!r}" for k in changed)
+        raise RunError(f"{path}: the run was started with other settings ({details}); resume with the same "
+                       "settings (only --epochs, --device, --workers may change) or start a new run")
