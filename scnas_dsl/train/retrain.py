@@ -183,7 +183,7 @@ class _TrainJob:
         x, y = (self.runtime.to_device(t) for t in batch)
         self.opt.zero_grad(set_to_none=True)
         with self.runtime.autocast():
-            loss = soft_jaccard_loss(self.model(x), y)
+            loss = soft_jaccard_loss(self.model(x), y, reduce_over_ranks=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()

@@ -227,11 +227,11 @@ class _SearchJob:
         model, runtime = self.model, self.runtime
         xw, yw = runtime.to_device(xw), runtime.to_device(yw)
         with runtime.autocast():
-            loss_w = soft_jaccard_loss(model(xw), yw)
+            loss_w = soft_jaccard_loss(model(xw), yw, reduce_over_ranks=True)
         update(self.weights, self.w_opt, self.w_scaler, loss_w, runtime)
         xa, ya = runtime.to_device(xa), runtime.to_device(ya)
         with runtime.autocast():
-            loss_a = soft_jaccard_loss(model(xa), ya)
+            loss_a = soft_jaccard_loss(model(xa), ya, reduce_over_ranks=True)
         update(self.logits, self.a_opt, self.a_scaler, loss_a, runtime)
         if self.on_step is not None:
             self.on_step(epoch, step)
