@@ -148,7 +148,9 @@ def predict_cmd(
     output: Path = typer.Option(..., "--output", help="folder for <case>.nii.gz"),  # noqa: B008
     probabilities: bool = typer.Option(False, "--probabilities", help="also write probabilities/<case>.nii.gz"),
     mirror: bool = typer.Option(False, "--mirror", help="test-time mirroring (8 passes in 3D)"),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
+    checkpoint: str = typer.Option("last", "--checkpoint",
+                                   help="last (default: no choice on validation, as the paper) or best "
+                                        "(the best validation Dice during training)"),
     blend: str | None = typer.Option(None, "--blend", help="gaussian or constant (default: the run's)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     batch_size: int = typer.Option(2, "--batch-size", help="windows per forward pass"),
@@ -158,10 +160,10 @@ def predict_cmd(
     """Segment images with a trained run; label maps on the original grid, one <case>.nii.gz per case."""
     from scnas_dsl.train.predict import predict_run
 
-    written = predict_run(run, inputs, output, probabilities=probabilities, mirror=mirror, device=device,
-                          checkpoint=checkpoint, batch_size=batch_size, force=force, progress=not quiet,
-                          blend=blend)
-    typer.echo(f"{len(written)} prediction(s) written to {output}")
+    made = predict_run(run, inputs, output, probabilities=probabilities, mirror=mirror, device=device,
+                       checkpoint=checkpoint, batch_size=batch_size, force=force, progress=not quiet, blend=blend)
+    typer.echo(f"{len(made.files)} prediction(s) written to {output} with the {made.weights.label()} "
+               f"(recorded in {made.record.name})")
 
 
 @user_errors
@@ -200,6 +202,9 @@ def cv_cmd(
     no_augment: bool = NO_AUG, quiet: bool = QUIET, median: bool = MEDIAN,
     mirror: bool = typer.Option(False, "--mirror", help="test-time mirroring of the validation predictions"),
     val_every: int | None = typer.Option(None, "--val-every", help="validation every N epochs (default: 10)"),
+    checkpoint: str = typer.Option("last", "--checkpoint",
+                                   help="weights scored: last (default, as the paper) or best (chosen on the "
+                                        "validation cases scored: optimistic)"),
 ) -> None:
     """Five-fold cross-validation of a genotype: retrain, predict, evaluate each fold; the paper's Dice table."""
     from scnas_dsl.train.config import TrainConfig, resolve_config
@@ -208,7 +213,7 @@ def cv_cmd(
     cfg = resolve_config(TrainConfig, config, genotype=str(genotype), val_every=val_every,
                          **_common(data, None, None, epochs, batch_size, patch, stem_width, device, seed, batches,
                                    spacing, workers, no_augment, quiet, median))
-    result = run_cv(cfg, out, folds or None, mirror=mirror, resume=resume, force=force)
+    result = run_cv(cfg, out, folds or None, mirror=mirror, resume=resume, force=force, checkpoint=checkpoint)
     typer.echo("mean Dice (%) per label")
     typer.echo(result.table())
     typer.echo(f"written: {out / 'cv_summary.csv'}, {out / 'cv_summary.json'}")
@@ -227,6 +232,7 @@ def demo_cmd(
 
     result = run_demo(out, DemoSettings.quick() if quick else None, force=force, progress=not quiet,
                       echo=typer.echo, device=device)
+    typer.echo(f"evaluated:   the {result.weights.label()}")
     typer.echo(result.evaluation.table())
     minutes, seconds = divmod(int(round(result.seconds)), 60)
     typer.echo(f"done in {minutes} min {seconds:02d} s")

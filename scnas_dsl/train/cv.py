@@ -4,21 +4,27 @@ grid, and report the Dice table the paper reports (mean Dice per label over the 
 The pooled table scores every training case once (as the validation case of its fold); the per-fold rows
 show the spread. Written to ``OUT/cv_summary.json`` and ``OUT/cv_summary.csv``; each fold's run folder is
 ``OUT/fold_K`` with its predictions in ``OUT/fold_K/validation``.
+
+Each fold is scored with its **last** weights, as the paper does (no model selection on validation).
+``checkpoint="best"`` scores the weights that had the best Dice on the very cases then scored, which
+flatters the table; it stays available, and the summary, the CSV and the printed table say which weights
+(and which epoch) every row comes from.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scnas_dsl.data.dataset import open_dataset
 from scnas_dsl.data.preprocess import Preprocessed
 from scnas_dsl.errors import RunError
+from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.config import TrainConfig
 from scnas_dsl.train.metrics import Evaluation, evaluate_pairs, nanmean
-from scnas_dsl.train.predict import predict_run
+from scnas_dsl.train.predict import CHECKPOINTS, Weights, predict_run
 from scnas_dsl.train.retrain import run_train
 from scnas_dsl.train.runs import json_safe
 
@@ -29,16 +35,30 @@ class CVResult:
 
     folds: dict[int, Evaluation]
     pooled: Evaluation
+    #: ``last`` or ``best``
+    checkpoint: str = "last"
+    #: the weights each fold was scored with
+    weights: dict[int, Weights] = field(default_factory=dict)
+
+    def heading(self) -> str:
+        """Which weights the table scores."""
+        if self.checkpoint == "best":
+            return ("weights: the best of each fold by validation Dice, chosen on the cases scored here "
+                    "(optimistic; the paper scores the last)")
+        return f"weights: the {self.checkpoint} of each fold (no choice on the validation cases, as in the paper)"
 
     def table(self) -> str:
-        """Mean Dice (%) per label: one row per fold, then the pooled row ``all``."""
+        """Which weights, then the mean Dice (%) per label: one row per fold (with the epoch of its weights),
+        then the pooled row ``all``."""
         names = list(self.pooled.labels.values())
         width = max(8, *(len(n) for n in names))
-        lines = ["  ".join([f"{'fold':<8}", *(f"{n:>{width}}" for n in names), f"{'mean':>8}"])]
+        lines = [self.heading(),
+                 "  ".join([f"{'fold':<8}", *(f"{n:>{width}}" for n in names), f"{'mean':>8}", f"{'epoch':>6}"])]
         for fold, ev in self.folds.items():
             means = ev.mean_dice()
+            epoch = self.weights[fold].epoch if fold in self.weights else "?"
             lines.append("  ".join([f"{fold:<8}", *(f"{_f(means[n]):>{width}}" for n in names),
-                                    f"{_f(ev.foreground_mean()):>8}"]))
+                                    f"{_f(ev.foreground_mean()):>8}", f"{epoch:>6}"]))
         means = self.pooled.mean_dice()
         lines.append("  ".join([f"{'all':<8}", *(f"{_f(means[n]):>{width}}" for n in names),
                                 f"{_f(self.pooled.foreground_mean()):>8}"]))
@@ -56,9 +76,28 @@ def _source_dataset(data: str) -> Path:
     return folder
 
 
+def _trained(fold_dir: Path, cfg: TrainConfig) -> bool:
+    """The fold's training ran to its end, read from the weights cv scores (``last.pt``, a training state):
+    saved at the end of an epoch, and either all ``cfg.epochs`` epochs done or stopped by the learning-rate
+    floor. A fold stopped earlier (or asked for more epochs now) is resumed."""
+    path = fold_dir / "checkpoints" / "last.pt"
+    if not path.is_file():
+        return False
+    state = load_checkpoint(path)
+    if state["kind"] != "train" or int(state.get("step", 0)) != 0:
+        return False
+    if int(state.get("epoch", 0)) >= cfg.epochs:
+        return True
+    groups = state.get("optimizer", {}).get("param_groups", [])
+    return bool(groups) and float(groups[0]["lr"]) < cfg.min_lr
+
+
 def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirror: bool = False,
-           resume: bool = False, force: bool = False) -> CVResult:
-    """Retrain ``base`` (its ``fold`` and ``out`` are replaced) on each fold and evaluate the folds."""
+           resume: bool = False, force: bool = False, checkpoint: str = "last") -> CVResult:
+    """Retrain ``base`` (its ``fold`` and ``out`` are replaced) on each fold and evaluate the folds with
+    their ``last`` (default) or ``best`` weights."""
+    if checkpoint not in CHECKPOINTS:
+        raise RunError(f"unknown checkpoint '{checkpoint}': use last (the default) or best")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (resume or force):
         raise RunError(f"{out}: already exists; use --resume to continue the folds, --force to redo them, or "
@@ -66,34 +105,38 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
     out.mkdir(parents=True, exist_ok=True)
     dataset = open_dataset(_source_dataset(base.data))
     results: dict[int, Evaluation] = {}
+    weights: dict[int, Weights] = {}
     pairs_all: dict[str, tuple[Path, Path]] = {}
     labels = {k: v for k, v in dataset.labels.items() if k != 0}
     for fold in folds if folds is not None else list(range(5)):
         cfg = base.model_copy(update={"fold": fold, "out": str(out / f"fold_{fold}")})
         fold_dir = out / f"fold_{fold}"
-        done = (fold_dir / "checkpoints" / "best.pt").is_file() and (fold_dir / "plots" / "loss.png").is_file()
-        if not (resume and done):
+        if not (resume and _trained(fold_dir, cfg)):
             run_train(cfg, resume=resume and (fold_dir / "checkpoints" / "last.pt").is_file(),
                       force=force and fold_dir.exists())
         split = json.loads((fold_dir / "split.json").read_text())
         images = [p for case in split["val"] for p in dataset.case(case).images]
-        predict_run(fold_dir, images, fold_dir / "validation", mirror=mirror, device=base.device, force=True,
-                    progress=base.progress)
+        weights[fold] = predict_run(fold_dir, images, fold_dir / "validation", mirror=mirror, device=base.device,
+                                    checkpoint=checkpoint, force=True, progress=base.progress).weights
         pairs = {case: (fold_dir / "validation" / f"{case}.nii.gz", dataset.case(case).label) for case in split["val"]}
         results[fold] = evaluate_pairs(pairs, label_names=labels)  # type: ignore[arg-type]
         results[fold].write(fold_dir / "validation")
         pairs_all.update(pairs)  # type: ignore[arg-type]
     pooled = evaluate_pairs(pairs_all, label_names=labels)
-    result = CVResult(folds=results, pooled=pooled)
-    summary = {"folds": {str(k): v.to_json() for k, v in results.items()}, **pooled.to_json(),
+    result = CVResult(folds=results, pooled=pooled, checkpoint=checkpoint, weights=weights)
+    summary = {"checkpoint": checkpoint, "weights_note": result.heading(),
+               "weights": {str(k): v.to_json() for k, v in weights.items()},
+               "folds": {str(k): v.to_json() for k, v in results.items()}, **pooled.to_json(),
                "fold_means": {str(k): v.foreground_mean() for k, v in results.items()},
                "mean_over_folds": nanmean(v.foreground_mean() for v in results.values())}
     (out / "cv_summary.json").write_text(json.dumps(json_safe(summary), indent=1) + "\n")
     with (out / "cv_summary.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["fold", *labels.values(), "foreground_mean"])
-        rows: list[tuple[str, Evaluation]] = [*((str(k), v) for k, v in results.items()), ("all", pooled)]
-        for name, ev in rows:
+        writer.writerow(["fold", *labels.values(), "foreground_mean", "checkpoint", "epoch"])
+        rows: list[tuple[str, Evaluation, str]] = [
+            *((str(k), v, str(weights[k].epoch)) for k, v in results.items()), ("all", pooled, "")]
+        for name, ev, epoch in rows:
             means = ev.mean_dice()
-            writer.writerow([name, *(f"{means[n]:.6f}" for n in labels.values()), f"{ev.foreground_mean():.6f}"])
+            writer.writerow([name, *(f"{means[n]:.6f}" for n in labels.values()), f"{ev.foreground_mean():.6f}",
+                             checkpoint, epoch])
     return result

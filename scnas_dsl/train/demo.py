@@ -3,9 +3,10 @@
 It generates a small heart-like data set (one MRI channel, one label), searches a small space with the
 paper's eight operations (two levels, two nodes per cell, stem width 16: embedded below so that the demo
 works from any directory after any install), derives the genotype, retrains it from scratch, predicts the
-validation cases of fold 0 on their original grid and evaluates them. The paper's schedules and loss are used
-as they are; sizes and epoch counts are small, and the architecture learning rate is raised (``arch_lr``) so
-that the logits move in the demo's few search steps (see docs/training.md for the figures).
+validation cases of fold 0 on their original grid with the last weights (as ``scnas predict``: no choice of
+weights on those cases) and evaluates them. The paper's schedules and loss are used as they are; sizes and
+epoch counts are small, and the architecture learning rate is raised (``arch_lr``) so that the logits move in
+the demo's few search steps (see docs/training.md for the figures).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from scnas_dsl.data.synth import synthesize
 from scnas_dsl.errors import RunError
 from scnas_dsl.train.config import SearchConfig, TrainConfig
 from scnas_dsl.train.metrics import Evaluation, evaluate_pairs
-from scnas_dsl.train.predict import predict_run
+from scnas_dsl.train.predict import Weights, predict_run
 from scnas_dsl.train.retrain import run_train
 from scnas_dsl.train.search import run_search
 
@@ -97,6 +98,8 @@ class DemoResult:
     predictions: Path
     evaluation: Evaluation
     seconds: float
+    #: the weights that made the predictions (the last ones)
+    weights: Weights
 
 
 def run_demo(out: Path | str, settings: DemoSettings | None = None, *, force: bool = False,
@@ -156,11 +159,12 @@ def _run(out: Path, s: DemoSettings, progress: bool, echo: Callable[[str], None]
     dataset_cases = {c: (data / "imagesTr" / f"{c}.nii.gz", data / "labelsTr" / f"{c}.nii.gz") for c in val}
     echo(f"[5/6] predicting the {len(val)} validation cases of fold 0 on their original grid")
     predictions = out / "predictions"
-    predict_run(out / "train", [img for img, _ in dataset_cases.values()], predictions, device=device,
-                progress=progress)
-    echo("[6/6] evaluating")
+    made = predict_run(out / "train", [img for img, _ in dataset_cases.values()], predictions, device=device,
+                       checkpoint="last", progress=progress)
+    echo(f"[6/6] evaluating the {made.weights.label()}")
     evaluation = evaluate_pairs({c: (predictions / f"{c}.nii.gz", lab) for c, (_, lab) in dataset_cases.items()},
                                 label_names={1: "left atrium"})
     evaluation.write(predictions)
     return DemoResult(out=out, genotype=search.genotype_file, search_plots=search.run / "plots",
-                      predictions=predictions, evaluation=evaluation, seconds=time.time() - started)
+                      predictions=predictions, evaluation=evaluation, seconds=time.time() - started,
+                      weights=made.weights)

@@ -6,13 +6,21 @@ and the label map is brought back to the original image (inverse resampling, cro
 original affine and header, as ``<case>.nii.gz`` (nnU-Net's naming). Probabilities, when asked, go to
 ``probabilities/<case>.nii.gz`` (4D, one volume per class) so that the prediction folder holds only label
 maps for ``scnas evaluate``. Existing outputs are never overwritten without ``force``.
+
+The weights are the run's **last** ones by default (``checkpoints/last.pt``): the paper does no model selection
+on validation, and weights chosen on the validation cases score those cases too well. ``checkpoint="best"``
+(``checkpoints/best.pt``, the best validation Dice during training) stays available and is labelled: every
+prediction folder gets a ``prediction.json`` naming the run, the checkpoint, its epoch and, for ``best``, the
+validation Dice that chose it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import torch
@@ -27,10 +35,53 @@ from scnas_dsl.errors import CheckpointError, DataError, RunError
 from scnas_dsl.loader import load
 from scnas_dsl.nn import build_network
 from scnas_dsl.train.checkpoint import load_checkpoint
-from scnas_dsl.train.loop import progress_bar
 from scnas_dsl.train.device import setup_runtime
 from scnas_dsl.train.inference import sliding_window_inference
+from scnas_dsl.train.loop import progress_bar
 from scnas_dsl.train.metrics import NIFTI_ENDINGS, case_id_of
+
+#: The checkpoints a training run keeps, the default first.
+CHECKPOINTS = ("last", "best")
+#: What a checkpoint of each name must be (``kind``): the full training state, or weights only.
+_KINDS = {"last": "train", "best": "weights"}
+RECORD = "prediction.json"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Which weights of a run made a prediction: the checkpoint and how far training had got."""
+
+    run: Path
+    #: ``last`` or ``best``
+    checkpoint: str
+    #: epochs of training behind the weights (1-based: ``epoch 15`` = after the 15th epoch)
+    epoch: int
+    #: steps into the next epoch, for a run stopped in the middle of one (``last`` only), else 0
+    step: int = 0
+    #: the validation Dice that chose them (``best``); NaN when the run had no validation cases
+    dice: float | None = None
+
+    @property
+    def selected_on_validation(self) -> bool:
+        """Chosen by their Dice on the validation cases (``best``, when there were any)."""
+        return self.checkpoint == "best" and self.dice is not None and not math.isnan(self.dice)
+
+    def label(self) -> str:
+        """E.g. ``last weights, after epoch 15`` or ``best weights, after epoch 10 (validation Dice 0.8123:
+        chosen on the validation cases)``."""
+        when = f"after epoch {self.epoch}" + (f" and {self.step} steps of epoch {self.epoch + 1}" if self.step else "")
+        if self.checkpoint != "best":
+            return f"{self.checkpoint} weights, {when}"
+        if self.dice is None or math.isnan(self.dice):
+            return f"best weights, {when} (no validation cases: the last weights)"
+        return f"best weights, {when} (validation Dice {self.dice:.4f}: chosen on the validation cases)"
+
+    def to_json(self) -> dict[str, Any]:
+        """The record's fields (``prediction.json``, cv's summary)."""
+        return {"run": str(self.run), "checkpoint": self.checkpoint, "file": f"checkpoints/{self.checkpoint}.pt",
+                "epoch": self.epoch, "step": self.step,
+                "validation_dice": None if self.dice is None or math.isnan(self.dice) else self.dice,
+                "selected_on_validation": self.selected_on_validation, "label": self.label()}
 
 
 @dataclass
@@ -41,29 +92,52 @@ class TrainedModel:
     patch: tuple[int, ...]
     pre: Preprocessed
     blend: str
+    weights: Weights
 
 
-def load_trained(run: Path | str, which: str = "best") -> TrainedModel:
-    """The network of a ``scnas train`` run folder with its ``best`` (default) or ``last`` weights."""
+def _missing_checkpoint(run: Path, which: str, path: Path) -> CheckpointError:
+    if which == "best":
+        return CheckpointError(
+            f"{path}: no best weights: best.pt is written when a validation improves and at the end of training, "
+            "and this run stopped before either; use --checkpoint last (the weights of its last epoch), or finish "
+            f"the run with `scnas train GENOTYPE --data DATA --out {run} --resume`")
+    return CheckpointError(
+        f"{path}: no last weights: last.pt is written at the end of every epoch, and this run stopped before the "
+        f"end of its first; continue it with `scnas train GENOTYPE --data DATA --out {run} --resume`, or train "
+        "again")
+
+
+def load_trained(run: Path | str, which: str = "last") -> TrainedModel:
+    """The network of a ``scnas train`` run folder with its ``last`` (default) or ``best`` weights."""
     run = Path(run)
     recipe_path = run / "network.json"
     if not recipe_path.is_file():
         raise RunError(f"{run}: not a folder written by `scnas train` (no network.json); give the --out folder "
                        "of a training run")
+    if which not in CHECKPOINTS:
+        raise RunError(f"unknown checkpoint '{which}': use last (the default) or best")
     recipe = json.loads(recipe_path.read_text())
     space, genotype = load(run / "genotype.scn").genotype()
     network = build_network(space, genotype, in_channels=recipe["in_channels"], num_classes=recipe["num_classes"],
                             stem_width=recipe["stem_width"])
-    if which not in ("best", "last"):
-        raise RunError(f"unknown checkpoint '{which}': use best or last")
     path = run / "checkpoints" / f"{which}.pt"
+    if not path.is_file():
+        raise _missing_checkpoint(run, which, path)
     state = load_checkpoint(path)
+    if state["kind"] != _KINDS[which]:
+        raise CheckpointError(f"{path}: a '{state['kind']}' checkpoint, not the {which} weights of a training "
+                              f"run ('{_KINDS[which]}')")
     try:
         network.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as err:
         raise CheckpointError(f"{path}: does not fit the network of {run / 'genotype.scn'} ({str(err)[:200]})") from err
+    if which == "last":  # a training state: "epoch" epochs done, then "step" steps of the next one
+        weights = Weights(run=run.resolve(), checkpoint="last", epoch=int(state["epoch"]), step=int(state["step"]))
+    else:  # weights saved after the 0-based epoch "epoch"
+        weights = Weights(run=run.resolve(), checkpoint="best", epoch=int(state["epoch"]) + 1,
+                          dice=float(state["dice"]))
     return TrainedModel(network=network, patch=tuple(recipe["patch"]), pre=Preprocessed(run / "preprocessing"),
-                        blend=recipe.get("blend", "gaussian"))
+                        blend=recipe.get("blend", "gaussian"), weights=weights)
 
 
 def group_cases(inputs: list[Path], layout: str, channels: int) -> dict[str, list[Path]]:
@@ -98,10 +172,42 @@ def group_cases(inputs: list[Path], layout: str, channels: int) -> dict[str, lis
     return cases
 
 
+@dataclass
+class Predictions:
+    """What :func:`predict_run` wrote: the label maps, the weights that made them, and their record."""
+
+    files: list[Path]
+    weights: Weights
+    record: Path
+
+
+def _record(output: Path, weights: Weights, mirror: bool, blend: str, cases: list[str], force: bool) -> dict:
+    """The new ``prediction.json``: this call's weights and settings, with the cases (other than ``cases``)
+    already predicted in the folder by the same ones. A folder with predictions of other weights or settings is
+    refused without ``force`` (one record could not say which case came from which)."""
+    record = {**weights.to_json(), "mirror": mirror, "blend": blend}
+    path = output / RECORD
+    earlier: dict = {}
+    if path.is_file():
+        try:
+            earlier = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            earlier = {}
+    same = all(earlier.get(k) == v for k, v in record.items() if k not in ("label", "validation_dice"))
+    if earlier and not same:
+        if not force:
+            raise RunError(f"{output}: holds predictions of other weights or settings ({earlier.get('label', '?')}, "
+                           f"{path.name}); choose another --output, or pass --force to write these "
+                           f"({weights.label()}) there")
+        earlier = {}
+    return {**record, "cases": sorted(set(earlier.get("cases", [])) - set(cases))}
+
+
 def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilities: bool = False,
-                mirror: bool = False, device: str = "auto", checkpoint: str = "best", batch_size: int = 2,
-                force: bool = False, progress: bool = True, blend: str | None = None) -> list[Path]:
-    """Segment every case of ``inputs`` with the run's network; returns the label map files written.
+                mirror: bool = False, device: str = "auto", checkpoint: str = "last", batch_size: int = 2,
+                force: bool = False, progress: bool = True, blend: str | None = None) -> Predictions:
+    """Segment every case of ``inputs`` with the run's network (its ``last`` weights, or ``best``); writes the
+    label maps and ``prediction.json`` (which weights, which settings, which cases).
     ``blend``: ``gaussian`` or ``constant`` (default: the run's setting)."""
     if blend not in (None, "gaussian", "constant"):
         raise RunError(f"unknown blending '{blend}': use gaussian or constant")
@@ -114,6 +220,8 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
     if existing and not force:
         raise RunError(f"{output}: would overwrite {len(existing)} existing prediction(s) ({existing[0]}, ...); "
                        "choose another --output or pass --force")
+    blend = blend or model.blend
+    record = _record(output, model.weights, mirror, blend, list(cases), force)
     runtime = setup_runtime(device)
     network = model.network.to(runtime.device)
     output.mkdir(parents=True, exist_ok=True)
@@ -121,7 +229,7 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
     bar = progress_bar(len(cases), "predict", progress)
     for case, paths in sorted(cases.items()):
         image, meta = preprocess_image(sorted(paths), pre)
-        probs = sliding_window_inference(network, torch.from_numpy(image), model.patch, blend=blend or model.blend,  # type: ignore[arg-type]
+        probs = sliding_window_inference(network, torch.from_numpy(image), model.patch, blend=blend,  # type: ignore[arg-type]
                                          mirror=mirror, batch_size=batch_size, device=runtime.device,
                                          autocast_dtype=runtime.amp_dtype)
         labels = probs.argmax(0).numpy()
@@ -130,6 +238,9 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
             (output / "probabilities").mkdir(exist_ok=True)
             nib.save(restore_probabilities(probs.numpy(), meta), str(output / "probabilities" / f"{case}.nii.gz"))
         written.append(targets[case])
+        record["cases"] = sorted([*record["cases"], case])
+        # after every case: an interrupted call leaves a record of what it did write
+        (output / RECORD).write_text(json.dumps(record, indent=1) + "\n")
         bar.update()
     bar.close()
-    return written
+    return Predictions(files=written, weights=model.weights, record=output / RECORD)
