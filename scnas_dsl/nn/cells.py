@@ -108,10 +108,14 @@ class Cell(nn.Module):
             states[name] = self.pre[name](x)
         choices = None if sample is None else _choices(sample)
         complementary = sample is not None and sample[1].complementary
+        # nodes that received nothing (every operation into them a zero): their outgoing edges are cut too,
+        # as in the fixed network, which prunes such a node (an operation on zeros is not zero: a convolution
+        # gives its norm's shift)
+        dead: set[str] = set()
         for node in plan.nodes:
             total: torch.Tensor | None = None
             for src, dst in plan.edges:
-                if dst != node:
+                if dst != node or src in dead:
                     continue
                 choice = None
                 if choices is not None:
@@ -119,7 +123,10 @@ class Cell(nn.Module):
                 y = self.edges[edge_name(src, dst)](states[src], choice, complementary)
                 if y is not None:
                     total = y if total is None else total + y
-            states[node] = total if total is not None else self._zeros_like_node(states)
+            if total is None:
+                dead.add(node)
+                total = self._zeros_like_node(states)
+            states[node] = total
         outs = [states[n] for n in plan.output_nodes]
         kind = plan.spec.output.kind
         if kind == "concat":

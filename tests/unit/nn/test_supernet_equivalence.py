@@ -163,13 +163,6 @@ def test_a_pruned_output_node_leaves_the_concatenation(share: str) -> None:
     assert_equivalent(space, genotype, (8, 8))
 
 
-DEAD_NODE_BUG = pytest.mark.xfail(strict=True, reason=(
-    "bug: Cell.forward (scnas_dsl/nn/cells.py) runs the operations leaving a node that received nothing on a "
-    "zeros tensor (a conv's affine instance norm then outputs its shift), where the fixed network prunes the "
-    "node and its outgoing edges"))
-
-
-@DEAD_NODE_BUG
 def test_a_dead_node_feeding_a_convolution_adds_nothing() -> None:
     space = space_with_output(share="by_type", node_width="split", levels=1, kind="sum", nodes=None)
     keys = space.structure_keys()
@@ -179,7 +172,6 @@ def test_a_dead_node_feeding_a_convolution_adds_nothing() -> None:
     assert_equivalent(space, genotype, (8, 8))
 
 
-@DEAD_NODE_BUG
 def test_eval_mode_equals_the_derived_network_when_a_node_is_pruned() -> None:
     # the same bug seen from evaluation mode: derive() prunes n0, the supernet's argmax still runs its convs
     space = space_with_output(share="by_type", node_width="full", levels=1, kind="sum", nodes=None)
