@@ -34,6 +34,7 @@ def _register() -> None:
     data.register(app)
     run.register(app)
     from scnas_dsl.cli import compile as compile_cli; compile_cli.register(app)  # noqa: E702, I001
+    from scnas_dsl.cli import sample as sample_cli; sample_cli.register(app)  # noqa: E702, I001
 
 
 _register()
