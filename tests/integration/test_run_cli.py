@@ -172,7 +172,7 @@ def test_a_resumed_retraining_ends_like_an_uninterrupted_one(workspace: dict[str
 
 def test_a_nan_loss_stops_the_run_with_advice(workspace: dict[str, Path], tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    def nan_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def nan_loss(logits: torch.Tensor, target: torch.Tensor, **options: object) -> torch.Tensor:
         return logits.sum() * float("nan")
 
     monkeypatch.setattr(search_module, "soft_jaccard_loss", nan_loss)
