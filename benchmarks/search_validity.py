@@ -1,0 +1,761 @@
+"""Does the search find a planted operation? A study run by hand; results in docs/benchmarks.md.
+
+The planted task: volumes of white Gaussian noise, and a label that marks the voxels which are the maximum
+of their own 5x5x5 neighbourhood (and above the mean). Max pooling answers it directly: two chained 3x3x3
+max poolings are a 5x5x5 one, and ``max5(x) - x`` is exactly zero at a peak and positive elsewhere, while
+a convolution, an average or a dilated convolution can only approximate the 124 comparisons (the best
+linear test, centre minus the window's mean, reaches Dice ~0.65). The stem is a 1x1x1 block, so every
+spatial operation of the network is a searched one; volumes are as large as the patch, so a peak at a patch
+border is a peak of the volume. The small space (a one-level U-Net of two-node cells) offers
+``conv3, dil2, maxpool, avgpool, skip, none`` on every edge.
+
+Phases (``--phases``, default all, in this order; a finished run is reused when its settings are unchanged,
+so an interrupted study continues where it stopped):
+
+1. ``data``: the generated data set (MSD layout, NIfTI) and its preprocessing, under ``OUT/data``.
+2. ``check``: before any search, hand-written genotypes of one wiring that put ``maxpool`` or each other
+   operation on the same edges of the ``enc`` cell, plus all-``conv3``, retrained with the one recipe and
+   several seeds: the planted operation must win clearly, or the task does not test the search.
+3. ``search``: pair sampling under the paper's weight-Adam betas (0.1, 0.001) and under (0.9, 0.999),
+   several seeds each; single and full sampling (paper betas); ``run_search(SearchConfig(...))``.
+   Reported: the share of live edges whose derived operation is ``maxpool`` against its share among random
+   genotypes, ``maxpool`` in the ``enc`` cell, and the softmax(alpha) mass on ``maxpool``.
+4. ``retrain``: every searched genotype, random genotypes matched in FLOPs to the searched genotypes'
+   median (``scnas_dsl.nn.random_genotypes.sample_genotypes``) and the all-``conv3`` baseline, one recipe;
+   score: the validation Dice of the run's last epoch (last weights, no model selection).
+5. ``report``: Dice mean and std per group, each searched genotype's rank among the random ones, one-sided
+   permutation tests (searched > random; paper betas vs (0.9, 0.999)), ``results.json`` and
+   ``search_validity.png`` in the output folder; the tables are printed in Markdown.
+
+    .venv/bin/python benchmarks/search_validity.py --jobs 2                  # CPU scale, ~30 min on 2 cores
+    .venv/bin/python benchmarks/search_validity.py --quick --out /tmp/sv-q   # smoke run, ~1 min
+    .venv/bin/python benchmarks/search_validity.py --device cuda --shape 48 48 48 --patch 48 48 48 \\
+        --stem-width 16 --search-epochs 30 --search-steps 50 --train-epochs 30 --pair-seeds 0 1 2 3 4 --random 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PLANTED = "maxpool"
+OPS = ("conv3", "dil2", "maxpool", "avgpool", "skip", "none")
+ZERO = "none"
+SPACE_NAME = "planted"
+BETAS = {"paper": (0.1, 0.001), "standard": (0.9, 0.999)}
+
+SPACE_TEXT = """\
+# The search space of benchmarks/search_validity.py: a one-level U-Net of two-node cells whose edges
+# choose among a small operation set that holds the planted operation (maxpool).
+space planted {{
+  ops small {{
+    conv3 = conv(kernel=3)
+    dil2 = sep_conv(kernel=3, dilation=2)
+    maxpool = max_pool(kernel=3)
+    avgpool = avg_pool(kernel=3)
+    skip = identity
+    none = zero
+  }}
+
+  cell enc normal {{ nodes 2; inputs 2; ops small }}
+  cell red reduction {{ nodes 2; inputs 2; ops small }}
+  cell dec normal {{ nodes 2; inputs 2; ops small }}
+  cell exp expansion {{ nodes 2; inputs 2; ops small }}
+
+  unet {{
+    dims 3
+    stem conv_block(kernel={stem_kernel}) -> {width}
+    encoder enc red
+    bridge enc
+    decoder exp dec
+    head logits(kernel=1)
+    width_factor 2
+    share by_type
+    node_width split
+  }}
+}}
+"""
+
+CELLS = ("enc", "red", "dec", "exp")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def planted_case(shape: Sequence[int], sigma: float, threshold: float, window: int, contrast: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One case: a noise image (positive everywhere, so no crop) and its label (D, H, W) uint8: 1 where
+    the voxel is the maximum of its ``window``^3 neighbourhood (outside the volume counts as -inf, as in max
+    pooling's padding) and its standardised value is above ``threshold``. The noise's amplitude varies
+    smoothly over the volume by a factor ``contrast`` (log-uniformly), which leaves the peaks where they are
+    but makes a fixed threshold on a linear filter wrong in the faint or the strong parts."""
+    from scipy import ndimage
+
+    field = rng.standard_normal(tuple(shape)).astype(np.float64)
+    if sigma > 0:
+        field = ndimage.gaussian_filter(field, sigma, mode="reflect")
+    field = (field - field.mean()) / field.std()
+    if contrast > 1:
+        slow = ndimage.gaussian_filter(rng.standard_normal(tuple(shape)), max(shape) / 6, mode="wrap")
+        slow = (slow - slow.min()) / max(slow.max() - slow.min(), 1e-12)
+        amplitude = np.exp(np.log(contrast) * (slow - 1.0))
+    else:
+        amplitude = np.ones(tuple(shape))
+    # the label is computed on the stored (float32) image, so that rounding cannot move a peak
+    image = (1000.0 + 100.0 * amplitude * field).astype(np.float32)
+    peak = ndimage.maximum_filter(image, size=window, mode="constant", cval=-np.inf)
+    label = (image >= peak) & (field > threshold)
+    return image, label.astype(np.uint8)
+
+
+def make_dataset(out: Path, cases: int, shape: Sequence[int], sigma: float, threshold: float, window: int,
+                 contrast: float, seed: int) -> Path:
+    """Write the planted data set (Medical Segmentation Decathlon layout, 1 mm isotropic) into ``out``."""
+    import nibabel as nib
+
+    for sub in ("imagesTr", "labelsTr"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    children = np.random.SeedSequence(seed).spawn(cases)
+    training = []
+    for index in range(cases):
+        image, label = planted_case(shape, sigma, threshold, window, contrast, np.random.default_rng(children[index]))
+        case = f"planted_{index:03d}"
+        for folder, data in (("imagesTr", image), ("labelsTr", label)):
+            img = nib.Nifti1Image(data, np.eye(4))
+            img.header.set_xyzt_units("mm", "sec")
+            nib.save(img, out / folder / f"{case}.nii.gz")
+        training.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
+    meta = {"name": "PlantedMax", "description": "local maxima of noise (benchmarks/search_validity.py)",
+            "tensorImageSize": "3D", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "peak"},
+            "numTraining": cases, "numTest": 0, "training": training, "test": []}
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def linear_reference(pre_root: Path, cases: list[str], window: int = 3) -> float:
+    """Dice of the best single threshold on centre minus the window's mean (a linear filter)."""
+    from scipy import ndimage
+
+    from scnas_dsl.data.preprocess import Preprocessed
+
+    pre = Preprocessed(pre_root)
+    scores, labels = [], []
+    for case in cases:
+        image, label = pre.load(case, mmap=False)
+        x = np.asarray(image[0], dtype=np.float64)
+        scores.append((x - ndimage.uniform_filter(x, window, mode="constant")).ravel())
+        labels.append(np.asarray(label).ravel() > 0)
+    s, y = np.concatenate(scores), np.concatenate(labels)
+    best = 0.0
+    for q in np.linspace(0.80, 0.995, 80):
+        p = s > np.quantile(s, q)
+        best = max(best, 2.0 * float((p & y).sum()) / float(p.sum() + y.sum()))
+    return best
+
+
+# ------------------------------------------------------------------------------------------- genotypes
+
+
+def genotype_text(name: str, cells: dict[str, dict[str, list[tuple[str, str]]]]) -> str:
+    """``.scn`` text of a genotype of the planted space: cell -> node -> [(op, source)]."""
+    lines = ['import "space.scn"', "", f"genotype {name} of {SPACE_NAME} {{"]
+    for cell, nodes in cells.items():
+        lines.append(f"  cell {cell} {{")
+        for node, edges in nodes.items():
+            lines.append(f"    {node} = " + " + ".join(f"{op}({src})" for op, src in edges))
+        lines.append("  }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def hand_genotypes(window: int = 3) -> dict[str, str]:
+    """The planted-op check: one wiring, with ``maxpool`` or another operation P on the same edges of the
+    ``enc`` cell (level 0, and the bridge), the same fixed cells elsewhere, and all-``conv3``. Window 5:
+    ``n0 = P(in0)``, ``n1 = P(n0) + skip(in1)`` (two 3^3 max poolings are a 5^3 one, so with in1 = -x,
+    n1 = max5(x) - x is zero exactly at the peaks); window 3: ``n0 = P(in0) + skip(in1)``, ``n1 = P(n0)``.
+    The other cells: ``red`` and ``exp`` two chained ``conv3``, ``dec`` ``n0 = skip(in1)`` (the encoder's
+    output, summed in), ``n1 = conv3(n0) + skip(in0)``."""
+    fixed = {
+        "red": {"n0": [("conv3", "in1")], "n1": [("conv3", "n0")]},
+        "exp": {"n0": [("conv3", "in1")], "n1": [("conv3", "n0")]},
+        "dec": {"n0": [("skip", "in1")], "n1": [("conv3", "n0"), ("skip", "in0")]},
+    }
+    out = {}
+    for op in ("maxpool", "conv3", "avgpool", "dil2", "skip"):
+        if window == 3:
+            enc = {"n0": [(op, "in0"), ("skip", "in1")], "n1": [(op, "n0")]}
+        else:
+            enc = {"n0": [(op, "in0")], "n1": [(op, "n0"), ("skip", "in1")]}
+        cells = {"enc": enc, **fixed}
+        out[f"hand_{op}"] = genotype_text(f"hand_{op}", {c: cells[c] for c in CELLS})
+    every = {"n0": [("conv3", "in0"), ("conv3", "in1")],
+             "n1": [("conv3", "in0"), ("conv3", "in1"), ("conv3", "n0")]}
+    out["all_conv3"] = genotype_text("all_conv3", {c: every for c in CELLS})
+    return out
+
+
+def op_counts(genotype: Any, cells: Sequence[Any] | None = None) -> dict[str, int]:
+    """How many live (kept) edges of a genotype (or of some of its cells) choose each operation."""
+    counts = {op: 0 for op in OPS if op != ZERO}
+    for cell in genotype.cells if cells is None else cells:
+        for node in cell.nodes:
+            for edge in node.edges:
+                if edge.op != ZERO:
+                    counts[edge.op] = counts.get(edge.op, 0) + 1
+    return counts
+
+
+def planted_share(genotype: Any) -> float:
+    counts = op_counts(genotype)
+    total = sum(counts.values())
+    return counts.get(PLANTED, 0) / total if total else 0.0
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+class Bench:
+    """Settings, folders and the cache of finished runs."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out).resolve()
+        self.data = self.out / "data" / "Task_PlantedMax"
+        self.pre = self.out / "data" / "preprocessed"
+        self.runs = self.out / "runs"
+        self.results = self.out / "results"
+        self.genotypes = self.out / "genotypes"
+        for folder in (self.runs, self.results, self.genotypes):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.space_file = self.genotypes / "space.scn"
+        text = SPACE_TEXT.format(width=args.stem_width, stem_kernel=args.stem_kernel)
+        if not self.space_file.is_file() or self.space_file.read_text() != text:
+            self.space_file.write_text(text)
+
+    # --- data
+    def prepare_data(self) -> None:
+        from scnas_dsl.data.preprocess import preprocess_dataset
+
+        a = self.args
+        settings = {"cases": a.cases, "shape": list(a.shape), "sigma": a.sigma, "threshold": a.threshold,
+                    "window": a.window, "contrast": a.contrast, "seed": a.data_seed}
+        stamp = self.out / "data" / "settings.json"
+        if stamp.is_file() and json.loads(stamp.read_text()) == settings and (self.pre / "preprocessed.json").is_file():
+            return
+        if self.out.joinpath("data").exists():
+            import shutil
+
+            shutil.rmtree(self.out / "data")
+        make_dataset(self.data, a.cases, a.shape, a.sigma, a.threshold, a.window, a.contrast, a.data_seed)
+        preprocess_dataset(self.data, out=self.pre, spacing=None, progress=False)
+        stamp.write_text(json.dumps(settings))
+
+    def fold(self) -> Any:
+        from scnas_dsl.data.preprocess import Preprocessed
+        from scnas_dsl.data.splits import get_fold
+
+        return get_fold(Preprocessed(self.pre), 0)
+
+    # --- cache
+    def _cached(self, name: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+        path = self.results / f"{name}.json"
+        if path.is_file():
+            record = json.loads(path.read_text())
+            if record.get("settings") == settings:
+                return record
+        return None
+
+    def _store(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
+        (self.results / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        return record
+
+    # --- retraining
+    def train_settings(self, seed: int) -> dict[str, Any]:
+        a = self.args
+        return {"epochs": a.train_epochs, "steps": a.train_steps, "batch": a.batch_size, "patch": list(a.patch),
+                "stem_width": a.stem_width, "stem_kernel": a.stem_kernel, "lr": a.train_lr, "seed": seed,
+                "data": self._data_key()}
+
+    def _data_key(self) -> dict[str, Any]:
+        a = self.args
+        return {"cases": a.cases, "shape": list(a.shape), "sigma": a.sigma, "threshold": a.threshold,
+                "window": a.window, "contrast": a.contrast, "seed": a.data_seed}
+
+    def cached_train(self, name: str, genotype_text_: str, seed: int) -> dict[str, Any] | None:
+        return self._cached(f"train_{name}_s{seed}", {**self.train_settings(seed), "genotype": genotype_text_})
+
+    def retrain(self, name: str, genotype_text_: str, seed: int | None = None) -> dict[str, Any]:
+        """Retrain a genotype from scratch with the one recipe; Dice of the last epoch's weights."""
+        from scnas_dsl.loader import load
+        from scnas_dsl.nn.cost import estimate
+        from scnas_dsl.train.config import AdamConfig, PlateauConfig, TrainConfig
+        from scnas_dsl.train.retrain import run_train
+
+        a = self.args
+        seed = a.train_seed if seed is None else seed
+        settings = {**self.train_settings(seed), "genotype": genotype_text_}
+        cached = self._cached(f"train_{name}_s{seed}", settings)
+        if cached is not None:
+            return cached
+        file = self.genotypes / f"{name}.scn"
+        file.write_text(genotype_text_)
+        space, genotype = load(file).genotype(name)
+        cost = estimate(space, genotype=genotype, patch=tuple(a.patch), in_channels=1, num_classes=2,
+                        stem_width=a.stem_width)
+        cfg = TrainConfig(data=str(self.pre), genotype=str(file), genotype_name=name, out=str(self.runs / f"train_{name}_s{seed}"),
+                          epochs=a.train_epochs, batches_per_epoch=a.train_steps, batch_size=a.batch_size,
+                          patch=tuple(a.patch), stem_width=a.stem_width, device=a.device, seed=seed,
+                          spacing=None, augment=False, progress=False, val_every=a.train_epochs,
+                          optimizer=AdamConfig(lr=a.train_lr, betas=(0.9, 0.999)),
+                          plateau=PlateauConfig(factor=0.2, patience=max(30, a.train_epochs)))
+        started = time.time()
+        run_train(cfg, force=True)
+        seconds = time.time() - started
+        records = [json.loads(line) for line in (self.runs / f"train_{name}_s{seed}" / "metrics.jsonl").read_text().splitlines()]
+        last = records[-1]
+        record = {"settings": settings, "name": name, "seed": seed, "dice": last["val_dice"], "train_loss": last["train_loss"],
+                  "flops": cost.flops, "params": cost.params, "seconds": round(seconds, 1),
+                  "planted_share": planted_share(genotype), "op_counts": op_counts(genotype)}
+        print(f"  retrained {name} (seed {seed}): Dice {record['dice']:.3f} ({seconds:.0f} s, {cost.flops / 1e6:.1f} MFLOPs)",
+              flush=True)
+        return self._store(f"train_{name}_s{seed}", record)
+
+    # --- search
+    def search(self, sampling: str, betas: str, seed: int) -> dict[str, Any]:
+        from scnas_dsl.train.config import AdamConfig, SearchConfig
+        from scnas_dsl.train.search import run_search
+
+        a = self.args
+        name = f"search_{sampling}_{betas}_s{seed}"
+        settings = {"sampling": sampling, "betas": list(BETAS[betas]), "seed": seed, "epochs": a.search_epochs,
+                    "steps": a.search_steps, "batch": a.batch_size, "patch": list(a.patch),
+                    "stem_width": a.stem_width, "stem_kernel": a.stem_kernel, "weight_lr": a.search_lr, "arch_lr": a.arch_lr,
+                    "data": self._data_key()}
+        cached = self._cached(name, settings)
+        if cached is not None:
+            return cached
+        cfg = SearchConfig(data=str(self.pre), spec=str(self.space_file), out=str(self.runs / name),
+                           epochs=a.search_epochs, batches_per_epoch=a.search_steps, batch_size=a.batch_size,
+                           patch=tuple(a.patch), stem_width=a.stem_width, device=a.device, seed=seed,
+                           spacing=None, augment=False, progress=False, sampling=sampling,
+                           weight_optimizer=AdamConfig(lr=a.search_lr, betas=BETAS[betas]),
+                           arch_optimizer=AdamConfig(lr=a.arch_lr, betas=(0.5, 0.999)))
+        started = time.time()
+        result = run_search(cfg, force=True)
+        seconds = time.time() - started
+        assert result is not None
+        from scnas_dsl.graph.printer import print_document
+        from scnas_dsl.model import Document, Import
+
+        gname = f"{sampling}_{betas}_s{seed}"
+        genotype = result.genotype.model_copy(update={"name": gname})
+        text = print_document(Document(imports=(Import(path="space.scn"),), genotypes=(genotype,)))
+        probs = {}
+        for key, logits in result.logits.items():
+            p = logits.float().softmax(dim=1)
+            probs[key] = p.mean(dim=0).tolist()
+        mass = float(np.mean([row[OPS.index(PLANTED)] for row in probs.values()]))
+        argmax_all = {key: [OPS[i] for i in logits.argmax(dim=1).tolist()] for key, logits in result.logits.items()}
+        edges_all = [op for ops in argmax_all.values() for op in ops]
+        nonzero = [op for op in edges_all if op != ZERO]
+        record = {"settings": settings, "name": gname, "sampling": sampling, "betas": betas, "seed": seed,
+                  "genotype_text": text, "planted_share": planted_share(genotype), "op_counts": op_counts(genotype),
+                  "cell_counts": {c.cell: op_counts(genotype, [c]) for c in genotype.cells},
+                  "argmax": argmax_all,
+                  "planted_share_all_edges": (nonzero.count(PLANTED) / len(nonzero)) if nonzero else 0.0,
+                  "planted_mass": mass, "mean_probabilities": probs, "pruning": result.pruning,
+                  "seconds": round(seconds, 1)}
+        print(f"  searched {gname}: maxpool share {record['planted_share']:.2f} of live edges, "
+              f"mass {mass:.3f} ({seconds:.0f} s)", flush=True)
+        return self._store(name, record)
+
+
+# ------------------------------------------------------------------------------------------- statistics
+
+
+def permutation_test(a: Sequence[float], b: Sequence[float], rounds: int = 20000, seed: int = 0) -> float:
+    """One-sided p-value of mean(a) - mean(b) >= observed under random relabelling (exact when small)."""
+    from itertools import combinations
+
+    pooled, n = list(a) + list(b), len(a)
+    observed = statistics.fmean(a) - statistics.fmean(b)
+    total = sum(pooled)
+
+    def diff(idx: Sequence[int]) -> float:
+        s = sum(pooled[i] for i in idx)
+        return s / n - (total - s) / (len(pooled) - n)
+
+    if math.comb(len(pooled), n) <= rounds:
+        diffs = [diff(c) for c in combinations(range(len(pooled)), n)]
+        return sum(d >= observed - 1e-12 for d in diffs) / len(diffs)
+    rng = random.Random(seed)
+    hits = sum(diff(rng.sample(range(len(pooled)), n)) >= observed - 1e-12 for _ in range(rounds))
+    return (hits + 1) / (rounds + 1)
+
+
+def rank_among(value: float, others: Sequence[float]) -> int:
+    """1 + how many of ``others`` are strictly better: 1 = better than every random genotype."""
+    return 1 + sum(o > value for o in others)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+# ------------------------------------------------------------------------------------------------ phases
+
+
+def _job(args: argparse.Namespace, kind: str, payload: tuple[Any, ...]) -> dict[str, Any]:
+    """One search or retraining, in a worker process of :func:`run_jobs` (or in this one)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    bench = Bench(args)
+    return bench.search(*payload) if kind == "search" else bench.retrain(*payload)
+
+
+def run_jobs(bench: Bench, jobs: list[tuple[str, tuple[Any, ...]]]) -> list[dict[str, Any]]:
+    """Run ``(kind, payload)`` jobs, ``--jobs`` at a time (fresh spawned processes), results in order."""
+    if bench.args.jobs <= 1 or len(jobs) <= 1:
+        return [_job(bench.args, kind, payload) for kind, payload in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(bench.args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_job, bench.args, kind, payload) for kind, payload in jobs]
+        return [f.result() for f in futures]
+
+
+def phase_check(bench: Bench) -> list[dict[str, Any]]:
+    print("check: hand genotypes with and without the planted operation", flush=True)
+    return run_jobs(bench, [("train", (name, text, seed)) for name, text in hand_genotypes(bench.args.window).items()
+                            for seed in bench.args.check_seeds])
+
+
+def search_plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    plan = [("pair", betas, s) for betas in args.pair_betas for s in args.pair_seeds]
+    plan += [("single", "paper", s) for s in args.single_seeds]
+    plan += [("full", "paper", s) for s in args.full_seeds]
+    return plan
+
+
+def phase_search(bench: Bench) -> list[dict[str, Any]]:
+    print("search", flush=True)
+    return run_jobs(bench, [("search", job) for job in search_plan(bench.args)])
+
+
+def random_samples(bench: Bench, searches: list[dict[str, Any]]) -> list[tuple[str, str, float]]:
+    """Random genotypes matched in FLOPs to the searched genotypes' median (name, text, planted share)."""
+    from scnas_dsl.graph.printer import print_document
+    from scnas_dsl.loader import load, load_text
+    from scnas_dsl.model import Document, Import
+
+    try:
+        from scnas_dsl.nn.random_genotypes import sample_genotypes
+    except ImportError as err:
+        raise SystemExit("scnas_dsl.nn.random_genotypes is not there yet: the retrain phase needs it") from err
+    a = bench.args
+    space = load(bench.space_file).space(SPACE_NAME)
+    searched = []
+    for s in searches:
+        _, g = load_text(s["genotype_text"], base_dir=bench.genotypes).genotype(s["name"])
+        searched.append(g)
+    from scnas_dsl.nn.cost import estimate
+
+    flops = [estimate(space, genotype=g, patch=tuple(a.patch), in_channels=1, num_classes=2,
+                      stem_width=a.stem_width).flops for g in searched]
+    like = searched[sorted(range(len(flops)), key=flops.__getitem__)[len(flops) // 2]]
+    samples = sample_genotypes(space, a.random, seed=a.random_seed, like=like, match="flops",
+                               tolerance=a.tolerance, patch=tuple(a.patch), in_channels=1, num_classes=2,
+                               stem_width=a.stem_width, name_prefix="random")
+    out = []
+    for s in samples:
+        text = print_document(Document(imports=(Import(path="space.scn"),), genotypes=(s.genotype,)))
+        out.append((s.genotype.name, text, planted_share(s.genotype)))
+    return out
+
+
+def phase_retrain(bench: Bench, searches: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    print("retrain", flush=True)
+    randoms = random_samples(bench, searches)
+    jobs = [("train", (s["name"], s["genotype_text"])) for s in searches]
+    jobs += [("train", (name, text)) for name, text, _ in randoms]
+    jobs.append(("train", ("all_conv3", hand_genotypes(bench.args.window)["all_conv3"])))
+    rows = run_jobs(bench, jobs)
+    searched = [{**row, "sampling": s["sampling"], "betas": s["betas"], "seed": s["seed"]}
+                for row, s in zip(rows, searches, strict=False)]
+    return {"searched": searched, "random": rows[len(searches):-1], "baseline": rows[-1:]}
+
+
+def uniform_share(bench: Bench, draws: int = 2000) -> float:
+    """Expected maxpool share of live edges when every edge draws uniformly from the set (zero included),
+    after the same cutting of dead nodes as a derivation."""
+    import torch
+
+    from scnas_dsl.loader import load
+    from scnas_dsl.nn.derive import derive_genotype
+
+    space = load(bench.space_file).space(SPACE_NAME)
+    gen = torch.Generator().manual_seed(0)
+    shares = []
+    for _ in range(draws):
+        alphas = {key: torch.rand(len(space.cell(key).edge_list()), len(OPS), generator=gen) for key in CELLS}
+        genotype, _ = derive_genotype(space, alphas)
+        counts = op_counts(genotype)
+        total = sum(counts.values())
+        if total:
+            shares.append(counts[PLANTED] / total)
+    return float(np.mean(shares))
+
+
+def check_table(check: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The check's runs grouped by hand genotype: Dice per seed, mean and std."""
+    names = list(dict.fromkeys(r["name"] for r in check))
+    rows = []
+    for name in names:
+        runs = [r for r in check if r["name"] == name]
+        m, sd = mean_std([r["dice"] for r in runs])
+        rows.append({"name": name, "dice": [r["dice"] for r in runs], "seeds": [r["seed"] for r in runs],
+                     "mean": m, "std": sd, "flops": runs[0]["flops"], "params": runs[0]["params"],
+                     "seconds": sum(r["seconds"] for r in runs)})
+    return rows
+
+
+def report(bench: Bench, check: list[dict[str, Any]], searches: list[dict[str, Any]],
+           groups: dict[str, list[dict[str, Any]]] | None, started: float) -> dict[str, Any]:
+    a = bench.args
+    summary: dict[str, Any] = {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()},
+                               "check_runs": check, "check": check_table(check), "searches": searches}
+    summary["linear_reference_dice"] = linear_reference(bench.pre, bench.fold().val, a.window)
+    summary["uniform_planted_share"] = uniform_share(bench) if searches else None
+    by_kind: dict[str, Any] = {}
+    for key in dict.fromkeys((s["sampling"], s["betas"]) for s in searches):
+        runs = [s for s in searches if (s["sampling"], s["betas"]) == key]
+        shares = [s["planted_share"] for s in runs]
+        by_kind[f"{key[0]} {key[1]}"] = {
+            "runs": len(runs), "planted_share": mean_std(shares), "planted_mass": mean_std([s["planted_mass"] for s in runs]),
+            "dominant": sum(sh > 0.5 for sh in shares), "above_uniform": sum(sh > summary["uniform_planted_share"] for sh in shares),
+            "enc_planted": [s["cell_counts"]["enc"].get(PLANTED, 0) for s in runs]}
+    summary["search_stats"] = by_kind
+    if groups:
+        rnd = [r["dice"] for r in groups["random"]]
+        srch = [r["dice"] for r in groups["searched"]]
+        stats: dict[str, Any] = {}
+        for group, rows in groups.items():
+            m, sd = mean_std([r["dice"] for r in rows])
+            stats[group] = {"mean": m, "std": sd, "n": len(rows)}
+        for subset in dict.fromkeys((r["sampling"], r["betas"]) for r in groups["searched"]):
+            vals = [r["dice"] for r in groups["searched"] if (r["sampling"], r["betas"]) == subset]
+            m, sd = mean_std(vals)
+            stats[f"searched {subset[0]} {subset[1]}"] = {"mean": m, "std": sd, "n": len(vals)}
+        summary["groups"] = groups
+        summary["group_stats"] = stats
+        summary["ranks"] = {r["name"]: rank_among(r["dice"], rnd) for r in groups["searched"]}
+        summary["p_searched_gt_random"] = permutation_test(srch, rnd) if srch and rnd else None
+        pair = {b: [r["dice"] for r in groups["searched"] if r["sampling"] == "pair" and r["betas"] == b] for b in BETAS}
+        if pair["paper"] and pair["standard"]:
+            summary["p_pair_standard_gt_paper"] = permutation_test(pair["standard"], pair["paper"])
+            summary["p_pair_paper_gt_standard"] = permutation_test(pair["paper"], pair["standard"])
+        for b, vals in pair.items():
+            if vals and rnd:
+                summary[f"p_pair_{b}_gt_random"] = permutation_test(vals, rnd)
+        summary["random_planted_share"] = mean_std([r["planted_share"] for r in groups["random"]])
+    summary["seconds_this_invocation"] = round(time.time() - started, 1)
+    runs = {(r["name"], r.get("seed")): r["seconds"] for r in check + searches
+            + [r for rows in (groups or {}).values() for r in rows]}
+    summary["seconds_of_runs"] = round(sum(runs.values()), 1)  # each run once (a cached run is shared)
+    (bench.out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot(bench, summary)
+    print_tables(summary)
+    return summary
+
+
+def _f(pair: Sequence[float]) -> str:
+    return f"{pair[0]:.3f} ± {pair[1]:.3f}"
+
+
+def print_tables(summary: dict[str, Any]) -> None:
+    """The tables of docs/benchmarks.md, in Markdown."""
+    print(f"\nlinear reference (centre minus the window's mean, best threshold): Dice "
+          f"{summary['linear_reference_dice']:.3f}")
+    if summary["check"]:
+        print("\n| hand genotype (enc cell) | Dice mean ± std | Dice per seed | MFLOPs | params |\n| --- | --- | --- | --- | --- |")
+        for r in summary["check"]:
+            print(f"| {r['name']} | {r['mean']:.3f} ± {r['std']:.3f} | {', '.join(f'{d:.3f}' for d in r['dice'])} | "
+                  f"{r['flops'] / 1e6:.1f} | {r['params']} |")
+    if summary["searches"]:
+        print(f"\nmaxpool share of live edges, uniform random genotypes: {summary['uniform_planted_share']:.3f}")
+        print("\n| search | maxpool share (live edges) | maxpool edges in enc | softmax mass on maxpool | "
+              "ops of the live edges | seconds |\n| --- | --- | --- | --- | --- | --- |")
+        for s in summary["searches"]:
+            ops = ", ".join(f"{op} {n}" for op, n in s["op_counts"].items() if n)
+            enc = s["cell_counts"]["enc"]
+            print(f"| {s['name']} | {s['planted_share']:.2f} | {enc.get(PLANTED, 0)} of {sum(enc.values())} | "
+                  f"{s['planted_mass']:.3f} | {ops} | {s['seconds']:.0f} |")
+        print("\n| sampling, betas | searches | maxpool share mean ± std | share > 0.5 | share > uniform |"
+              "\n| --- | --- | --- | --- | --- |")
+        for kind, st in summary["search_stats"].items():
+            print(f"| {kind} | {st['runs']} | {_f(st['planted_share'])} | {st['dominant']} | {st['above_uniform']} |")
+    if "group_stats" in summary:
+        print("\n| group | n | Dice mean ± std |\n| --- | --- | --- |")
+        for g, st in summary["group_stats"].items():
+            print(f"| {g} | {st['n']} | {st['mean']:.3f} ± {st['std']:.3f} |")
+        n_random = len(summary["groups"]["random"])
+        print("\n| searched genotype | Dice | rank among random | maxpool share | MFLOPs |\n| --- | --- | --- | --- | --- |")
+        for r in summary["groups"]["searched"]:
+            print(f"| {r['name']} | {r['dice']:.3f} | {summary['ranks'][r['name']]} of {n_random + 1} | "
+                  f"{r['planted_share']:.2f} | {r['flops'] / 1e6:.1f} |")
+        print("\n| other genotype | Dice | maxpool share | MFLOPs |\n| --- | --- | --- | --- |")
+        for r in summary["groups"]["random"] + summary["groups"]["baseline"]:
+            print(f"| {r['name']} | {r['dice']:.3f} | {r['planted_share']:.2f} | {r['flops'] / 1e6:.1f} |")
+        print(f"\nFLOP-matched random genotypes, maxpool share: {_f(summary['random_planted_share'])}")
+        for key in ("p_searched_gt_random", "p_pair_paper_gt_random", "p_pair_standard_gt_random",
+                    "p_pair_standard_gt_paper", "p_pair_paper_gt_standard"):
+            if summary.get(key) is not None:
+                print(f"one-sided permutation test {key.removeprefix('p_').replace('_gt_', ' > ')}: p = {summary[key]:.4f}")
+    print(f"\nrun time of the runs: {summary['seconds_of_runs'] / 60:.1f} min (this invocation: "
+          f"{summary['seconds_this_invocation'] / 60:.1f} min)")
+
+
+def plot(bench: Bench, summary: dict[str, Any]) -> None:
+    """Dice per hand genotype, Dice per group, maxpool share per search: ``search_validity.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def dots(ax: Any, columns: list[tuple[str, list[float]]], title: str) -> None:
+        for i, (_, values) in enumerate(columns):
+            jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
+            ax.scatter(jitter + i, values, s=14)
+            if values:
+                ax.hlines(np.mean(values), i - 0.25, i + 0.25, color="k", lw=1)
+        ax.set_xticks(range(len(columns)), [c[0] for c in columns], fontsize=7)
+        ax.axhline(summary["linear_reference_dice"], color="gray", ls=":", lw=1, label="best linear filter")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=72, gridspec_kw={"width_ratios": [1, 1.2, 1.2]})
+    dots(axes[0], [(r["name"].removeprefix("hand_").replace("all_", "all\n"), r["dice"]) for r in summary["check"]],
+         "check: enc cell with P (Dice per seed)")
+    axes[0].set_ylabel("validation Dice, last epoch", fontsize=8)
+    if "groups" in summary:
+        g = summary["groups"]
+        columns = [("random", [r["dice"] for r in g["random"]]), ("all conv3", [r["dice"] for r in g["baseline"]])]
+        for key in dict.fromkeys((r["sampling"], r["betas"]) for r in g["searched"]):
+            columns.append((f"{key[0]}\n{key[1]}", [r["dice"] for r in g["searched"] if (r["sampling"], r["betas"]) == key]))
+        dots(axes[1], columns, "retrained: random (FLOP-matched) vs searched")
+    ax = axes[2]
+    searches = summary["searches"]
+    if searches:
+        ax.bar(range(len(searches)), [s["planted_share"] for s in searches], color="tab:blue")
+        ax.axhline(summary["uniform_planted_share"], color="gray", ls=":", lw=1, label="uniform random")
+        if "random_planted_share" in summary:
+            ax.axhline(summary["random_planted_share"][0], color="tab:orange", ls="--", lw=1,
+                       label="FLOP-matched random")
+        ax.set_xticks(range(len(searches)), [s["name"].replace("_", "\n") for s in searches], fontsize=6)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+        ax.set_title("maxpool share of the derived genotype's live edges", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(bench.out / "search_validity.png")
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------- cli
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "scnas-search-validity"),
+                   help="output folder: data, runs, results.json, search_validity.png (default: in the temp folder)")
+    p.add_argument("--phases", nargs="+", default=["data", "check", "search", "retrain", "report"],
+                   choices=["data", "check", "search", "retrain", "report"])
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one seed, two random genotypes")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run on the CPU")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (separate processes)")
+    g = p.add_argument_group("data")
+    g.add_argument("--cases", type=int, default=30)
+    g.add_argument("--shape", type=int, nargs=3, default=[24, 24, 24],
+                   help="volume size; the same as --patch keeps the peaks at patch borders true")
+    g.add_argument("--sigma", type=float, default=0.0, help="Gaussian smoothing of the noise (voxels)")
+    g.add_argument("--threshold", type=float, default=0.0, help="a peak must be above this standardised value")
+    g.add_argument("--window", type=int, default=5, choices=[3, 5], help="neighbourhood of a peak (voxels)")
+    g.add_argument("--contrast", type=float, default=1.0,
+                   help="the noise amplitude varies smoothly over each volume by this factor")
+    g.add_argument("--data-seed", type=int, default=0)
+    g = p.add_argument_group("networks and training")
+    g.add_argument("--patch", type=int, nargs=3, default=[24, 24, 24])
+    g.add_argument("--batch-size", type=int, default=2)
+    g.add_argument("--stem-width", type=int, default=8)
+    g.add_argument("--stem-kernel", type=int, default=1, choices=[1, 3],
+                   help="the stem's convolution kernel (1: every spatial operation is a searched one)")
+    g.add_argument("--search-epochs", type=int, default=8)
+    g.add_argument("--search-steps", type=int, default=25, help="search steps per epoch")
+    g.add_argument("--search-lr", type=float, default=0.025, help="weight Adam lr in the search (paper 0.025)")
+    g.add_argument("--arch-lr", type=float, default=0.05, help="logit Adam lr (paper 0.003; the demo's 0.05)")
+    g.add_argument("--train-epochs", type=int, default=8)
+    g.add_argument("--train-steps", type=int, default=25)
+    g.add_argument("--train-lr", type=float, default=3e-3)
+    g.add_argument("--train-seed", type=int, default=0)
+    g.add_argument("--check-seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="retraining seeds of each hand genotype in the check")
+    g = p.add_argument_group("searches and random genotypes")
+    g.add_argument("--pair-seeds", type=int, nargs="*", default=[0, 1, 2])
+    g.add_argument("--pair-betas", nargs="*", default=["paper", "standard"], choices=sorted(BETAS))
+    g.add_argument("--single-seeds", type=int, nargs="*", default=[0])
+    g.add_argument("--full-seeds", type=int, nargs="*", default=[0])
+    g.add_argument("--random", type=int, default=8, help="random FLOP-matched genotypes to retrain")
+    g.add_argument("--random-seed", type=int, default=0)
+    g.add_argument("--tolerance", type=float, default=0.1, help="relative FLOP tolerance of the random genotypes")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.cases, args.shape, args.patch = 10, [16, 16, 16], [16, 16, 16]
+        args.search_epochs, args.search_steps, args.train_epochs, args.train_steps = 2, 3, 2, 3
+        args.pair_seeds, args.pair_betas, args.random, args.check_seeds = [0], ["paper", "standard"], 2, [0]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    bench = Bench(args)
+    bench.prepare_data()  # every phase needs it; reused when the settings are unchanged
+    check = phase_check(bench) if "check" in args.phases else []
+    searches = phase_search(bench) if "search" in args.phases or "retrain" in args.phases else []
+    groups = phase_retrain(bench, searches) if "retrain" in args.phases else None
+    if "report" in args.phases:
+        if not check:
+            check = [r for r in (bench.cached_train(n, t, seed) for n, t in hand_genotypes(args.window).items()
+                                 for seed in args.check_seeds) if r is not None]
+        report(bench, check, searches, groups, started)
+    print(f"done in {time.time() - started:.0f} s; results in {bench.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
