@@ -36,6 +36,8 @@ MEDIAN = typer.Option(False, "--median-spacing", help="preprocess at the data se
 WORKERS = typer.Option(None, "--workers", help="data loader processes (default: 0, in the main process)")
 NO_AUG = typer.Option(False, "--no-augment", help="switch data augmentation off")
 QUIET = typer.Option(False, "--quiet", help="no progress bars")
+RUN_QUIET = typer.Option(False, "--quiet",
+                         help="no progress bars or per-epoch lines on the terminal (the run's log.txt keeps them)")
 
 
 def _main_process() -> bool:
@@ -92,7 +94,7 @@ def search_cmd(
     device: str | None = DEVICE, seed: int | None = SEED, resume: bool = RESUME, force: bool = FORCE,
     config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
-    no_augment: bool = NO_AUG, quiet: bool = QUIET, median: bool = MEDIAN,
+    no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN,
 ) -> None:
     """Search an architecture: bi-level optimisation with Gumbel-softmax pair sampling (the paper's defaults)."""
     from scnas_dsl.train.config import SearchConfig, resolve_config
@@ -123,7 +125,7 @@ def train_cmd(
     device: str | None = DEVICE, seed: int | None = SEED, resume: bool = RESUME, force: bool = FORCE,
     config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
-    no_augment: bool = NO_AUG, quiet: bool = QUIET, median: bool = MEDIAN,
+    no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN,
 ) -> None:
     """Retrain a genotype (or a baseline) from scratch with the paper's optimiser, schedule and stopping rule."""
     from scnas_dsl.train.config import TrainConfig, resolve_config
@@ -199,7 +201,7 @@ def cv_cmd(
     stem_width: int | None = STEM, device: str | None = DEVICE, seed: int | None = SEED,
     resume: bool = RESUME, force: bool = FORCE, config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
-    no_augment: bool = NO_AUG, quiet: bool = QUIET, median: bool = MEDIAN,
+    no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN,
     mirror: bool = typer.Option(False, "--mirror", help="test-time mirroring of the validation predictions"),
     val_every: int | None = typer.Option(None, "--val-every", help="validation every N epochs (default: 10)"),
     checkpoint: str = typer.Option("last", "--checkpoint",
@@ -208,7 +210,7 @@ def cv_cmd(
 ) -> None:
     """Five-fold cross-validation of a genotype: retrain, predict, evaluate each fold; the paper's Dice table."""
     from scnas_dsl.train.config import TrainConfig, resolve_config
-    from scnas_dsl.train.cv import run_cv
+    from scnas_dsl.train.cv import run_cv, summary_suffix
 
     cfg = resolve_config(TrainConfig, config, genotype=str(genotype), val_every=val_every,
                          **_common(data, None, None, epochs, batch_size, patch, stem_width, device, seed, batches,
@@ -216,7 +218,8 @@ def cv_cmd(
     result = run_cv(cfg, out, folds or None, mirror=mirror, resume=resume, force=force, checkpoint=checkpoint)
     typer.echo("mean Dice (%) per label")
     typer.echo(result.table())
-    typer.echo(f"written: {out / 'cv_summary.csv'}, {out / 'cv_summary.json'}")
+    suffix = summary_suffix(checkpoint)
+    typer.echo(f"written: {out / f'cv_summary{suffix}.csv'}, {out / f'cv_summary{suffix}.json'}")
 
 
 @user_errors

@@ -413,6 +413,25 @@ def _genotype_file_text(sample: SampledGenotype, index: int, count: int) -> str:
     return "".join(f"# {line}\n" for line in lines) + body
 
 
+def _remove_earlier_samples(out: Path, kept: set[Path]) -> None:
+    """With ``force``: the genotype files an earlier ``samples.json`` of ``out`` lists and this call does not
+    rewrite are removed, so that the folder holds one sample set (a glob over it must not mix two)."""
+    summary = out / SUMMARY_FILE
+    if not summary.is_file():
+        return
+    try:
+        earlier = json.loads(summary.read_text(encoding="utf-8")).get("samples", [])
+    except (json.JSONDecodeError, AttributeError, OSError):
+        return
+    for entry in earlier:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".scn"):
+            continue  # only plain file names of this folder, never a path elsewhere
+        path = out / name
+        if path not in kept and path.is_file():
+            path.unlink()
+
+
 def write_samples(space_file_or_space: str | Path | SearchSpace, samples: Sequence[SampledGenotype],
                   out_dir: str | Path, force: bool = False, library: Library | None = None) -> list[Path]:
     """Write ``samples`` into ``out_dir``: ``space.scn`` (the space: the file's own text when it holds only
@@ -446,6 +465,7 @@ def write_samples(space_file_or_space: str | Path | SearchSpace, samples: Sequen
         raise RunError(f"{out}: {shown} exist{'s' if len(existing) == 1 else ''} already; pass --force "
                        "(force=True) to overwrite, or choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
+    _remove_earlier_samples(out, set(files))
     (out / SPACE_FILE).write_text(_space_text(space, space_file, signatures), encoding="utf-8")
     for index, (path, sample) in enumerate(files.items()):
         path.write_text(_genotype_file_text(sample, index, len(samples)), encoding="utf-8")

@@ -20,7 +20,7 @@ from torch import nn
 
 from scnas_dsl.errors import CompileError
 from scnas_dsl.model import Genotype, SearchSpace
-from scnas_dsl.nn.cells import Cell, run_unet
+from scnas_dsl.nn.cells import Cell, MixedEdge, run_unet
 from scnas_dsl.nn.derive import derive_genotype
 from scnas_dsl.nn.network import UNetBase, build_blocks
 from scnas_dsl.nn.plan import build_plan, zero_op_names
@@ -109,7 +109,9 @@ class Supernet(UNetBase):
             if cell_plan.key in out:
                 continue
             free = set(self.zero_names[cell_plan.key])
+            assert isinstance(cell, Cell)
             for edge in cell.edges.values():
+                assert isinstance(edge, MixedEdge)
                 free |= {name for name, op in edge.ops.items() if not any(True for _ in op.parameters())}
             out[cell_plan.key] = free
         return out
@@ -163,7 +165,8 @@ class Supernet(UNetBase):
 
     def arch_probabilities(self) -> dict[str, dict[str, dict[str, float]]]:
         """structure key -> ``"src->dst"`` -> operation -> softmax(alpha)."""
-        return self._nest({k: torch.softmax(a.detach().cpu(), dim=-1) for k, a in self.arch.items()})
+        # in the U-Net's order (nn.ParameterDict keeps its keys sorted)
+        return self._nest({k: torch.softmax(self.arch[k].detach().cpu(), dim=-1) for k in self.op_names})
 
     def sample_counts(self) -> dict[str, dict[str, dict[str, int]]]:
         """How often each operation ran on each edge since the last reset (same nesting)."""

@@ -30,6 +30,13 @@ class AdamConfig(BaseModel):
     betas: tuple[float, float]
     weight_decay: float = Field(default=0.0, ge=0)
 
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):  # NaN fails too
+            raise ValueError(f"Adam's betas must each be at least 0 and below 1 (got {v[0]:g}, {v[1]:g})")
+        return v
+
 
 class PlateauConfig(BaseModel):
     """Multiply the learning rate by ``factor`` after ``patience`` epochs without a better training loss."""
@@ -170,16 +177,17 @@ def _toml(path: Path, text: str) -> Any:
 
 def resolve_config(kind: type[CommonConfig], file: Path | None, **cli: Any) -> Any:
     """The validated configuration: file settings, overridden by every command-line value that is not None."""
-    values: dict[str, Any] = read_config_file(file) if file is not None else {}
-    for key, value in cli.items():
-        if value is None:
-            continue
-        if isinstance(value, dict):  # a nested setting (e.g. one optimiser's betas): over the file's, or the default
+    values: dict[str, Any] = {}
+    # nested settings (one optimiser's betas, say) are merged over the default, then the file, then the
+    # command line: a file or an option may give only the part it changes
+    given = read_config_file(file) if file is not None else {}
+    for source in (given, {k: v for k, v in cli.items() if v is not None}):
+        for key, value in source.items():
             default = kind.model_fields[key].default if key in kind.model_fields else None
-            base = default.model_dump() if isinstance(default, BaseModel) else {}
-            earlier = values.get(key)
-            value = {**base, **(earlier if isinstance(earlier, dict) else {}), **value}
-        values[key] = value
+            if isinstance(value, dict) and isinstance(default, BaseModel):
+                earlier = values.get(key, default.model_dump())
+                value = {**(earlier if isinstance(earlier, dict) else {}), **value}
+            values[key] = value
     try:
         return kind.model_validate(values)
     except ValidationError as err:

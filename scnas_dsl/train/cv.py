@@ -8,7 +8,10 @@ show the spread. Written to ``OUT/cv_summary.json`` and ``OUT/cv_summary.csv``; 
 Each fold is scored with its **last** weights, as the paper does (no model selection on validation).
 ``checkpoint="best"`` scores the weights that had the best Dice on the very cases then scored, which
 flatters the table; it stays available, and the summary, the CSV and the printed table say which weights
-(and which epoch) every row comes from.
+(and which epoch) every row comes from. Its results go to ``OUT/cv_summary_best.*`` and
+``OUT/fold_K/validation_best``, so that scoring the best weights of a finished cross-validation
+(``--resume --checkpoint best``, no retraining) never replaces the last weights' results. Only a folder that
+``scnas cv`` made (it holds ``.scnas-cv``) is continued or redone.
 """
 
 from __future__ import annotations
@@ -92,6 +95,16 @@ def _trained(fold_dir: Path, cfg: TrainConfig) -> bool:
     return bool(groups) and float(groups[0]["lr"]) < cfg.min_lr
 
 
+def summary_suffix(checkpoint: str) -> str:
+    """``""`` for the last weights (``cv_summary.csv``, ``fold_K/validation``), ``"_best"`` for the best
+    (``cv_summary_best.csv``, ``fold_K/validation_best``)."""
+    return "" if checkpoint == "last" else f"_{checkpoint}"
+
+
+#: marks a folder ``scnas cv`` made: only such a folder is continued (--resume) or redone (--force)
+CV_MARKER = ".scnas-cv"
+
+
 def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirror: bool = False,
            resume: bool = False, force: bool = False, checkpoint: str = "last") -> CVResult:
     """Retrain ``base`` (its ``fold`` and ``out`` are replaced) on each fold and evaluate the folds with
@@ -99,10 +112,17 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
     if checkpoint not in CHECKPOINTS:
         raise RunError(f"unknown checkpoint '{checkpoint}': use last (the default) or best")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (resume or force):
-        raise RunError(f"{out}: already exists; use --resume to continue the folds, --force to redo them, or "
-                       "choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not (out / CV_MARKER).is_file():
+            raise RunError(f"{out}: exists and is not a folder scnas cv made; scnas never writes into it (not even "
+                           "with --force or --resume). Choose another --out")
+        if not (resume or force):
+            raise RunError(f"{out}: already exists; use --resume to continue the folds, --force to redo them, or "
+                           "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    (out / CV_MARKER).write_text("scnas cv\n")
+    # the last weights' results and the best weights' (optimistic) results never replace each other
+    suffix = summary_suffix(checkpoint)
     dataset = open_dataset(_source_dataset(base.data))
     results: dict[int, Evaluation] = {}
     weights: dict[int, Weights] = {}
@@ -116,11 +136,12 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
                       force=force and fold_dir.exists())
         split = json.loads((fold_dir / "split.json").read_text())
         images = [p for case in split["val"] for p in dataset.case(case).images]
-        weights[fold] = predict_run(fold_dir, images, fold_dir / "validation", mirror=mirror, device=base.device,
+        scored = fold_dir / f"validation{suffix}"
+        weights[fold] = predict_run(fold_dir, images, scored, mirror=mirror, device=base.device,
                                     checkpoint=checkpoint, force=True, progress=base.progress).weights
-        pairs = {case: (fold_dir / "validation" / f"{case}.nii.gz", dataset.case(case).label) for case in split["val"]}
+        pairs = {case: (scored / f"{case}.nii.gz", dataset.case(case).label) for case in split["val"]}
         results[fold] = evaluate_pairs(pairs, label_names=labels)  # type: ignore[arg-type]
-        results[fold].write(fold_dir / "validation")
+        results[fold].write(scored)
         pairs_all.update(pairs)  # type: ignore[arg-type]
     pooled = evaluate_pairs(pairs_all, label_names=labels)
     result = CVResult(folds=results, pooled=pooled, checkpoint=checkpoint, weights=weights)
@@ -129,8 +150,8 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
                "folds": {str(k): v.to_json() for k, v in results.items()}, **pooled.to_json(),
                "fold_means": {str(k): v.foreground_mean() for k, v in results.items()},
                "mean_over_folds": nanmean(v.foreground_mean() for v in results.values())}
-    (out / "cv_summary.json").write_text(json.dumps(json_safe(summary), indent=1) + "\n")
-    with (out / "cv_summary.csv").open("w", newline="") as f:
+    (out / f"cv_summary{suffix}.json").write_text(json.dumps(json_safe(summary), indent=1) + "\n")
+    with (out / f"cv_summary{suffix}.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["fold", *labels.values(), "foreground_mean", "checkpoint", "epoch"])
         rows: list[tuple[str, Evaluation, str]] = [

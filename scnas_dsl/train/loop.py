@@ -147,9 +147,9 @@ class EpochLoop:
         self.stop_after_epochs = stop_after_epochs
         self._plotted_at, self._plot_seconds = time.monotonic(), 0.0
 
-    def say(self, line: str) -> None:
+    def say(self, line: str, terminal: bool = True) -> None:
         """One line of the run's report: on the terminal (rank 0, unless quiet) and in ``log.txt``."""
-        if self.echo:
+        if self.echo and terminal:
             print(line, flush=True)
         if self.run.writer:
             with (self.run.path / "log.txt").open("a", encoding="utf-8") as f:
@@ -166,8 +166,10 @@ class EpochLoop:
                  f"{cfg.stem_width}, {where}; {details}; run folder {self.run.path}")
 
     def _interrupted(self, signal_name: str, where: str) -> RunInterrupted:
-        return RunInterrupted(f"{signal_name}: stopped {where}; checkpoint saved to {self.checkpoint_path}; "
-                              f"continue with `{self.resume_hint}`")
+        message = (f"{signal_name}: stopped {where}; checkpoint saved to {self.checkpoint_path}; continue with "
+                   f"`{self.resume_hint}`")
+        self.say(f"{self.kind}: {message}", terminal=False)  # the command prints it; the log keeps it too
+        return RunInterrupted(message)
 
     def run_job(self, job: Job, state: LoopState) -> LoopEnd:
         """Run the epochs; raises :class:`RunInterrupted` on a stop signal (after the checkpoint)."""
@@ -176,6 +178,9 @@ class EpochLoop:
         elapsed_before = float(previous[-1].get("elapsed", 0.0)) if previous else 0.0
         session_start, session_epochs = time.time(), 0
         epochs_run, epoch = 0, state.epoch - 1
+        if state.epoch >= self.epochs:
+            self.say(f"{self.kind}: the run has done {state.epoch} epoch(s) already, --epochs is {self.epochs}: "
+                     "nothing more to run (a larger --epochs extends it)")
         with StopSignal() as stop:
             for epoch in range(state.epoch, self.epochs):
                 started = time.time()

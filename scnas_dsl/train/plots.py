@@ -23,24 +23,40 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def plot_curves(records: list[dict[str, Any]], keys: dict[str, str], ylabel: str, path: Path,
-                log: bool = False) -> Path:
-    """One line per ``keys`` entry (record key -> legend label) over the epochs."""
-    figure = Figure(figsize=(6.4, 4.0))
-    axes = figure.add_subplot()
+def _curves(axes: Any, records: list[dict[str, Any]], keys: dict[str, str], ylabel: str, *, log: bool = False,
+            ylim: tuple[float, float] | None = None, reference: tuple[float, str] | None = None,
+            empty: str = "nothing recorded yet") -> None:
     for key, label in keys.items():
         points = [(r["epoch"] + 1, r[key]) for r in records if r.get(key) is not None]
         if points:
             x, y = zip(*points, strict=True)
             axes.plot(x, y, marker="o" if len(points) < 30 else None, label=label)
+    if reference is not None:
+        axes.axhline(reference[0], color="grey", linestyle="--", linewidth=1, label=reference[1])
+    if not any(line.get_label() in keys.values() for line in axes.lines):
+        axes.text(0.5, 0.5, empty, transform=axes.transAxes, ha="center", va="center", color="grey")
     axes.set_xlabel("epoch")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel(ylabel)
     if log:
         axes.set_yscale("log")
+    if ylim is not None:
+        axes.set_ylim(*ylim)
     if axes.lines:
-        axes.legend()
+        axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
+
+
+def plot_curves(records: list[dict[str, Any]], keys: dict[str, str], ylabel: str, path: Path,
+                log: bool = False, *, ylim: tuple[float, float] | None = None, title: str | None = None,
+                reference: tuple[float, str] | None = None, empty: str = "nothing recorded yet") -> Path:
+    """One line per ``keys`` entry (record key -> legend label) over the epochs; ``reference`` a dashed
+    horizontal line (value, label); ``empty`` the note shown before anything is recorded."""
+    figure = Figure(figsize=(6.4, 4.0))
+    axes = figure.add_subplot()
+    _curves(axes, records, keys, ylabel, log=log, ylim=ylim, reference=reference, empty=empty)
+    if title:
+        axes.set_title(title, fontsize=9)
     return _save(figure, path)
 
 
@@ -65,7 +81,7 @@ def probability_figure(probabilities: dict[str, dict[str, dict[str, float]]], ti
     keys = list(probabilities)
     rows = max(len(e) for e in probabilities.values())
     cols = max(len(next(iter(e.values()))) for e in probabilities.values())
-    figure = Figure(figsize=(0.62 * cols * len(keys) + 1.6, 0.34 * rows + 2.2))
+    figure = Figure(figsize=(0.62 * cols * len(keys) + 1.6, 0.34 * rows + 2.2), layout="constrained")
     image = None
     for i, key in enumerate(keys):
         axes = figure.add_subplot(1, len(keys), i + 1)
@@ -78,7 +94,7 @@ def probability_figure(probabilities: dict[str, dict[str, dict[str, float]]], ti
             axes.add_patch(Rectangle((best - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="darkorange", lw=1.5))
             for c in range(table.shape[1]):
                 value = table[r, c]
-                axes.text(c, r, f"{value:.2f}"[1:] if value < 1 else "1", ha="center", va="center", fontsize=6,
+                axes.text(c, r, f"{value:.2f}"[1:] if value < 1 else "1", ha="center", va="center", fontsize=7,
                           color="white" if value > 0.6 else "black")
         axes.set_xticks(range(len(ops)), ops, rotation=60, ha="right", fontsize=8)
         axes.set_yticks(range(len(edges)), edges, fontsize=8)
@@ -93,8 +109,9 @@ def probability_figure(probabilities: dict[str, dict[str, dict[str, float]]], ti
 def plot_search_progress(run: RunFolder) -> list[Path]:
     """What a search has recorded so far (redrawn after every epoch): losses.png (training losses and the
     discretisation gap's losses), gap.png (the Dice of the sampled supernet and of the argmax architecture),
-    temperature.png, entropy.png (mean entropy, mean top probability, share of parameter-free choices, edges
-    that changed) and probabilities.png (the last epoch's softmax(alpha) on one scale)."""
+    temperature.png, entropy.png (mean entropy against its uniform maximum; mean top probability, share of
+    parameter-free choices and of edges that changed) and probabilities.png (the last epoch's softmax(alpha)
+    on one scale)."""
     records = read_jsonl(run.path / "metrics.jsonl")
     alphas = read_jsonl(run.path / "alphas.jsonl")
     out = [
@@ -104,14 +121,26 @@ def plot_search_progress(run: RunFolder) -> list[Path]:
                               "argmax_loss": "architecture part, fixed patches: argmax"},
                     "soft Jaccard loss", run.plots / "losses.png"),
         plot_curves(records, {"sampled_dice": "sampled supernet", "argmax_dice": "argmax architecture"},
-                    "mean foreground Dice (architecture part, fixed patches)", run.plots / "gap.png"),
+                    "mean foreground Dice", run.plots / "gap.png", ylim=(0.0, 1.0),
+                    title="discretisation gap: the architecture part's fixed patches"),
         plot_curves(records, {"temperature": "temperature"}, "Gumbel-softmax temperature",
                     run.plots / "temperature.png", log=True),
-        plot_curves(records, {"mean_entropy": "mean entropy of softmax(alpha) (nats)",
-                              "mean_top_probability": "mean top probability",
-                              "parameter_free_share": "share of parameter-free choices"},
-                    "", run.plots / "entropy.png"),
     ]
+    for r in records:  # the share of edges that changed, next to the other shares
+        if r.get("changed_edges") is not None and r.get("edges_total"):
+            r["changed_share"] = r["changed_edges"] / r["edges_total"]
+    figure = Figure(figsize=(11.0, 4.0))
+    left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    widths = [len(ops) for a in alphas[-1:] for edges in a["probabilities"].values() for ops in edges.values()]
+    uniform = float(np.log(max(widths))) if widths else None
+    # from 0 to the uniform maximum: a flat line at the top is no preference, not a trend
+    _curves(left, records, {"mean_entropy": "mean entropy of softmax(alpha)"}, "nats",
+            reference=(uniform, "uniform (no preference)") if uniform else None,
+            ylim=(0.0, 1.08 * uniform) if uniform else None)
+    _curves(right, records, {"mean_top_probability": "mean top probability",
+                             "parameter_free_share": "parameter-free choices",
+                             "changed_share": "edges that changed their choice"}, "share", ylim=(0.0, 1.0))
+    out.append(_save(figure, run.plots / "entropy.png"))
     if alphas:
         last = alphas[-1]
         out.append(plot_probabilities(last["probabilities"], run.plots / "probabilities.png",
@@ -131,5 +160,6 @@ def plot_train(run: RunFolder) -> list[Path]:
     records = read_jsonl(run.path / "metrics.jsonl")
     return [
         plot_curves(records, {"train_loss": "training loss"}, "soft Jaccard loss", run.plots / "loss.png"),
-        plot_curves(records, {"val_dice": "validation mean foreground Dice"}, "Dice", run.plots / "dice.png"),
+        plot_curves(records, {"val_dice": "validation mean foreground Dice"}, "Dice", run.plots / "dice.png",
+                    ylim=(0.0, 1.0), empty="no validation yet"),
     ]

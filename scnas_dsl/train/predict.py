@@ -203,6 +203,23 @@ def _record(output: Path, weights: Weights, mirror: bool, blend: str, cases: lis
     return {**record, "cases": sorted(set(earlier.get("cases", [])) - set(cases))}
 
 
+def check_output_folder(output: Path, inputs: list[Path]) -> None:
+    """Refuse (even with ``--force``) an output folder that is an input folder, holds an input file, or lies
+    inside a data set (a folder with a ``dataset.json`` at or above it): predictions must never replace images
+    or reference labels."""
+    target = output.resolve()
+    for source in inputs:
+        source = source.resolve()
+        folder = source if source.is_dir() else source.parent
+        if target == folder:
+            raise RunError(f"{output}: is the folder of the input images ({source}); write the predictions into "
+                           "another folder (--output), outside the data set")
+    for folder in (target, *target.parents):
+        if (folder / "dataset.json").is_file():
+            raise RunError(f"{output}: lies inside the data set {folder} (it has a dataset.json); scnas never "
+                           "writes into a data set, even with --force. Choose an --output outside it")
+
+
 def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilities: bool = False,
                 mirror: bool = False, device: str = "auto", checkpoint: str = "last", batch_size: int = 2,
                 force: bool = False, progress: bool = True, blend: str | None = None) -> Predictions:
@@ -211,10 +228,13 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
     ``blend``: ``gaussian`` or ``constant`` (default: the run's setting)."""
     if blend not in (None, "gaussian", "constant"):
         raise RunError(f"unknown blending '{blend}': use gaussian or constant")
+    if batch_size < 1:
+        raise RunError(f"--batch-size {batch_size}: the number of windows per forward pass must be at least 1")
+    output = Path(output)
+    check_output_folder(output, [Path(i) for i in inputs])
     model = load_trained(run, checkpoint)
     pre = model.pre
     cases = group_cases([Path(i) for i in inputs], pre.dataset.layout, len(pre.dataset.modalities))
-    output = Path(output)
     targets = {case: output / f"{case}.nii.gz" for case in cases}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not force:

@@ -55,7 +55,10 @@ class RunFolder:
         """Create the folder, or check that it may be used: ``resume`` needs a run of the same ``kind``;
         ``force`` replaces only a folder that scnas made (it has the marker), never another folder.
         ``create=False`` only checks (so that bad settings found later leave no folder behind)."""
-        exists = self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir()))
+        entries = [p.name for p in self.path.iterdir()] if self.path.is_dir() else []
+        # a run folder holding only its marker is a run that stopped before it wrote anything (bad settings
+        # found late): reusing it loses nothing, and refusing it would block the corrected command
+        exists = self.path.exists() and (not self.path.is_dir() or (bool(entries) and entries != [MARKER]))
         if resume and force:
             raise RunError("--resume and --force exclude each other: resume continues the run, force replaces it")
         if resume:
@@ -66,12 +69,12 @@ class RunFolder:
                 raise RunError(f"{self.path}: is a '{made}' run, not a '{kind}' run; cannot resume it as one")
             return
         if exists:
+            if not self.path.is_dir() or not (self.path / MARKER).is_file():
+                raise RunError(f"{self.path}: exists and is not a scnas run folder; scnas never writes into or "
+                               "replaces it (not even with --force). Choose another --out")
             if not force:
                 raise RunError(f"{self.path}: already exists; use --resume to continue that run, --force to "
                                "replace it, or choose another --out")
-            if not self.path.is_dir() or not (self.path / MARKER).is_file():
-                raise RunError(f"{self.path}: exists and is not a scnas run folder; --force replaces only run "
-                               "folders scnas made. Choose another --out")
             if self.writer and create:
                 shutil.rmtree(self.path)
         if self.writer and create:

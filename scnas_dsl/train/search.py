@@ -267,7 +267,8 @@ class _SearchJob:
             "probabilities": probabilities})
         summary = (f"loss weights {fmt(means['weight_loss'])} arch {fmt(means['arch_loss'])} | "
                    f"tau {model.temperature:.3g} | lr {lr_of(self.w_opt):.3g}/{lr_of(self.a_opt):.3g} | "
-                   f"entropy {record['mean_entropy']:.3f} | changed {changed}/{len(every)} edges | "
+                   f"entropy {record['mean_entropy']:.3f} top p {record['mean_top_probability']:.2f} | "
+                   f"changed {changed}/{len(every)} edges | "
                    f"param-free {record['parameter_free_share']:.2f}")
         if self.gap_loader is not None:
             summary += (f" | gap loss {fmt(record['sampled_loss'])} -> {fmt(record['argmax_loss'])}, "

@@ -142,10 +142,22 @@ def test_cv_scores_the_last_weights_unless_asked_and_labels_the_table(data: dict
     assert code == 0, output
     assert trained == [str(out / "fold_0")]
     assert "weights: the best of each fold by validation Dice" in output and "optimistic" in output
-    summary = json.loads((out / "cv_summary.json").read_text())
+    summary = json.loads((out / "cv_summary_best.json").read_text())
     assert summary["checkpoint"] == "best" and summary["weights"]["0"]["selected_on_validation"] is True
     assert summary["mean_dice"]["left atrium"] > 0.0  # best.pt predicts foreground everywhere
-    assert {r["checkpoint"] for r in csv.DictReader((out / "cv_summary.csv").open())} == {"best"}
+    assert {r["checkpoint"] for r in csv.DictReader((out / "cv_summary_best.csv").open())} == {"best"}
+    # the last weights' results are still there, untouched
+    assert json.loads((out / "cv_summary.json").read_text())["checkpoint"] == "last"
+    assert {r["checkpoint"] for r in csv.DictReader((out / "cv_summary.csv").open())} == {"last"}
+    assert (out / "fold_0" / "validation").is_dir() and (out / "fold_0" / "validation_best").is_dir()
+    # a folder scnas cv did not make is never written into, whatever the flags
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "cv_summary.csv").write_text("my table\n")
+    for flag in ("--force", "--resume"):
+        code, output = invoke("cv", BASELINE, *[mine if o == out else o for o in options], flag)
+        assert code == 1 and "not a folder scnas cv made" in output, output
+    assert (mine / "cv_summary.csv").read_text() == "my table\n"
 
     # the Python API's default
     cfg = TrainConfig(genotype=str(BASELINE), data=str(data["pre"]), epochs=1, val_every=1, **TINY)

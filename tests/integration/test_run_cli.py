@@ -107,6 +107,18 @@ def test_search_train_predict_evaluate(workspace: dict[str, Path]) -> None:
         assert np.allclose(np.asarray(probs.dataobj).sum(-1), 1.0, atol=1e-4)
     code, output = invoke("predict", root / "train", "--input", images[0], "--output", root / "pred", "--quiet")
     assert code == 1 and "overwrite" in output
+    # never into the data set, not even with --force: images and reference labels stay as they were
+    before = {p: p.read_bytes() for p in sorted((data / "labelsTr").iterdir()) + images}
+    for target, message in ((data / "imagesTr", "folder of the input images"),
+                            (data / "labelsTr", "inside the data set"), (data, "inside the data set")):
+        code, output = invoke("predict", root / "train", "--input", data / "imagesTr", "--output", target,
+                              "--force", "--quiet")
+        assert code == 1 and message in output, output
+    assert all(p.read_bytes() == content for p, content in before.items())
+    assert not (data / "prediction.json").exists()
+    code, output = invoke("predict", root / "train", "--input", images[0], "--output", root / "b0", "--batch-size",
+                          "0", "--quiet")
+    assert code == 1 and "at least 1" in output and "Traceback" not in output
     code, output = invoke("predict", root / "train", "--input", images[0], "--output", root / "constant", "--quiet",
                           "--blend", "constant", "--checkpoint", "last")
     assert code == 0, output

@@ -286,6 +286,10 @@ def test_written_files_load_and_refuse_to_be_overwritten(tmp_path: Path) -> None
     assert files[0].read_text() == "# my notes\n"
     write_samples(spec, samples, out, force=True)
     assert load(files[0]).genotype()[1] == samples[0].genotype
+    # fewer samples with --force: the earlier set's other files go, the user's own files stay
+    (out / "notes.scn").write_text("# mine\n")
+    write_samples(spec, samples[:1], out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.scn", "random_000.scn", "samples.json", "space.scn"]
 
 
 def test_a_space_given_as_a_model_is_printed(tmp_path: Path) -> None:

@@ -80,9 +80,15 @@ def test_run_folder_refuses_to_overwrite(tmp_path) -> None:  # type: ignore[no-u
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("not a run")
-    with pytest.raises(RunError, match="not a scnas run folder"):
-        RunFolder(other).prepare("search", resume=False, force=True)
+    for force in (True, False):
+        with pytest.raises(RunError, match="not a scnas run folder"):
+            RunFolder(other).prepare("search", resume=False, force=force)
     assert (other / "notes.txt").read_text() == "not a run"
+    # a run that stopped before writing anything (only its marker) does not block the corrected command
+    stub = RunFolder(tmp_path / "stub")
+    stub.prepare("search", resume=False, force=False)
+    RunFolder(stub.path).prepare("search", resume=False, force=False)
+    assert sorted(p.name for p in stub.path.iterdir()) == [".scnas-run"]
 
 
 def test_the_paper_hyperparameters_are_the_defaults() -> None:
@@ -109,6 +115,13 @@ def test_settings_from_a_file_are_overridden_by_the_command_line(tmp_path) -> No
     cfg = resolve_config(SearchConfig, None, spec="s.scn", data="d", arch_optimizer={"betas": (0.9, 0.999)})
     assert (cfg.arch_optimizer.lr, cfg.arch_optimizer.betas) == (0.003, (0.9, 0.999))
     assert cfg.weight_optimizer.betas == (0.1, 0.001)
+    part = tmp_path / "part.json"  # a file may give only one optimiser's betas
+    part.write_text(json.dumps({"weight_optimizer": {"betas": [0.9, 0.99]}}))
+    cfg = resolve_config(SearchConfig, part, spec="s.scn", data="d")
+    assert (cfg.weight_optimizer.lr, cfg.weight_optimizer.betas) == (0.025, (0.9, 0.99))
+    for betas in ((1.5, 0.9), (-0.1, 0.5), (0.9, 1.0), (float("nan"), 0.5)):
+        with pytest.raises(RunError, match="weight_optimizer.betas.*at least 0 and below 1"):
+            resolve_config(SearchConfig, None, spec="s.scn", data="d", weight_optimizer={"betas": betas})
     js = tmp_path / "c.json"
     js.write_text(json.dumps({"epochs": 0}))
     with pytest.raises(RunError, match="epochs"):
