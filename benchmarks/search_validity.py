@@ -27,7 +27,7 @@ so an interrupted study continues where it stopped):
    permutation tests (searched > random; paper betas vs (0.9, 0.999)), ``results.json`` and
    ``search_validity.png`` in the output folder; the tables are printed in Markdown.
 
-    .venv/bin/python benchmarks/search_validity.py --jobs 2                  # CPU scale, ~30 min on 2 cores
+    .venv/bin/python benchmarks/search_validity.py --jobs 2                  # CPU scale, ~20 min on 2 cores
     .venv/bin/python benchmarks/search_validity.py --quick --out /tmp/sv-q   # smoke run, ~1 min
     .venv/bin/python benchmarks/search_validity.py --device cuda --shape 48 48 48 --patch 48 48 48 \\
         --stem-width 16 --search-epochs 30 --search-steps 50 --train-epochs 30 --pair-seeds 0 1 2 3 4 --random 16
@@ -500,7 +500,7 @@ def phase_retrain(bench: Bench, searches: list[dict[str, Any]]) -> dict[str, lis
     jobs += [("train", (name, text)) for name, text, _ in randoms]
     jobs.append(("train", ("all_conv3", hand_genotypes(bench.args.window)["all_conv3"])))
     rows = run_jobs(bench, jobs)
-    searched = [{**row, "sampling": s["sampling"], "betas": s["betas"], "seed": s["seed"]}
+    searched = [{**row, "sampling": s["sampling"], "betas": s["betas"], "search_seed": s["seed"]}
                 for row, s in zip(rows, searches, strict=False)]
     return {"searched": searched, "random": rows[len(searches):-1], "baseline": rows[-1:]}
 
@@ -554,6 +554,15 @@ def report(bench: Bench, check: list[dict[str, Any]], searches: list[dict[str, A
             "runs": len(runs), "planted_share": mean_std(shares), "planted_mass": mean_std([s["planted_mass"] for s in runs]),
             "dominant": sum(sh > 0.5 for sh in shares), "above_uniform": sum(sh > summary["uniform_planted_share"] for sh in shares),
             "enc_planted": [s["cell_counts"]["enc"].get(PLANTED, 0) for s in runs]}
+    for srch in searches:  # the supernet's own end state, from the run's last epoch record
+        path = bench.runs / f"search_{srch['name']}" / "metrics.jsonl"
+        last = json.loads(path.read_text().splitlines()[-1]) if path.is_file() else {}
+        srch["last_epoch"] = {k: last.get(k) for k in ("weight_loss", "arch_loss", "argmax_dice", "sampled_dice",
+                                                        "mean_entropy", "parameter_free_share")}
+    for kind, st in by_kind.items():
+        runs = [s for s in searches if f"{s['sampling']} {s['betas']}" == kind]
+        st["weight_loss"] = mean_std([s["last_epoch"]["weight_loss"] or float("nan") for s in runs])
+        st["argmax_dice"] = mean_std([s["last_epoch"]["argmax_dice"] or float("nan") for s in runs])
     summary["search_stats"] = by_kind
     if groups:
         rnd = [r["dice"] for r in groups["random"]]
@@ -579,8 +588,9 @@ def report(bench: Bench, check: list[dict[str, Any]], searches: list[dict[str, A
                 summary[f"p_pair_{b}_gt_random"] = permutation_test(vals, rnd)
         summary["random_planted_share"] = mean_std([r["planted_share"] for r in groups["random"]])
     summary["seconds_this_invocation"] = round(time.time() - started, 1)
-    runs = {(r["name"], r.get("seed")): r["seconds"] for r in check + searches
-            + [r for rows in (groups or {}).values() for r in rows]}
+    runs = {("search", s["name"]): s["seconds"] for s in searches}
+    runs.update({("train", r["name"], r["seed"]): r["seconds"]
+                 for r in check + [r for rows in (groups or {}).values() for r in rows]})
     summary["seconds_of_runs"] = round(sum(runs.values()), 1)  # each run once (a cached run is shared)
     (bench.out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(bench, summary)
@@ -610,10 +620,11 @@ def print_tables(summary: dict[str, Any]) -> None:
             enc = s["cell_counts"]["enc"]
             print(f"| {s['name']} | {s['planted_share']:.2f} | {enc.get(PLANTED, 0)} of {sum(enc.values())} | "
                   f"{s['planted_mass']:.3f} | {ops} | {s['seconds']:.0f} |")
-        print("\n| sampling, betas | searches | maxpool share mean ± std | share > 0.5 | share > uniform |"
-              "\n| --- | --- | --- | --- | --- |")
+        print("\n| sampling, betas | searches | maxpool share mean ± std | share > 0.5 | share > uniform | "
+              "last-epoch weight loss | supernet argmax Dice |\n| --- | --- | --- | --- | --- | --- | --- |")
         for kind, st in summary["search_stats"].items():
-            print(f"| {kind} | {st['runs']} | {_f(st['planted_share'])} | {st['dominant']} | {st['above_uniform']} |")
+            print(f"| {kind} | {st['runs']} | {_f(st['planted_share'])} | {st['dominant']} | {st['above_uniform']} | "
+                  f"{_f(st['weight_loss'])} | {_f(st['argmax_dice'])} |")
     if "group_stats" in summary:
         print("\n| group | n | Dice mean ± std |\n| --- | --- | --- |")
         for g, st in summary["group_stats"].items():
