@@ -568,7 +568,8 @@ class _Workers:
         """``[fn(*job) for job in jobs]`` with a progress bar on stderr."""
         results: list[Any] = []
         bar = tqdm(
-            total=len(jobs), desc=desc, file=sys.stderr, disable=not self.progress or not jobs, unit="case"
+            total=len(jobs), desc=desc, file=sys.stderr, unit="case",
+            disable=not self.progress or not jobs or not sys.stderr.isatty(),  # no carriage returns in logs
         )
         try:
             if parallel and self.workers > 1 and len(jobs) > 1:
