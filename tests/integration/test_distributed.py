@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +11,7 @@ import torch
 from scnas_dsl.data.preprocess import preprocess_dataset
 from scnas_dsl.data.synth import synthesize
 from scnas_dsl.train.demo import small_space
+from tests.integration.torchrun import run_ranks
 
 SPACE = small_space("tiny", levels=1, ops=("conv3", "dil2", "maxpool", "skip", "none"), stem_width=4)
 
@@ -39,22 +36,12 @@ torch.save(result.logits, os.path.join(report, f"rank{os.environ['RANK']}.pt"))
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_search_one_architecture(tmp_path: Path) -> None:
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not installed next to this Python")
     data = synthesize(tmp_path / "data", "heart", cases=6, shape=(24, 24, 24), seed=0)
     pre = preprocess_dataset(data, out=tmp_path / "pre", spacing=None, progress=False)
     (tmp_path / "tiny.scn").write_text(SPACE)
-    (tmp_path / "rank_script.py").write_text(SCRIPT)
     report = tmp_path / "report"
     report.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--standalone", str(tmp_path / "rank_script.py"),
-         str(tmp_path / "tiny.scn"), str(pre.root), str(tmp_path / "run"), str(report)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_ranks([str(tmp_path / "tiny.scn"), str(pre.root), str(tmp_path / "run"), str(report)], tmp_path, SCRIPT)
     rank0, rank1 = (report / "rank0.scn").read_text(), (report / "rank1.scn").read_text()
     assert rank0 == rank1  # every rank sampled the same architectures and averaged the same gradients
     logits0 = torch.load(report / "rank0.pt", weights_only=True)
@@ -69,14 +56,11 @@ def test_two_processes_search_one_architecture(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "environment.json").read_text())["world_size"] == 2
 
     # retraining the genotype with DDP through the command line: one report, one run folder
-    done = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--standalone", "-m", "scnas_dsl", "train",
-         str(tmp_path / "run" / "genotype.scn"), "--data", str(pre.root), "--out", str(tmp_path / "train"),
-         "--epochs", "2", "--batch-size", "2", "--patch", "16", "16", "16", "--stem-width", "4",
-         "--batches-per-epoch", "2", "--val-every", "1", "--device", "cpu", "--quiet"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_ranks(["-m", "scnas_dsl", "train",
+                      str(tmp_path / "run" / "genotype.scn"), "--data", str(pre.root), "--out",
+                      str(tmp_path / "train"), "--epochs", "2", "--batch-size", "2", "--patch", "16", "16", "16",
+                      "--stem-width", "4", "--batches-per-epoch", "2", "--val-every", "1", "--device", "cpu",
+                      "--quiet"], tmp_path)
     assert done.stdout.count("best validation mean foreground Dice") == 1
     records = (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in records] == [0, 1]

@@ -3,16 +3,13 @@ gives the loss and the parameter gradients of one process on the whole batch."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from scnas_dsl.train.losses import soft_jaccard_loss
+from tests.integration.torchrun import run_ranks
 
 # A tiny 3-class segmentation network, built alike by the test and by every rank.
 NET = """\
@@ -50,9 +47,6 @@ dist.destroy_process_group()
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_give_the_loss_and_gradients_of_one_on_the_global_batch(tmp_path: Path) -> None:
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not installed next to this Python")
     namespace: dict = {}
     exec(NET, namespace)  # noqa: S102 - the network the ranks build, from the same text
     g = torch.Generator().manual_seed(0)
@@ -66,14 +60,7 @@ def test_two_processes_give_the_loss_and_gradients_of_one_on_the_global_batch(tm
     y[2:, 2:5, 0:3, 2:6] = 2
     case_file = tmp_path / "case.pt"
     torch.save({"state": net.state_dict(), "x": x, "y": y}, case_file)
-    (tmp_path / "rank_script.py").write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--standalone", str(tmp_path / "rank_script.py"), str(case_file),
-         str(tmp_path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_ranks([str(case_file), str(tmp_path)], tmp_path, SCRIPT, timeout=300)
 
     loss = soft_jaccard_loss(net(x), y)  # one process, the whole batch
     loss.backward()
