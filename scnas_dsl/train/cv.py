@@ -133,6 +133,7 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
         fold_dir = out / f"fold_{fold}"
         if not (resume and _trained(fold_dir, cfg)):
             run_train(cfg, resume=resume and (fold_dir / "checkpoints" / "last.pt").is_file(),
+                      resume_hint=f"scnas cv ... --out {out} --resume",
                       force=force and fold_dir.exists())
         split = json.loads((fold_dir / "split.json").read_text())
         images = [p for case in split["val"] for p in dataset.case(case).images]

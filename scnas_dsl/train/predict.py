@@ -244,7 +244,6 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
     record = _record(output, model.weights, mirror, blend, list(cases), force)
     runtime = setup_runtime(device)
     network = model.network.to(runtime.device)
-    output.mkdir(parents=True, exist_ok=True)
     written = []
     bar = progress_bar(len(cases), "predict", progress)
     for case, paths in sorted(cases.items()):
@@ -253,6 +252,7 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
                                          mirror=mirror, batch_size=batch_size, device=runtime.device,
                                          autocast_dtype=runtime.amp_dtype)
         labels = probs.argmax(0).numpy()
+        output.mkdir(parents=True, exist_ok=True)  # only now: a call that fails on its first case leaves no folder
         nib.save(restore_prediction(labels, meta.model_copy(update={"case_id": case})), str(targets[case]))
         if probabilities:
             (output / "probabilities").mkdir(exist_ok=True)

@@ -80,18 +80,19 @@ def validation_dice(model: torch.nn.Module, pre: Any, case_ids: list[str], patch
 
 
 def run_train(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
-              stop_after_epochs: int | None = None) -> TrainResult | None:
+              stop_after_epochs: int | None = None, resume_hint: str | None = None) -> TrainResult | None:
     """Retrain as configured (or resume); None when stopped early by ``stop_after_epochs`` (checkpoint
-    saved). Raises :class:`RunInterrupted` on Ctrl-C or SIGTERM after saving a checkpoint."""
+    saved). Raises :class:`RunInterrupted` on Ctrl-C or SIGTERM after saving a checkpoint, whose message
+    says how to continue: ``resume_hint``, or ``scnas train ... --out RUN --resume``."""
     runtime = setup_runtime(cfg.device, cfg.amp)
     try:
-        return _train(cfg, runtime, resume, force, stop_after_epochs)
+        return _train(cfg, runtime, resume, force, stop_after_epochs, resume_hint)
     finally:
         runtime.close()
 
 
 def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
-           stop_after_epochs: int | None) -> TrainResult | None:
+           stop_after_epochs: int | None, resume_hint: str | None) -> TrainResult | None:
     space, genotype = load(cfg.genotype).genotype(cfg.genotype_name)
     out = Path(cfg.out) if cfg.out else default_out(cfg, genotype.name)
     run = RunFolder(out, writer=runtime.is_main)
@@ -124,7 +125,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     else:
         _write_run_files(run, cfg, space, genotype, data, patch, runtime, out)
     loop = EpochLoop(kind="train", run=run, runtime=runtime, epochs=cfg.epochs, steps=cfg.batches_per_epoch,
-                     resume_hint=f"scnas train ... --out {out} --resume", checkpoint_path=job.ckpt_path,
+                     resume_hint=resume_hint or f"scnas train ... --out {out} --resume",
+                     checkpoint_path=job.ckpt_path,
                      echo=cfg.progress, stop_after_epochs=stop_after_epochs)
     loop.announce(genotype.name, cfg, patch, state, resume,
                   f"{adam_text(cfg.optimizer)}; {len(data.fold.val)} validation case(s)")

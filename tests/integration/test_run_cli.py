@@ -119,6 +119,12 @@ def test_search_train_predict_evaluate(workspace: dict[str, Path]) -> None:
     code, output = invoke("predict", root / "train", "--input", images[0], "--output", root / "b0", "--batch-size",
                           "0", "--quiet")
     assert code == 1 and "at least 1" in output and "Traceback" not in output
+    broken = root / "broken" / "heart_099.nii.gz"  # unreadable: the call fails on its first case
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a nifti file")
+    code, output = invoke("predict", root / "train", "--input", broken, "--output", root / "none", "--quiet")
+    assert code == 1 and "Traceback" not in output, output
+    assert not (root / "none").exists()  # no empty folder left behind
     code, output = invoke("predict", root / "train", "--input", images[0], "--output", root / "constant", "--quiet",
                           "--blend", "constant", "--checkpoint", "last")
     assert code == 0, output
