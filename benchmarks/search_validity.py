@@ -346,7 +346,7 @@ class Bench:
         settings = {"sampling": sampling, "betas": list(BETAS[betas]), "seed": seed, "epochs": a.search_epochs,
                     "steps": a.search_steps, "batch": a.batch_size, "patch": list(a.patch),
                     "stem_width": a.stem_width, "stem_kernel": a.stem_kernel, "weight_lr": a.search_lr, "arch_lr": a.arch_lr,
-                    "data": self._data_key()}
+                    "arch_warmup": a.arch_warmup, "data": self._data_key()}
         cached = self._cached(name, settings)
         if cached is not None:
             return cached
@@ -355,7 +355,8 @@ class Bench:
                            patch=tuple(a.patch), stem_width=a.stem_width, device=a.device, seed=seed,
                            spacing=None, augment=False, progress=False, sampling=sampling,
                            weight_optimizer=AdamConfig(lr=a.search_lr, betas=BETAS[betas]),
-                           arch_optimizer=AdamConfig(lr=a.arch_lr, betas=(0.5, 0.999)))
+                           arch_optimizer=AdamConfig(lr=a.arch_lr, betas=(0.5, 0.999)),
+                           arch_warmup_epochs=a.arch_warmup)
         started = time.time()
         result = run_search(cfg, force=True)
         seconds = time.time() - started
@@ -726,6 +727,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--search-steps", type=int, default=25, help="search steps per epoch")
     g.add_argument("--search-lr", type=float, default=0.025, help="weight Adam lr in the search (paper 0.025)")
     g.add_argument("--arch-lr", type=float, default=0.05, help="logit Adam lr (paper 0.003; the demo's 0.05)")
+    g.add_argument("--arch-warmup", type=int, default=0,
+                   help="search epochs that train only the weights first (0: the paper's search)")
     g.add_argument("--train-epochs", type=int, default=8)
     g.add_argument("--train-steps", type=int, default=25)
     g.add_argument("--train-lr", type=float, default=3e-3)

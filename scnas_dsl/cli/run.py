@@ -87,6 +87,9 @@ def search_cmd(
     stem_width: int | None = STEM,
     sampling: str | None = typer.Option(None, "--sampling", help="pair (the paper), single or full"),
     space: str | None = typer.Option(None, "--space", help="which space of the file (default: the only one)"),
+    arch_warmup: int | None = typer.Option(
+        None, "--arch-warmup", help="epochs that train only the weights before the logits learn (default: 0, "
+        "the paper's)"),
     weight_betas: tuple[float, float] | None = typer.Option(
         None, "--weight-betas", help="Adam betas of the weights (default: the paper's 0.1 0.001)"),
     arch_betas: tuple[float, float] | None = typer.Option(
@@ -101,6 +104,7 @@ def search_cmd(
     from scnas_dsl.train.search import run_search
 
     cfg = resolve_config(SearchConfig, config, spec=str(spec), sampling=sampling, space=space,
+                         arch_warmup_epochs=arch_warmup,
                          weight_optimizer={"betas": weight_betas} if weight_betas else None,
                          arch_optimizer={"betas": arch_betas} if arch_betas else None,
                          **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,

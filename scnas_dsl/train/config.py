@@ -110,6 +110,10 @@ class SearchConfig(CommonConfig):
     arch_optimizer: AdamConfig = AdamConfig(lr=0.003, betas=(0.5, 0.999))
     plateau: PlateauConfig = PlateauConfig(factor=0.1, patience=20)
     temperature: TemperatureConfig = TemperatureConfig()
+    #: epochs at the start in which only the weights are trained (sampled architectures, no architecture step;
+    #: the temperature stays at its initial value and is annealed over the epochs after them); 0: the paper's
+    #: search, which updates the logits from the first step
+    arch_warmup_epochs: int = Field(default=0, ge=0)
     #: batches of the architecture part (the same every epoch, not augmented) on which the argmax architecture
     #: and the sampled supernet are compared after each epoch (the discretisation gap); 0 switches it off
     gap_batches: int = Field(default=4, ge=0)

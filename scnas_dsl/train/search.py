@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from scnas_dsl.errors import CheckpointError, ScnasError
+from scnas_dsl.errors import CheckpointError, RunError, ScnasError
 from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype, SearchSpace
 from scnas_dsl.nn import TemperatureSchedule, build_supernet
@@ -121,6 +121,9 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
         run.prepare("search", resume=resume, force=force, create=False)  # refuse early, write nothing yet
     data = open_data(cfg, runtime)
     patch = patch_for(cfg, data, space)
+    if cfg.arch_warmup_epochs >= cfg.epochs:
+        raise RunError(f"--arch-warmup {cfg.arch_warmup_epochs} leaves no epoch of the {cfg.epochs} for the "
+                       "architecture: use fewer warm-up epochs or more --epochs")
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     schedule = TemperatureSchedule(cfg.temperature.initial, cfg.temperature.final, cfg.temperature.kind)
@@ -183,6 +186,7 @@ class _SearchJob:
                                   num_batches=cfg.gap_batches) if cfg.gap_batches else None)
         self.free = model.parameter_free()
         self.choices: Choices | None = None
+        self.warming = False
 
     def resume(self, state: dict[str, Any]) -> LoopState:
         """Load a search checkpoint; the loop state to continue from."""
@@ -218,7 +222,9 @@ class _SearchJob:
 
     def begin_epoch(self, epoch: int, first: int) -> None:
         self.model.train()
-        self.model.set_progress(epoch / max(self.cfg.epochs - 1, 1))
+        warmup = self.cfg.arch_warmup_epochs
+        self.warming = epoch < warmup  # only the weights learn; the temperature anneals after the warm-up
+        self.model.set_progress(max(epoch - warmup, 0) / max(self.cfg.epochs - warmup - 1, 1))
         if first == 0:
             self.model.reset_sample_counts()
 
@@ -230,9 +236,13 @@ class _SearchJob:
             loss_w = soft_jaccard_loss(model(xw), yw, reduce_over_ranks=True)
         update(self.weights, self.w_opt, self.w_scaler, loss_w, runtime)
         xa, ya = runtime.to_device(xa), runtime.to_device(ya)
-        with runtime.autocast():
-            loss_a = soft_jaccard_loss(model(xa), ya, reduce_over_ranks=True)
-        update(self.logits, self.a_opt, self.a_scaler, loss_a, runtime)
+        if self.warming:  # the architecture part's loss is reported, the logits stay
+            with torch.no_grad(), runtime.autocast():
+                loss_a = soft_jaccard_loss(model(xa), ya, reduce_over_ranks=True)
+        else:
+            with runtime.autocast():
+                loss_a = soft_jaccard_loss(model(xa), ya, reduce_over_ranks=True)
+            update(self.logits, self.a_opt, self.a_scaler, loss_a, runtime)
         if self.on_step is not None:
             self.on_step(epoch, step)
         return {"weight_loss": loss_w.detach(), "arch_loss": loss_a.detach()}
@@ -251,6 +261,7 @@ class _SearchJob:
         every = [row for rows in edges.values() for row in rows.values()]
         genotype, pruning = model.derive(name="derived")
         record: dict[str, Any] = {
+            "warm_up": self.warming,
             "temperature": model.temperature, "lr_weights": lr_of(self.w_opt), "lr_arch": lr_of(self.a_opt),
             "mean_entropy": sum(r["entropy"] for r in every) / max(len(every), 1),
             "mean_top_probability": sum(r["p"] for r in every) / max(len(every), 1),
@@ -265,7 +276,8 @@ class _SearchJob:
             "epoch": epoch, "temperature": model.temperature,
             "logits": {k: a.detach().cpu().tolist() for k, a in model.arch.items()},
             "probabilities": probabilities})
-        summary = (f"loss weights {fmt(means['weight_loss'])} arch {fmt(means['arch_loss'])} | "
+        summary = (f"{'warm-up (weights only) | ' if self.warming else ''}"
+                   f"loss weights {fmt(means['weight_loss'])} arch {fmt(means['arch_loss'])} | "
                    f"tau {model.temperature:.3g} | lr {lr_of(self.w_opt):.3g}/{lr_of(self.a_opt):.3g} | "
                    f"entropy {record['mean_entropy']:.3f} top p {record['mean_top_probability']:.2f} | "
                    f"changed {changed}/{len(every)} edges | "

@@ -18,6 +18,7 @@ from scnas_dsl.data.preprocess import preprocess_dataset
 from scnas_dsl.data.synth import synthesize
 from scnas_dsl.errors import RunError
 from scnas_dsl.loader import load
+from scnas_dsl.nn import build_supernet
 from scnas_dsl.train import search as search_module
 from scnas_dsl.train.config import SearchConfig, TrainConfig
 from scnas_dsl.train.demo import small_space
@@ -200,6 +201,26 @@ def test_a_nan_loss_stops_the_run_with_advice(workspace: dict[str, Path], tmp_pa
     with pytest.raises(RunError, match=r"weight loss became nan at epoch 1, step 1 of 2.*lower learning rate"
                                        r".*scnas data check"):
         run_search(cfg)
+
+
+def test_an_architecture_warm_up_trains_only_the_weights_first(workspace: dict[str, Path], tmp_path: Path) -> None:
+    cfg = SearchConfig(spec=str(workspace["spec"]), data=str(workspace["pre"]), out=str(tmp_path / "warm"),
+                       epochs=3, batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=2, device="cpu",
+                       progress=False, augment=False, arch_warmup_epochs=1, gap_batches=1)
+    result = run_search(cfg)
+    assert result is not None
+    alphas = [json.loads(line) for line in (tmp_path / "warm" / "alphas.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()]
+    initial = build_supernet(load(workspace["spec"]).space(), in_channels=1, num_classes=2, stem_width=4, seed=0)
+    for key, alpha in initial.arch.items():  # the warm-up epoch left the logits as they were made
+        assert torch.equal(torch.tensor(alphas[0]["logits"][key]), alpha.detach()), key
+    assert alphas[1]["logits"] != alphas[0]["logits"]  # then they learn
+    assert [r["warm_up"] for r in records] == [True, False, False]
+    # the temperature is annealed over the epochs after the warm-up: initial during it and at its end
+    assert records[0]["temperature"] == records[1]["temperature"] == 5.0 and records[2]["temperature"] == 0.1
+    assert records[0]["weight_loss"] != records[1]["weight_loss"]
+    with pytest.raises(RunError, match="leaves no epoch"):
+        run_search(cfg.model_copy(update={"arch_warmup_epochs": 3, "out": str(tmp_path / "none")}))
 
 
 def test_bad_inputs_are_clear_errors(workspace: dict[str, Path], tmp_path: Path) -> None:
