@@ -91,7 +91,7 @@ def search_cmd(
         None, "--arch-warmup", help="epochs that train only the weights before the logits learn (default: 0, "
         "the paper's)"),
     weight_betas: tuple[float, float] | None = typer.Option(
-        None, "--weight-betas", help="Adam betas of the weights (default: the paper's 0.1 0.001)"),
+        None, "--weight-betas", help="Adam betas of the weights (default: 0.9 0.999; the paper prints 0.1 0.001)"),
     arch_betas: tuple[float, float] | None = typer.Option(
         None, "--arch-betas", help="Adam betas of the logits alpha (default: the paper's 0.5 0.999)"),
     device: str | None = DEVICE, seed: int | None = SEED, resume: bool = RESUME, force: bool = FORCE,

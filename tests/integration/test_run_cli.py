@@ -64,7 +64,7 @@ def test_search_train_predict_evaluate(workspace: dict[str, Path]) -> None:
                  "plots/cells.png"):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
-    assert config["weight_optimizer"] == {"lr": 0.025, "betas": [0.1, 0.001], "weight_decay": 0.0}
+    assert config["weight_optimizer"] == {"lr": 0.025, "betas": [0.9, 0.999], "weight_decay": 0.0}
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]
     assert records[1]["temperature"] < records[0]["temperature"]
