@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from scnas_dsl.errors import RunError
+from scnas_dsl.train.config import AdamConfig, PlateauConfig
 from scnas_dsl.train.device import Runtime
 from scnas_dsl.train.runs import RunFolder, read_jsonl
 from scnas_dsl.train.stopping import RunInterrupted, StopSignal
@@ -92,16 +93,20 @@ def lr_of(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def plateau(optimizer: torch.optim.Optimizer, factor: float, patience: int, threshold: float
-            ) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+def adam(params: Iterable[torch.nn.Parameter], settings: AdamConfig) -> torch.optim.Adam:
+    """An Adam optimiser as the run's settings say."""
+    return torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
+
+
+def plateau(optimizer: torch.optim.Optimizer, settings: PlateauConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
     """The paper's schedule: lr x factor after ``patience`` epochs without a lower training loss."""
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience,
-                                                      threshold=threshold)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=settings.factor,
+                                                      patience=settings.patience, threshold=settings.threshold)
 
 
-def adam_text(adam: Any) -> str:
+def adam_text(settings: AdamConfig) -> str:
     """``Adam lr 0.025 betas (0.1, 0.001)`` of an :class:`~scnas_dsl.train.config.AdamConfig`."""
-    return f"Adam lr {adam.lr:g} betas ({adam.betas[0]:g}, {adam.betas[1]:g})"
+    return f"Adam lr {settings.lr:g} betas ({settings.betas[0]:g}, {settings.betas[1]:g})"
 
 
 def check_finite(values: dict[str, float], epoch: int, step: int, steps: int, lrs: dict[str, float]) -> None:

@@ -37,7 +37,7 @@ from scnas_dsl.train.data_context import (
 from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime, training_memory
 from scnas_dsl.train.genotype_files import genotype_text
 from scnas_dsl.train.inference import sliding_window_inference
-from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam_text, fmt, lr_of, plateau
+from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.train.losses import soft_jaccard_loss
 from scnas_dsl.train.metrics import dice_per_label, nanmean
 from scnas_dsl.train.plots import plot_train
@@ -150,9 +150,8 @@ class _TrainJob:
                  run: RunFolder, data: DataContext, patch: tuple[int, int, int]) -> None:
         self.net, self.model, self.cfg, self.runtime, self.run, self.data, self.patch = (
             net, model, cfg, runtime, run, data, patch)
-        self.opt = torch.optim.Adam(net.parameters(), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas,
-                                    weight_decay=cfg.optimizer.weight_decay)
-        self.sched = plateau(self.opt, cfg.plateau.factor, cfg.plateau.patience, cfg.plateau.threshold)
+        self.opt = adam(net.parameters(), cfg.optimizer)
+        self.sched = plateau(self.opt, cfg.plateau)
         self.scaler = runtime.grad_scaler()
         self.ckpt_path, self.best_path = run.checkpoints / "last.pt", run.checkpoints / "best.pt"
         self.best: dict[str, Any] = {"dice": -1.0, "epoch": -1}

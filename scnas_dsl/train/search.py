@@ -37,7 +37,7 @@ from scnas_dsl.train.data_context import (
 )
 from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime, training_memory
 from scnas_dsl.train.genotype_files import genotype_body, genotype_text, space_text
-from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam_text, fmt, lr_of, plateau
+from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.train.losses import soft_jaccard_loss
 from scnas_dsl.train.plots import plot_search, plot_search_progress
 from scnas_dsl.train.resume import resume_state
@@ -171,12 +171,8 @@ class _SearchJob:
                  patch: tuple[int, int, int], on_step: StepHook | None) -> None:
         self.model, self.cfg, self.runtime, self.run, self.on_step = model, cfg, runtime, run, on_step
         self.weights, self.logits = model.weight_parameters(), model.arch_parameters()
-        w, a = cfg.weight_optimizer, cfg.arch_optimizer
-        self.w_opt = torch.optim.Adam(self.weights, lr=w.lr, betas=w.betas, weight_decay=w.weight_decay)
-        self.a_opt = torch.optim.Adam(self.logits, lr=a.lr, betas=a.betas, weight_decay=a.weight_decay)
-        p = cfg.plateau
-        self.w_sched = plateau(self.w_opt, p.factor, p.patience, p.threshold)
-        self.a_sched = plateau(self.a_opt, p.factor, p.patience, p.threshold)
+        self.w_opt, self.a_opt = adam(self.weights, cfg.weight_optimizer), adam(self.logits, cfg.arch_optimizer)
+        self.w_sched, self.a_sched = plateau(self.w_opt, cfg.plateau), plateau(self.a_opt, cfg.plateau)
         self.w_scaler, self.a_scaler = runtime.grad_scaler(), runtime.grad_scaler()
         self.ckpt_path = run.checkpoints / "last.pt"
         self.w_loader = loader(cfg, data, runtime, data.fold.weight_part, patch, stream=1)
@@ -236,12 +232,10 @@ class _SearchJob:
             loss_w = soft_jaccard_loss(model(xw), yw, reduce_over_ranks=True)
         update(self.weights, self.w_opt, self.w_scaler, loss_w, runtime)
         xa, ya = runtime.to_device(xa), runtime.to_device(ya)
-        if self.warming:  # the architecture part's loss is reported, the logits stay
-            with torch.no_grad(), runtime.autocast():
-                loss_a = soft_jaccard_loss(model(xa), ya, reduce_over_ranks=True)
-        else:
-            with runtime.autocast():
-                loss_a = soft_jaccard_loss(model(xa), ya, reduce_over_ranks=True)
+        # during a warm-up the architecture part's loss is only reported: no graph, the logits stay
+        with torch.set_grad_enabled(not self.warming), runtime.autocast():
+            loss_a = soft_jaccard_loss(model(xa), ya, reduce_over_ranks=True)
+        if not self.warming:
             update(self.logits, self.a_opt, self.a_scaler, loss_a, runtime)
         if self.on_step is not None:
             self.on_step(epoch, step)
