@@ -221,6 +221,10 @@ def test_an_architecture_warm_up_trains_only_the_weights_first(workspace: dict[s
     assert records[0]["weight_loss"] != records[1]["weight_loss"]
     with pytest.raises(RunError, match="leaves no epoch"):
         run_search(cfg.model_copy(update={"arch_warmup_epochs": 3, "out": str(tmp_path / "none")}))
+    # resuming a finished run with the same --epochs runs nothing and says so
+    assert run_search(cfg, resume=True) is not None
+    assert "done 3 epoch(s) already, --epochs is 3: nothing more to run" in (tmp_path / "warm" / "log.txt").read_text()
+    assert len((tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
 def test_bad_inputs_are_clear_errors(workspace: dict[str, Path], tmp_path: Path) -> None:
