@@ -1,7 +1,7 @@
 """The ``scnas`` command: a thin typer shell over the Python API.
 
 Each area registers its own commands from its own module (``lang``: check, fmt, compile, draw; ``data``:
-the ``data`` group; ``run``: search, train, predict, evaluate, cv, demo). Modules import torch only inside
+the ``data`` group; ``run``: search, train, predict, evaluate, demo; ``cv``: cv). Modules import torch only inside
 the commands that need it, so ``scnas check`` stays fast.
 """
 
@@ -35,6 +35,7 @@ def _register() -> None:
     run.register(app)
     from scnas_dsl.cli import compile as compile_cli; compile_cli.register(app)  # noqa: E702, I001
     from scnas_dsl.cli import sample as sample_cli; sample_cli.register(app)  # noqa: E702, I001
+    from scnas_dsl.cli import cv as cv_cli; cv_cli.register(app)  # noqa: E702, I001
 
 
 _register()

@@ -1,4 +1,4 @@
-"""The trainer's commands: ``search``, ``train``, ``predict``, ``evaluate``, ``cv``, ``demo``.
+"""The trainer's commands: ``search``, ``train``, ``predict``, ``evaluate``, ``demo`` (``cv`` is in ``cli/cv.py``).
 
 Exit status: 0 success, 1 a problem with the input or the run (message, no traceback), 2 a usage problem,
 130 stopped by Ctrl-C or SIGTERM after saving a checkpoint (``--resume`` continues).
@@ -196,37 +196,6 @@ def evaluate_cmd(
 
 
 @user_errors
-def cv_cmd(
-    genotype: Path = typer.Argument(..., help="the genotype to retrain on every fold"),  # noqa: B008
-    data: str = DATA,
-    out: Path = typer.Option(..., "--out", help="folder for fold_0 ... fold_4 and the summary"),  # noqa: B008
-    folds: list[int] | None = typer.Option(None, "--fold", help="folds to run (repeatable) (default: all 5)"),  # noqa: B008
-    epochs: int | None = EPOCHS, batch_size: int | None = BATCH, patch: tuple[int, int, int] | None = PATCH,
-    stem_width: int | None = STEM, device: str | None = DEVICE, seed: int | None = SEED,
-    resume: bool = RESUME, force: bool = FORCE, config: Path | None = CONFIG, batches: int | None = BATCHES,
-    spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
-    no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN,
-    mirror: bool = typer.Option(False, "--mirror", help="test-time mirroring of the validation predictions"),
-    val_every: int | None = typer.Option(None, "--val-every", help="validation every N epochs (default: 10)"),
-    checkpoint: str = typer.Option("last", "--checkpoint",
-                                   help="weights scored: last (default, as the paper) or best (chosen on the "
-                                        "validation cases scored: optimistic)"),
-) -> None:
-    """Five-fold cross-validation of a genotype: retrain, predict, evaluate each fold; the paper's Dice table."""
-    from scnas_dsl.train.config import TrainConfig, resolve_config
-    from scnas_dsl.train.cv import run_cv, summary_suffix
-
-    cfg = resolve_config(TrainConfig, config, genotype=str(genotype), val_every=val_every,
-                         **_common(data, None, None, epochs, batch_size, patch, stem_width, device, seed, batches,
-                                   spacing, workers, no_augment, quiet, median))
-    result = run_cv(cfg, out, folds or None, mirror=mirror, resume=resume, force=force, checkpoint=checkpoint)
-    typer.echo("mean Dice (%) per label")
-    typer.echo(result.table())
-    suffix = summary_suffix(checkpoint)
-    typer.echo(f"written: {out / f'cv_summary{suffix}.csv'}, {out / f'cv_summary{suffix}.json'}")
-
-
-@user_errors
 def demo_cmd(
     out: Path = typer.Argument(Path("scnas-demo"), help="folder for everything the demo makes"),  # noqa: B008
     force: bool = typer.Option(False, "--force", help="replace an earlier demo folder"),
@@ -254,5 +223,4 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("predict")(predict_cmd)
     app.command("evaluate")(evaluate_cmd)
-    app.command("cv")(cv_cmd)
     app.command("demo")(demo_cmd)
