@@ -6,8 +6,14 @@ Where the folds come from, first match wins:
    ``{"train": [...], "val": [...]}``, used exactly;
 2. ``splits_final.json`` in the data set folder, used exactly;
 3. ``splits_final.json`` next to the preprocessed data, written by an earlier call;
-4. otherwise five folds made from ``seed`` over the sorted case ids and written there (3.) for every later run.
-   With fewer than five cases (but at least two) there are as many folds as cases (leave one out).
+4. otherwise nnU-Net v2's five folds, written there (3.) for every later run: the sorted case ids split by
+   scikit-learn's ``KFold(n_splits=5, shuffle=True, random_state=seed)`` (re-implemented here, so the folds are
+   the same case for case; seed 12345 is nnU-Net's). Like nnU-Net, this needs at least five cases; a smaller
+   data set needs its own splits file.
+
+A recorded file (3.) that an scnas before the switch to nnU-Net's folds wrote (recognised by being exactly
+the folds of the old rule for ``seed`` or 12345) is refused with a message: its folds differ from nnU-Net's,
+and regenerating it silently could mix old and new folds within one cross-validation.
 
 Inside a fold, the training cases are split 4:1 into ``weight_part`` (trains the weights theta) and
 ``arch_part`` (trains the architecture alpha), from ``seed`` and the fold number; the split is recorded in
@@ -45,18 +51,60 @@ class FoldSplit:
     source: Path
 
 
-def make_folds(case_ids: list[str], seed: int = 12345, folds: int = FOLDS) -> list[dict[str, list[str]]]:
-    """Deterministic k-fold split of ``case_ids`` (sorted first, then shuffled by ``seed``).
+#: nnU-Net v2's seed of the default folds (``generate_crossval_split(..., seed=12345)``).
+NNUNET_SEED = 12345
 
-    Uses ``min(folds, len(case_ids))`` folds; needs at least two cases.
+
+def kfold_test_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    """The validation indices of each fold, as scikit-learn's ``KFold(folds, shuffle=True,
+    random_state=seed).split(range(n))`` makes them: ``arange(n)`` shuffled by numpy's legacy
+    ``RandomState(seed)``, cut into consecutive runs of which the first ``n % folds`` are one longer; each
+    returned sorted (KFold yields indices in increasing order)."""
+    order = np.arange(n)
+    np.random.RandomState(seed).shuffle(order)
+    sizes = np.full(folds, n // folds, dtype=int)
+    sizes[: n % folds] += 1
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    return [np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def make_folds(case_ids: list[str], seed: int = NNUNET_SEED, folds: int = FOLDS) -> list[dict[str, list[str]]]:
+    """nnU-Net v2's k-fold split of ``case_ids``: sorted, then scikit-learn's ``KFold(folds, shuffle=True,
+    random_state=seed)`` (see :func:`kfold_test_indices`). ``train`` and ``val`` keep the sorted order.
+
+    Needs at least ``folds`` cases, as nnU-Net (scikit-learn refuses fewer).
     """
-    ids = sorted(case_ids)
-    if len(ids) < 2:
-        raise DataError(f"cross-validation needs at least 2 training cases (got {len(ids)})")
-    k = min(folds, len(ids))
+    ids = sorted(set(case_ids))
+    if len(ids) < folds:
+        raise DataError(
+            f"nnU-Net's {folds}-fold cross-validation needs at least {folds} training cases (got {len(ids)}); "
+            "with fewer, write the folds yourself in nnU-Net's format "
+            '([{"train": [...], "val": [...]}, ...]) as splits_final.json in the data set folder (used exactly)'
+        )
+    result = []
+    for test in kfold_test_indices(len(ids), folds, seed):
+        val = set(test.tolist())
+        result.append({"train": [c for i, c in enumerate(ids) if i not in val], "val": [ids[i] for i in test]})
+    return result
+
+
+def _old_scnas_folds(ids: list[str], seed: int) -> list[dict[str, list[str]]]:
+    """The folds that scnas made before it followed nnU-Net (``default_rng(seed)`` permutation, dealt round
+    robin, leave one out under five cases): only to recognise a file recorded by such a version."""
+    ids = sorted(ids)
+    k = min(FOLDS, len(ids))
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
     chunks = [sorted(order[i::k]) for i in range(k)]
     return [{"train": sorted(set(ids) - set(chunk)), "val": chunk} for chunk in chunks]
+
+
+def _written_by_old_scnas(folds: list[dict[str, list[str]]], ids: list[str], seed: int) -> bool:
+    """Whether recorded ``folds`` are exactly what an older scnas made for ``ids`` with ``seed`` or nnU-Net's
+    seed (and not also nnU-Net's folds, which they could be by chance for very few cases)."""
+    seeds = {seed, NNUNET_SEED}
+    if len(ids) < 2 or not any(folds == _old_scnas_folds(ids, s) for s in seeds):
+        return False
+    return len(ids) < FOLDS or all(folds != make_folds(ids, s) for s in seeds)
 
 
 def _read_splits(path: Path, known: set[str]) -> list[dict[str, list[str]]]:
@@ -113,6 +161,13 @@ def load_folds(
     if recorded.is_file():
         folds = _read_splits(recorded, known)
         covered = {c for f in folds for c in f["train"] + f["val"]}
+        if _written_by_old_scnas(folds, sorted(covered), seed):
+            raise DataError(
+                f"{recorded}: these folds were made by an older scnas with its own rule, not nnU-Net's (the default "
+                "since then). Delete this file to get nnU-Net's folds (cross-validation results made with the "
+                "old folds are then not comparable: redo them), or, to keep the old folds, move it to "
+                f"{Path(pre.dataset.source_root) / SPLITS_FILE}, where a splits file is used exactly"
+            )
         if covered == known:
             return folds, recorded
         raise DataError(

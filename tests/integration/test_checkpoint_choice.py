@@ -55,7 +55,7 @@ def make_last_and_best_differ(run: Path) -> None:
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("checkpoints")
-    raw = synthesize(root / "data", "heart", cases=4, shape=(24, 24, 24), seed=0)
+    raw = synthesize(root / "data", "heart", cases=5, shape=(24, 24, 24), seed=0)
     pre = preprocess_dataset(raw, out=root / "pre", spacing=None, progress=False)
     return {"root": root, "raw": raw, "pre": pre.root}
 

@@ -44,7 +44,7 @@ def test_synth_check_preprocess_plan_splits(tmp_path: Path, layout: str) -> None
         "--task",
         "brain",
         "--cases",
-        "3",
+        "5",
         "--shape",
         "24",
         "24",
@@ -55,25 +55,25 @@ def test_synth_check_preprocess_plan_splits(tmp_path: Path, layout: str) -> None
         "1",
     )
     assert made.returncode == 0, made.stderr
-    assert f"{data}: 3 training and 1 test case(s), task brain, {layout} layout" in made.stdout
+    assert f"{data}: 5 training and 1 test case(s), task brain, {layout} layout" in made.stdout
     before = digest(data)
 
     checked = scnas("check", str(data))
     assert checked.returncode == 0, checked.stderr
-    assert f"ok ({layout} layout, 3 training case(s), 1 test case(s)" in checked.stdout
+    assert f"ok ({layout} layout, 5 training case(s), 1 test case(s)" in checked.stdout
 
     first = scnas("preprocess", str(data), "--median-spacing", "--no-progress", cache=cache)
     assert first.returncode == 0, first.stderr
-    assert "3 case(s) at spacing 1 x 1 x 1.5 mm (3 processed, 0 reused)" in first.stdout
+    assert "5 case(s) at spacing 1 x 1 x 1.5 mm (5 processed, 0 reused)" in first.stdout
     again = scnas("preprocess", str(data), "--median-spacing", "--workers", "2", cache=cache)
-    assert "(0 processed, 3 reused)" in again.stdout
+    assert "(0 processed, 5 reused)" in again.stdout
     [out] = list(cache.iterdir())
     assert out.name.startswith("SynthBrainTumour-")
 
     planned = scnas("plan", str(data), "--memory-gb", "4", "--json", cache=cache)
     assert planned.returncode == 0, planned.stderr
     plan = json.loads(planned.stdout)
-    assert plan["num_cases"] == 3 and len(plan["patch_size"]) == 3 and plan["batch_size"] >= 1
+    assert plan["num_cases"] == 5 and len(plan["patch_size"]) == 3 and plan["batch_size"] >= 1
     assert set(plan["class_frequencies"]) == {"0", "1", "2", "3"}
     text = scnas("plan", str(data), cache=cache)
     assert "patch size" in text.stdout and "preprocessed data in" in text.stdout
@@ -86,8 +86,8 @@ def test_synth_check_preprocess_plan_splits(tmp_path: Path, layout: str) -> None
     splits = scnas("splits", str(data), cache=cache)
     assert splits.returncode == 0, splits.stderr
     assert (
-        "3 fold(s) from" in splits.stdout
-        and "fold 2: train 2 (weights 1, architecture 1), val 1" in splits.stdout
+        "5 fold(s) from" in splits.stdout
+        and "fold 2: train 4 (weights 3, architecture 1), val 1" in splits.stdout
     )
     assert (out / "splits_final.json").is_file()
     assert digest(data) == before  # nothing written into the data set folder

@@ -248,7 +248,7 @@ def test_transfer_and_cross_validation_of_a_baseline(workspace: dict[str, Path],
     transfer), and a hand-designed baseline cross-validated there (nnU-Net layout: one file per channel).
     The raw data set is preprocessed by the commands themselves, into the cache."""
     monkeypatch.setenv("SCNAS_CACHE", str(tmp_path / "cache"))
-    brain = synthesize(tmp_path / "brain", "brain", cases=4, shape=(24, 24, 24), seed=1, layout="nnunet")
+    brain = synthesize(tmp_path / "brain", "brain", cases=5, shape=(24, 24, 24), seed=1, layout="nnunet")
     code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", tmp_path / "heart",
                           "--epochs", "1", *TINY)
     assert code == 0, output
@@ -266,7 +266,7 @@ def test_transfer_and_cross_validation_of_a_baseline(workspace: dict[str, Path],
     summary = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
     assert set(summary["folds"]) == {"0", "1"}
     assert set(summary["mean_dice"]) == {"edema", "non-enhancing tumor", "enhancing tumour"}
-    assert summary["cases"] == 2  # four cases make four folds of one validation case; two folds were run
+    assert summary["cases"] == 2  # five cases make five folds of one validation case; two folds were run
     for fold in (0, 1):
         assert len(list((tmp_path / "cv" / f"fold_{fold}" / "validation").glob("*.nii.gz"))) == 1
     assert any((tmp_path / "cache").iterdir())

@@ -94,7 +94,7 @@ def test_scnas_train_accepts_a_sample(files: dict[str, Path], tmp_path: Path) ->
     torch.set_num_threads(1)
     code, output = invoke("sample", files["space"], "-n", "1", "--patch", "8", "8", "8", "-o", tmp_path / "s")
     assert code == 0, output
-    code, output = invoke("data", "synth", tmp_path / "data", "--task", "heart", "--cases", "3", "--shape",
+    code, output = invoke("data", "synth", tmp_path / "data", "--task", "heart", "--cases", "5", "--shape",
                           "16", "16", "16")
     assert code == 0, output
     code, output = invoke("train", tmp_path / "s" / "random_000.scn", "--data", tmp_path / "data", "--out",
