@@ -195,6 +195,12 @@ def _unet_lines(unet: Topology) -> list[_Line]:
     lines.append(_Line(2, f"width_factor {unet.width_factor}", at("width_factor")))
     lines.append(_Line(2, f"share {unet.share}", at("share")))
     lines.append(_Line(2, f"node_width {unet.node_width}", at("node_width")))
+    # the two later additions are printed only when set, so that older files keep their canonical form
+    if unet.deep_supervision:
+        lines.append(_Line(2, f"deep_supervision ({', '.join(map(str, unet.deep_supervision))})",
+                           at("deep_supervision")))
+    if unet.skips != "sum":
+        lines.append(_Line(2, f"skips {unet.skips}", at("skips")))
     lines.append(_Line(1, "}", _end(unet)))
     return lines
 

@@ -21,6 +21,7 @@ from scnas_dsl.ops.signatures import ParamValue
 Role = Literal["normal", "reduction", "expansion"]
 Share = Literal["by_type", "by_level"]
 NodeWidth = Literal["split", "full"]
+Skips = Literal["sum", "attention"]
 OutputKind = Literal["concat", "sum", "node"]
 
 
@@ -192,6 +193,10 @@ class Topology(Node):
     ``node_width``: the level's width ``C_l = stem_width * width_factor**l`` is the width of the cell output;
     ``split`` divides it over the k concatenated output nodes (node width ``ceil(C_l / k)``), ``full`` gives
     every node ``C_l`` so a concat cell outputs ``k * C_l`` (DARTS). Sum and single-node outputs: ``C_l``.
+    ``deep_supervision``: decoder levels (1 = half the stem's resolution, ...) that get a segmentation head of
+    their own besides the main one at level 0; their losses are weighted as nnU-Net's (docs/compiler.md).
+    ``skips``: how the decoder receives the encoder output of its level: ``sum`` (the paper's) or ``attention``
+    (an additive attention gate, Oktay et al. 2018, scales the skip before the sum).
     ``in_channels`` and the number of classes are not here: they come from the data or the command line.
     """
 
@@ -204,6 +209,8 @@ class Topology(Node):
     width_factor: int = 2
     share: Share = "by_type"
     node_width: NodeWidth = "split"
+    deep_supervision: tuple[int, ...] = ()
+    skips: Skips = "sum"
 
     def sequence(self) -> list[tuple[str, CellRef]]:
         """(section, cell) for every cell in order: section is encoder, bridge or decoder."""

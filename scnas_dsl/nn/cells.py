@@ -16,7 +16,7 @@ from scnas_dsl.errors import CompileError
 from scnas_dsl.model import SearchSpace
 from scnas_dsl.nn.plan import STEM, CellPlan, UNetPlan, zero_op_names
 from scnas_dsl.nn.sampler import EdgeSample
-from scnas_dsl.ops.library import Library, Projection, Resample
+from scnas_dsl.ops.library import AttentionGate, Library, Projection, Resample
 
 EdgeChoice = Sequence[tuple[str, torch.Tensor | None]]
 """The operations to run on one edge and their weights (None: weight one, output used as is)."""
@@ -78,6 +78,10 @@ class Cell(nn.Module):
         self.skip = (Projection(skip.width, skip.target_width, 1, dims)
                      if skip is not None and skip.width != skip.target_width and skip.input_name in self.pre
                      else None)
+        # ``skips attention``: the gate scales the skip before the sum (and its projection)
+        gate = plan.gate
+        self.gate = (AttentionGate(skip.width, gate.width, gate.factor, dims)
+                     if gate is not None and skip is not None and skip.input_name in self.pre else None)
         edges = {}
         for src, dst in plan.edges:
             ops = {}
@@ -93,10 +97,11 @@ class Cell(nn.Module):
         self.rows = {e: r for r, e in enumerate(plan.spec.edge_list())}
 
     def forward(self, inputs: Sequence[torch.Tensor], skip: torch.Tensor | None,
-                sample: tuple[list[str], EdgeSample] | None = None) -> torch.Tensor:
+                sample: tuple[list[str], EdgeSample] | None = None,
+                gating: torch.Tensor | None = None) -> torch.Tensor:
         """``inputs``: the cell's input tensors ``(B, C_j, *S_j)`` in order; ``skip``: the decoder skip
-        tensor or None; ``sample``: (operation names, sample of the structure) or None for a fixed network.
-        Returns ``(B, out_width, *S_out)``."""
+        tensor or None; ``sample``: (operation names, sample of the structure) or None for a fixed network;
+        ``gating``: the attention gate's gating signal (``skips attention``). Returns ``(B, out_width, *S_out)``."""
         plan = self.plan
         states: dict[str, torch.Tensor] = {}
         for j, x in enumerate(inputs):
@@ -104,6 +109,9 @@ class Cell(nn.Module):
             if name not in self.pre:
                 continue
             if plan.skip is not None and plan.skip.input_name == name and skip is not None:
+                if self.gate is not None:
+                    assert gating is not None  # run_unet passes it whenever the plan has a gate
+                    skip = self.gate(skip, gating)
                 x = x + (skip if self.skip is None else self.skip(skip))
             states[name] = self.pre[name](x)
         choices = None if sample is None else _choices(sample)
@@ -155,16 +163,23 @@ def _choices(sample: tuple[list[str], EdgeSample]) -> list[list[tuple[str, torch
 
 
 def run_unet(stem: nn.Module, cells: nn.ModuleList, head: nn.Module, plan: UNetPlan, x: torch.Tensor,
-             samples: dict[str, tuple[list[str], EdgeSample]] | None) -> torch.Tensor:
-    """Stem, cells in order (each reading the outputs of the cells before it), head."""
-    last_use = plan.last_use()
+             samples: dict[str, tuple[list[str], EdgeSample]] | None,
+             heads: nn.ModuleDict | None = None) -> list[torch.Tensor]:
+    """Stem, cells in order (each reading the outputs of the cells before it), head: ``[logits]``; with
+    ``heads`` (the deep-supervision heads by level, as strings) ``[logits, logits at plan.heads[0].level,
+    ...]``, finest first, as nnU-Net's deep supervision."""
+    last_use = plan.last_use(heads=heads is not None)
     outs: dict[int, torch.Tensor] = {STEM: stem(x)}
     for cell_plan, cell in zip(plan.cells, cells, strict=True):
         inputs = [outs[i.source] for i in cell_plan.inputs]
         skip = outs[cell_plan.skip.source] if cell_plan.skip is not None else None
+        gating = outs[cell_plan.gate.source] if cell_plan.gate is not None else None
         sample = None if samples is None else samples[cell_plan.key]
-        outs[cell_plan.index] = cell(inputs, skip, sample)
+        outs[cell_plan.index] = cell(inputs, skip, sample, gating)
         # drop outputs no later cell reads: under no_grad (inference) nothing else keeps them alive
         for source in [s for s in outs if last_use.get(s, -2) <= cell_plan.index and s != plan.out_source]:
             del outs[source]
-    return head(outs[plan.out_source])
+    logits = head(outs[plan.out_source])
+    if heads is None:
+        return [logits]
+    return [logits, *(heads[str(h.level)](outs[h.source]) for h in plan.heads)]

@@ -5,8 +5,9 @@ Conventions:
 * FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix products, with
   a multiply-add counted as two FLOPs; ``macs = flops / 2``. Element-wise work (norms, activations,
   pooling, interpolation, the sums of a cell) is not counted, as in most papers' FLOP figures.
-* FLOPs and MACs are for one forward pass of one sample at the patch size; memory is for a training step of
-  ``batch_size`` samples.
+* FLOPs and MACs are for one forward pass of one sample at the patch size, as the network trains: with its
+  deep-supervision heads and attention gates (the heads are 1x1 convolutions: a fraction of a percent);
+  memory is for a training step of ``batch_size`` samples.
 * Training memory = activations kept for backward (the unique tensors autograd saves, found with
   ``torch.autograd.graph.saved_tensors_hooks``, parameters excluded) + weights + gradients + Adam state (two
   tensors per weight). Float32 everywhere. For a supernet the weights, gradients and Adam state are those of
@@ -104,9 +105,10 @@ def _measure(model: UNetBase, x: torch.Tensor, count_flops: bool = True) -> tupl
     if count_flops:  # depth=None: FLOPs of every module, not only the top few levels
         counter = FlopCounterMode(display=False, depth=None)  # type: ignore[arg-type]
     with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = model(x)
-    # the logits and their gradient live through the loss computation
-    activation = sum(saved.values()) + 2 * y.numel() * y.element_size()
+        out = model(x)
+    # the logits (of every deep-supervision head too) and their gradients live through the loss computation
+    outputs = out if isinstance(out, list) else [out]
+    activation = sum(saved.values()) + sum(2 * y.numel() * y.element_size() for y in outputs)
     if not isinstance(counter, FlopCounterMode):
         return 0, {}, activation
     root = type(model).__name__
@@ -156,6 +158,7 @@ def estimate(target: SearchSpace | Supernet | FixedNetwork, *, patch: Sequence[i
         raise CompileError(f"batch size {batch_size}: must be at least 1")
     supernet_state: dict[str, torch.Tensor] | None = None
     temperature: float | None = None
+    deep_supervision: tuple[int, ...] | None = None  # a genotype: the spec's heads
     if isinstance(target, (Supernet, FixedNetwork)):
         space = target.plan.space
         in_channels = in_channels or target.in_channels
@@ -164,6 +167,7 @@ def estimate(target: SearchSpace | Supernet | FixedNetwork, *, patch: Sequence[i
         library = library or target.library
         if isinstance(target, FixedNetwork):
             genotype = target.genotype
+            deep_supervision = target.plan.deep_supervision
         else:
             supernet_state = {k: a.detach().cpu() for k, a in target.arch.items()}
             temperature = target.temperature
@@ -175,8 +179,10 @@ def estimate(target: SearchSpace | Supernet | FixedNetwork, *, patch: Sequence[i
 
     with torch.device("meta"):
         if genotype is not None:
-            net: UNetBase = build_network(space, genotype, in_channels=in_channels, num_classes=num_classes,
-                                          stem_width=stem_width, library=library)
+            fixed = build_network(space, genotype, in_channels=in_channels, num_classes=num_classes,
+                                  stem_width=stem_width, library=library, deep_supervision=deep_supervision)
+            fixed.deep_supervision = True  # a training step: the deep-supervision heads run too
+            net: UNetBase = fixed
         else:
             net = build_supernet(space, in_channels=in_channels, num_classes=num_classes, stem_width=stem_width,
                                  sampling="full", seed=seed, library=library)

@@ -58,13 +58,16 @@ class UNetBase(nn.Module):
 
 class FixedNetwork(UNetBase):
     """A genotype compiled to a network that holds only the chosen operations.
-    ``forward: (B, in_channels, *S) -> (B, num_classes, *S)``."""
+    ``forward: (B, in_channels, *S) -> (B, num_classes, *S)``; with deep-supervision heads and
+    ``deep_supervision = True`` (set by the trainer while it trains, as nnU-Net's switch of the same name) a
+    list ``[logits, logits at level l1, ...]``, finest first."""
 
     def __init__(self, space: SearchSpace, genotype: Genotype, *, in_channels: int, num_classes: int,
-                 stem_width: int | None = None, library: Library | None = None) -> None:
+                 stem_width: int | None = None, library: Library | None = None,
+                 deep_supervision: bool | Sequence[int] | None = None) -> None:
         super().__init__()
         library = library or default_library()
-        self.plan = build_plan(space, stem_width=stem_width, genotype=genotype)
+        self.plan = build_plan(space, stem_width=stem_width, genotype=genotype, deep_supervision=deep_supervision)
         self.genotype = genotype
         self.library = library
         self.in_channels, self.num_classes = in_channels, num_classes
@@ -75,20 +78,33 @@ class FixedNetwork(UNetBase):
             cells.append(Cell(cell_plan, space, library, self.plan.dims,
                               {e: [chosen[e]] for e in cell_plan.edges}))
         self.cells = nn.ModuleList(cells)
+        call = space.unet.head.call
+        self.ds_heads = nn.ModuleDict({
+            str(h.level): library.build(call.kind, call.kwargs(), h.width, num_classes, 1, self.plan.dims)
+            for h in self.plan.heads
+        })
+        #: return the deep-supervision outputs too (only where there are heads); off: prediction, export
+        self.deep_supervision = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_channels, *S) -> (B, num_classes, *S)`` logits."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """``(B, in_channels, *S) -> (B, num_classes, *S)`` logits (a list with the deep-supervision outputs
+        when ``deep_supervision`` is on and the network has heads)."""
         self.check_input(x)
-        return run_unet(self.stem, self.cells, self.head, self.plan, x, None)
+        if self.deep_supervision and len(self.ds_heads):
+            return run_unet(self.stem, self.cells, self.head, self.plan, x, None, self.ds_heads)
+        return run_unet(self.stem, self.cells, self.head, self.plan, x, None)[0]
 
 
 def build_network(space: SearchSpace, genotype: Genotype, *, in_channels: int, num_classes: int,
-                  stem_width: int | None = None, library: Library | None = None) -> FixedNetwork:
+                  stem_width: int | None = None, library: Library | None = None,
+                  deep_supervision: bool | Sequence[int] | None = None) -> FixedNetwork:
     """Compile ``genotype`` (of ``space``) into a fixed network with only the chosen operations. Dead
     nodes (no incoming edge left, or not reaching the cell output) are left out; ``network.plan.notes``
-    lists them. ``in_channels`` and ``num_classes`` are free, so a genotype transfers to another task."""
+    lists them. ``in_channels`` and ``num_classes`` are free, so a genotype transfers to another task.
+    ``deep_supervision``: heads on the spec's levels (None), none (False), the spec's or nnU-Net-like default
+    levels (True), or these levels; ``network.plan.deep_supervision`` says which were built."""
     return FixedNetwork(space, genotype, in_channels=in_channels, num_classes=num_classes,
-                        stem_width=stem_width, library=library)
+                        stem_width=stem_width, library=library, deep_supervision=deep_supervision)
 
 
 def check_input_size(model_or_space: UNetBase | SearchSpace, spatial: Sequence[int]) -> None:

@@ -54,6 +54,27 @@ class SkipPlan:
 
 
 @dataclass(frozen=True)
+class GatePlan:
+    """The attention gate on a decoder skip (``skips attention``): the skip (``SkipPlan.source``, at the cell's
+    input level) is scaled by coefficients computed from it and the gating signal ``source``, the most recent
+    decoder (or bridge) output one level coarser, or the previous cell's output where there is none (the
+    deepest skip). ``factor`` is 2 for a coarser gating signal, 1 for one at the skip's level."""
+
+    source: int
+    width: int
+    factor: int
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    """A deep-supervision head: the output of cell ``source`` (the last decoder cell at ``level``) to logits."""
+
+    level: int
+    source: int
+    width: int
+
+
+@dataclass(frozen=True)
 class CellPlan:
     """One cell instance of the U-Net."""
 
@@ -72,6 +93,7 @@ class CellPlan:
     nodes: tuple[str, ...]  # live intermediate nodes in order
     output_nodes: tuple[str, ...]  # live nodes making the output
     out_width: int
+    gate: GatePlan | None = None  # the attention gate on ``skip`` (``skips attention``)
 
     def stride(self, src: str) -> int:
         """Stride of the operations on edges leaving ``src``: 2 from a reduction cell's inputs."""
@@ -94,17 +116,28 @@ class UNetPlan:
     out_source: int  # the cell whose output the head reads
     out_width: int
     notes: list[str] = field(default_factory=list)
+    #: deep-supervision heads, by level (coarser levels later)
+    heads: tuple[HeadPlan, ...] = ()
 
     def keys(self) -> list[str]:
         return self.space.structure_keys()
 
-    def last_use(self) -> dict[int, int]:
-        """For every output (STEM or a cell index), the index of the last cell that reads it."""
+    def last_use(self, heads: bool = False) -> dict[int, int]:
+        """For every output (STEM or a cell index), the index of the last cell that reads it; with ``heads``
+        an output a deep-supervision head reads is kept to the end (index ``len(cells)``)."""
         last: dict[int, int] = {}
         for cp in self.cells:
-            for source in [i.source for i in cp.inputs] + ([cp.skip.source] if cp.skip else []):
+            sources = [i.source for i in cp.inputs] + ([cp.skip.source] if cp.skip else [])
+            for source in sources + ([cp.gate.source] if cp.gate else []):
                 last[source] = cp.index
+        for head in self.heads if heads else ():
+            last[head.source] = len(self.cells)
         return last
+
+    @property
+    def deep_supervision(self) -> tuple[int, ...]:
+        """The levels with a head of their own (besides level 0)."""
+        return tuple(h.level for h in self.heads)
 
 
 def zero_op_names(space: SearchSpace, spec: CellSpec) -> set[str]:
@@ -153,9 +186,44 @@ def node_width(level_width: int, count: int, mode: str) -> int:
     return -(-level_width // count) if mode == "split" else level_width
 
 
-def build_plan(space: SearchSpace, *, stem_width: int | None = None, genotype: Genotype | None = None
-               ) -> UNetPlan:
-    """Levels, widths and inputs of every cell; with a genotype, only the live edges and nodes."""
+def decoder_levels(space: SearchSpace) -> list[int]:
+    """Levels above 0 at which a decoder cell outputs, finest first (where deep-supervision heads can sit)."""
+    level, levels = 0, set()
+    for section, ref in space.unet.sequence():
+        spec = space.cell(ref.name)
+        level += {"reduction": 1, "expansion": -1}.get(spec.role if spec else "", 0)
+        if section == "decoder" and level > 0:
+            levels.add(level)
+    return sorted(levels)
+
+
+def default_deep_supervision(space: SearchSpace) -> tuple[int, ...]:
+    """The levels ``--deep-supervision`` supervises when the spec names none: every decoder level but the
+    coarsest, as nnU-Net (whose coarsest output has weight 0); the one level there is, for a two-level net."""
+    levels = decoder_levels(space)
+    return tuple(levels[:-1] or levels)
+
+
+def resolve_deep_supervision(space: SearchSpace, setting: bool | Sequence[int] | None) -> tuple[int, ...]:
+    """The deep-supervision levels of a network: ``None`` the spec's, ``False`` none, ``True`` the spec's or
+    (when it names none) :func:`default_deep_supervision`, or the given levels."""
+    if setting is None:
+        return tuple(space.unet.deep_supervision)
+    if setting is False:
+        return ()
+    if setting is True:
+        levels = tuple(space.unet.deep_supervision) or default_deep_supervision(space)
+        if not levels:
+            raise CompileError(f"space '{space.name}': deep supervision needs a decoder level below the stem's "
+                               "resolution, and this U-Net has none")
+        return levels
+    return tuple(int(v) for v in setting)
+
+
+def build_plan(space: SearchSpace, *, stem_width: int | None = None, genotype: Genotype | None = None,
+               deep_supervision: bool | Sequence[int] | None = None) -> UNetPlan:
+    """Levels, widths and inputs of every cell; with a genotype, only the live edges and nodes.
+    ``deep_supervision``: see :func:`resolve_deep_supervision` (default: the spec's levels)."""
     unet = space.unet
     width0 = stem_width if stem_width is not None else unet.stem.width
     if width0 is None or width0 < 1:
@@ -226,13 +294,15 @@ def build_plan(space: SearchSpace, *, stem_width: int | None = None, genotype: G
             src = src if src >= 0 else STEM
             level, w = outs[src]
             inputs.append(InputPlan(f"in{j}", src, level, w, 2.0 ** (level - work_level)))
-        skip = None
+        skip, gate = None, None
         if section == "decoder":
             skip_src = skip_at.get(in_level)
             if skip_src is not None and skip_src != prev:
                 skip = SkipPlan(f"in{n_in - 1}", skip_src, outs[skip_src][1], outs[prev][1])
+                if unet.skips == "attention":
+                    gate = _gate(in_level, skip_src, prev, cells)
         cells.append(CellPlan(k, instance, key, section, spec, in_level, work_level, out_level, width,
-                              tuple(inputs), skip, tuple(edges), tuple(nodes), tuple(outputs), out_width))
+                              tuple(inputs), skip, tuple(edges), tuple(nodes), tuple(outputs), out_width, gate))
         outs[k] = (out_level, out_width)
         if section == "encoder":
             skip_at[out_level] = k
@@ -242,7 +312,28 @@ def build_plan(space: SearchSpace, *, stem_width: int | None = None, genotype: G
             f"space '{space.name}': the last cell ends at level {outs[last][0]}, not at the stem's resolution; "
             f"the decoder needs as many expansion cells as the encoder has reduction cells"
         )
-    return UNetPlan(space, unet.dims, width0, tuple(cells), deepest, last, outs[last][1], notes)
+    heads = []
+    for level in sorted(resolve_deep_supervision(space, deep_supervision)):
+        at_level = [cp for cp in cells if cp.section == "decoder" and cp.out_level == level]
+        if not at_level or level < 1:
+            raise CompileError(
+                f"space '{space.name}': deep supervision at level {level}, but no decoder cell outputs there "
+                f"(decoder levels: {', '.join(map(str, decoder_levels(space))) or 'none'})")
+        heads.append(HeadPlan(level, at_level[-1].index, at_level[-1].out_width))
+    return UNetPlan(space, unet.dims, width0, tuple(cells), deepest, last, outs[last][1], notes, tuple(heads))
+
+
+def _gate(level: int, skip_src: int, prev: int, cells: list[CellPlan]) -> GatePlan:
+    """The gating signal of the skip at ``level``: the latest output after the skip's source, in the bridge or
+    decoder, one level coarser; else the previous cell's output (the deepest skip, where nothing is coarser)."""
+    for cp in reversed(cells):
+        if cp.index <= skip_src:
+            break
+        if cp.section != "encoder" and cp.out_level == level + 1:
+            return GatePlan(cp.index, cp.out_width, 2)
+    source = cells[prev] if prev >= 0 else None
+    assert source is not None  # a decoder cell with a skip always follows a cell
+    return GatePlan(prev, source.out_width, 1)
 
 
 def size_problem(spatial: Sequence[int], levels: int, dims: int) -> str | None:

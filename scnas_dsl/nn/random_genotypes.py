@@ -192,7 +192,8 @@ class CostCounter:
         with torch.device("meta"):
             net = build_network(self.space, genotype, in_channels=self.in_channels, num_classes=self.num_classes,
                                 stem_width=self.stem_width, library=self.library)
-        if any(name not in self.known for name, _ in net.named_modules()):
+        net.deep_supervision = True  # costed as it trains, as estimate does
+        if any(name not in self.known for name, m in net.named_modules() if isinstance(m, _CONVS)):
             self._record(net)
             if not self.exact:
                 return self(genotype)

@@ -47,7 +47,7 @@ class Supernet(UNetBase):
         self.sampling = sampling
         self.schedule = temperature or TemperatureSchedule()
         self.temperature: float = self.schedule.at(0.0)
-        self.plan = build_plan(space, stem_width=stem_width)
+        self.plan = build_plan(space, stem_width=stem_width, deep_supervision=False)  # the search: main head only
         self.in_channels, self.num_classes = in_channels, num_classes
         self.stem, self.head = build_blocks(self.plan, library, in_channels, num_classes)
         self.op_names: dict[str, list[str]] = {}
@@ -150,7 +150,7 @@ class Supernet(UNetBase):
         if samples is None:
             samples = self.draw_samples() if self.training else self.argmax_samples()
         self.last_samples = samples
-        return run_unet(self.stem, self.cells, self.head, self.plan, x, samples)
+        return run_unet(self.stem, self.cells, self.head, self.plan, x, samples)[0]
 
     # reading the architecture -----------------------------------------------------------------------
     def _nest(self, values: dict[str, torch.Tensor]) -> dict[str, dict[str, dict[str, Any]]]:

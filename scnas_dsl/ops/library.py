@@ -244,6 +244,31 @@ class Resample(nn.Module):
         return self.project(x)
 
 
+class AttentionGate(nn.Module):
+    """An additive attention gate on a decoder skip (Oktay et al. 2018, "Attention U-Net"): coefficients
+    ``a = sigmoid(psi(relu(theta(x) + phi(g))))`` in (0, 1), one per voxel, scale the skip ``x``. ``theta`` is a
+    convolution of kernel and stride ``factor`` that brings ``x`` to the resolution of the gating signal ``g``
+    (``factor`` 2: ``g`` is one level coarser; 1: the same level), ``phi`` and ``psi`` are 1x1 convolutions,
+    the intermediate width is half the skip's, and ``a`` is up-sampled (trilinear / bilinear) back to ``x``'s
+    size. ``(x: (B, c_skip, *S), g: (B, c_gate, *S / factor)) -> (B, c_skip, *S)``."""
+
+    def __init__(self, c_skip: int, c_gate: int, factor: int = 2, dims: int = 3) -> None:
+        super().__init__()
+        inner = max(1, c_skip // 2)
+        conv = _conv(dims)
+        self.theta = conv(c_skip, inner, factor, stride=factor, bias=False)
+        self.phi = conv(c_gate, inner, 1)
+        self.psi = conv(inner, 1, 1)
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        a = torch.sigmoid(self.psi(F.relu(self.theta(x) + self.phi(g))))
+        if a.shape[2:] != x.shape[2:]:
+            mode = "trilinear" if self.dims == 3 else "bilinear"
+            a = F.interpolate(a, size=x.shape[2:], mode=mode, align_corners=False)
+        return x * a
+
+
 def _max_pool(c_in: int, c_out: int, stride: int = 1, dims: int = 3, kernel: Any = 3) -> PoolOp:
     return PoolOp(c_in, c_out, stride, dims, kernel, mode="max")
 
@@ -311,5 +336,6 @@ def default_library() -> Library:
 
 BUILTIN_CLASSES: tuple[type[nn.Module], ...] = (
     Projection, ConvOp, SepConvOp, PoolOp, IdentityOp, ZeroOp, ConvBlock, ResBlock, Logits, Resample,
+    AttentionGate,
 )
 """Classes whose source ``scnas_dsl.nn.codegen`` copies into generated files."""

@@ -253,7 +253,8 @@ class ToModel(Transformer):
     # ------------------------------------------------------------------ the U-Net
     def unet(self, meta: Meta, children: list[_Stmt]) -> Topology:
         span = self._span(meta)
-        keys = ("dims", "stem", "encoder", "bridge", "decoder", "head", "width_factor", "share", "node_width")
+        keys = ("dims", "stem", "encoder", "bridge", "decoder", "head", "width_factor", "share", "node_width",
+                "deep_supervision", "skips")
         found = self._collect(children, keys, "the unet block")
         missing = [k for k in ("stem", "encoder", "decoder", "head") if k not in found]
         if missing:
@@ -305,6 +306,18 @@ class ToModel(Transformer):
 
     def unet_node_width(self, meta: Meta, children: list[str]) -> _Stmt:
         return _Stmt("node_width", children[0], self._span(meta))
+
+    def unet_deep_supervision(self, meta: Meta, children: list[Token]) -> _Stmt:
+        return _Stmt("deep_supervision", tuple(self._int(t) for t in children), self._span(meta))
+
+    def unet_skips(self, meta: Meta, children: list[str]) -> _Stmt:
+        return _Stmt("skips", children[0], self._span(meta))
+
+    def skips_sum(self, meta: Meta, children: list[Any]) -> str:
+        return "sum"
+
+    def skips_attention(self, meta: Meta, children: list[Any]) -> str:
+        return "attention"
 
     def split(self, meta: Meta, children: list[Any]) -> str:
         return "split"

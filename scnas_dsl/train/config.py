@@ -140,7 +140,10 @@ class TrainConfig(CommonConfig):
     #: at most this many validation cases per check (None: all); the final check always uses all
     val_cases: int | None = Field(default=None, ge=1)
     blend: Literal["gaussian", "constant"] = "gaussian"
-    mirror_validation: bool = False
+    #: deep supervision: None as the spec says (its ``deep_supervision`` levels), False off, True on (the
+    #: spec's levels, or every decoder level but the coarsest when it names none)
+    deep_supervision: bool | None = None
+    mirror_validation: bool = True  # nnU-Net mirrors its validation; --no-mirror (scnas train) turns it off
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

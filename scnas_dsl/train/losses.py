@@ -19,6 +19,7 @@ Two choices where the paper is silent (docs/training.md, "Soft Jaccard", has the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -91,3 +92,29 @@ def soft_jaccard_loss(logits: torch.Tensor, target: torch.Tensor, *, include_bac
     jaccard = 1.0 - (intersection + smooth) / torch.where(present, union + smooth, torch.ones_like(union))
     false_positive_rate = predicted / stats[-1]
     return torch.where(present, jaccard, false_positive_rate).mean()
+
+
+def deep_supervision_weights(levels: Sequence[int]) -> list[float]:
+    """nnU-Net's weights of the outputs at level 0 and ``levels``: ``2**-level``, normalised to sum to one
+    (nnU-Net halves the weight per output and gives the coarsest output 0; scnas builds no head there)."""
+    raw = [0.5 ** level for level in (0, *levels)]
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+def deep_supervision_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor, levels: Sequence[int],
+                          **kwargs: Any) -> torch.Tensor:
+    """The weighted sum of :func:`soft_jaccard_loss` over a network's outputs ``[logits, logits at levels[0],
+    ...]``; the target ``(B, *S)`` is brought to each output's size by nearest-neighbour sampling
+    (``nearest-exact``: voxel centres, as nnU-Net's down-sampling of the segmentation). ``kwargs`` go to
+    :func:`soft_jaccard_loss` (e.g. ``reduce_over_ranks``)."""
+    weights = deep_supervision_weights(levels)
+    if len(outputs) != len(weights):
+        raise ValueError(f"{len(outputs)} outputs for deep supervision at levels 0, {tuple(levels)}")
+    total = torch.zeros((), device=outputs[0].device)
+    for out, weight in zip(outputs, weights, strict=True):
+        small = target
+        if tuple(out.shape[2:]) != tuple(target.shape[1:]):
+            small = F.interpolate(target[:, None].float(), size=out.shape[2:], mode="nearest-exact")[:, 0].long()
+        total = total + weight * soft_jaccard_loss(out, small, **kwargs)
+    return total

@@ -24,6 +24,7 @@ from scnas_dsl.errors import CheckpointError
 from scnas_dsl.loader import load
 from scnas_dsl.model import Document, SearchSpace
 from scnas_dsl.nn import build_network
+from scnas_dsl.nn.network import FixedNetwork
 from scnas_dsl.train.checkpoint import capture_rng, restore_rng, save_checkpoint
 from scnas_dsl.train.config import TrainConfig
 from scnas_dsl.train.data_context import (
@@ -38,7 +39,7 @@ from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime, tra
 from scnas_dsl.train.genotype_files import genotype_text
 from scnas_dsl.train.inference import sliding_window_inference
 from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
-from scnas_dsl.train.losses import soft_jaccard_loss
+from scnas_dsl.train.losses import deep_supervision_loss, soft_jaccard_loss
 from scnas_dsl.train.metrics import dice_per_label, nanmean
 from scnas_dsl.train.plots import plot_train
 from scnas_dsl.train.resume import resume_state
@@ -102,7 +103,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     patch = patch_for(cfg, data, space)
     torch.manual_seed(cfg.seed)
     net = build_network(space, genotype, in_channels=data.in_channels, num_classes=data.num_classes,
-                        stem_width=cfg.stem_width)
+                        stem_width=cfg.stem_width, deep_supervision=cfg.deep_supervision)
     if runtime.device.type == "cuda":
         from scnas_dsl.nn.cost import estimate
 
@@ -123,7 +124,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
         state = job.resume(resume_state(out, {**cfg.model_dump(mode="json"), "patch": list(patch)},
                                         job.ckpt_path, "train"))
     else:
-        _write_run_files(run, cfg, space, genotype, data, patch, runtime, out)
+        _write_run_files(run, cfg, space, genotype, data, patch, runtime, out, net.plan.deep_supervision)
     loop = EpochLoop(kind="train", run=run, runtime=runtime, epochs=cfg.epochs, steps=cfg.batches_per_epoch,
                      resume_hint=resume_hint or f"scnas train ... --out {out} --resume",
                      checkpoint_path=job.ckpt_path,
@@ -146,7 +147,7 @@ class _TrainJob:
     """Retraining's part of the epoch loop: one Adam step per batch; at the end of an epoch the plateau
     schedule, validation every ``val_every`` epochs (keeping the best weights), and the learning-rate floor."""
 
-    def __init__(self, net: torch.nn.Module, model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime,
+    def __init__(self, net: FixedNetwork, model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime,
                  run: RunFolder, data: DataContext, patch: tuple[int, int, int]) -> None:
         self.net, self.model, self.cfg, self.runtime, self.run, self.data, self.patch = (
             net, model, cfg, runtime, run, data, patch)
@@ -183,8 +184,16 @@ class _TrainJob:
     def step(self, epoch: int, step: int, batch: Any) -> dict[str, torch.Tensor]:
         x, y = (self.runtime.to_device(t) for t in batch)
         self.opt.zero_grad(set_to_none=True)
+        levels = self.net.plan.deep_supervision
         with self.runtime.autocast():
-            loss = soft_jaccard_loss(self.model(x), y, reduce_over_ranks=True)
+            if levels:  # the heads' outputs only for this forward: validation and prediction get one tensor
+                self.net.deep_supervision = True
+                try:
+                    loss = deep_supervision_loss(self.model(x), y, levels, reduce_over_ranks=True)
+                finally:
+                    self.net.deep_supervision = False
+            else:
+                loss = soft_jaccard_loss(self.model(x), y, reduce_over_ranks=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
@@ -228,7 +237,8 @@ class _TrainJob:
 
 
 def _write_run_files(run: RunFolder, cfg: TrainConfig, space: SearchSpace, genotype: Any,
-                     data: DataContext, patch: tuple[int, ...], runtime: Runtime, out: Path) -> None:
+                     data: DataContext, patch: tuple[int, ...], runtime: Runtime, out: Path,
+                     net_levels: tuple[int, ...]) -> None:
     """Everything ``scnas predict`` needs besides the weights: the network's recipe and the preprocessing."""
     from scnas_dsl.graph.printer import print_document
 
@@ -239,6 +249,7 @@ def _write_run_files(run: RunFolder, cfg: TrainConfig, space: SearchSpace, genot
     run.write_json("network.json", {
         "genotype": genotype.name, "space": space.name, "in_channels": data.in_channels,
         "num_classes": data.num_classes, "stem_width": cfg.stem_width, "patch": list(patch),
+        "deep_supervision": list(net_levels),
         "labels": {str(k): v for k, v in data.pre.dataset.labels.items()}, "blend": cfg.blend,
     })
     run.write_json("environment.json", environment(str(runtime.device), cfg.seed, runtime.world_size))
