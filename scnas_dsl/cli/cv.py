@@ -1,4 +1,5 @@
-"""``scnas cv``: cross-validation of a genotype (and its report)."""
+"""``scnas cv``: cross-validation of a genotype or of a search space (and its report); ``scnas compare``:
+several cross-validations side by side."""
 
 from __future__ import annotations
 
@@ -28,37 +29,111 @@ from scnas_dsl.cli.run import (
 )
 
 
+def _is_space(spec: Path) -> bool:
+    """True when ``spec`` holds no genotype (then it must hold a space: a search per fold); a file with a
+    genotype is the genotype kind, even when it also defines a space."""
+    from scnas_dsl.loader import load
+
+    loaded = load(spec)
+    if loaded.genotypes:
+        return False
+    loaded.space(None)  # a file with neither (or several spaces) says so here
+    return True
+
+
 @user_errors
 def cv_cmd(
-    genotype: Path = typer.Argument(..., help="the genotype to retrain on every fold"),  # noqa: B008
+    spec: Path = typer.Argument(..., help="a genotype (retrained on every fold) or a search space (searched, "  # noqa: B008
+                                          "derived and retrained on every fold: the paper's protocol)"),
     data: str = DATA,
     out: Path = typer.Option(..., "--out", help="folder for fold_0 ... fold_4 and the summary"),  # noqa: B008
-    folds: list[int] | None = typer.Option(None, "--fold", help="folds to run (repeatable) (default: all 5)"),  # noqa: B008
+    folds: list[int] | None = typer.Option(None, "--fold", help="folds to run (repeatable) (default: all)"),  # noqa: B008
     epochs: int | None = EPOCHS, batch_size: int | None = BATCH, patch: tuple[int, int, int] | None = PATCH,
     stem_width: int | None = STEM, device: str | None = DEVICE, seed: int | None = SEED,
     resume: bool = RESUME, force: bool = FORCE, config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
     no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN,
-    mirror: bool = typer.Option(False, "--mirror", help="test-time mirroring of the validation predictions"),
+    mirror: bool = typer.Option(True, "--mirror/--no-mirror",
+                                help="test-time mirroring of the validation predictions (default: on, as nnU-Net)"),
     val_every: int | None = typer.Option(None, "--val-every", help="validation every N epochs (default: 10)"),
     checkpoint: str = typer.Option("last", "--checkpoint",
                                    help="weights scored: last (default, as the paper) or best (chosen on the "
                                         "validation cases scored: optimistic)"),
+    search_epochs: int | None = typer.Option(None, "--search-epochs", help="(space) search epochs (default: 200)"),
+    search_batch: int | None = typer.Option(None, "--search-batch-size", help="(space) search batch (default: 4)"),
+    search_patch: tuple[int, int, int] | None = typer.Option(
+        None, "--search-patch", help="(space) search patch D H W (default: 128^3 shrunk to the median shape)"),
+    search_stem: int | None = typer.Option(None, "--search-stem-width", help="(space) search stem width (default: 48)"),
+    search_batches: int | None = typer.Option(None, "--search-batches-per-epoch",
+                                              help="(space) search steps per epoch (default: 250)"),
+    sampling: str | None = typer.Option(None, "--sampling", help="(space) pair (the paper), single or full"),
+    space: str | None = typer.Option(None, "--space", help="(space) which space of the file (default: the only one)"),
+    search_config: Path | None = typer.Option(  # noqa: B008
+        None, "--search-config", help="(space) search settings file (.json, .toml, .yaml) as scnas search --config"),
 ) -> None:
-    """Five-fold cross-validation of a genotype: retrain, predict, evaluate each fold; the paper's Dice table."""
-    from scnas_dsl.train.config import TrainConfig, resolve_config
+    """Five-fold cross-validation: retrain a genotype on every fold, or (given a space) search, derive and
+    retrain on every fold's training cases; predict and evaluate each fold; the paper's Dice table."""
+    from scnas_dsl.train.config import SearchConfig, TrainConfig, resolve_config
     from scnas_dsl.train.cv import run_cv, summary_suffix
 
-    cfg = resolve_config(TrainConfig, config, genotype=str(genotype), val_every=val_every,
+    search_options = {"--search-epochs": search_epochs, "--search-batch-size": search_batch,
+                      "--search-patch": search_patch, "--search-stem-width": search_stem,
+                      "--search-batches-per-epoch": search_batches, "--sampling": sampling, "--space": space,
+                      "--search-config": search_config}
+    is_space = _is_space(spec)
+    given = [k for k, v in search_options.items() if v is not None]
+    if given and not is_space:
+        typer.echo(f"error: {', '.join(given)} set(s) the search, but {spec} holds a genotype, which is retrained "
+                   "without a search; give a search space to search on every fold", err=True)
+        raise typer.Exit(2)
+    cfg = resolve_config(TrainConfig, config, genotype=str(spec), val_every=val_every,
                          **_common(data, None, None, epochs, batch_size, patch, stem_width, device, seed, batches,
                                    spacing, workers, no_augment, quiet, median))
-    result = run_cv(cfg, out, folds or None, mirror=mirror, resume=resume, force=force, checkpoint=checkpoint)
+    search = None
+    if is_space:
+        search = resolve_config(SearchConfig, search_config, spec=str(spec), space=space, sampling=sampling,
+                                **_common(data, None, None, search_epochs, search_batch, search_patch, search_stem,
+                                          device, seed, search_batches, spacing, workers, no_augment, quiet,
+                                          median))
+    result = run_cv(cfg, out, folds or None, mirror=mirror, resume=resume, force=force, checkpoint=checkpoint,
+                    search=search, echo=lambda line: typer.echo(line, err=True))
     typer.echo("mean Dice (%) per label")
     typer.echo(result.table())
+    if result.leakage is not None:
+        folds_hit = ", ".join(map(str, result.leakage.folds))
+        typer.echo(f"warning: fold(s) {folds_hit} are scored on cases the genotype's search trained on (see the "
+                   "warning above; recorded as 'leakage' in the summary)", err=True)
     suffix = summary_suffix(checkpoint)
-    typer.echo(f"written: {out / f'cv_summary{suffix}.csv'}, {out / f'cv_summary{suffix}.json'}")
+    typer.echo(f"written: {out / f'cv_summary{suffix}.csv'}, {out / f'cv_summary{suffix}.json'}, "
+               f"{out / f'cv_summary{suffix}.md'}, {out / f'cv_cases{suffix}.csv'}")
+    if result.genotypes:
+        typer.echo(f"genotypes: {out / 'genotypes'} (drawn in {out / 'genotypes' / 'genotypes.png'})")
+
+
+@user_errors
+def compare_cmd(
+    runs: list[Path] = typer.Argument(..., help="cv folders (scnas cv --out) of the same data; the first is "  # noqa: B008
+                                                "the reference"),
+    names: list[str] | None = typer.Option(  # noqa: B008
+        None, "--names", help="a name per cv folder, comma-separated or repeated (default: the folder names)"),
+    report: Path = typer.Option(..., "-o", "--out", help="folder for report.md/.csv/.json and the box plots"),  # noqa: B008
+    checkpoint: str = typer.Option("last", "--checkpoint", help="compare the cv results of the last (default) "
+                                                                "or the best weights"),
+    force: bool = typer.Option(False, "--force", help="replace an earlier report folder (only one scnas made)"),
+) -> None:
+    """Cross-validations side by side: per label mean and sd, the paired per-case difference to the first run
+    with a Wilcoxon signed-rank test, and box plots."""
+    from scnas_dsl.train.compare import compare_runs
+
+    split = [n.strip() for entry in names or [] for n in entry.split(",") if n.strip()]
+    result = compare_runs(runs, report, names=split or None, checkpoint=checkpoint, force=force)
+    typer.echo(result.table())
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"written: {', '.join(str(p) for p in result.files)}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
     app.command("cv")(cv_cmd)
+    app.command("compare")(compare_cmd)

@@ -66,9 +66,13 @@ def draw_cells(space: SearchSpace, genotype: Genotype | None, path: str | Path) 
         axes = figure.add_subplot(rows, columns, i + 1)
         _draw_cell(axes, space, key, genotype)
     figure.tight_layout(rect=(0, 0, 1, 0.95))
+    return _save(figure, path, 110)
+
+
+def _save(figure: Figure, path: Path, dpi: int) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110)
+        figure.savefig(path, dpi=dpi)
     except OSError as err:
         raise ScnasError(f"{path}: cannot write the picture ({err.strerror or err})") from err
     return path
@@ -111,3 +115,22 @@ def _draw_cell(axes: Axes, space: SearchSpace, key: str, genotype: Genotype | No
     ys = [p[1] for p in pos.values()]
     axes.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
     axes.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
+
+
+def draw_genotype_grid(space: SearchSpace, genotypes: list[tuple[str, Genotype]], path: str | Path) -> Path:
+    """Several genotypes of ``space`` side by side in one picture: one row per genotype (titled with its
+    label), one column per structure of the space (cell type), drawn as :func:`draw_cells` draws them."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise ScnasError(f"{path}: the picture must end in {', '.join(FORMATS)}")
+    keys = space.structure_keys()
+    rows, columns = max(1, len(genotypes)), max(1, len(keys))
+    figure = Figure(figsize=(4.6 * columns, 3.4 * rows))
+    figure.suptitle(f"{len(genotypes)} genotypes of {space.name}", fontsize=13)
+    for row, (label, genotype) in enumerate(genotypes):
+        for column, key in enumerate(keys):
+            axes = figure.add_subplot(rows, columns, row * columns + column + 1)
+            _draw_cell(axes, space, key, genotype)
+            axes.set_title(f"{label}: {axes.get_title()}", fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (3.4 * rows)))
+    return _save(figure, path, 90)

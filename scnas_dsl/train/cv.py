@@ -1,35 +1,138 @@
-"""``scnas cv``: retrain a genotype on every fold, predict each fold's validation cases on their original
-grid, and report the Dice table the paper reports (mean Dice per label over the cross-validation).
+"""``scnas cv``: cross-validation, and the Dice table the paper reports (mean Dice per label over the folds).
 
-The pooled table scores every training case once (as the validation case of its fold); the per-fold rows
-show the spread. Written to ``OUT/cv_summary.json`` and ``OUT/cv_summary.csv``; each fold's run folder is
-``OUT/fold_K`` with its predictions in ``OUT/fold_K/validation``.
+Two kinds, chosen by what the file holds:
+
+* **a genotype** (``run_cv(TrainConfig(genotype=...), ...)``): retrain that one network on every fold, predict
+  each fold's validation cases on their original grid and score them. A genotype that a search found carries
+  the cases its search trained on (the search run's ``split.json``, or the ``fold_K.search.json`` next to a
+  genotype that ``cv`` of a space copied); when some of them are scored here as validation cases the result
+  records it (``leakage``) and the command warns: those folds' Dice is optimistic.
+* **a search space** (``run_cv(..., search=SearchConfig(spec=...))``): the paper's protocol without
+  leakage. Each fold searches on its own training cases only (split 4:1 into weight and architecture parts
+  by the search), derives its genotype, retrains it and scores the fold's validation cases, so no validation
+  case is ever seen by the search that chose the network scoring it (checked after every search).
+  ``OUT/fold_K/search`` is the search run, ``OUT/fold_K/train`` the retraining, ``OUT/fold_K/validation`` the
+  predictions; the genotypes are copied to ``OUT/genotypes/fold_K.scn`` (with ``space.scn`` and their
+  search's cases in ``fold_K.search.json``) and drawn side by side in ``OUT/genotypes/genotypes.png``.
+
+The pooled table scores every case once (as the validation case of its fold); the per-fold rows and their
+mean and sample standard deviation over folds are the paper's Table 1 layout. Written to
+``OUT/cv_summary.{json,csv,md}``, with the per-case scores in ``OUT/cv_cases.csv`` (and in the JSON); in
+the genotype kind each fold's run folder is ``OUT/fold_K`` with its predictions in ``OUT/fold_K/validation``.
 
 Each fold is scored with its **last** weights, as the paper does (no model selection on validation).
 ``checkpoint="best"`` scores the weights that had the best Dice on the very cases then scored, which
 flatters the table; it stays available, and the summary, the CSV and the printed table say which weights
-(and which epoch) every row comes from. Its results go to ``OUT/cv_summary_best.*`` and
-``OUT/fold_K/validation_best``, so that scoring the best weights of a finished cross-validation
+(and which epoch) every row comes from. Its results go to ``OUT/cv_summary_best.*``, ``OUT/cv_cases_best.csv``
+and ``OUT/fold_K/validation_best``, so that scoring the best weights of a finished cross-validation
 (``--resume --checkpoint best``, no retraining) never replaces the last weights' results. Only a folder that
-``scnas cv`` made (it holds ``.scnas-cv``) is continued or redone.
+``scnas cv`` made (it holds ``.scnas-cv``) is continued or redone; with ``--resume`` finished searches and
+trainings are not redone.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from scnas_dsl.data.dataset import open_dataset
-from scnas_dsl.data.preprocess import Preprocessed
+from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
+from scnas_dsl.data.splits import FoldSplit, get_fold, load_folds
 from scnas_dsl.errors import RunError
 from scnas_dsl.train.checkpoint import load_checkpoint
-from scnas_dsl.train.config import TrainConfig
+from scnas_dsl.train.config import CommonConfig, SearchConfig, TrainConfig
 from scnas_dsl.train.metrics import Evaluation, evaluate_pairs, nanmean
 from scnas_dsl.train.predict import CHECKPOINTS, Weights, predict_run
+from scnas_dsl.train.resume import check_resumed_settings
 from scnas_dsl.train.retrain import run_train
-from scnas_dsl.train.runs import json_safe
+from scnas_dsl.train.runs import MARKER, json_safe
+from scnas_dsl.train.search import run_search
+from scnas_dsl.train.stopping import RunInterrupted
+
+#: marks a folder ``scnas cv`` made: only such a folder is continued (--resume) or redone (--force)
+CV_MARKER = ".scnas-cv"
+#: next to a copied genotype ``NAME.scn``: ``NAME.search.json``, the cases its search trained on
+SEARCH_RECORD = ".search.json"
+STD_RULE = "sample standard deviation (n - 1) of the per-fold means; n/a with fewer than two folds"
+
+
+@dataclass(frozen=True)
+class SearchCases:
+    """Which cases the search behind a genotype trained on (weights and architecture parts)."""
+
+    run: str
+    data: str | None
+    fold: int | None
+    cases: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Leakage:
+    """Validation cases of this cross-validation that the genotype's search trained on, per fold
+    (``fold -> (seen, validation cases)``); only folds with seen cases are listed."""
+
+    search: SearchCases
+    folds: dict[int, tuple[int, int]]
+
+    def cases(self) -> int:
+        return sum(seen for seen, _ in self.folds.values())
+
+    def message(self, genotype: Path | str) -> str:
+        folds = ", ".join(f"fold {k} ({seen} of {total} cases)" for k, (seen, total) in self.folds.items())
+        where = f" on {self.search.data}" if self.search.data else ""
+        return (f"{genotype} was found by a search ({self.search.run}{where}) that trained on {self.cases()} "
+                f"case(s) scored here as validation cases: {folds}. The Dice of these folds is optimistic "
+                "(the network was chosen on the cases it is scored on). For a cross-validation without leakage "
+                "give the search space instead: scnas cv SPACE --data DIR (one search per fold, on that fold's "
+                "training cases only)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"search": self.search.run, "data": self.search.data, "search_fold": self.search.fold,
+                "cases": self.cases(),
+                "folds": {str(k): {"seen": seen, "validation_cases": total}
+                          for k, (seen, total) in self.folds.items()}}
+
+
+def search_cases(genotype: Path | str) -> SearchCases | None:
+    """The cases the search behind ``genotype`` trained on: from ``NAME.search.json`` next to it (a copy that
+    ``cv`` of a space made), or from the search run folder it lies in (``split.json``); None for a genotype
+    no search recorded (a hand-written baseline, a random sample)."""
+    path = Path(genotype)
+    sidecar = path.with_name(path.stem + SEARCH_RECORD)
+    run = path.parent
+    try:
+        if sidecar.is_file():
+            record = json.loads(sidecar.read_text())
+        elif (run / MARKER).is_file() and (run / MARKER).read_text().strip() == "search" \
+                and (run / "split.json").is_file():
+            record = json.loads((run / "split.json").read_text())
+            config = run / "config.json"
+            record["data"] = json.loads(config.read_text()).get("data") if config.is_file() else None
+            record["search"] = str(run)
+        else:
+            return None
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunError(f"the search record next to {path} cannot be read ({err})") from err
+    seen = frozenset(str(c) for c in [*record.get("weight_part", []), *record.get("arch_part", [])])
+    return SearchCases(run=str(record.get("search", run)), data=record.get("data"), fold=record.get("fold"),
+                       cases=seen)
+
+
+def leakage(genotype: Path | str, splits: dict[int, FoldSplit]) -> Leakage | None:
+    """The validation cases of ``splits`` that the search behind ``genotype`` trained on (None: none, or no
+    search recorded). Cases are compared by id."""
+    record = search_cases(genotype)
+    if record is None:
+        return None
+    folds = {k: (len(record.cases & set(s.val)), len(s.val)) for k, s in sorted(splits.items())}
+    folds = {k: v for k, v in folds.items() if v[0]}
+    return Leakage(search=record, folds=folds) if folds else None
 
 
 @dataclass
@@ -42,6 +145,14 @@ class CVResult:
     checkpoint: str = "last"
     #: the weights each fold was scored with
     weights: dict[int, Weights] = field(default_factory=dict)
+    #: ``genotype`` (one network retrained on every fold) or ``space`` (one search per fold)
+    mode: str = "genotype"
+    #: how many folds the splits have (the folds run may be fewer)
+    folds_total: int = 0
+    #: validation cases the genotype's search trained on (genotype mode), else None
+    leakage: Leakage | None = None
+    #: each fold's genotype file (space mode: ``OUT/genotypes/fold_K.scn``)
+    genotypes: dict[int, Path] = field(default_factory=dict)
 
     def heading(self) -> str:
         """Which weights the table scores."""
@@ -50,10 +161,26 @@ class CVResult:
                     "(optimistic; the paper scores the last)")
         return f"weights: the {self.checkpoint} of each fold (no choice on the validation cases, as in the paper)"
 
+    def label_names(self) -> list[str]:
+        return list(self.pooled.labels.values())
+
+    def over_folds(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(mean, sample standard deviation) over the folds of each label's fold mean and of the fold
+        averages (key ``average``)."""
+        columns: dict[str, list[float]] = {n: [ev.mean_dice()[n] for ev in self.folds.values()]
+                                           for n in self.label_names()}
+        columns["average"] = [ev.foreground_mean() for ev in self.folds.values()]
+        return ({n: nanmean(v) for n, v in columns.items()}, {n: sample_std(v) for n, v in columns.items()})
+
+    def case_rows(self) -> list[tuple[int, str, dict[str, float]]]:
+        """(fold, case, Dice per label name) for every scored case, by fold then case."""
+        return [(k, case, {ev.labels[label]: v for label, v in scores.items()})
+                for k, ev in self.folds.items() for case, scores in ev.per_case.items()]
+
     def table(self) -> str:
         """Which weights, then the mean Dice (%) per label: one row per fold (with the epoch of its weights),
-        then the pooled row ``all``."""
-        names = list(self.pooled.labels.values())
+        the mean and standard deviation over the folds, then the pooled row ``all``."""
+        names = self.label_names()
         width = max(8, *(len(n) for n in names))
         lines = [self.heading(),
                  "  ".join([f"{'fold':<8}", *(f"{n:>{width}}" for n in names), f"{'mean':>8}", f"{'epoch':>6}"])]
@@ -62,10 +189,23 @@ class CVResult:
             epoch = self.weights[fold].epoch if fold in self.weights else "?"
             lines.append("  ".join([f"{fold:<8}", *(f"{_f(means[n]):>{width}}" for n in names),
                                     f"{_f(ev.foreground_mean()):>8}", f"{epoch:>6}"]))
+        mean, std = self.over_folds()
+        for row, values in (("mean", mean), ("sd", std)):
+            lines.append("  ".join([f"{row:<8}", *(f"{_f(values[n]):>{width}}" for n in names),
+                                    f"{_f(values['average']):>8}"]))
         means = self.pooled.mean_dice()
         lines.append("  ".join([f"{'all':<8}", *(f"{_f(means[n]):>{width}}" for n in names),
                                 f"{_f(self.pooled.foreground_mean()):>8}"]))
         return "\n".join(lines)
+
+
+def sample_std(values: list[float]) -> float:
+    """Sample standard deviation (n - 1) of the defined values; NaN with fewer than two."""
+    xs = [v for v in values if not math.isnan(v)]
+    if len(xs) < 2:
+        return math.nan
+    mean = sum(xs) / len(xs)
+    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def _f(v: float) -> str:
@@ -79,20 +219,49 @@ def _source_dataset(data: str) -> Path:
     return folder
 
 
+def fold_splits(cfg: CommonConfig) -> dict[int, FoldSplit]:
+    """Every fold of ``cfg.data`` as the runs will see it (the data is preprocessed into the cache first, as
+    a run would do; an already preprocessed folder is used as it is)."""
+    source = Path(cfg.data)
+    if (source / "preprocessed.json").is_file():
+        pre = Preprocessed(source)
+    else:
+        pre = preprocess_dataset(source, spacing=cfg.spacing, progress=cfg.progress)
+    folds, _ = load_folds(pre, cfg.splits_seed)
+    return {k: get_fold(pre, k, cfg.splits_seed) for k in range(len(folds))}
+
+
+def _finished(path: Path, kind: str, epochs: int, min_lr: float | None = None) -> bool:
+    """The run whose checkpoint is ``path`` ran to its end: saved at the end of an epoch, and either all
+    ``epochs`` done or (training) stopped by the learning-rate floor."""
+    if not path.is_file():
+        return False
+    state = load_checkpoint(path)
+    if state["kind"] != kind or int(state.get("step", 0)) != 0:
+        return False
+    if int(state.get("epoch", 0)) >= epochs:
+        return True
+    groups = state.get("optimizer", {}).get("param_groups", [])
+    return min_lr is not None and bool(groups) and float(groups[0]["lr"]) < min_lr
+
+
 def _trained(fold_dir: Path, cfg: TrainConfig) -> bool:
     """The fold's training ran to its end, read from the weights cv scores (``last.pt``, a training state):
     saved at the end of an epoch, and either all ``cfg.epochs`` epochs done or stopped by the learning-rate
     floor. A fold stopped earlier (or asked for more epochs now) is resumed."""
-    path = fold_dir / "checkpoints" / "last.pt"
-    if not path.is_file():
+    return _finished(fold_dir / "checkpoints" / "last.pt", "train", cfg.epochs, cfg.min_lr)
+
+
+def _searched(run: Path, cfg: SearchConfig) -> bool:
+    """The fold's search ran all ``cfg.epochs`` and wrote its genotype; a search with other settings than
+    now is refused (as resuming it would be)."""
+    if not ((run / "genotype.scn").is_file() and _finished(run / "checkpoints" / "last.pt", "search", cfg.epochs)):
         return False
-    state = load_checkpoint(path)
-    if state["kind"] != "train" or int(state.get("step", 0)) != 0:
-        return False
-    if int(state.get("epoch", 0)) >= cfg.epochs:
-        return True
-    groups = state.get("optimizer", {}).get("param_groups", [])
-    return bool(groups) and float(groups[0]["lr"]) < cfg.min_lr
+    settings = cfg.model_dump(mode="json")
+    if settings["patch"] is None:  # the run recorded the patch it chose; not choosing one is no change
+        del settings["patch"]
+    check_resumed_settings(run, settings)
+    return True
 
 
 def summary_suffix(checkpoint: str) -> str:
@@ -101,64 +270,208 @@ def summary_suffix(checkpoint: str) -> str:
     return "" if checkpoint == "last" else f"_{checkpoint}"
 
 
-#: marks a folder ``scnas cv`` made: only such a folder is continued (--resume) or redone (--force)
-CV_MARKER = ".scnas-cv"
-
-
-def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirror: bool = False,
-           resume: bool = False, force: bool = False, checkpoint: str = "last") -> CVResult:
-    """Retrain ``base`` (its ``fold`` and ``out`` are replaced) on each fold and evaluate the folds with
-    their ``last`` (default) or ``best`` weights."""
-    if checkpoint not in CHECKPOINTS:
-        raise RunError(f"unknown checkpoint '{checkpoint}': use last (the default) or best")
-    out = Path(out)
+def _prepare_out(out: Path, mode: str, resume: bool, force: bool) -> None:
+    """Check (and make) the cv folder: only one ``scnas cv`` made is continued or redone; a folder of the
+    other kind (space / genotype) is redone as a whole with ``--force``, never continued."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not (out / CV_MARKER).is_file():
+        marker = out / CV_MARKER
+        if not marker.is_file():
             raise RunError(f"{out}: exists and is not a folder scnas cv made; scnas never writes into it (not even "
                            "with --force or --resume). Choose another --out")
         if not (resume or force):
             raise RunError(f"{out}: already exists; use --resume to continue the folds, --force to redo them, or "
                            "choose another --out")
+        lines = marker.read_text().splitlines()
+        before = lines[1].strip() if len(lines) > 1 else "genotype"
+        if before != mode:
+            if not force:
+                raise RunError(f"{out}: holds a cross-validation of a {before}, not of a {mode}; it cannot be "
+                               "continued as one. Use --force to redo it from the start, or another --out")
+            for entry in out.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    (out / CV_MARKER).write_text("scnas cv\n")
+    (out / CV_MARKER).write_text(f"scnas cv\n{mode}\n")
+
+
+def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirror: bool = True,
+           resume: bool = False, force: bool = False, checkpoint: str = "last",
+           search: SearchConfig | None = None, echo: Callable[[str], None] | None = None) -> CVResult:
+    """Cross-validate and evaluate the folds with their ``last`` (default) or ``best`` weights.
+
+    Without ``search``: retrain ``base.genotype`` (``fold`` and ``out`` are replaced) on each fold; a leak
+    of validation cases into the genotype's search is reported through ``echo`` and recorded. With
+    ``search`` (its ``spec`` a space): each fold first searches on its training cases (``search``, its
+    ``fold`` and ``out`` replaced), then retrains the fold's genotype with ``base``."""
+    if checkpoint not in CHECKPOINTS:
+        raise RunError(f"unknown checkpoint '{checkpoint}': use last (the default) or best")
+    if search is not None and search.splits_seed != base.splits_seed:
+        raise RunError(f"the search's splits_seed ({search.splits_seed}) differs from the retraining's "
+                       f"({base.splits_seed}): both must use the same folds")
+    out = Path(out)
+    mode = "genotype" if search is None else "space"
+    _prepare_out(out, mode, resume, force)
     # the last weights' results and the best weights' (optimistic) results never replace each other
     suffix = summary_suffix(checkpoint)
     dataset = open_dataset(_source_dataset(base.data))
+    splits = fold_splits(base)
+    chosen = folds if folds is not None else sorted(splits)
+    unknown = [k for k in chosen if k not in splits]
+    if unknown:
+        raise RunError(f"fold(s) {', '.join(map(str, unknown))} do not exist; the data has {len(splits)} folds "
+                       f"(0 to {len(splits) - 1})")
+    leak = None
+    if search is None:
+        leak = leakage(base.genotype, {k: splits[k] for k in chosen})
+        if leak is not None and echo is not None:
+            echo(f"warning: {leak.message(base.genotype)}")
     results: dict[int, Evaluation] = {}
     weights: dict[int, Weights] = {}
+    genotypes: dict[int, Path] = {}
     pairs_all: dict[str, tuple[Path, Path]] = {}
     labels = {k: v for k, v in dataset.labels.items() if k != 0}
-    for fold in folds if folds is not None else list(range(5)):
-        cfg = base.model_copy(update={"fold": fold, "out": str(out / f"fold_{fold}")})
+    for fold in chosen:
         fold_dir = out / f"fold_{fold}"
-        if not (resume and _trained(fold_dir, cfg)):
-            run_train(cfg, resume=resume and (fold_dir / "checkpoints" / "last.pt").is_file(),
+        cfg = base
+        run_dir = fold_dir
+        if search is not None:
+            genotype = _search_fold(search, out, fold, splits[fold], resume=resume, force=force)
+            genotypes[fold] = genotype
+            run_dir = fold_dir / "train"
+            cfg = base.model_copy(update={"genotype": str(fold_dir / "search" / "genotype.scn"),
+                                          "genotype_name": None})
+        cfg = cfg.model_copy(update={"fold": fold, "out": str(run_dir)})
+        if not (resume and _trained(run_dir, cfg)):
+            run_train(cfg, resume=resume and (run_dir / "checkpoints" / "last.pt").is_file(),
                       resume_hint=f"scnas cv ... --out {out} --resume",
-                      force=force and fold_dir.exists())
-        split = json.loads((fold_dir / "split.json").read_text())
+                      force=force and run_dir.exists())
+        split = json.loads((run_dir / "split.json").read_text())
         images = [p for case in split["val"] for p in dataset.case(case).images]
         scored = fold_dir / f"validation{suffix}"
-        weights[fold] = predict_run(fold_dir, images, scored, mirror=mirror, device=base.device,
+        weights[fold] = predict_run(run_dir, images, scored, mirror=mirror, device=base.device,
                                     checkpoint=checkpoint, force=True, progress=base.progress).weights
         pairs = {case: (scored / f"{case}.nii.gz", dataset.case(case).label) for case in split["val"]}
         results[fold] = evaluate_pairs(pairs, label_names=labels)  # type: ignore[arg-type]
         results[fold].write(scored)
         pairs_all.update(pairs)  # type: ignore[arg-type]
+    if genotypes:
+        _draw_genotypes(out / "genotypes")
     pooled = evaluate_pairs(pairs_all, label_names=labels)
-    result = CVResult(folds=results, pooled=pooled, checkpoint=checkpoint, weights=weights)
-    summary = {"checkpoint": checkpoint, "weights_note": result.heading(),
-               "weights": {str(k): v.to_json() for k, v in weights.items()},
-               "folds": {str(k): v.to_json() for k, v in results.items()}, **pooled.to_json(),
-               "fold_means": {str(k): v.foreground_mean() for k, v in results.items()},
-               "mean_over_folds": nanmean(v.foreground_mean() for v in results.values())}
-    (out / f"cv_summary{suffix}.json").write_text(json.dumps(json_safe(summary), indent=1) + "\n")
-    with (out / f"cv_summary{suffix}.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["fold", *labels.values(), "foreground_mean", "checkpoint", "epoch"])
-        rows: list[tuple[str, Evaluation, str]] = [
-            *((str(k), v, str(weights[k].epoch)) for k, v in results.items()), ("all", pooled, "")]
-        for name, ev, epoch in rows:
-            means = ev.mean_dice()
-            writer.writerow([name, *(f"{means[n]:.6f}" for n in labels.values()), f"{ev.foreground_mean():.6f}",
-                             checkpoint, epoch])
+    result = CVResult(folds=results, pooled=pooled, checkpoint=checkpoint, weights=weights, mode=mode,
+                      folds_total=len(splits), leakage=leak, genotypes=genotypes)
+    spec = search.spec if search is not None else base.genotype
+    write_summary(out, result, suffix, spec=spec)
     return result
+
+
+def _search_fold(search: SearchConfig, out: Path, fold: int, split: FoldSplit, *, resume: bool,
+                 force: bool) -> Path:
+    """Search fold ``fold`` on its training cases (unless already done and resuming), check that the search
+    saw none of the fold's validation cases, and copy its genotype to ``OUT/genotypes``."""
+    run = out / f"fold_{fold}" / "search"
+    cfg = search.model_copy(update={"fold": fold, "out": str(run)})
+    if not (resume and _searched(run, cfg)):
+        try:
+            run_search(cfg, resume=resume and (run / "checkpoints" / "last.pt").is_file(),
+                       force=force and run.exists())
+        except RunInterrupted as err:
+            raise RunInterrupted(f"the search of fold {fold} stopped after saving a checkpoint; continue the "
+                                 f"cross-validation with scnas cv ... --out {out} --resume") from err
+    record = json.loads((run / "split.json").read_text())
+    seen = set(record["weight_part"]) | set(record["arch_part"])
+    if seen & set(split.val) or record.get("fold") != fold:
+        raise RunError(f"{run / 'split.json'}: the search of fold {fold} trained on validation cases of that fold "
+                       f"({', '.join(sorted(seen & set(split.val)))}); this is a bug, please report it")
+    target = out / "genotypes"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "space.scn", target / "space.scn")
+    genotype = target / f"fold_{fold}.scn"
+    shutil.copyfile(run / "genotype.scn", genotype)
+    (target / f"fold_{fold}{SEARCH_RECORD}").write_text(json.dumps(
+        {"search": str(run.resolve()), "data": str(Path(search.data).resolve()), "fold": fold, "weight_part": record["weight_part"],
+         "arch_part": record["arch_part"], "val": record.get("val", [])}, indent=1) + "\n")
+    return genotype
+
+
+def _draw_genotypes(folder: Path) -> Path:
+    """Every ``fold_K.scn`` of ``folder`` drawn side by side (one row per fold) in ``genotypes.png``."""
+    from scnas_dsl.graph.draw import draw_genotype_grid
+    from scnas_dsl.loader import load
+
+    drawn = []
+    space = None
+    for path in sorted(folder.glob("fold_*.scn"), key=lambda p: int(p.stem.split("_")[1])):
+        space, genotype = load(path).genotype()
+        drawn.append((path.stem.replace("_", " "), genotype))
+    assert space is not None
+    return draw_genotype_grid(space, drawn, folder / "genotypes.png")
+
+
+def write_summary(out: Path, result: CVResult, suffix: str, spec: str | None = None) -> list[Path]:
+    """``cv_summary{suffix}.json``, ``.csv``, ``.md`` and the per-case ``cv_cases{suffix}.csv``."""
+    names = result.label_names()
+    mean, std = result.over_folds()
+    weights, checkpoint, pooled = result.weights, result.checkpoint, result.pooled
+    summary = {"checkpoint": checkpoint, "weights_note": result.heading(), "mode": result.mode, "spec": spec,
+               "weights": {str(k): v.to_json() for k, v in weights.items()},
+               "folds": {str(k): v.to_json() for k, v in result.folds.items()}, **pooled.to_json(),
+               "fold_means": {str(k): v.foreground_mean() for k, v in result.folds.items()},
+               "mean_over_folds": mean["average"],
+               "folds_run": sorted(result.folds), "folds_total": result.folds_total,
+               "label_names": names,
+               "over_folds": {"mean": mean, "std": std, "std_rule": STD_RULE},
+               "case_scores": [{"fold": k, "case": case, "dice": dice} for k, case, dice in result.case_rows()],
+               "leakage": result.leakage.to_json() if result.leakage is not None else None,
+               "genotypes": {str(k): str(v) for k, v in result.genotypes.items()}}
+    paths = [out / f"cv_summary{suffix}.json", out / f"cv_summary{suffix}.csv", out / f"cv_summary{suffix}.md",
+             out / f"cv_cases{suffix}.csv"]
+    paths[0].write_text(json.dumps(json_safe(summary), indent=1) + "\n")
+    with paths[1].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["fold", *names, "foreground_mean", "checkpoint", "epoch"])
+        for k, ev in result.folds.items():
+            means = ev.mean_dice()
+            writer.writerow([k, *(_c(means[n]) for n in names), _c(ev.foreground_mean()), checkpoint,
+                             weights[k].epoch])
+        for row, values in (("mean", mean), ("std", std)):
+            writer.writerow([row, *(_c(values[n]) for n in names), _c(values["average"]), checkpoint, ""])
+        means = pooled.mean_dice()
+        writer.writerow(["all", *(_c(means[n]) for n in names), _c(pooled.foreground_mean()), checkpoint, ""])
+    paths[2].write_text(_markdown(result, spec))
+    with paths[3].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["fold", "case", *names])
+        for k, case, dice in result.case_rows():
+            writer.writerow([k, case, *(_c(dice[n]) for n in names)])
+    return paths
+
+
+def _c(v: float) -> str:
+    return "" if math.isnan(v) else f"{v:.6f}"
+
+
+def _markdown(result: CVResult, spec: str | None) -> str:
+    """The paper's Table 1 layout: Dice (%) per label and their average, per fold, mean ± sd over the folds,
+    and the pooled row."""
+    names = result.label_names()
+    mean, std = result.over_folds()
+    what = {"space": "one search per fold on its training cases, then retrained",
+            "genotype": "one genotype retrained on every fold"}[result.mode]
+    lines = [f"# Cross-validation: Dice (%) per label{f' of {spec}' if spec else ''}", "",
+             f"{what}; {result.heading()}.", "",
+             "| fold | " + " | ".join(names) + " | average | epoch |",
+             "| --- |" + " ---: |" * (len(names) + 2)]
+    for k, ev in result.folds.items():
+        means = ev.mean_dice()
+        lines.append(f"| {k} | " + " | ".join(_f(means[n]) for n in names)
+                     + f" | {_f(ev.foreground_mean())} | {result.weights[k].epoch} |")
+    both = [f"{_f(mean[n])} ± {_f(std[n])}" for n in [*names, "average"]]
+    lines.append(f"| mean ± sd ({len(result.folds)} of {result.folds_total} folds) | " + " | ".join(both) + " | |")
+    means = result.pooled.mean_dice()
+    lines.append(f"| pooled ({len(result.pooled.per_case)} cases) | " + " | ".join(_f(means[n]) for n in names)
+                 + f" | {_f(result.pooled.foreground_mean())} | |")
+    lines += ["", f"sd: {STD_RULE}. Pooled: every case scored once, as a validation case of its fold. A case whose "
+              "reference and prediction are both empty has no Dice for that label (n/a) and is left out of "
+              "its means (nnU-Net's rule). Per-case scores: cv_cases*.csv."]
+    if result.leakage is not None:
+        lines += ["", f"**Warning**: {result.leakage.message(spec or 'the genotype')}."]
+    return "\n".join(lines) + "\n"
