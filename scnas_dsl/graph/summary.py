@@ -63,6 +63,8 @@ def summarize(space: SearchSpace, genotype: Genotype | None = None) -> dict[str,
         "head": {"op": unet.head.call.kind},
         "width_factor": unet.width_factor,
         "node_width": unet.node_width,
+        "deep_supervision": list(unet.deep_supervision),
+        "skips": unet.skips,
         "sequence": [name for name, _ in space.instances()],
         "cells": cells,
         "arch_logits": logits,
@@ -79,6 +81,11 @@ def render_text(summary: dict[str, Any]) -> str:
         lines.append(f"  stem {summary['stem']['op']} -> {summary['stem']['width']}, "
                      f"width x{summary.get('width_factor', 2)} per level, node width {summary.get('node_width', 'split')}, "
                      f"head {summary['head']['op']}")
+    if summary.get("deep_supervision") or summary.get("skips", "sum") != "sum":
+        levels = summary.get("deep_supervision") or []
+        ds = f"heads at levels 0, {', '.join(map(str, levels))}" if levels else "off"
+        lines.append(f"  deep supervision {ds}; skips {summary.get('skips', 'sum')}"
+                     + (" (attention-gated)" if summary.get("skips") == "attention" else ""))
     if "sequence" in summary:
         lines.append(f"  cells in order ({len(summary['sequence'])}): {' '.join(summary['sequence'])}")
     for cell in summary["cells"]:
@@ -100,7 +107,7 @@ def render_text(summary: dict[str, Any]) -> str:
         lines.append(f"  search space size: 10^{summary['log10_architectures']:.2f} architectures")
     for extra, value in summary.items():
         if extra in {"kind", "name", "space", "dims", "share", "stem", "head", "width_factor", "node_width",
-                     "sequence",
+                     "sequence", "deep_supervision", "skips",
                      "cells", "arch_logits", "log10_architectures"}:
             continue
         lines.append(f"  {extra}: {value}")

@@ -103,7 +103,7 @@ def _cell_class(cp: CellPlan, space: SearchSpace, emitter: _Emitter, dims: int, 
         f'output {spec.output.kind} of {", ".join(cp.output_nodes)}."""',
         "",
         "    def __init__(self, width: int, in_widths: tuple[int, ...], factors: tuple[float, ...],",
-        "                 skip_width: int | None = None) -> None:",
+        "                 skip_width: int | None = None, gate: tuple[int, int] | None = None) -> None:",
         "        super().__init__()",
         "        self.pre = nn.ModuleDict({",
     ]
@@ -116,9 +116,12 @@ def _cell_class(cp: CellPlan, space: SearchSpace, emitter: _Emitter, dims: int, 
             "        # decoder: the previous cell's output plus the encoder output of its level",
             "        self.skip = (Projection(skip_width, in_widths[-1], 1, "
             f"{dims}) if skip_width is not None and skip_width != in_widths[-1] else None)",
+            "        # skips attention: (gating width, factor) of the attention gate that scales the skip",
+            f"        self.gate = (AttentionGate(skip_width, gate[0], gate[1], {dims})",
+            "                     if gate is not None and skip_width is not None else None)",
         ]
     else:
-        lines.append("        self.skip = None")
+        lines += ["        self.skip = None", "        self.gate = None"]
     lines.append("        self.edges = nn.ModuleDict({")
     for src, dst in cp.edges:
         op = chosen[(src, dst)]
@@ -128,10 +131,13 @@ def _cell_class(cp: CellPlan, space: SearchSpace, emitter: _Emitter, dims: int, 
         ctor = emitter.call(call.kind, call.kwargs(), "width", "width", cp.stride(src), dims)
         lines.append(f'            "{src}_{dst}": Edge({{"{op}": {ctor}}}),')
     lines += ["        })", "",
-              "    def forward(self, inputs: list[torch.Tensor], skip: torch.Tensor | None) -> torch.Tensor:",
+              "    def forward(self, inputs: list[torch.Tensor], skip: torch.Tensor | None,",
+              "                gating: torch.Tensor | None = None) -> torch.Tensor:",
               f"        {', '.join(spec.input_names())}{',' if spec.inputs == 1 else ''} = inputs"]
     if last in used:
         lines += ["        if skip is not None:",
+                  "            if self.gate is not None:",
+                  "                skip = self.gate(skip, gating)",
                   f"            {last} = {last} + (skip if self.skip is None else self.skip(skip))"]
     for name in used:
         lines.append(f'        {name} = self.pre["{name}"]({name})')
@@ -148,12 +154,13 @@ def _cell_class(cp: CellPlan, space: SearchSpace, emitter: _Emitter, dims: int, 
 
 
 def emit_torch(space: SearchSpace, genotype: Genotype, *, in_channels: int, num_classes: int,
-               stem_width: int | None = None, library: Library | None = None) -> str:
+               stem_width: int | None = None, library: Library | None = None,
+               deep_supervision: bool | tuple[int, ...] | None = None) -> str:
     """Standalone PyTorch source for ``genotype`` of ``space``: a class ``Network`` (constructor arguments
     default to ``in_channels``, ``num_classes``, ``stem_width``) with the same ``state_dict`` keys and
     outputs as ``build_network(space, genotype, ...)``."""
     library = library or default_library()
-    plan = build_plan(space, stem_width=stem_width, genotype=genotype)
+    plan = build_plan(space, stem_width=stem_width, genotype=genotype, deep_supervision=deep_supervision)
     emitter = _Emitter(library)
     dims = plan.dims
     unet = space.unet
@@ -172,22 +179,32 @@ def emit_torch(space: SearchSpace, genotype: Genotype, *, in_channels: int, num_
     out_names = {STEM: "stem"} | {cp.index: f"c{cp.index}" for cp in plan.cells}
     width_of = {STEM: "w[0]"} | {cp.index: _out_width_expr(cp, mode) for cp in plan.cells}
     init_cells, forward = [], ["        stem = self.stem(x)"]
-    last_use = plan.last_use()
+    last_use = plan.last_use(heads=True)  # the deep-supervision heads read their levels at the end
     for cp in plan.cells:
         in_widths = ", ".join(width_of[i.source] for i in cp.inputs) + ("," if len(cp.inputs) == 1 else "")
         factors = ", ".join(repr(i.factor) for i in cp.inputs) + ("," if len(cp.inputs) == 1 else "")
         skip_w = width_of[cp.skip.source] if cp.skip is not None else "None"
+        gate = f", ({width_of[cp.gate.source]}, {cp.gate.factor})" if cp.gate is not None else ""
         init_cells.append(
             f"            {_class_name('cell_' + cp.key)}({_node_width_expr(cp, mode)}, ({in_widths}), ({factors}), "
-            f"{skip_w}),  # {cp.index}: {cp.instance}, level {cp.in_level} -> {cp.out_level}"
+            f"{skip_w}{gate}),  # {cp.index}: {cp.instance}, level {cp.in_level} -> {cp.out_level}"
         )
         inputs = ", ".join(out_names[i.source] for i in cp.inputs)
         skip = out_names[cp.skip.source] if cp.skip is not None else "None"
-        forward.append(f"        c{cp.index} = self.cells[{cp.index}]([{inputs}], {skip})")
+        gating = f", {out_names[cp.gate.source]}" if cp.gate is not None else ""
+        forward.append(f"        c{cp.index} = self.cells[{cp.index}]([{inputs}], {skip}{gating})")
         done = [out_names[s] for s, last in last_use.items() if last == cp.index and s != plan.out_source]
         if done:  # frees memory at inference, where nothing else holds these tensors
             forward.append(f"        del {', '.join(done)}")
-    forward.append(f"        return self.head({out_names[plan.out_source]})")
+    forward.append(f"        logits = self.head({out_names[plan.out_source]})")
+    if plan.heads:
+        outs = ", ".join(f'self.ds_heads["{h.level}"]({out_names[h.source]})' for h in plan.heads)
+        forward += ["        if self.deep_supervision:  # training: [logits, coarser levels' logits ...]",
+                    f"            return [logits, {outs}]"]
+    forward.append("        return logits")
+    heads = [emitter.call(unet.head.call.kind, unet.head.call.kwargs(), width_of[h.source], "num_classes", 1, dims)
+             for h in plan.heads]
+    init_heads = [f'            "{h.level}": {ctor},' for h, ctor in zip(plan.heads, heads, strict=True)]
 
     helpers = "\n\n".join(inspect.getsource(f) for f in _HELPERS)
     classes = "\n\n".join(inspect.getsource(c) for c in lib.BUILTIN_CLASSES)
@@ -232,8 +249,14 @@ LEAKY_SLOPE = {lib.LEAKY_SLOPE!r}
         "        self.cells = nn.ModuleList([",
         *init_cells,
         "        ])",
+        f"        # deep supervision: a head per level{' (' + ', '.join(str(h.level) for h in plan.heads) + ')' if plan.heads else ' (none)'}; "
+        "forward returns their logits too while this is True",
+        "        self.ds_heads = nn.ModuleDict({",
+        *init_heads,
+        "        })",
+        "        self.deep_supervision = False",
         "",
-        "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+        "    def forward(self, x: torch.Tensor) -> Any:",
         f"        if any(s % {2 ** plan.levels} for s in x.shape[2:]):",
         f'            raise ValueError(f"spatial size {{tuple(x.shape[2:])}} is not divisible by '
         f'{2 ** plan.levels}")',
