@@ -1,0 +1,73 @@
+"""Retraining with deep supervision and attention gates: the heads train, the run records them, prediction
+rebuilds the same network and uses the full-resolution head; the command line switches them off."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from scnas_dsl.cli import app
+from scnas_dsl.data.preprocess import preprocess_dataset
+from scnas_dsl.data.synth import synthesize
+from scnas_dsl.loader import load
+from scnas_dsl.nn.network import build_network
+from scnas_dsl.train.checkpoint import load_checkpoint
+from scnas_dsl.train.config import TrainConfig
+from scnas_dsl.train.predict import load_trained
+from scnas_dsl.train.retrain import run_train
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deep_supervision")]
+
+BASELINE = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "uresnet_paper.scn"
+TINY = dict(batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=2, device="cpu", progress=False,
+            augment=False, epochs=2, val_every=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ds")
+    raw = synthesize(root / "data", "heart", cases=5, shape=(24, 24, 24), seed=0)
+    pre = preprocess_dataset(raw, out=root / "pre", spacing=None, progress=False)
+    return {"root": root, "raw": raw, "pre": pre.root}
+
+
+def test_heads_train_and_prediction_rebuilds_the_network(data: dict[str, Path]) -> None:
+    out = data["root"] / "run_ds"
+    cfg = TrainConfig(genotype=str(BASELINE), data=str(data["pre"]), out=str(out), fold=0, **TINY)
+    run_train(cfg)
+    recipe = json.loads((out / "network.json").read_text())
+    assert recipe["deep_supervision"] == [1, 2]
+    trained = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    # the heads' weights moved from their initial values: only the deep-supervision loss reaches them
+    space, geno = load(BASELINE).genotype()
+    torch.manual_seed(cfg.seed)
+    initial = build_network(space, geno, in_channels=1, num_classes=2, stem_width=4).state_dict()
+    for key in ("ds_heads.1.conv.weight", "ds_heads.2.conv.weight"):
+        assert not torch.equal(trained[key], initial[key]), key
+    assert any(".gate." in k for k in trained)
+    model = load_trained(out)  # strict load: the heads and gates are rebuilt from the run's record
+    assert model.network.plan.deep_supervision == (1, 2)
+    assert model.network.deep_supervision is False  # prediction: the full-resolution head only
+    # predict through the command line: one label map per case on the case's own grid
+    image = sorted((data["raw"] / "imagesTr").glob("*.nii.gz"))[0]
+    result = CliRunner().invoke(app, ["predict", str(out), "--input", str(image), "--output",
+                                      str(data["root"] / "pred_ds"), "--quiet", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    (written,) = sorted((data["root"] / "pred_ds").glob("*.nii.gz"))
+    assert nib.load(str(written)).shape == nib.load(str(image)).shape[:3]
+
+
+def test_the_switch_turns_the_heads_off(data: dict[str, Path]) -> None:
+    out = data["root"] / "run_plain"
+    cfg = TrainConfig(genotype=str(BASELINE), data=str(data["pre"]), out=str(out), fold=0,
+                      deep_supervision=False, **{**TINY, "epochs": 1})
+    run_train(cfg)
+    assert json.loads((out / "network.json").read_text())["deep_supervision"] == []
+    assert not any(k.startswith("ds_heads") for k in load_checkpoint(out / "checkpoints" / "last.pt")["model"])
+    assert load_trained(out).network.plan.deep_supervision == ()
