@@ -126,6 +126,9 @@ def train_cmd(
     stem_width: int | None = STEM,
     name: str | None = typer.Option(None, "--genotype-name", help="which genotype of the file"),
     val_every: int | None = typer.Option(None, "--val-every", help="validation every N epochs (default: 10)"),
+    mirror: bool | None = typer.Option(None, "--mirror/--no-mirror",
+                                       help="mirror the validation's sliding windows along every spatial axis "
+                                            "(default on, as nnU-Net; 8x the validation's work)"),
     device: str | None = DEVICE, seed: int | None = SEED, resume: bool = RESUME, force: bool = FORCE,
     config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
@@ -136,6 +139,7 @@ def train_cmd(
     from scnas_dsl.train.retrain import run_train
 
     cfg = resolve_config(TrainConfig, config, genotype=str(genotype), genotype_name=name, val_every=val_every,
+                         mirror_validation=mirror,
                          **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
                                    spacing, workers, no_augment, quiet, median))
     result = run_train(cfg, resume=resume, force=force)
@@ -153,7 +157,9 @@ def predict_cmd(
     inputs: list[Path] = typer.Option(..., "--input", help="image files or folders (repeatable)"),  # noqa: B008
     output: Path = typer.Option(..., "--output", help="folder for <case>.nii.gz"),  # noqa: B008
     probabilities: bool = typer.Option(False, "--probabilities", help="also write probabilities/<case>.nii.gz"),
-    mirror: bool = typer.Option(False, "--mirror", help="test-time mirroring (8 passes in 3D)"),
+    mirror: bool = typer.Option(True, "--mirror/--no-mirror",
+                                help="test-time mirroring along every spatial axis, 8 passes in 3D (default on, "
+                                     "as nnU-Net); --no-mirror: one pass, about 8x faster"),
     checkpoint: str = typer.Option("last", "--checkpoint",
                                    help="last (default: no choice on validation, as the paper) or best "
                                         "(the best validation Dice during training)"),

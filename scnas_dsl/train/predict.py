@@ -1,9 +1,11 @@
 """``scnas predict``: a trained run's network on new images, written back on their original grid.
 
 Each case is preprocessed exactly as the run's training data (the run keeps a copy of the preprocessing
-record), segmented with sliding windows (50% overlap, Gaussian blending by default, optional mirroring),
-and the label map is brought back to the original image (inverse resampling, crop and orientation), with the
-original affine and header, as ``<case>.nii.gz`` (nnU-Net's naming). Probabilities, when asked, go to
+record), segmented with sliding windows (50% overlap, Gaussian blending by default, mirroring along every
+spatial axis by default, as nnU-Net), and brought back to the original image as nnU-Net does: the class
+probabilities are resampled linearly to the original spacing and the argmax is taken there, then crop and
+orientation are undone (``restore_segmentation``), with the original affine and header, as ``<case>.nii.gz``
+(nnU-Net's naming). Probabilities, when asked, go to
 ``probabilities/<case>.nii.gz`` (4D, one volume per class) so that the prediction folder holds only label
 maps for ``scnas evaluate``. Existing outputs are never overwritten without ``force``.
 
@@ -28,8 +30,8 @@ import torch
 from scnas_dsl.data.preprocess import (
     Preprocessed,
     preprocess_image,
-    restore_prediction,
     restore_probabilities,
+    restore_segmentation,
 )
 from scnas_dsl.errors import CheckpointError, DataError, RunError
 from scnas_dsl.loader import load
@@ -221,10 +223,11 @@ def check_output_folder(output: Path, inputs: list[Path]) -> None:
 
 
 def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilities: bool = False,
-                mirror: bool = False, device: str = "auto", checkpoint: str = "last", batch_size: int = 2,
+                mirror: bool = True, device: str = "auto", checkpoint: str = "last", batch_size: int = 2,
                 force: bool = False, progress: bool = True, blend: str | None = None) -> Predictions:
     """Segment every case of ``inputs`` with the run's network (its ``last`` weights, or ``best``); writes the
     label maps and ``prediction.json`` (which weights, which settings, which cases).
+    ``mirror``: average over the 8 flips of the spatial axes (nnU-Net's default; 8x the network's work).
     ``blend``: ``gaussian`` or ``constant`` (default: the run's setting)."""
     if blend not in (None, "gaussian", "constant"):
         raise RunError(f"unknown blending '{blend}': use gaussian or constant")
@@ -251,9 +254,9 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
         probs = sliding_window_inference(network, torch.from_numpy(image), model.patch, blend=blend,  # type: ignore[arg-type]
                                          mirror=mirror, batch_size=batch_size, device=runtime.device,
                                          autocast_dtype=runtime.amp_dtype)
-        labels = probs.argmax(0).numpy()
         output.mkdir(parents=True, exist_ok=True)  # only now: a call that fails on its first case leaves no folder
-        nib.save(restore_prediction(labels, meta.model_copy(update={"case_id": case})), str(targets[case]))
+        nib.save(restore_segmentation(probs.numpy(), meta.model_copy(update={"case_id": case})),
+                 str(targets[case]))
         if probabilities:
             (output / "probabilities").mkdir(exist_ok=True)
             nib.save(restore_probabilities(probs.numpy(), meta), str(output / "probabilities" / f"{case}.nii.gz"))

@@ -1,0 +1,115 @@
+"""What ``scnas predict`` and ``scnas train`` do by default, as nnU-Net: test-time mirroring along every spatial
+axis (``--no-mirror`` turns it off), and the label map made on the original grid from the probabilities."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from scnas_dsl.cli import app
+from scnas_dsl.data.preprocess import (
+    preprocess_dataset,
+    preprocess_image,
+    restore_probabilities,
+    restore_segmentation,
+)
+from scnas_dsl.data.synth import synthesize
+from scnas_dsl.train.config import TrainConfig
+from scnas_dsl.train.inference import sliding_window_inference
+from scnas_dsl.train.predict import load_trained, predict_run
+from scnas_dsl.train.retrain import run_train
+
+BASELINE = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
+FLIPS = [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+
+
+def invoke(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A run trained for one step on data preprocessed to another spacing than the images' (so that the
+    prediction is resampled on its way back)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("predict_defaults")
+    raw = synthesize(root / "data", "heart", cases=5, shape=(24, 24, 24), seed=0)
+    pre = preprocess_dataset(raw, out=root / "pre", spacing=(1.0, 1.1, 1.6), progress=False)
+    cfg = TrainConfig(genotype=str(BASELINE), data=str(pre.root), out=str(root / "run"), epochs=1, val_every=1,
+                      batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=1, device="cpu",
+                      progress=False, augment=False)
+    assert cfg.mirror_validation  # validation during training mirrors by default
+    assert run_train(cfg) is not None
+    return {"root": root, "raw": raw, "run": root / "run"}
+
+
+def _by_hand(run: Path, image: Path) -> tuple[np.ndarray, np.ndarray, object]:
+    """(mean of the 8 flipped predictions, the unflipped one, meta): each flip done here around the network."""
+    model = load_trained(run)
+    data, meta = preprocess_image([image], model.pre)
+    net = model.network.eval()
+    passes = []
+    for flip in FLIPS:
+        dims = [a + 2 for a in flip]
+
+        def flipped(x: torch.Tensor, dims: list[int] = dims) -> torch.Tensor:
+            return net(x.flip(dims)).flip(dims) if dims else net(x)
+
+        wrapper = torch.nn.Module()
+        wrapper.forward = flipped  # type: ignore[method-assign]
+        wrapper.net = net
+        passes.append(sliding_window_inference(wrapper, torch.from_numpy(data), model.patch, blend=model.blend,
+                                               mirror=False, device="cpu").numpy())
+    return np.mean(passes, axis=0), passes[0], meta
+
+
+@pytest.mark.slow
+def test_predict_mirrors_by_default_and_restores_from_probabilities(trained: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    image = sorted((trained["raw"] / "imagesTr").iterdir())[0]
+    made = predict_run(trained["run"], [image], tmp_path / "pred", probabilities=True, device="cpu", progress=False)
+    assert json.loads(made.record.read_text())["mirror"] is True
+    mirrored, plain, meta = _by_hand(trained["run"], image)
+    assert np.abs(mirrored - plain).max() > 1e-3  # the network is not symmetric: the flips matter
+
+    written = nib.load(str(tmp_path / "pred" / "probabilities" / image.name)).get_fdata()
+    np.testing.assert_allclose(written, restore_probabilities(mirrored, meta).get_fdata(), atol=2e-5)
+    label = nib.load(str(made.files[0]))
+    original = nib.load(str(image))
+    assert label.shape == original.shape[:3]
+    np.testing.assert_allclose(label.affine, original.affine, atol=1e-6)
+    expected = np.asarray(restore_segmentation(mirrored, meta).dataobj)
+    assert (np.asarray(label.dataobj) != expected).mean() < 1e-4  # float rounding may split a tie
+
+
+@pytest.mark.slow
+def test_no_mirror_options_of_predict_and_train(trained: dict[str, Path], tmp_path: Path) -> None:
+    image = sorted((trained["raw"] / "imagesTr").iterdir())[1]
+    code, output = invoke("predict", trained["run"], "--input", image, "--output", tmp_path / "plain",
+                          "--probabilities", "--no-mirror", "--device", "cpu", "--quiet")
+    assert code == 0, output
+    assert json.loads((tmp_path / "plain" / "prediction.json").read_text())["mirror"] is False
+    _, plain, meta = _by_hand(trained["run"], image)
+    written = nib.load(str(tmp_path / "plain" / "probabilities" / image.name)).get_fdata()
+    np.testing.assert_allclose(written, restore_probabilities(plain, meta).get_fdata(), atol=2e-5)
+    code, output = invoke("predict", trained["run"], "--input", image, "--output", tmp_path / "mirrored",
+                          "--device", "cpu", "--quiet")
+    assert code == 0, output
+    assert json.loads((tmp_path / "mirrored" / "prediction.json").read_text())["mirror"] is True
+
+    common = ["--data", trained["root"] / "pre", "--epochs", "1", "--batches-per-epoch", "1", "--batch-size", "1",
+              "--patch", "16", "16", "16", "--stem-width", "4", "--device", "cpu", "--quiet", "--no-augment"]
+    for flag, expected in (("--no-mirror", False), ("--mirror", True), (None, True)):
+        out = tmp_path / f"train_{flag}"
+        code, output = invoke("train", BASELINE, *common, "--out", out, *([flag] if flag else []))
+        assert code == 0, output
+        assert json.loads((out / "config.json").read_text())["mirror_validation"] is expected
