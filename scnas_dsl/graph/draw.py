@@ -57,14 +57,16 @@ def draw_cells(space: SearchSpace, genotype: Genotype | None, path: str | Path) 
     if path.suffix.lower() not in FORMATS:
         raise ScnasError(f"{path}: the picture must end in {', '.join(FORMATS)}")
     keys = space.structure_keys()
-    columns = max(1, min(len(keys), math.ceil(math.sqrt(len(keys)))))
-    rows = math.ceil(len(keys) / max(columns, 1))
+    panels = len(keys) + 1  # the cells, then the U-Net they make
+    columns = max(1, min(panels, math.ceil(math.sqrt(panels))))
+    rows = math.ceil(panels / max(columns, 1))
     figure = Figure(figsize=(6.0 * columns, 4.2 * rows))
     title = f"genotype {genotype.name} of {space.name}" if genotype is not None else f"space {space.name}"
     figure.suptitle(title, fontsize=13)
     for i, key in enumerate(keys):
         axes = figure.add_subplot(rows, columns, i + 1)
         _draw_cell(axes, space, key, genotype)
+    draw_topology(figure.add_subplot(rows, columns, panels), space)
     figure.tight_layout(rect=(0, 0, 1, 0.95))
     return _save(figure, path, 110)
 
@@ -134,3 +136,65 @@ def draw_genotype_grid(space: SearchSpace, genotypes: list[tuple[str, Genotype]]
             axes.set_title(f"{label}: {axes.get_title()}", fontsize=10)
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (3.4 * rows)))
     return _save(figure, path, 90)
+
+
+def topology_levels(space: SearchSpace) -> list[tuple[str, str, str, int]]:
+    """(section, instance, role, output level) of every cell of the U-Net, in order."""
+    level, out = 0, []
+    for (instance, spec), (section, _) in zip(space.instances(), space.unet.sequence(), strict=True):
+        level += {"reduction": 1, "expansion": -1}.get(spec.role, 0)
+        out.append((section, instance, spec.role, level))
+    return out
+
+
+def draw_topology(axes: Axes, space: SearchSpace) -> None:
+    """The U-Net the cells make, in the paper's picture: stem, cells left to right at their output level
+    (deeper is lower), the decoder skips (drawn ``gated`` for attention-gated skips) and a ``seg`` box under
+    the cell whose output each segmentation head reads (the head, and the deep-supervision heads)."""
+    unet = space.unet
+    cells = topology_levels(space)
+    axes.set_title(f"U-Net: skips {unet.skips}, deep supervision "
+                   f"{', '.join(map(str, unet.deep_supervision)) or 'off'}", fontsize=11)
+    axes.set_axis_off()
+    pos = {"stem": (0.0, 0.0)} | {inst: (float(i + 1), -float(lv)) for i, (_, inst, _, lv) in enumerate(cells)}
+    order = ["stem", *(inst for _, inst, _, _ in cells)]
+    for a, b in zip(order, order[1:], strict=False):
+        axes.add_patch(FancyArrowPatch(pos[a], pos[b], arrowstyle="-|>", mutation_scale=10, shrinkA=12,
+                                       shrinkB=12, color="#333333"))
+    # the decoder skips: the last encoder output (or the stem) of the level a decoder cell reads
+    skip_at = {0: "stem"}
+    previous = "stem"
+    for section, inst, _, level in cells:
+        in_level = -int(pos[previous][1])
+        if section == "decoder" and skip_at.get(in_level) not in (None, previous):
+            source = skip_at[in_level]
+            (x0, y0), (x1, y1) = pos[source], pos[inst]
+            gated = unet.skips == "attention"
+            rad = -max(0.08, min(0.25, 1.5 / max(x1 - x0, 1.0)))  # long skips bow less, so they stay in view
+            axes.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=9, shrinkA=12,
+                                           shrinkB=12, color="#1f78b4", linestyle="--",
+                                           connectionstyle=f"arc3,rad={rad:.3f}"))
+            if gated:
+                axes.text(x1 - 0.35, y1 + 0.2, "gate", fontsize=6, color="#1f78b4", ha="center")
+        if section == "encoder":
+            skip_at[level] = inst
+        previous = inst
+    heads = {0: cells[-1][1] if cells else "stem"}
+    for level in unet.deep_supervision:
+        at_level = [inst for section, inst, _, lv in cells if section == "decoder" and lv == level]
+        if at_level:
+            heads[level] = at_level[-1]
+    for level, inst in heads.items():
+        x, y = pos[inst]
+        axes.add_patch(FancyArrowPatch((x, y), (x, y - 0.7), arrowstyle="-|>", mutation_scale=8, shrinkA=10,
+                                       shrinkB=6, color="#33a02c"))
+        axes.text(x, y - 0.85, "seg" if level == 0 else f"seg {level}", fontsize=7, ha="center", va="center",
+                  bbox={"boxstyle": "round,pad=0.2", "fc": _COLOURS["output"], "ec": "#333333"})
+    for name, (x, y) in pos.items():
+        role = next((r for _, inst, r, _ in cells if inst == name), "stem")
+        colour = {"reduction": "#fb9a99", "expansion": "#cab2d6", "normal": _COLOURS["node"]}.get(role, "#dddddd")
+        axes.text(x, y, name, ha="center", va="center", fontsize=7, zorder=3,
+                  bbox={"boxstyle": "round,pad=0.3", "fc": colour, "ec": "#333333"})
+    xs, ys = [p[0] for p in pos.values()], [p[1] for p in pos.values()]
+    axes.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
+    axes.set_ylim(min(ys) - 1.2, max(ys) + 1.2)

@@ -253,3 +253,23 @@ def test_paper_baseline_stands_in_the_papers_ratio() -> None:
     searched = estimate(ex_space, genotype=ex, patch=patch, in_channels=4, num_classes=4, stem_width=68)
     # the paper: 424.76 G / 419.59 G = 1.012; here within 2% of it (the figure is in docs/reproducing.md)
     assert searched.macs / baseline.macs == pytest.approx(424.76 / 419.59, rel=0.02)
+
+
+# ---------------------------------------------------------------------- drawing
+def test_the_drawing_shows_gated_skips_and_every_head() -> None:
+    from matplotlib.figure import Figure
+
+    from scnas_dsl.graph.draw import draw_topology, topology_levels
+
+    space, geno = genotype("deep_supervision (1, 2); skips attention")
+    assert [lv for _, _, _, lv in topology_levels(space)] == [1, 1, 2, 2, 3, 3, 3, 2, 2, 1, 1, 0, 0]
+    axes = Figure().add_subplot()
+    draw_topology(axes, space)
+    texts = [t.get_text() for t in axes.texts]
+    plan = build_plan(space, stem_width=4, genotype=geno)
+    assert texts.count("gate") == sum(cp.gate is not None for cp in plan.cells) == 6
+    assert sorted(t for t in texts if t.startswith("seg")) == ["seg", "seg 1", "seg 2"]
+    plain = Figure().add_subplot()
+    draw_topology(plain, genotype()[0])
+    assert "gate" not in [t.get_text() for t in plain.texts]
+    assert [t.get_text() for t in plain.texts if t.get_text().startswith("seg")] == ["seg"]
