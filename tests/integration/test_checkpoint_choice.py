@@ -135,7 +135,8 @@ def test_cv_scores_the_last_weights_unless_asked_and_labels_the_table(data: dict
     assert summary["checkpoint"] == "last" and summary["weights"]["0"]["checkpoint"] == "last"
     assert summary["mean_dice"]["left atrium"] == 0.0  # last.pt predicts background: the reference is missed
     rows = list(csv.DictReader((out / "cv_summary.csv").open()))
-    assert [(r["fold"], r["checkpoint"], r["epoch"]) for r in rows] == [("0", "last", "1"), ("all", "last", "")]
+    assert [(r["fold"], r["checkpoint"], r["epoch"]) for r in rows] == [
+        ("0", "last", "1"), ("mean", "last", ""), ("std", "last", ""), ("all", "last", "")]
 
     # the same folds scored with the best weights: no retraining (last.pt says the fold is done), labelled
     code, output = invoke("cv", BASELINE, *options, "--resume", "--checkpoint", "best")
