@@ -12,6 +12,7 @@ from scnas_dsl.cli.run import (
     BATCHES,
     CONFIG,
     DATA,
+    DEEP,
     DEVICE,
     EPOCHS,
     FORCE,
@@ -56,6 +57,7 @@ def cv_cmd(
     mirror: bool = typer.Option(True, "--mirror/--no-mirror",
                                 help="test-time mirroring of the validation predictions (default: on, as nnU-Net)"),
     val_every: int | None = typer.Option(None, "--val-every", help="validation every N epochs (default: 10)"),
+    deep_supervision: bool | None = DEEP,
     checkpoint: str = typer.Option("last", "--checkpoint",
                                    help="weights scored: last (default, as the paper) or best (chosen on the "
                                         "validation cases scored: optimistic)"),
@@ -87,6 +89,7 @@ def cv_cmd(
                    "without a search; give a search space to search on every fold", err=True)
         raise typer.Exit(2)
     cfg = resolve_config(TrainConfig, config, genotype=str(spec), val_every=val_every,
+                         deep_supervision=deep_supervision,
                          **_common(data, None, None, epochs, batch_size, patch, stem_width, device, seed, batches,
                                    spacing, workers, no_augment, quiet, median))
     search = None

@@ -36,6 +36,9 @@ MEDIAN = typer.Option(False, "--median-spacing", help="preprocess at the data se
 WORKERS = typer.Option(None, "--workers", help="data loader processes (default: 0, in the main process)")
 NO_AUG = typer.Option(False, "--no-augment", help="switch data augmentation off")
 QUIET = typer.Option(False, "--quiet", help="no progress bars")
+DEEP = typer.Option(None, "--deep-supervision/--no-deep-supervision",
+                    help="segmentation heads on coarser decoder levels in the loss (default: as the spec says; on "
+                         "without levels in the spec: every decoder level but the coarsest, as nnU-Net)")
 RUN_QUIET = typer.Option(False, "--quiet",
                          help="no progress bars or per-epoch lines on the terminal (the run's log.txt keeps them)")
 
@@ -129,6 +132,7 @@ def train_cmd(
     mirror: bool | None = typer.Option(None, "--mirror/--no-mirror",
                                        help="mirror the validation's sliding windows along every spatial axis "
                                             "(default on, as nnU-Net; 8x the validation's work)"),
+    deep_supervision: bool | None = DEEP,
     device: str | None = DEVICE, seed: int | None = SEED, resume: bool = RESUME, force: bool = FORCE,
     config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
@@ -139,7 +143,7 @@ def train_cmd(
     from scnas_dsl.train.retrain import run_train
 
     cfg = resolve_config(TrainConfig, config, genotype=str(genotype), genotype_name=name, val_every=val_every,
-                         mirror_validation=mirror,
+                         mirror_validation=mirror, deep_supervision=deep_supervision,
                          **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
                                    spacing, workers, no_augment, quiet, median))
     result = run_train(cfg, resume=resume, force=force)

@@ -65,9 +65,12 @@ def test_heads_train_and_prediction_rebuilds_the_network(data: dict[str, Path]) 
 
 def test_the_switch_turns_the_heads_off(data: dict[str, Path]) -> None:
     out = data["root"] / "run_plain"
-    cfg = TrainConfig(genotype=str(BASELINE), data=str(data["pre"]), out=str(out), fold=0,
-                      deep_supervision=False, **{**TINY, "epochs": 1})
-    run_train(cfg)
+    result = CliRunner().invoke(app, [
+        "train", str(BASELINE), "--data", str(data["pre"]), "--out", str(out), "--epochs", "1",
+        "--batch-size", "2", "--patch", "16", "16", "16", "--stem-width", "4", "--batches-per-epoch", "1",
+        "--device", "cpu", "--no-augment", "--quiet", "--no-deep-supervision"])
+    assert result.exit_code == 0, result.output
     assert json.loads((out / "network.json").read_text())["deep_supervision"] == []
+    assert json.loads((out / "config.json").read_text())["deep_supervision"] is False
     assert not any(k.startswith("ds_heads") for k in load_checkpoint(out / "checkpoints" / "last.pt")["model"])
     assert load_trained(out).network.plan.deep_supervision == ()
