@@ -129,8 +129,14 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
                      resume_hint=resume_hint or f"scnas train ... --out {out} --resume",
                      checkpoint_path=job.ckpt_path,
                      echo=cfg.progress, stop_after_epochs=stop_after_epochs)
-    loop.announce(genotype.name, cfg, patch, state, resume,
-                  f"{adam_text(cfg.optimizer)}; {len(data.fold.val)} validation case(s)")
+    details = f"{adam_text(cfg.optimizer)}; {len(data.fold.val)} validation case(s)"
+    if net.plan.deep_supervision:
+        details += f"; deep supervision at levels 0, {', '.join(map(str, net.plan.deep_supervision))}"
+    written = space.unet.stem.width
+    if written is not None and written != cfg.stem_width:  # e.g. a baseline written at 32, trained at 68
+        details += (f"; note: the spec's stem width is {written}, this run trains at {cfg.stem_width} (the paper's "
+                    f"retraining width; --stem-width {written} trains at the spec's)")
+    loop.announce(genotype.name, cfg, patch, state, resume, details)
     end = loop.run_job(job, state)
     if end.how == "paused":
         return None

@@ -41,6 +41,9 @@ def test_heads_train_and_prediction_rebuilds_the_network(data: dict[str, Path]) 
     out = data["root"] / "run_ds"
     cfg = TrainConfig(genotype=str(BASELINE), data=str(data["pre"]), out=str(out), fold=0, **TINY)
     run_train(cfg)
+    first = (out / "log.txt").read_text().splitlines()[0]
+    assert "deep supervision at levels 0, 1, 2" in first
+    assert "the spec's stem width is 32, this run trains at 4" in first
     recipe = json.loads((out / "network.json").read_text())
     assert recipe["deep_supervision"] == [1, 2]
     trained = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
