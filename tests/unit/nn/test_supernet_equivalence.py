@@ -196,3 +196,13 @@ def test_eval_mode_equals_the_derived_network_when_a_node_is_pruned() -> None:
     x = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(supernet(x), fixed(x), atol=1e-5)
+
+
+def test_attention_gated_skips_in_the_supernet_equal_the_fixed_network() -> None:
+    # the gates are part of the U-Net, not of a cell's choice: the supernet holds them too, under the same keys
+    space = space_with_output(share="by_type", node_width="split", levels=2, kind="concat", nodes=("n1", "n2"))
+    space = space.model_copy(update={"unet": space.unet.model_copy(update={"skips": "attention"})})
+    genotype = genotype_of(space, cycle(space.structure_keys(), [CUT, NO_INPUT, UNREACHED]))
+    fixed = build_network(space, genotype, in_channels=2, num_classes=3)
+    assert sum(c.gate is not None for c in fixed.cells) >= 2
+    assert_equivalent(space, genotype, (16, 16))
