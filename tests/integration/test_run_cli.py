@@ -278,7 +278,9 @@ def test_demo_with_a_small_budget(tmp_path: Path) -> None:
     assert code == 0, output
     assert "foreground mean Dice" in output
     assert "evaluated:   the last weights, after epoch 1" in output  # no choice of weights on the scored cases
-    assert json.loads((tmp_path / "demo" / "predictions" / "prediction.json").read_text())["checkpoint"] == "last"
+    record = json.loads((tmp_path / "demo" / "predictions" / "prediction.json").read_text())
+    assert record["checkpoint"] == "last" and record["mirror"] is True  # as scnas predict by default
+    assert json.loads((tmp_path / "demo" / "train" / "config.json").read_text())["mirror_validation"] is False
     assert (tmp_path / "demo" / "search" / "genotype.scn").is_file()
     assert json.loads((tmp_path / "demo" / "predictions" / "dice.json").read_text())["cases"] >= 1
     code, output = invoke("demo", tmp_path / "demo", "--quick")
