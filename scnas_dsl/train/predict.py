@@ -120,8 +120,9 @@ def load_trained(run: Path | str, which: str = "last") -> TrainedModel:
         raise RunError(f"unknown checkpoint '{which}': use last (the default) or best")
     recipe = json.loads(recipe_path.read_text())
     space, genotype = load(run / "genotype.scn").genotype()
+    # the heads the run trained with (deep supervision), so that its weights load; prediction uses level 0 only
     network = build_network(space, genotype, in_channels=recipe["in_channels"], num_classes=recipe["num_classes"],
-                            stem_width=recipe["stem_width"])
+                            stem_width=recipe["stem_width"], deep_supervision=recipe.get("deep_supervision"))
     path = run / "checkpoints" / f"{which}.pt"
     if not path.is_file():
         raise _missing_checkpoint(run, which, path)
