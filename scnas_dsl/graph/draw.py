@@ -140,7 +140,8 @@ def draw_genotype_grid(space: SearchSpace, genotypes: list[tuple[str, Genotype]]
 
 def topology_levels(space: SearchSpace) -> list[tuple[str, str, str, int]]:
     """(section, instance, role, output level) of every cell of the U-Net, in order."""
-    level, out = 0, []
+    level = 0
+    out: list[tuple[str, str, str, int]] = []
     for (instance, spec), (section, _) in zip(space.instances(), space.unet.sequence(), strict=True):
         level += {"reduction": 1, "expansion": -1}.get(spec.role, 0)
         out.append((section, instance, spec.role, level))
