@@ -3,8 +3,11 @@
 The kinds, order and probabilities are nnU-Net's (v2 ``get_training_transforms``) and every transform can be
 switched off. Order: rotation / scaling / elastic deformation (one sampling grid, ``grid_sample``), Gaussian
 noise, Gaussian blur, multiplicative brightness, contrast, simulated low resolution, gamma on the inverted
-image, gamma, mirroring. Labels follow every spatial step exactly: nearest-neighbour sampling of the same grid
-(default, as nnU-Net) or linear interpolation of the one-hot labels followed by argmax.
+image, gamma, mirroring. Labels follow every spatial step on the same grid: by default as nnU-Net v2
+(batchgeneratorsv2's ``SpatialTransform``, ``mode_seg="bilinear"``), each class's one-hot mask is interpolated
+linearly and the argmax taken (outside the patch background wins), so label borders rotate and scale as
+smoothly as the image; ``label_interpolation="nearest"`` samples the label map itself with nearest neighbour
+(nnU-Net v1's order 0, and nnU-Net v2's ``nnUNetTrainerDA5``).
 
 Differences from nnU-Net, on purpose: the spatial transform is applied to the patch itself (nnU-Net samples a
 larger region first), so rotated corners are filled with zeros (label background).
@@ -37,7 +40,8 @@ class AugmentConfig(BaseModel):
     #: displacement amplitude in voxels, and the spacing of its random control points in voxels
     elastic_magnitude: Range = (0.0, 4.0)
     elastic_grid: Range = (9.0, 13.0)
-    label_interpolation: str = Field(default="nearest", pattern="^(nearest|onehot)$")
+    #: "onehot": linear interpolation of one-hot labels, then argmax (nnU-Net v2); "nearest": nearest neighbour
+    label_interpolation: str = Field(default="onehot", pattern="^(nearest|onehot)$")
     noise: bool = True
     p_noise: float = Field(default=0.1, ge=0, le=1)
     noise_variance: Range = (0.0, 0.1)
@@ -151,11 +155,11 @@ def _spatial(
     )
     if cfg.label_interpolation == "onehot":
         classes = int(label.max().item()) + 1
-        onehot = F.one_hot(label[index], classes).movedim(-1, 1).to(image.dtype)
+        onehot = F.one_hot(label[index].long(), classes).movedim(-1, 1).to(image.dtype)
         moved = F.grid_sample(onehot, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         # outside the patch every class weight is 0: background wins there
         moved[:, 0] += 1e-6
-        label[index] = moved.argmax(1)
+        label[index] = moved.argmax(1).to(label.dtype)
     else:
         moved = F.grid_sample(
             label[index].unsqueeze(1).to(image.dtype),

@@ -51,7 +51,7 @@ def _check_label_follows_coordinates(
 @pytest.mark.parametrize("elastic", [False, True])
 def test_rotation_scaling_mirroring_keep_label_aligned(elastic: bool) -> None:
     image, label = _coordinate_batch()
-    cfg = _spatial(elastic=elastic)
+    cfg = _spatial(elastic=elastic, label_interpolation="nearest")  # exact: the label at the sampled point
     out_image, out_label = augment_batch(image, label, cfg, torch.Generator().manual_seed(3))
     assert (
         out_image.shape == image.shape and out_label.shape == label.shape and out_label.dtype == label.dtype
@@ -79,6 +79,24 @@ def test_onehot_label_interpolation_is_aligned_where_unambiguous() -> None:
     out_image, out_label = augment_batch(image, label, cfg, torch.Generator().manual_seed(5))
     assert _check_label_follows_coordinates(out_image, out_label, label) > 0.9
     assert set(out_label.unique().tolist()) <= {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("elastic", [False, True])
+def test_default_labels_move_as_onehot_and_stay_valid_integers(elastic: bool) -> None:
+    # nnU-Net v2's default: one-hot masks interpolated linearly, then argmax
+    image, label = _coordinate_batch()
+    label = label.to(torch.uint8)
+    cfg = AugmentConfig.spatial_only().model_copy(
+        update=dict(p_rotation=1.0, p_scaling=1.0, p_elastic=1.0, elastic=elastic)
+    )
+    assert cfg.label_interpolation == "onehot"
+    out_image, out_label = augment_batch(image, label, cfg, torch.Generator().manual_seed(3))
+    assert out_label.dtype == torch.uint8 and set(out_label.unique().tolist()) <= {0, 1, 2, 3}
+    assert _check_label_follows_coordinates(out_image, out_label, label) > 0.97
+    nearest = augment_batch(
+        image, label, cfg.model_copy(update=dict(label_interpolation="nearest")), torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(nearest[0], out_image) and not torch.equal(nearest[1], out_label)
 
 
 def test_same_generator_state_same_result() -> None:
@@ -146,6 +164,7 @@ def test_everything_off_changes_nothing() -> None:
 def test_defaults_follow_nnunet_and_bad_settings_are_refused() -> None:
     cfg = AugmentConfig()
     assert (cfg.p_rotation, cfg.p_scaling, cfg.scale_range, cfg.elastic) == (0.2, 0.2, (0.7, 1.4), False)
+    assert cfg.label_interpolation == "onehot"  # nnU-Net v2 (batchgeneratorsv2's mode_seg="bilinear")
     assert (cfg.p_noise, cfg.p_blur, cfg.p_brightness, cfg.p_contrast, cfg.p_gamma, cfg.p_mirror) == (
         0.1,
         0.2,

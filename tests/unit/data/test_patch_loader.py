@@ -148,3 +148,28 @@ def test_patches_match_a_padded_volume(shape, patch, seed, centre) -> None:
         for n, p, c, x in zip(shape, patch, corner, point, strict=True):
             if n >= p:
                 assert c <= x < c + p  # a forced patch contains its foreground voxel
+
+
+def test_sampled_foreground_locations_still_force_foreground(
+    brain_nnunet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large classes keep a bounded random subset of their locations (FOREGROUND_SAMPLES, nnU-Net's ~10k);
+    # made small here so that every class of the small cases is sampled.
+    import scnas_dsl.data.preprocess as preprocess
+
+    monkeypatch.setattr(preprocess, "FOREGROUND_SAMPLES", 25)
+    pre = preprocess_dataset(brain_nnunet, out=tmp_path / "p", spacing=None, progress=False)
+    for case_id in pre.case_ids:
+        _, label = pre.load(case_id)
+        assert label is not None
+        locations = pre.foreground_locations(case_id)
+        counts = pre.summary(case_id)["class_voxels"]
+        assert locations and sum(int(n) for n in counts.values()) == label.size
+        for value, coords in locations.items():
+            assert len(coords) == min(25, counts[str(value)]) and counts[str(value)] > 0
+            assert (label[tuple(coords.T)] == value).all()
+    assert any(len(c) == 25 for c in pre.foreground_locations(pre.case_ids[0]).values())
+    # a batch of 4 with a fraction of 1/2: its last two samples are forced, and each holds foreground
+    batches = _batches(pre, foreground_fraction=0.5, patch_size=(4, 4, 4), batch_size=4, num_batches=30)
+    hits = np.array([[(sample > 0).any().item() for sample in label] for _, label in batches])
+    assert hits[:, 2:].all() and hits.mean() >= 0.5
