@@ -53,7 +53,10 @@ def _spacing(spacing: tuple[float, float, float] | None, median: bool) -> tuple[
 
 SPACING_HELP = "target voxel size in mm (default the paper's 0.7 0.7 0.7)"
 MEDIAN_HELP = "resample to the data set's median spacing (small demos: keeps volumes small)"
-OUT_HELP = "folder of the preprocessed data (default $SCNAS_CACHE/<name>-<hash>, SCNAS_CACHE=~/.cache/scnas)"
+OUT_HELP = (
+    "folder of the preprocessed data, bound to one spacing (default $SCNAS_CACHE/<name>-<hash>/<setting>, "
+    "SCNAS_CACHE=~/.cache/scnas)"
+)
 
 
 @data_app.command("check")
@@ -120,13 +123,23 @@ def preprocess_cmd(
 
 
 def _open_preprocessed(folder: Path, out: Path | None):
+    """The preprocessed data in ``out``, or the data set's one folder in the default cache (None: none yet)."""
     from scnas_dsl.data.dataset import open_dataset
-    from scnas_dsl.data.preprocess import Preprocessed, default_cache_dir
+    from scnas_dsl.data.preprocess import Preprocessed, cache_root, find_preprocessed
 
-    where = out if out is not None else default_cache_dir(open_dataset(folder))
-    if not (where / "preprocessed.json").exists():
+    if out is not None:
+        return Preprocessed(out) if (out / "preprocessed.json").exists() else None
+    dataset = open_dataset(folder)
+    found = find_preprocessed(dataset)
+    if not found:
         return None
-    return Preprocessed(where)
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise DataError(
+            f"{folder}: preprocessed with several settings in {cache_root(dataset)} ({names}); "
+            "choose one with --out FOLDER"
+        )
+    return Preprocessed(found[0])
 
 
 #: Patch at which a spec's memory is measured once; other patches and batches scale from it (see spec_estimator).

@@ -304,10 +304,55 @@ def load_header(path: Path) -> nib.Nifti1Image:
     return cast(nib.Nifti1Image, nib.load(str(path)))
 
 
+def missing_file_message(path: Path) -> str | None:
+    """Why ``path`` is not a readable file (without the path), or None when it is one.
+
+    A symbolic link whose target does not exist is named as such (with its target), not as a missing file.
+    """
+    if path.is_file():
+        return None
+    if path.is_symlink():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"dangling symbolic link (its target {target} does not exist); fix or replace the link"
+    if path.exists():
+        return "not a file"
+    return "file is missing"
+
+
+def orientation_problem(img: nib.Nifti1Image) -> str | None:
+    """A message when a NIfTI image declares no orientation (``qform_code`` and ``sform_code`` both 0)."""
+    header = img.header
+    if not isinstance(header, nib.Nifti1Header):  # Nifti2Header derives from it; other formats: no codes
+        return None
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        return (
+            "no orientation (qform_code and sform_code are both 0), so where the voxels lie is unknown; "
+            "set the image's qform or sform (for example with nibabel: img.set_sform(affine, code=1))"
+        )
+    return None
+
+
+def affine_mismatch(affine: np.ndarray, ref_affine: np.ndarray, ref_path: Path) -> str | None:
+    """A message when ``affine`` differs from ``ref_affine`` (of ``ref_path``) by more than the tolerance."""
+    if np.allclose(affine, ref_affine, rtol=0.0, atol=AFFINE_TOLERANCE):
+        return None
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(0)).round(4).tolist()
+    ref_spacing = np.sqrt((ref_affine[:3, :3] ** 2).sum(0)).round(4).tolist()
+    return (
+        f"affine differs from that of {ref_path} by more than {AFFINE_TOLERANCE} mm "
+        f"(spacing {spacing} vs {ref_spacing}, origin {affine[:3, 3].round(3).tolist()} vs "
+        f"{ref_affine[:3, 3].round(3).tolist()})"
+    )
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image] | str:
     """The data and image of ``path``, or a message (without the path) saying why it cannot be read."""
-    if not path.is_file():
-        return "file is missing"
+    missing = missing_file_message(path)
+    if missing is not None:
+        return missing
     try:
         img = load_header(path)
         if 0 in img.shape:
@@ -365,6 +410,9 @@ def check_case(dataset: Dataset, case: Case, labelled: bool = True) -> list[Prob
         bad = int(np.count_nonzero(~np.isfinite(data))) if np.issubdtype(data.dtype, np.floating) else 0
         if bad:
             add(path, f"{bad} NaN or infinite intensities; fix or replace the image")
+        unoriented = orientation_problem(img)
+        if unoriented is not None:
+            add(path, unoriented)
         geometries.append((path, tuple(data.shape[:3]), np.asarray(img.affine, dtype=np.float64)))
     if len(geometries) == len(case.images) and found_channels != channels:
         add(
@@ -384,12 +432,17 @@ def check_case(dataset: Dataset, case: Case, labelled: bool = True) -> list[Prob
                 label, img = read
                 if label.ndim == 4 and label.shape[3] == 1:
                     label = label[..., 0]
+                # every defect of the label file is reported, not only the first one
                 if label.ndim != 3:
                     add(case.label, f"label has shape {label.shape}; expected a 3D volume")
                 elif 0 in label.shape:
                     add(case.label, f"label has an empty dimension (shape {label.shape})")
-                else:
+                if label.size:
                     problems.extend(_check_label_values(dataset, case, label))
+                unoriented = orientation_problem(img)
+                if unoriented is not None:
+                    add(case.label, unoriented)
+                if label.ndim == 3 and 0 not in label.shape:
                     geometries.append(
                         (case.label, tuple(label.shape), np.asarray(img.affine, dtype=np.float64))
                     )
@@ -397,21 +450,18 @@ def check_case(dataset: Dataset, case: Case, labelled: bool = True) -> list[Prob
         ref_path, ref_shape, ref_affine = geometries[0]
         for path, shape, affine in geometries[1:]:
             if shape != ref_shape:
-                add(path, f"shape {list(shape)} differs from {list(ref_shape)} of {ref_path.name}")
-            elif not np.allclose(affine, ref_affine, rtol=0.0, atol=AFFINE_TOLERANCE):
-                spacing = np.sqrt((affine[:3, :3] ** 2).sum(0)).round(4).tolist()
-                ref_spacing = np.sqrt((ref_affine[:3, :3] ** 2).sum(0)).round(4).tolist()
-                add(
-                    path,
-                    f"affine differs from that of {ref_path.name} by more than {AFFINE_TOLERANCE} mm "
-                    f"(spacing {spacing} vs {ref_spacing}, origin {affine[:3, 3].round(3).tolist()} vs "
-                    f"{ref_affine[:3, 3].round(3).tolist()})",
-                )
+                add(path, f"shape {list(shape)} differs from {list(ref_shape)} of {ref_path}")
+            else:
+                mismatch = affine_mismatch(affine, ref_affine, ref_path)
+                if mismatch is not None:
+                    add(path, mismatch)
     return problems
 
 
 def _check_label_values(dataset: Dataset, case: Case, label: np.ndarray) -> list[Problem]:
     problems = []
+    if not np.issubdtype(label.dtype, np.number) or np.issubdtype(label.dtype, np.complexfloating):
+        return [Problem(case.id, case.label, f"label data type {label.dtype} is not a real number type")]
     if np.issubdtype(label.dtype, np.floating):
         finite = np.isfinite(label)
         if not finite.all():
@@ -429,7 +479,7 @@ def _check_label_values(dataset: Dataset, case: Case, label: np.ndarray) -> list
                     f"non-integer label values (e.g. {examples}); labels must be whole numbers",
                 )
             )
-            return problems
+            label = label[~fractional]  # the whole values are still checked below
     values = np.unique(label).astype(np.int64).tolist()
     undeclared = [v for v in values if v not in dataset.labels]
     if undeclared:
@@ -448,9 +498,10 @@ def check_dataset(root: Path | str, workers: int = 1) -> list[Problem]:
     """Check every case of the data set at ``root``; return every problem found (empty: all is well).
 
     Reports, naming case and file: a bad ``dataset.json`` or paths escaping the folder; missing or unreadable
-    files, truncated or corrupt gzip; empty dimensions; NaN/inf intensities; a channel count that disagrees
-    with the declared modalities; image and label shapes that differ; affines differing by more than
-    :data:`AFFINE_TOLERANCE`; undeclared or non-integer label values. Reads only; ``workers > 1`` reads cases
+    files (dangling symbolic links named as such), truncated or corrupt gzip; empty dimensions; NaN/inf
+    intensities; a channel count that disagrees with the declared modalities; image and label shapes that
+    differ; affines differing by more than :data:`AFFINE_TOLERANCE` (the other file named by its path); files
+    without orientation; undeclared and non-integer label values (every defect of a label). Reads only; ``workers > 1`` reads cases
     in that many spawned processes (problems come back in case order all the same).
     """
     try:

@@ -14,10 +14,12 @@ The pipeline for every case (and for a new image at prediction time):
    z-scored with the foreground mean and standard deviation.
 
 Results are ``.npy`` files (memory-mappable) in a cache folder, never inside the data set folder: by default
-``$SCNAS_CACHE/<name>-<hash of the data set's absolute path>`` with ``SCNAS_CACHE`` defaulting to
-``~/.cache/scnas``. A case is redone when the size, modification time or path of one of its files changes or
-when a setting changes (target spacing, normalisation statistics, pipeline version); otherwise it is reused.
-Every file is written to a temporary name and renamed into place.
+``$SCNAS_CACHE/<name>-<hash of the data set's absolute path>/<setting>`` (one folder per spacing request) with
+``SCNAS_CACHE`` defaulting to ``~/.cache/scnas``; a folder given as ``out`` is bound to the spacing of its
+first run. A case is redone when the size, modification time or path of one of its files changes or when a
+setting changes (normalisation statistics, labels, pipeline version); otherwise it is reused. A run holds the
+folder's file lock while it writes; every file is written to a temporary name and renamed into place; on load
+every case is checked against the manifest. Labels and images are checked before anything is cached.
 """
 
 from __future__ import annotations
@@ -35,12 +37,22 @@ from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
+from filelock import FileLock, Timeout
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from pydantic import BaseModel, ConfigDict
 from scipy import ndimage
 from tqdm import tqdm
 
-from scnas_dsl.data.dataset import Case, Dataset, load_header, load_nifti, open_dataset
+from scnas_dsl.data.dataset import (
+    Case,
+    Dataset,
+    affine_mismatch,
+    load_header,
+    load_nifti,
+    missing_file_message,
+    open_dataset,
+    orientation_problem,
+)
 from scnas_dsl.data.resample import (
     foreground_locations,
     present_classes,
@@ -58,7 +70,10 @@ PAPER_SPACING = (0.7, 0.7, 0.7)
 #: Foreground voxels sampled per case for the CT statistics, and per class for foreground-forced patches.
 FOREGROUND_SAMPLES = 10_000
 _MANIFEST = "preprocessed.json"
+#: Marks a folder made by scnas; holds the settings request the folder is bound to (see _claim).
 _MARKER = ".scnas-cache"
+#: Held (filelock) while a cache folder is written.
+_LOCK = ".scnas-lock"
 _RAS = axcodes2ornt("RAS")
 
 
@@ -151,12 +166,69 @@ class Preprocessed:
             raise DataError(f"{self.root}: no preprocessed case {case_id!r}")
         return self.root / "cases" / f"{case_id}{suffix}"
 
+    def _mismatch(self, case_id: str, what: str) -> DataError:
+        return DataError(
+            f"{self.root}: case {case_id} does not match this cache's manifest {_MANIFEST} ({what}). The "
+            "cache was changed after the manifest was read (`scnas data preprocess` ran again after the data "
+            "set's files or scnas changed) or a file is damaged. Run `scnas data preprocess "
+            f"{self.dataset.source_root}` again with the same settings (and --out, if you gave one) "
+            "and restart this job"
+        )
+
+    def _record(self, case_id: str) -> bytes | None:
+        try:
+            return self._path(case_id, ".json").read_bytes()
+        except OSError:
+            return None
+
+    def _verify(self, case_id: str) -> bytes:
+        """The case's record, checked against the manifest (settings key, input files, shape)."""
+        raw = self._record(case_id)
+        if raw is None:
+            raise self._mismatch(case_id, f"its record cases/{case_id}.json is missing")
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+        expected = self._summaries[case_id]
+        key = record.get("key") if isinstance(record, dict) else None
+        if not isinstance(record, dict) or not isinstance(key, dict):
+            raise self._mismatch(case_id, f"its record cases/{case_id}.json is not readable")
+        if key.get("settings") != self.settings_key:
+            raise self._mismatch(
+                case_id,
+                f"written with settings key {str(key.get('settings'))[:12]}, the manifest's is "
+                f"{self.settings_key[:12]}",
+            )
+        if key != expected.get("key"):
+            raise self._mismatch(case_id, "made from other versions of the case's files")
+        if record.get("shape") != expected.get("shape"):
+            raise self._mismatch(case_id, f"shape {record.get('shape')}, the manifest's is {expected.get('shape')}")
+        return raw
+
     def load(self, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """Image float32 (C, D, H, W) and label int (D, H, W) or None; memory-mapped read-only by default."""
+        """Image float32 (C, D, H, W) and label int (D, H, W) or None; memory-mapped read-only by default.
+
+        The case's record must match the manifest (settings key, input files, shape) and the arrays its shape,
+        before and after they are read; otherwise a DataError says what to do.
+        """
         mode: Literal["r"] | None = "r" if mmap else None
-        image = np.load(self._path(case_id, ".image.npy"), mmap_mode=mode)
-        label_path = self._path(case_id, ".label.npy")
-        label = np.load(label_path, mmap_mode=mode) if label_path.exists() else None
+        raw = self._verify(case_id)
+        shape = tuple(self._summaries[case_id]["shape"])
+        labelled = bool(self._summaries[case_id].get("class_voxels"))
+        try:
+            image = np.load(self._path(case_id, ".image.npy"), mmap_mode=mode)
+            label_path = self._path(case_id, ".label.npy")
+            label = np.load(label_path, mmap_mode=mode) if labelled or label_path.exists() else None
+        except (OSError, ValueError, EOFError) as err:
+            raise self._mismatch(case_id, f"{type(err).__name__}: {err}") from err
+        channels = len(self.dataset.modalities)
+        if image.shape != (channels, *shape):
+            raise self._mismatch(case_id, f"image of shape {list(image.shape)}, expected {[channels, *shape]}")
+        if label is not None and label.shape != shape:
+            raise self._mismatch(case_id, f"label of shape {list(label.shape)}, expected {list(shape)}")
+        if self._record(case_id) != raw:
+            raise self._mismatch(case_id, "rewritten while it was being read")
         return image, label
 
     def meta(self, case_id: str) -> CaseMeta:
@@ -170,6 +242,7 @@ class Preprocessed:
 
     def foreground_locations(self, case_id: str) -> dict[int, np.ndarray]:
         """Sampled voxel coordinates (N, 3) int of every foreground class present in the case."""
+        self._verify(case_id)
         with np.load(self._path(case_id, ".locations.npz")) as data:
             return {int(k): data[k] for k in data.files}
 
@@ -183,18 +256,23 @@ def _load_channels(image_paths: Sequence[Path], channels: int) -> tuple[np.ndarr
     ref: nib.Nifti1Image | None = None
     for path in image_paths:
         data, img = load_nifti(Path(path))
+        unoriented = orientation_problem(img)
+        if unoriented is not None:
+            raise DataError(f"{path}: {unoriented}")
         if ref is None:
             ref = img
         elif data.shape[:3] != ref.shape[:3]:
             raise DataError(
                 f"{path}: shape {data.shape[:3]} differs from {ref.shape[:3]} of {image_paths[0]}"
             )
+        elif (mismatch := affine_mismatch(img.affine, ref.affine, Path(image_paths[0]))) is not None:
+            raise DataError(f"{path}: {mismatch}; every channel must lie on the same grid")
         if data.ndim == 4:
             arrays.extend(np.moveaxis(data, -1, 0).astype(np.float32))
         elif data.ndim == 3:
             arrays.append(data.astype(np.float32))
         else:
-            raise DataError(f"{path}: image has shape {data.shape}; expected 3D or 4D")
+            raise DataError(f"{path}: image has shape {data.shape}; expected 3D or 4D (channels last)")
     if len(arrays) != channels:
         raise DataError(f"{image_paths[0]}: {len(arrays)} channel(s), but the data set declares {channels}")
     assert ref is not None  # image_paths is never empty here: channels >= 1
@@ -242,15 +320,19 @@ def _target_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequen
 def _normalize(image: np.ndarray, mask: np.ndarray, norm: Normalization) -> np.ndarray:
     out = np.empty_like(image, dtype=np.float32)
     for c in range(image.shape[0]):
-        channel = image[c]
+        channel, target = image[c], out[c]  # in place: no volume-sized temporaries (large CT, issue 11)
         if norm.scheme == "ct":
-            clipped = np.clip(channel, norm.lower[c], norm.upper[c])
-            out[c] = (clipped - norm.mean[c]) / max(norm.std[c], 1e-8)
+            np.clip(channel, norm.lower[c], norm.upper[c], out=target)
+            target -= np.float32(norm.mean[c])
+            target /= np.float32(max(norm.std[c], 1e-8))
         else:
             values = channel[mask]
             mean = float(values.mean()) if values.size else 0.0
             std = float(values.std()) if values.size else 1.0
-            out[c] = np.where(mask, (channel - mean) / max(std, 1e-8), 0.0)
+            del values
+            np.subtract(channel, np.float32(mean), out=target)
+            target /= np.float32(max(std, 1e-8))
+            np.copyto(target, 0.0, where=~mask)
     return out
 
 
@@ -422,25 +504,46 @@ def restore_probabilities(probs: np.ndarray, meta: CaseMeta) -> nib.Nifti1Image:
 # ------------------------------------------------------------------------------- the data set run
 
 
-def default_cache_dir(dataset: Dataset) -> Path:
-    """``$SCNAS_CACHE/<name>-<8 hex digits of the data set's absolute path>`` (``~/.cache/scnas`` by default)."""
+def cache_root(dataset: Dataset) -> Path:
+    """``$SCNAS_CACHE/<name>-<8 hex digits of the data set's absolute path>`` (``~/.cache/scnas`` by default):
+    the data set's folder in the cache, holding one folder per settings (:func:`default_cache_dir`)."""
     base = Path(os.environ.get("SCNAS_CACHE") or Path.home() / ".cache" / "scnas").expanduser()
     digest = hashlib.sha1(str(dataset.root.absolute()).encode()).hexdigest()[:8]
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dataset.name)
     return base / f"{safe}-{digest}"
 
 
+def settings_name(spacing: Sequence[float] | None) -> str:
+    """The cache folder's name for a spacing request: ``spacing-0.7x0.7x0.7`` or ``median-spacing``."""
+    if spacing is None:
+        return "median-spacing"
+    return "spacing-" + "x".join(repr(float(s)) for s in spacing)
+
+
+def default_cache_dir(dataset: Dataset, spacing: Sequence[float] | None = PAPER_SPACING) -> Path:
+    """``cache_root(dataset) / settings_name(spacing)``: different settings never share a folder."""
+    return cache_root(dataset) / settings_name(spacing)
+
+
+def find_preprocessed(dataset: Dataset) -> list[Path]:
+    """The folders of the default cache that hold preprocessed data of ``dataset`` (one per settings)."""
+    root = cache_root(dataset)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / _MANIFEST).is_file())
+
+
 def _input_key(dataset: Dataset, case: Case) -> list[list[Any]]:
     """Path (relative to the data set), size and modification time of every file of a case."""
     key = []
     for path in [*case.images, *([case.label] if case.label else [])]:
+        missing = missing_file_message(path)
         try:
             st = path.stat()
         except OSError as err:
-            raise DataError(
-                f"{path}: case {case.id}: file is missing or unreadable ({err}); "
-                "run `scnas data check` to list every problem"
-            ) from err
+            missing = missing or f"file is unreadable ({err})"
+        if missing is not None:
+            raise DataError(f"{path}: case {case.id}: {missing}; run `scnas data check` to list every problem")
         key.append([str(path.relative_to(dataset.root)), st.st_size, st.st_mtime_ns])
     return key
 
@@ -473,19 +576,83 @@ def _write_json(path: Path, value: Any) -> None:
     _atomic(path, lambda f: f.write(json.dumps(value, indent=1)), mode="w")
 
 
-def _fingerprint_case(case: Case, channels: int, is_ct: bool) -> dict[str, Any]:
+def label_dtype(num_classes: int) -> type[np.integer]:
+    """The cached labels' type, from the declared maximum: uint8 up to 256 classes, then int16, then int32."""
+    if num_classes <= 256:
+        return np.uint8
+    return np.int16 if num_classes <= 32768 else np.int32
+
+
+def _load_label(
+    case: Case, shape: Sequence[int], ref: nib.Nifti1Image, image_path: Path, num_classes: int
+) -> np.ndarray:
+    """The case's label (D, H, W) as :func:`label_dtype`, refused unless it fits its image and dataset.json.
+
+    A 4D file with one volume is accepted. Refused, naming the file and the case: another shape, an affine
+    that differs from the image's (beyond the tolerance of ``scnas data check``), no orientation, values that
+    are not whole numbers, and values that ``dataset.json`` does not declare (they would turn into other
+    classes in the cache, or crash training hours later).
+    """
+    assert case.label is not None
+    data, img = load_nifti(case.label)
+    where = f"{case.label}: case {case.id}"
+    check = "`scnas data check` lists every problem of every case"
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(
+            f"{where}: label has shape {data.shape}; expected a 3D volume (a 4D file of one volume is "
+            f"accepted); {check}"
+        )
+    if tuple(data.shape) != tuple(shape):
+        raise DataError(
+            f"{where}: label shape {data.shape} differs from the image's {tuple(shape)} ({image_path}); {check}"
+        )
+    unoriented = orientation_problem(img)
+    if unoriented is not None:
+        raise DataError(f"{where}: {unoriented}")
+    mismatch = affine_mismatch(np.asarray(img.affine), np.asarray(ref.affine), image_path)
+    if mismatch is not None:
+        raise DataError(
+            f"{where}: {mismatch}; the label would be placed off its image. If only the header is wrong, save "
+            "the label with the image's affine; otherwise resample it onto the image"
+        )
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise DataError(f"{where}: label data type {data.dtype} is not a real number type; {check}")
+    if np.issubdtype(data.dtype, np.floating):
+        finite = np.isfinite(data)
+        if not finite.all():
+            raise DataError(f"{where}: {int((~finite).sum())} NaN or infinite label values; {check}")
+        if (data != np.round(data)).any():
+            raise DataError(f"{where}: non-integer label values; labels must be whole numbers; {check}")
+    if data.min(initial=0) < 0 or data.max(initial=0) >= num_classes:
+        undeclared = np.unique(data[(data < 0) | (data >= num_classes)]).astype(np.int64).tolist()
+        shown = ", ".join(map(str, undeclared[:10])) + (" ..." if len(undeclared) > 10 else "")
+        raise DataError(
+            f"{where}: label values {shown} are not declared in dataset.json (declared: 0 to "
+            f"{num_classes - 1}); fix the label file or declare the values in dataset.json; {check}"
+        )
+    return data.astype(label_dtype(num_classes))
+
+
+def _fingerprint_case(case: Case, channels: int, is_ct: bool, num_classes: int) -> dict[str, Any]:
     """Canonical spacing and shape of a case, and for CT a sample of its foreground intensities per channel."""
     if not is_ct:
-        img = load_header(case.images[0]) if case.images[0].is_file() else None
-        if img is None:
-            raise DataError(f"{case.images[0]}: case {case.id}: file is missing")
+        missing = missing_file_message(case.images[0])
+        if missing is not None:
+            raise DataError(f"{case.images[0]}: case {case.id}: {missing}")
+        img = load_header(case.images[0])
+        if len(img.shape) not in (3, 4):
+            raise DataError(
+                f"{case.images[0]}: case {case.id}: image has shape {img.shape}; expected 3D or 4D "
+                "(channels last)"
+            )
         zooms, shape = canonical_geometry(np.asarray(img.affine), img.shape[:3])
         return {"spacing": zooms, "shape": shape, "samples": None}
     image, ref = _load_channels(case.images, channels)
     if case.label is None:
         raise DataError(f"case {case.id}: no label; CT statistics need labelled training cases")
-    label, _ = load_nifti(case.label)
-    fg = label.reshape(label.shape[:3]) > 0
+    fg = _load_label(case, image.shape[1:], ref, Path(case.images[0]), num_classes) > 0
     values = image[:, fg]
     rng = np.random.default_rng(int(hashlib.sha1(case.id.encode()).hexdigest()[:8], 16))
     if values.shape[1] > FOREGROUND_SAMPLES:
@@ -519,16 +686,7 @@ def _process_case(
     image, ref = _load_channels(case.images, channels)
     label = None
     if case.label is not None:
-        raw_label, _ = load_nifti(case.label)
-        raw_label = raw_label.reshape(raw_label.shape[:3]) if raw_label.ndim == 4 else raw_label
-        if raw_label.shape != image.shape[1:]:
-            raise DataError(
-                f"{case.label}: case {case.id}: label shape {raw_label.shape} differs from the "
-                f"image's {image.shape[1:]}; run `scnas data check`"
-            )
-        if not np.isfinite(raw_label).all() or (raw_label != np.round(raw_label)).any():
-            raise DataError(f"{case.label}: case {case.id}: non-integer label values; run `scnas data check`")
-        label = raw_label.astype(np.int16 if num_classes > 127 else np.int8)
+        label = _load_label(case, image.shape[1:], ref, Path(case.images[0]), num_classes)
     pre_image, pre_label, meta, raw = _run_pipeline(case.id, image, label, ref, target, norm)
     folder = out / "cases"
     _atomic(folder / f"{case.id}.image.npy", _npy(pre_image))
@@ -583,19 +741,59 @@ def _ct_normalization(samples: list[np.ndarray]) -> Normalization:
     )
 
 
-def _prepare_out(dataset: Dataset, out: Path | None) -> Path:
-    out = Path(out).expanduser().absolute() if out is not None else default_cache_dir(dataset)
+def _prepare_out(dataset: Dataset, out: Path | None, spacing: Sequence[float] | None) -> Path:
+    out = Path(out).expanduser().absolute() if out is not None else default_cache_dir(dataset, spacing)
     root = dataset.root.absolute()
     if out == root or root in out.parents:
         raise DataError(
             f"{out}: inside the data set folder {root}; scnas never writes there. Choose another --out"
         )
-    if out.exists() and any(out.iterdir()) and not (out / _MARKER).exists():
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; choose another --out")
+    if out.exists() and any(p.name != _LOCK for p in out.iterdir()) and not (out / _MARKER).exists():
         raise DataError(f"{out}: exists, is not empty and was not made by scnas; choose another --out")
-    (out / "cases").mkdir(parents=True, exist_ok=True)
-    (out / "fingerprint").mkdir(exist_ok=True)
-    (out / _MARKER).touch()
+    out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _describe(request: Any) -> str:
+    spacing = request.get("spacing") if isinstance(request, dict) else None
+    if spacing == "median":
+        return "at the data set's median spacing (--median-spacing)"
+    if isinstance(spacing, list):
+        return f"at spacing {' x '.join(f'{s:g}' for s in spacing)} mm"
+    return "with settings this scnas does not know"
+
+
+def _claim(out: Path, spacing: Sequence[float] | None) -> None:
+    """Bind ``out`` (under its lock) to one spacing request; refuse a folder bound to another.
+
+    Everything else that can change (the data set's files, its labels, the CT statistics, the pipeline
+    version) redoes the affected cases in place; a job reading them then refuses them on load.
+    """
+    request = {"spacing": list(spacing) if spacing is not None else "median"}
+    previous = _read_own_json(out / _MARKER)
+    if isinstance(previous, dict) and previous and previous != request:
+        raise DataError(
+            f"{out}: holds data preprocessed {_describe(previous)}, not {_describe(request)}; a folder keeps "
+            "one setting so that no job reading it gets cases of another. Leave out --out (the default cache "
+            "has a folder per setting) or choose another --out; delete this folder only if no job uses it"
+        )
+    if previous != request:  # new, or made by an older scnas (empty marker)
+        _write_json(out / _MARKER, request)
+    (out / "cases").mkdir(exist_ok=True)
+    (out / "fingerprint").mkdir(exist_ok=True)
+
+
+def _locked(out: Path) -> FileLock:
+    """The folder's lock, acquired: waits (saying so on stderr) while another run writes the folder."""
+    lock = FileLock(out / _LOCK)
+    try:
+        lock.acquire(timeout=0.5)
+    except Timeout:
+        print(f"{out}: another `scnas data preprocess` is writing this folder; waiting for it", file=sys.stderr)
+        lock.acquire()
+    return lock
 
 
 class _Workers:
@@ -663,12 +861,15 @@ def preprocess_dataset(
             raise DataError(f"target spacing must be three positive sizes in mm (got {list(spacing)})")
     if workers < 1:
         raise DataError(f"workers must be at least 1 (got {workers})")
-    out = _prepare_out(dataset, out)
+    out = _prepare_out(dataset, out, spacing)
+    lock = _locked(out)
     pool = _Workers(workers, progress)
     try:
+        _claim(out, spacing)
         return _preprocess(dataset, out, spacing, pool)
     finally:
         pool.close()
+        lock.release()
 
 
 def _preprocess(
@@ -690,7 +891,10 @@ def _preprocess(
         stale,
         # MRI fingerprints read headers only: not worth a process; CT ones read the data.
         pool.map(
-            _fingerprint_case, [(c, channels, dataset.is_ct) for c in stale], "fingerprint", dataset.is_ct
+            _fingerprint_case,
+            [(c, channels, dataset.is_ct, dataset.num_classes) for c in stale],
+            "fingerprint",
+            dataset.is_ct,
         ),
         strict=True,
     ):

@@ -67,8 +67,10 @@ def test_synth_check_preprocess_plan_splits(tmp_path: Path, layout: str) -> None
     assert "5 case(s) at spacing 1 x 1 x 1.5 mm (5 processed, 0 reused)" in first.stdout
     again = scnas("preprocess", str(data), "--median-spacing", "--workers", "2", cache=cache)
     assert "(0 processed, 5 reused)" in again.stdout
-    [out] = list(cache.iterdir())
-    assert out.name.startswith("SynthBrainTumour-")
+    [data_cache] = list(cache.iterdir())
+    assert data_cache.name.startswith("SynthBrainTumour-")
+    [out] = list(data_cache.iterdir())
+    assert out.name == "median-spacing"
 
     planned = scnas("plan", str(data), "--memory-gb", "4", "--json", cache=cache)
     assert planned.returncode == 0, planned.stderr
@@ -126,3 +128,59 @@ def test_problems_and_usage_errors(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "choose brain, heart or lung" in unknown.stderr
     not_yet = scnas("splits", str(data), "--out", str(tmp_path / "empty"))
     assert not_yet.returncode == 1 and "not preprocessed yet" in not_yet.stderr
+
+
+def _start(*args: str, cache: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "SCNAS_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "scnas_dsl", "data", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def _consistent(folder: Path, spacing: float) -> None:
+    """Every case of ``folder`` is at ``spacing`` and matches its manifest (settings key, shapes)."""
+    from scnas_dsl.data.preprocess import Preprocessed
+
+    pre = Preprocessed(folder)
+    assert pre.spacing == (spacing,) * 3 and len(pre.case_ids) == 6
+    for case_id in pre.case_ids:
+        image, label = pre.load(case_id)  # refuses a record of other settings or another shape
+        meta = pre.meta(case_id)
+        assert label is not None and image.shape[1:] == label.shape == meta.shape
+        assert meta.spacing == pytest.approx((spacing,) * 3, rel=0.1)
+        record = json.loads((folder / "cases" / f"{case_id}.json").read_text())
+        assert record["key"]["settings"] == pre.settings_key
+
+
+@pytest.mark.slow
+def test_concurrent_runs_with_different_spacings_never_mix(tmp_path: Path) -> None:
+    data, cache = tmp_path / "ds", tmp_path / "cache"
+    made = scnas("synth", str(data), "--task", "brain", "--cases", "6", "--shape", "32", "32", "24")
+    assert made.returncode == 0, made.stderr
+    before = digest(data)
+
+    # the default cache: a folder per setting, both runs succeed and each gets its own data
+    runs = {s: _start("preprocess", str(data), "--spacing", s, s, s, "--no-progress", cache=cache) for s in ("0.8", "1.3")}
+    done = {s: run.communicate(timeout=600) for s, run in runs.items()}
+    for s, run in runs.items():
+        assert run.returncode == 0, done[s][1]
+        assert f"6 case(s) at spacing {s} x {s} x {s} mm (6 processed, 0 reused)" in done[s][0]
+    [data_cache] = list(cache.iterdir())
+    assert sorted(p.name for p in data_cache.iterdir()) == ["spacing-0.8x0.8x0.8", "spacing-1.3x1.3x1.3"]
+    for s in ("0.8", "1.3"):
+        _consistent(data_cache / f"spacing-{s}x{s}x{s}", float(s))
+
+    # one --out for both: the first to lock it makes it, the other is refused and changes nothing
+    shared = tmp_path / "shared"
+    runs = {
+        s: _start("preprocess", str(data), "--spacing", s, s, s, "--out", str(shared), "--no-progress", cache=cache)
+        for s in ("0.9", "1.2")
+    }
+    done = {s: run.communicate(timeout=600) for s, run in runs.items()}
+    [winner] = [s for s, run in runs.items() if run.returncode == 0]
+    [loser] = [s for s, run in runs.items() if run.returncode != 0]
+    assert runs[loser].returncode == 1 and "Traceback" not in done[loser][1]
+    assert f"{shared}: holds data preprocessed at spacing {winner} x {winner} x {winner} mm, not at spacing" in done[loser][1]
+    _consistent(shared, float(winner))
+    assert digest(data) == before

@@ -154,6 +154,8 @@ def test_affine_mismatch_beyond_tolerance(brain, copy_of) -> None:
     _rewrite(label, lambda a: a, affine)
     problem = _only(check_dataset(root), "affine differs")
     assert problem.file == label and "1.8" in problem.message
+    # the image is named by its path, not by a bare file name that is the same for the label
+    assert f"affine differs from that of {_case_files(root)[0][0]} " in problem.message
 
 
 def test_affine_within_tolerance_is_fine(brain_msd: Path, copy_of) -> None:
@@ -261,3 +263,42 @@ def test_nnunet_explicit_case_list(brain_nnunet: Path, copy_of) -> None:
     _edit_json(root, lambda m: m.update(dataset={"brain_001": {"images": "x"}}))
     with pytest.raises(DataError, match=r"dataset\['brain_001'\] needs a list 'images'"):
         open_dataset(root)
+
+
+def test_every_defect_of_a_label_is_reported(brain, copy_of) -> None:
+    root = copy_of(brain)
+    _, label = _case_files(root)
+
+    def spoil(a: np.ndarray) -> np.ndarray:
+        a = a.astype(np.float32)
+        a[1, 1, 1] = 0.5  # not a whole number
+        a[2, 2, 2] = 9  # not declared
+        return a
+
+    _rewrite(label, spoil)
+    problems = [p for p in check_dataset(root) if p.file == label]
+    assert len(problems) == 2, problems
+    assert "non-integer" in problems[0].message and "[0.5]" in problems[0].message
+    assert "label values [9] are not declared" in problems[1].message
+
+
+def test_a_dangling_symlink_is_named_as_such(brain_msd: Path, copy_of, tmp_path: Path) -> None:
+    root = copy_of(brain_msd)
+    _, label = _case_files(root, 2)
+    label.unlink()
+    label.symlink_to(tmp_path / "elsewhere.nii.gz")
+    problem = _only(check_dataset(root), "dangling symbolic link")
+    assert problem.file == label and "elsewhere.nii.gz" in problem.message and "missing" not in problem.message
+
+
+def test_a_file_without_orientation_is_reported(brain_msd: Path, copy_of) -> None:
+    root = copy_of(brain_msd)
+    images, label = _case_files(root, 1)
+    for path in (images[0], label):
+        img = nib.load(path)
+        header = img.header.copy()
+        header.set_qform(None, code=0)
+        header.set_sform(None, code=0)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), None, header), path)
+    problems = [p for p in check_dataset(root) if "no orientation" in p.message]
+    assert [p.file for p in problems] == [images[0], label]

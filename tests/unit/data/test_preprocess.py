@@ -9,10 +9,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from scnas_dsl.data import preprocess
 from scnas_dsl.data.dataset import open_dataset
 from scnas_dsl.data.preprocess import (
     Preprocessed,
+    cache_root,
     default_cache_dir,
+    find_preprocessed,
     preprocess_dataset,
     preprocess_image,
     restore_prediction,
@@ -130,7 +133,9 @@ def test_foreground_locations_point_at_their_class(pre_msd: Preprocessed) -> Non
         assert coords.shape[1] == 3 and (np.asarray(label)[tuple(coords.T)] == value).all()
 
 
-def test_second_run_reuses_and_a_change_redoes_only_that(brain_msd: Path, copy_of, tmp_path: Path) -> None:
+def test_second_run_reuses_and_a_change_redoes_only_that(
+    brain_msd: Path, copy_of, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = copy_of(brain_msd)
     out = tmp_path / "pre"
     first = preprocess_dataset(root, out=out, spacing=None, progress=False)
@@ -143,11 +148,17 @@ def test_second_run_reuses_and_a_change_redoes_only_that(brain_msd: Path, copy_o
     label = open_dataset(root).case("brain_002").label
     os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
     assert preprocess_dataset(root, out=out, spacing=None, progress=False).redone == ["brain_002"]
-    # a changed setting redoes everything
-    assert len(preprocess_dataset(root, out=out, spacing=(1.0, 1.0, 1.0), progress=False).redone) == 4
+    # a changed pipeline redoes everything, in place
+    monkeypatch.setattr(preprocess, "PIPELINE_VERSION", preprocess.PIPELINE_VERSION + 1)
+    assert len(preprocess_dataset(root, out=out, spacing=None, progress=False).redone) == 4
     # a deleted output is made again
     (out / "cases" / "brain_001.image.npy").unlink()
-    assert preprocess_dataset(root, out=out, spacing=(1.0, 1.0, 1.0), progress=False).redone == ["brain_001"]
+    assert preprocess_dataset(root, out=out, spacing=None, progress=False).redone == ["brain_001"]
+    # another spacing never goes into a folder made for one: refused, nothing touched
+    files = {p.name: p.stat().st_mtime_ns for p in (out / "cases").iterdir()}
+    with pytest.raises(DataError, match=r"median spacing .*not at spacing 1 x 1 x 1 mm.*Leave out --out"):
+        preprocess_dataset(root, out=out, spacing=(1.0, 1.0, 1.0), progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cases").iterdir()} == files
 
 
 def test_a_case_leaving_the_data_set_leaves_the_cache(brain_nnunet: Path, copy_of, tmp_path: Path) -> None:
@@ -167,7 +178,11 @@ def test_the_data_set_folder_is_never_written(brain, copy_of, tmp_path: Path, mo
     before = tree_digest(root)
     monkeypatch.setenv("SCNAS_CACHE", str(tmp_path / "cache"))
     pre = preprocess_dataset(root, spacing=None, progress=False)
-    assert pre.root == default_cache_dir(open_dataset(root)) and pre.root.parent == tmp_path / "cache"
+    assert pre.root == default_cache_dir(open_dataset(root), None) and pre.root.name == "median-spacing"
+    assert pre.root.parent == cache_root(open_dataset(root)) and pre.root.parent.parent == tmp_path / "cache"
+    other = preprocess_dataset(root, spacing=(1.5, 1.5, 1.5), progress=False)
+    assert other.root == pre.root.parent / "spacing-1.5x1.5x1.5"
+    assert find_preprocessed(open_dataset(root)) == [pre.root, other.root]
     assert tree_digest(root) == before
     with pytest.raises(DataError, match="inside the data set folder"):
         preprocess_dataset(root, out=root / "preprocessed", progress=False)

@@ -1,0 +1,138 @@
+"""Bad labels and images are refused by preprocess, before anything is cached, with a message naming the file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from scnas_dsl.data.dataset import open_dataset
+from scnas_dsl.data.preprocess import label_dtype, preprocess_dataset
+from scnas_dsl.data.synth import synthesize
+from scnas_dsl.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def heart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthesize(tmp_path_factory.mktemp("synth") / "heart", task="heart", cases=2, shape=(16, 16, 16), seed=5)
+
+
+@pytest.fixture(scope="module")
+def lung(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthesize(tmp_path_factory.mktemp("synth") / "lung", task="lung", cases=2, shape=(16, 16, 16), seed=6)
+
+
+def _rewrite(path: Path, change: Callable[[np.ndarray], np.ndarray], affine: np.ndarray | None = None) -> None:
+    img = nib.load(path)
+    data = change(np.asarray(img.dataobj))
+    nib.save(nib.Nifti1Image(data, img.affine if affine is None else affine, img.header), path)
+
+
+def _set(values: dict[tuple[int, int, int], int]) -> Callable[[np.ndarray], np.ndarray]:
+    def change(a: np.ndarray) -> np.ndarray:
+        a = a.copy()
+        for where, value in values.items():
+            a[where] = value
+        return a
+
+    return change
+
+
+def _preprocess(root: Path, tmp_path: Path) -> None:
+    preprocess_dataset(root, out=tmp_path / "pre", spacing=None, progress=False)
+
+
+@pytest.mark.parametrize("source", ["heart", "lung"])  # MRI reads labels in the pipeline, CT already for statistics
+def test_undeclared_label_values_are_refused_naming_case_and_values(
+    source: str, request: pytest.FixtureRequest, copy_of, tmp_path: Path
+) -> None:
+    root = copy_of(request.getfixturevalue(source))
+    label = open_dataset(root).cases[1].label
+    _rewrite(label, _set({(8, 8, 8): 255, (8, 8, 9): 5}))  # 255 would be -1 in an int8 cache, 5 kept as is
+    with pytest.raises(DataError) as err:
+        _preprocess(root, tmp_path)
+    message = str(err.value)
+    case_id = open_dataset(root).cases[1].id
+    assert str(label) in message and f"case {case_id}" in message
+    assert "label values 5, 255 are not declared in dataset.json (declared: 0 to 1)" in message
+    assert not list((tmp_path / "pre" / "cases").glob(f"{case_id}.*"))  # nothing of it was cached
+
+
+def test_the_label_type_follows_the_declared_maximum(heart: Path, tmp_path: Path) -> None:
+    assert label_dtype(2) is np.uint8 and label_dtype(256) is np.uint8
+    assert label_dtype(257) is np.int16 and label_dtype(40000) is np.int32
+    pre = preprocess_dataset(heart, out=tmp_path / "pre", spacing=None, progress=False)
+    _, label = pre.load(pre.case_ids[0])
+    assert label is not None and label.dtype == np.uint8
+
+
+def test_non_integer_labels_are_refused(heart: Path, copy_of, tmp_path: Path) -> None:
+    root = copy_of(heart)
+    label = open_dataset(root).cases[0].label
+    _rewrite(label, lambda a: a.astype(np.float32) * 0.5)
+    with pytest.raises(DataError, match=rf"{label}: case heart_000: non-integer label values"):
+        _preprocess(root, tmp_path)
+
+
+@pytest.mark.parametrize("source", ["heart", "lung"])
+def test_a_2d_image_is_named(source: str, request: pytest.FixtureRequest, copy_of, tmp_path: Path) -> None:
+    root = copy_of(request.getfixturevalue(source))
+    image = open_dataset(root).cases[1].images[0]
+    _rewrite(image, lambda a: a[:, :, 0])
+    with pytest.raises(DataError, match=rf"{image}: (case \w+: )?image has shape \(16, 16\); expected 3D or 4D"):
+        _preprocess(root, tmp_path)
+
+
+@pytest.mark.parametrize("source", ["heart", "lung"])
+def test_a_4d_label_is_named(source: str, request: pytest.FixtureRequest, copy_of, tmp_path: Path) -> None:
+    root = copy_of(request.getfixturevalue(source))
+    label = open_dataset(root).cases[0].label
+    _rewrite(label, lambda a: np.stack([a, a], axis=-1))
+    with pytest.raises(DataError, match=rf"{label}: case \w+: label has shape \(16, 16, 16, 2\); expected a 3D"):
+        _preprocess(root, tmp_path)
+
+
+def test_a_4d_label_of_one_volume_is_accepted(heart: Path, copy_of, tmp_path: Path) -> None:
+    root = copy_of(heart)
+    label = open_dataset(root).cases[0].label
+    _rewrite(label, lambda a: a[..., None])
+    pre = preprocess_dataset(root, out=tmp_path / "pre", spacing=None, progress=False)
+    assert pre.load("heart_000")[1] is not None
+
+
+def test_a_label_off_its_image_is_refused(heart: Path, copy_of, tmp_path: Path) -> None:
+    root = copy_of(heart)
+    case = open_dataset(root).cases[1]
+    assert case.label is not None
+    affine = nib.load(case.label).affine.copy()
+    affine[:3, 3] += 2.0  # moved by 2 mm
+    _rewrite(case.label, lambda a: a, affine)
+    with pytest.raises(DataError) as err:
+        _preprocess(root, tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{case.label}: case heart_001: affine differs from that of {case.images[0]}")
+    assert "save the label with the image's affine" in message
+
+
+def test_an_image_without_orientation_is_refused(heart: Path, copy_of, tmp_path: Path) -> None:
+    root = copy_of(heart)
+    image = open_dataset(root).cases[0].images[0]
+    img = nib.load(image)
+    header = img.header.copy()
+    header.set_qform(None, code=0)
+    header.set_sform(None, code=0)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), None, header), image)
+    with pytest.raises(DataError, match=rf"{image}: no orientation \(qform_code and sform_code are both 0\)"):
+        _preprocess(root, tmp_path)
+
+
+def test_a_dangling_symlink_is_named_as_such(heart: Path, copy_of, tmp_path: Path) -> None:
+    root = copy_of(heart)
+    image = open_dataset(root).cases[1].images[0]
+    image.unlink()
+    image.symlink_to(tmp_path / "gone.nii.gz")
+    with pytest.raises(DataError, match=rf"{image}: case heart_001: dangling symbolic link .*gone.nii.gz"):
+        _preprocess(root, tmp_path)
