@@ -108,6 +108,7 @@ def preprocess_cmd(
 ) -> None:
     """Orient, crop, resample and normalise every training case into a cache (reused when unchanged)."""
     from scnas_dsl.data.preprocess import preprocess_dataset
+    from scnas_dsl.data.resample import preprocessed_note
 
     _folder(folder)
     target = _spacing(spacing, median_spacing)
@@ -120,6 +121,13 @@ def preprocess_cmd(
         f"{pre.root}: {len(pre.case_ids)} case(s) at spacing "
         f"{' x '.join(f'{s:g}' for s in pre.spacing)} mm ({len(pre.redone)} processed, {reused} reused)"
     )
+    _note(preprocessed_note(pre))
+
+
+def _note(note: str | None) -> None:
+    """A spacing note (docs/data.md, "Spacing that fits the data") on stderr: advice, not an error."""
+    if note is not None:
+        typer.echo(note, err=True)
 
 
 def _open_preprocessed(folder: Path, out: Path | None):
@@ -194,6 +202,8 @@ def plan_cmd(
     """Fingerprint the data set and choose patch and batch size (preprocessed data if there is any)."""
     from scnas_dsl.data.dataset import open_dataset
     from scnas_dsl.data.plan import plan
+    from scnas_dsl.data.preprocess import PAPER_SPACING
+    from scnas_dsl.data.resample import preprocessed_note, spacing_note
 
     _folder(folder)
     if spec is not None and not spec.is_file():
@@ -209,6 +219,8 @@ def plan_cmd(
         result = plan(source, memory_gb=memory_gb, spec_estimator=estimator)
     except DataError as err:
         raise _fail(err) from err
+    # preprocessed: its target against its cases' spacing; raw: what the default 0.7 mm would do
+    _note(preprocessed_note(pre) if pre is not None else spacing_note(result.median_spacing, PAPER_SPACING))
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=1))
         return

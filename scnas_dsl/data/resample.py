@@ -273,3 +273,33 @@ def foreground_locations(
 def voxel_factor(spacing: Sequence[float], target: Sequence[float]) -> float:
     """How many times more voxels ``target`` spacing makes than ``spacing``."""
     return math.prod(s / t for s, t in zip(spacing, target, strict=True))
+
+
+#: A target finer than the data's median spacing by more than this along an axis gets a note.
+FINER_NOTE_FACTOR = 2.0
+
+
+def spacing_note(median: Sequence[float], target: Sequence[float], factor: float = FINER_NOTE_FACTOR) -> str | None:
+    """A note (not an error) when ``target`` spacing is finer than the data's ``median`` spacing by more than
+    ``factor`` along an axis: how many times more voxels it makes, and ``--median-spacing`` as the way out.
+    None when it is not."""
+    finer = [a for a, (m, t) in enumerate(zip(median, target, strict=True)) if m / t > factor]
+    if not finer:
+        return None
+    mm = lambda values: " x ".join(f"{v:.3g}" for v in values)  # noqa: E731
+    names = ", ".join("DHW"[a] for a in finer)
+    return (
+        f"note: the target spacing {mm(target)} mm is finer than the data's median spacing {mm(median)} mm "
+        f"by more than {factor:g}x along {names}: every case gets {voxel_factor(median, target):.1f} times as "
+        "many voxels as at the median spacing, and every training step and sliding window grows with them. "
+        "`--median-spacing` resamples to the data's own median spacing instead (nnU-Net's choice)"
+    )
+
+
+def preprocessed_note(pre) -> str | None:  # type: ignore[no-untyped-def]
+    """:func:`spacing_note` for preprocessed data (``Preprocessed``): its target against the median of its
+    cases' original spacings."""
+    if not pre.case_ids:
+        return None
+    median = np.median([pre.meta(c).original_spacing for c in pre.case_ids], axis=0)
+    return spacing_note([float(m) for m in median], pre.spacing)

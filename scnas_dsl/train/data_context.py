@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch.distributed as dist
 from scnas_dsl.data.augment import AugmentConfig
 from scnas_dsl.data.loader import PatchLoader, make_loader
 from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
+from scnas_dsl.data.resample import preprocessed_note
 from scnas_dsl.data.splits import FoldSplit, get_fold
 from scnas_dsl.errors import RunError
 from scnas_dsl.model import SearchSpace
@@ -46,6 +48,9 @@ def open_data(cfg: CommonConfig, runtime: Runtime) -> DataContext:
             pre = Preprocessed(source)
         else:
             pre = preprocess_dataset(source, spacing=cfg.spacing, progress=cfg.progress)
+        note = preprocessed_note(pre)  # a target much finer than the data: say what it costs
+        if note is not None:
+            print(note, file=sys.stderr)
         get_fold(pre, cfg.fold, cfg.splits_seed)  # records the search split on disk once
         root[0] = str(pre.root)
     if runtime.distributed:
