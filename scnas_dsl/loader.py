@@ -13,9 +13,10 @@ from pathlib import Path
 from scnas_dsl.errors import SpecError
 from scnas_dsl.model import Document, Genotype, Import, SearchSpace
 from scnas_dsl.model.checks import check
+from scnas_dsl.model.diagnostics import at
 from scnas_dsl.ops.signatures import LIBRARY_SIGNATURES, Signatures
+from scnas_dsl.source import position, source_line, split_lines
 from scnas_dsl.syntax import Diagnostic, parse_document, spec_error
-from scnas_dsl.syntax.diagnostics import at
 
 # Files larger than this are refused before parsing (a spec is a few kB; this stops a wrong file early).
 MAX_BYTES = 8 * 1024 * 1024
@@ -87,9 +88,10 @@ def read_text(path: Path, shown: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        shown_line = data.splitlines()[line - 1].decode("utf-8", errors="replace") if data else None
+        # everything before the first bad byte decodes: its lines and characters place the byte
+        text = data.decode("utf-8-sig", errors="replace")
+        line, column = position(text, len(data[: err.start].decode("utf-8-sig")))
+        shown_line = source_line(split_lines(text), line)
         raise spec_error([Diagnostic(shown, line, column,
                                      f"the file is not UTF-8 text (byte 0x{data[err.start]:02x})",
                                      "save it as UTF-8; a .scn file is plain text", source=shown_line)]) from err
@@ -104,19 +106,23 @@ class _Session:
         self.sources: dict[str | None, str] = {}
         self.problems: list[Diagnostic] = []
         self.spaces: dict[str, SearchSpace] = {}
-        # Problems the transformer found (the checker still runs on the stand-ins it put in their place).
+        # Problems the transformer found (the checker still runs on the stand-ins it put in their place),
+        # and the places of those stand-ins, by file.
         self.structural: list[Diagnostic] = []
+        self.stand_ins: dict[str | None, frozenset[tuple[int, int]]] = {}
 
     def add_document(self, text: str, file: str | None, real: Path | None, base_dir: Path | None,
                      chain: tuple[Path, ...]) -> Document | None:
         """Parse one file and, first, the files it imports; None when it does not parse."""
         self.sources[file] = text
         try:
-            document, structural = parse_document(text, file)
+            parsed = parse_document(text, file)
         except SpecError as err:
             self.problems.extend(err.diagnostics)
             return None
-        self.structural.extend(structural)
+        document = parsed.document
+        self.structural.extend(parsed.problems)
+        self.stand_ins[file] = parsed.stand_ins
         if real is not None:
             self.documents[real] = document
         for imp in document.imports:
@@ -128,11 +134,11 @@ class _Session:
             elif other.span is not None and space.span is not None and other.span.file != space.span.file:
                 self.problems.append(at(space.field_span("name"), f"space '{space.name}' is also defined in "
                                         f"{other.span.where()}", "rename one: a genotype names its space",
-                                        lines=text.splitlines()))
+                                        lines=split_lines(text)))
         return document
 
     def _import(self, imp: Import, base_dir: Path | None, chain: tuple[Path, ...], text: str) -> None:
-        lines = text.splitlines()
+        lines = split_lines(text)
         if not imp.path.strip():
             return  # reported by the parser ("the import path is empty")
         if base_dir is None:
@@ -154,7 +160,11 @@ class _Session:
         try:
             imported_text = read_text(target, shown)
         except SpecError as err:
-            self.problems.append(at(imp.field_span("path"), f"cannot import '{imp.path}': {err}", lines=lines))
+            if err.diagnostics:  # located in the imported file (not UTF-8, a NUL byte): shown as they are
+                self.problems.extend(err.diagnostics)
+            self.problems.append(at(imp.field_span("path"), f"cannot import '{imp.path}': "
+                                    + ("the file cannot be read (see above)" if err.diagnostics else str(err)),
+                                    lines=lines))
             return
         document = self.add_document(imported_text, shown, target, target.parent, chain + (target,))
         if document is not None:
@@ -163,12 +173,12 @@ class _Session:
 
     def checked(self, document: Document) -> list[Diagnostic]:
         """The checker's diagnostics of ``document`` and the structural ones of its file; a checker
-        diagnostic at the place of a structural one is left out (it is about the stand-in value)."""
+        diagnostic at the place of a stand-in value is left out (it is about the stand-in, not the file)."""
         file = document.span.file if document.span is not None else None
         structural = [d for d in self.structural if d.file == file]
-        taken = {(d.line, d.column) for d in structural}
+        taken = self.stand_ins.get(file, frozenset())
         found = [d for d in check(document, self.spaces, self.signatures, self.sources)
-                 if (d.line, d.column) not in taken]
+                 if d.file != file or (d.line, d.column) not in taken]
         return structural + found
 
 
@@ -207,7 +217,7 @@ def _load(text: str, file: str | None, real: Path | None, base_dir: Path | None,
     if document is None:
         raise spec_error(session.problems)
     if not document.spaces and not document.genotypes:
-        first = text.splitlines()[0] if text.strip() else None
+        first = source_line(split_lines(text), 1) if text.strip() else None
         session.problems.append(Diagnostic(file, 1, 1, "the file defines no space and no genotype",
                                            "write a 'space NAME { ... }' or a 'genotype NAME of SPACE { ... }'",
                                            source=first))

@@ -8,20 +8,13 @@ Edges between nodes carry ``candidates: list[str]`` (a space) or ``op: str`` (a 
 
 from __future__ import annotations
 
-import re
-
 import networkx as nx
 
 from scnas_dsl.model import CellChoice, CellSpec, Genotype, SearchSpace
+from scnas_dsl.model.structure import OUTPUT, cell_type_of, dead_in_cell, live_edges, zero_ops
 
-OUTPUT = "out"
-_INSTANCE = re.compile(r"^(?P<type>[A-Za-z_][A-Za-z0-9_]*)\[(?P<index>[0-9]+)\]$")
-
-
-def cell_type_of(key: str) -> str:
-    """The cell type of a structure key: ``enc`` for ``enc`` and for the instance ``enc[1]``."""
-    match = _INSTANCE.match(key)
-    return match.group("type") if match else key
+__all__ = ["OUTPUT", "cell_graph", "cell_type_of", "dead_in_cell", "dead_nodes", "levels", "live_edges",
+           "spec_of", "unet_graph", "zero_ops"]
 
 
 def spec_of(space: SearchSpace, key: str) -> CellSpec:
@@ -30,14 +23,6 @@ def spec_of(space: SearchSpace, key: str) -> CellSpec:
     if spec is None:
         raise KeyError(f"space '{space.name}' has no cell '{key}'")
     return spec
-
-
-def zero_ops(space: SearchSpace, spec: CellSpec) -> set[str]:
-    """Names in the cell's operation set that are bound to the library's ``zero`` (a cut edge)."""
-    opset = space.opset(spec.ops)
-    if opset is None:
-        return set()
-    return {op.name for op in opset.ops if op.call.kind == "zero"}
 
 
 def cell_graph(space: SearchSpace, cell_key: str, genotype: Genotype | None = None) -> nx.DiGraph:
@@ -73,29 +58,6 @@ def _choice_for(space: SearchSpace, genotype: Genotype, cell_key: str) -> CellCh
     if choice is None and space.unet.share == "by_type":
         choice = genotype.cell(cell_type_of(cell_key))
     return choice
-
-
-def live_edges(space: SearchSpace, spec: CellSpec, choice: CellChoice | None) -> list[tuple[str, str]]:
-    """The chosen edges whose operation is not zero."""
-    if choice is None:
-        return []
-    zeros = zero_ops(space, spec)
-    return [edge for edge, op in choice.chosen().items() if op not in zeros]
-
-
-def dead_in_cell(spec: CellSpec, edges: list[tuple[str, str]]) -> list[str]:
-    """Intermediate nodes of ``spec`` that are dead given the live ``edges``: no live input (directly or
-    through dead predecessors), or not reaching the cell output."""
-    graph = nx.DiGraph()
-    graph.add_nodes_from(spec.input_names() + spec.node_names() + [OUTPUT])
-    known = set(graph.nodes)
-    graph.add_edges_from((s, d) for s, d in edges if s in known and d in known)
-    graph.add_edges_from((n, OUTPUT) for n in spec.output_nodes() if n in known)
-    fed: set[str] = set()
-    for name in spec.input_names():
-        fed |= nx.descendants(graph, name)
-    reaches = nx.ancestors(graph, OUTPUT)
-    return [n for n in spec.node_names() if n not in fed or n not in reaches]
 
 
 def dead_nodes(space: SearchSpace, genotype: Genotype) -> dict[str, list[str]]:

@@ -28,6 +28,7 @@ from scnas_dsl.model import (
     Topology,
 )
 from scnas_dsl.ops.signatures import ParamValue
+from scnas_dsl.source import code_part, line_break_of, normalize_line_breaks, split_lines
 
 INDENT = "  "
 
@@ -280,18 +281,15 @@ class Comment:
 
 
 def find_comments(text: str) -> list[Comment]:
-    """Every comment of ``text`` (a ``#`` outside a quoted path, to the end of the line)."""
+    """Every comment of ``text`` (a ``#`` outside a quoted path, to the end of the line; lines as
+    ``scnas_dsl.source`` splits them)."""
     found: list[Comment] = []
-    lines = text.splitlines()
+    lines = split_lines(text)
     for number, line in enumerate(lines, start=1):
-        quoted = False
-        for col, char in enumerate(line):
-            if char == '"':
-                quoted = not quoted
-            elif char == "#" and not quoted:
-                blank = number < len(lines) and not lines[number].strip()
-                found.append(Comment(number, line[col:].rstrip(), bool(line[:col].strip()), blank))
-                break
+        code = code_part(line)
+        if len(code) < len(line):
+            blank = number < len(lines) and not lines[number].strip()
+            found.append(Comment(number, line[len(code):].rstrip(), bool(code.strip()), blank))
     return found
 
 
@@ -343,11 +341,16 @@ def _pieces(texts: Iterable[str]) -> list[str]:
 def format_text(text: str, file: str | None = None) -> str:
     """``text`` in canonical layout with its comments kept (see the module docstring).
 
+    The result uses the line break of ``text`` (its first; ``\n`` when it has none), so that a file kept
+    with ``\r\n`` stays so.
+
     Raises SpecError when the text does not parse, or (a bug guard) if the result would lose a comment
     or change the meaning: then nothing should be written.
     """
     from scnas_dsl.syntax import parse_text
 
+    line_break = line_break_of(text)
+    text = normalize_line_breaks(text)
     document = parse_text(text, file)
     lines = _document_lines(document)
     comments = find_comments(text)
@@ -366,4 +369,4 @@ def format_text(text: str, file: str | None = None) -> str:
     if parse_text(body, file) != document:
         raise SpecError(f"{where}: formatting would change the meaning; the file was left as it is "
                         "(please report this as a bug in scnas fmt)")
-    return body
+    return body.replace("\n", line_break)

@@ -13,7 +13,6 @@ from typing import TypeVar
 
 import networkx as nx
 
-from scnas_dsl.graph.cells import cell_type_of, dead_in_cell, live_edges
 from scnas_dsl.model import (
     CellChoice,
     CellSpec,
@@ -25,8 +24,10 @@ from scnas_dsl.model import (
     Span,
     Topology,
 )
+from scnas_dsl.model.diagnostics import Diagnostic, Severity, at, did_you_mean
+from scnas_dsl.model.structure import cell_type_of, dead_in_cell, live_edges
 from scnas_dsl.ops.signatures import LIBRARY_SIGNATURES, Signatures
-from scnas_dsl.syntax.diagnostics import Diagnostic, Severity, at, did_you_mean
+from scnas_dsl.source import split_lines
 
 _T = TypeVar("_T", bound=Node)
 MAX_NODES = 32
@@ -40,7 +41,7 @@ class _Report:
 
     def __init__(self, sources: Mapping[str | None, str] | None) -> None:
         self.items: list[Diagnostic] = []
-        self._lines = {k: v.splitlines() for k, v in (sources or {}).items()}
+        self._lines = {k: split_lines(v) for k, v in (sources or {}).items()}
 
     def add(self, span: Span | None, message: str, hint: str | None = None,
             severity: Severity = "error") -> None:
@@ -100,9 +101,13 @@ def check_space(space: SearchSpace, signatures: Signatures, report: _Report) -> 
         if not opset.ops:
             report.add(opset.field_span("name"), f"operation set '{opset.name}' is empty",
                        "list its candidate operations, e.g. conv3 = conv(kernel=3)")
+        elif all(op.call.kind == "zero" for op in opset.ops):
+            report.add(opset.field_span("name"), f"operation set '{opset.name}' holds only 'zero' operations: "
+                       "no architecture of a cell using it has a live path",
+                       "add an operation that carries data, e.g. skip = identity or conv3 = conv(kernel=3)")
         _duplicates(report, opset.ops, "operation", lambda o: o.name, f" in set '{opset.name}'")
         for op in opset.ops:
-            _check_call(op.call, signatures, dims, report)
+            _check_call(op.call, signatures, dims, report, on_edge=True)
     _duplicates(report, space.cells, "cell", lambda c: c.name, inside)
     for cell in space.cells:
         _check_cell(space, cell, report)
@@ -110,12 +115,15 @@ def check_space(space: SearchSpace, signatures: Signatures, report: _Report) -> 
 
 
 def _check_call(call: OpCall, signatures: Signatures, dims: int, report: _Report,
-                needs_weights: str | None = None) -> None:
+                needs_weights: str | None = None, on_edge: bool = False) -> None:
     signature = signatures.get(call.kind)
     if signature is None:
         report.add(call.field_span("kind"), f"unknown library operation '{call.kind}'",
                    did_you_mean(call.kind, signatures.names(), "library operations"))
         return
+    if on_edge and signature.block:
+        report.add(call.field_span("kind"), f"'{call.kind}' is a stem or head block, not an operation for the "
+                   "edges of a cell", "edges take: " + ", ".join(s.name for s in signatures.ops if not s.block))
     if needs_weights and not signature.parametric:
         report.add(call.field_span("kind"), f"the {needs_weights} must be an operation with weights, "
                    f"not '{call.kind}'", "use conv_block, res_block or conv for a stem, logits for a head")
@@ -151,13 +159,10 @@ def _position(spec: CellSpec, name: str) -> int | None:
     return spec.inputs + index if index < spec.nodes else None
 
 
-def _nodes_text(spec: CellSpec) -> str:
-    names = spec.input_names()
-    if spec.nodes <= 6:
-        names += spec.node_names()
-    else:
-        names += ["n0", "...", f"n{spec.nodes - 1}"]
-    return ", ".join(names)
+def _some_names(spec: CellSpec) -> list[str]:
+    """The cell's node names for a hint (at most MAX_NODES of each kind, whatever the counts say)."""
+    return ([f"in{i}" for i in range(max(0, min(spec.inputs, MAX_NODES)))]
+            + [f"n{i}" for i in range(max(0, min(spec.nodes, MAX_NODES)))])
 
 
 def _check_cell(space: SearchSpace, cell: CellSpec, report: _Report) -> None:
@@ -165,18 +170,23 @@ def _check_cell(space: SearchSpace, cell: CellSpec, report: _Report) -> None:
     if space.opset(cell.ops) is None and cell.ops:
         report.add(cell.field_span("ops"), f"unknown operation set '{cell.ops}'",
                    did_you_mean(cell.ops, [s.name for s in space.opsets], "operation sets of this space"))
+    counts_ok = True
     if not 1 <= cell.nodes <= MAX_NODES:
         report.add(cell.field_span("nodes"), f"cell '{name}' must have 1 to {MAX_NODES} intermediate nodes, "
                    f"not {cell.nodes}", "the paper uses nodes 4")
-        return
+        counts_ok = False
     if cell.inputs not in (1, 2):
         report.add(cell.field_span("inputs"), f"cell '{name}' must take 1 or 2 inputs, not {cell.inputs}",
                    "a cell reads the outputs of the one or two blocks before it (the paper uses two); "
                    "the U-Net has no third earlier block to offer")
-        return
-    edges = cell.edge_list()
+        counts_ok = False
     if cell.edges is not None:
         _check_edges(cell, report)
+    if not counts_ok:
+        # the edges and the output were checked by name; what needs every node waits for valid counts
+        _check_output(cell, [], report, counts_ok=False)
+        return
+    edges = cell.edge_list()
     known = set(cell.input_names()) | set(cell.node_names())
     valid = [(s, d) for s, d in edges if s in known and d in known]
     fed = {d for _, d in valid}
@@ -202,7 +212,7 @@ def _check_edges(cell: CellSpec, report: _Report) -> None:
             if _position(cell, node) is None:
                 what = "from" if end == "src" else "to"
                 report.add(edge.field_span(end), f"edge {what} unknown node '{node}' in cell '{cell.name}'",
-                           did_you_mean(node, cell.input_names() + cell.node_names(), "its nodes"))
+                           did_you_mean(node, _some_names(cell), "its nodes"))
                 bad = True
         if bad:
             continue
@@ -220,32 +230,33 @@ def _check_edges(cell: CellSpec, report: _Report) -> None:
             report.add(edge.span, f"edge '{text}' is a cycle: a node cannot read itself",
                        "edges go from a node to a later one")
         elif (_position(cell, edge.src) or 0) > (_position(cell, edge.dst) or 0):
-            try:
-                cycle = nx.find_cycle(graph, edge.dst)
-                path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+            if nx.has_path(graph, edge.dst, edge.src):
+                # the cycle this edge closes: from its end back to its start, then the edge itself
+                path = " -> ".join([*nx.shortest_path(graph, edge.dst, edge.src), edge.dst])
                 report.add(edge.span, f"edge '{text}' closes a cycle: {path}",
                            "a cell is a DAG: edges go from a node to a later one")
-            except nx.NetworkXNoCycle:
+            else:
                 report.add(edge.span, f"edge '{text}' goes backwards",
                            f"edges go from a node to a later one: write {edge.dst} -> {edge.src}?")
 
 
-def _check_output(cell: CellSpec, edges: list[tuple[str, str]], report: _Report) -> None:
+def _check_output(cell: CellSpec, edges: list[tuple[str, str]], report: _Report, counts_ok: bool = True) -> None:
     out = cell.output
     nodes = list(out.nodes or ())
     seen: set[str] = set()
     for i, node in enumerate(nodes):
         span = out.field_span(f"nodes[{i}]")
-        if node in cell.input_names():
+        position = _position(cell, node)
+        if position is not None and node.startswith("in"):
             report.add(span, f"the output of cell '{cell.name}' names input '{node}'",
                        "the output is made of intermediate nodes (n0, n1, ...)")
-        elif node not in cell.node_names():
+        elif position is None:
             report.add(span, f"the output of cell '{cell.name}' names unknown node '{node}'",
-                       did_you_mean(node, cell.node_names(), "its nodes"))
+                       did_you_mean(node, [n for n in _some_names(cell) if n.startswith("n")], "its nodes"))
         elif node in seen:
             report.add(span, f"node '{node}' appears twice in the output of cell '{cell.name}'", "keep one")
         seen.add(node)
-    if cell.edges is None:
+    if cell.edges is None or not counts_ok:
         return
     graph = nx.DiGraph(edges)
     outputs = [n for n in cell.output_nodes() if n in cell.node_names()]
@@ -337,11 +348,7 @@ def _levels_hint(levels: list[int]) -> str:
 # ---------------------------------------------------------------------- genotypes
 def check_genotype(genotype: Genotype, space: SearchSpace, report: _Report) -> None:
     """The checks of one genotype against its space."""
-    try:
-        keys = space.structure_keys()
-        space.instances()
-    except KeyError:
-        return  # the space has unknown cells: already reported with the space
+    keys = _structure_keys(space)
     by_level = space.unet.share == "by_level"
     given: dict[str, CellChoice] = {}
     for choice in genotype.cells:
@@ -376,6 +383,15 @@ def check_genotype(genotype: Genotype, space: SearchSpace, report: _Report) -> N
                    f"genotype '{genotype.name}' gives no structure for cell{'s' if len(missing) > 1 else ''} "
                    f"{', '.join(missing)}",
                    f"add 'cell {missing[0]} {{ n0 = ... }}' (a cell without node lines has every edge zero)")
+
+
+def _structure_keys(space: SearchSpace) -> list[str]:
+    """``space.structure_keys()`` leaving out the U-Net's unknown cells (reported with the space), so
+    that the rest of a genotype is still checked."""
+    known = space.model_copy(update={"unet": space.unet.model_copy(update={
+        section: tuple(ref for ref in getattr(space.unet, section) if space.cell(ref.name) is not None)
+        for section in ("encoder", "bridge", "decoder")})})
+    return known.structure_keys()
 
 
 def _check_choice(space: SearchSpace, choice: CellChoice, report: _Report) -> None:

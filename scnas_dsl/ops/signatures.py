@@ -83,12 +83,14 @@ class OpSignature:
 
     ``parametric``: whether the operation has weights (False for pooling, identity and zero); the
     compiler uses it to decide when a width change needs a projection.
+    ``block``: a fixed U-Net block (a stem or a head), never a candidate on a cell's edge.
     """
 
     name: str
     params: tuple[ParamDecl, ...] = ()
     doc: str = ""
     parametric: bool = True
+    block: bool = False
 
     def param(self, name: str) -> ParamDecl | None:
         for decl in self.params:
@@ -183,16 +185,16 @@ LIBRARY_SIGNATURES = Signatures(
             "conv_block",
             (_KERNEL, ParamDecl("repeats", "int", default=2, minimum=1, maximum=8,
                                 doc="how many convolution -> norm -> LeakyReLU layers")),
-            "fixed block for stems: (convolution -> instance norm -> LeakyReLU) x repeats",
+            "fixed block for stems: (convolution -> instance norm -> LeakyReLU) x repeats", block=True,
         ),
         OpSignature(
             "res_block", (_KERNEL,),
-            "fixed residual block for stems: two conv-norm layers with a 1x1 shortcut",
+            "fixed residual block for stems: two conv-norm layers with a 1x1 shortcut", block=True,
         ),
         OpSignature(
             "logits", (ParamDecl("kernel", "kernel", default=1, minimum=1, maximum=15, odd=True,
                                  doc="window size of the final convolution"),),
-            "fixed block for heads: one convolution with bias giving the class scores",
+            "fixed block for heads: one convolution with bias giving the class scores", block=True,
         ),
     )
 )

@@ -32,7 +32,7 @@ from scnas_dsl.model import (
     Span,
     Topology,
 )
-from scnas_dsl.syntax.diagnostics import Diagnostic
+from scnas_dsl.model.diagnostics import Diagnostic, at
 
 # Whole numbers longer than this are refused (Python would take them, but nothing in a spec needs them and
 # int() of a 10**5-digit string is slow or refused by the interpreter).
@@ -63,6 +63,7 @@ class ToModel(Transformer):
         self.file = file
         self.lines = lines
         self.diagnostics: list[Diagnostic] = []
+        self.stand_ins: set[tuple[int, int]] = set()
 
     # ------------------------------------------------------------------ helpers
     def __default__(self, data: Any, children: Any, meta: Any) -> Any:
@@ -78,16 +79,24 @@ class ToModel(Transformer):
         return Span(file=self.file, line=token.line or 0, column=token.column or 0,
                     end_line=token.end_line or 0, end_column=token.end_column or 0)
 
-    def _problem(self, span: Span, message: str, hint: str | None = None) -> None:
-        source = self.lines[span.line - 1] if 0 < span.line <= len(self.lines) else None
-        self.diagnostics.append(Diagnostic(self.file, span.line, span.column, message, hint, span.end_line,
-                                           span.end_column, "error", source))
+    def _problem(self, span: Span, message: str, hint: str | None = None, *, stand_in: bool = False) -> None:
+        """Record a problem; ``stand_in``: a value was put in the place of what is written there, so that
+        the checks of the rest go on (the checker's complaints about the stand-in itself are left out)."""
+        self.diagnostics.append(at(span, message, hint, lines=self.lines, file=self.file))
+        if stand_in:
+            self.stand_ins.add((span.line, span.column))
 
-    def _int(self, token: Token) -> int:
+    def _int(self, token: Token, what: str) -> int:
+        """A whole number (``what`` names it in messages: "'nodes'", "a tuple entry"...)."""
+        if token.type == "FLOAT":
+            self._problem(self._tok(token), f"{what} must be a whole number, not {token.value[:20]}",
+                          "write it without a decimal point", stand_in=True)
+            value = float(token.value)
+            return int(value) if abs(value) < 10**_MAX_DIGITS else 0
         digits = token.value.lstrip("-")
         if len(digits) > _MAX_DIGITS:
             self._problem(self._tok(token), f"the number {token.value[:20]}... is too large",
-                          f"whole numbers in a spec have at most {_MAX_DIGITS} digits")
+                          f"whole numbers in a spec have at most {_MAX_DIGITS} digits", stand_in=True)
             return 0
         return int(token.value)
 
@@ -159,13 +168,13 @@ class ToModel(Transformer):
         return out.with_field_spans({"name": self._tok(name), "value": value_span})
 
     def int_value(self, meta: Meta, children: list[Token]) -> tuple[int, Span]:
-        return self._int(children[0]), self._tok(children[0])
+        return self._int(children[0], "a parameter"), self._tok(children[0])
 
     def float_value(self, meta: Meta, children: list[Token]) -> tuple[float, Span]:
         token = children[0]
         value = float(token.value)
         if value in (float("inf"), float("-inf")):
-            self._problem(self._tok(token), f"the number {token.value[:20]} is too large", None)
+            self._problem(self._tok(token), f"the number {token.value[:20]} is too large", None, stand_in=True)
             value = 0.0
         return value, self._tok(token)
 
@@ -179,7 +188,7 @@ class ToModel(Transformer):
         return str(children[0]), self._tok(children[0])
 
     def tuple_value(self, meta: Meta, children: list[Token]) -> tuple[tuple[int, ...], Span]:
-        return tuple(self._int(t) for t in children), self._span(meta)
+        return tuple(self._int(t, "a tuple entry") for t in children), self._span(meta)
 
     # ------------------------------------------------------------------ cells
     def normal(self, meta: Meta, children: list[Any]) -> str:
@@ -215,10 +224,10 @@ class ToModel(Transformer):
         return out.with_field_spans(spans)
 
     def cell_nodes(self, meta: Meta, children: list[Token]) -> _Stmt:
-        return _Stmt("nodes", self._int(children[0]), self._tok(children[0]))
+        return _Stmt("nodes", self._int(children[0], "'nodes'"), self._tok(children[0]))
 
     def cell_inputs(self, meta: Meta, children: list[Token]) -> _Stmt:
-        return _Stmt("inputs", self._int(children[0]), self._tok(children[0]))
+        return _Stmt("inputs", self._int(children[0], "'inputs'"), self._tok(children[0]))
 
     def cell_ops(self, meta: Meta, children: list[Token]) -> _Stmt:
         return _Stmt("ops", str(children[0]), self._tok(children[0]))
@@ -267,17 +276,17 @@ class ToModel(Transformer):
         fields.setdefault("decoder", ())
         if "dims" in fields and fields["dims"] not in (2, 3):
             self._problem(found["dims"].span, f"dims must be 2 or 3, not {fields['dims']}",
-                          "3 for volumes (the paper), 2 for slices")
+                          "3 for volumes (the paper), 2 for slices", stand_in=True)
             fields["dims"] = 3
         out = Topology(span=span, **fields)
         return out.with_field_spans({k: st.span for k, st in found.items()})
 
     def unet_dims(self, meta: Meta, children: list[Token]) -> _Stmt:
-        return _Stmt("dims", self._int(children[0]), self._tok(children[0]))
+        return _Stmt("dims", self._int(children[0], "'dims'"), self._tok(children[0]))
 
     def unet_stem(self, meta: Meta, children: list[Any]) -> _Stmt:
         call, width = children
-        block = Block(call=call, width=self._int(width), span=self._span(meta))
+        block = Block(call=call, width=self._int(width, "the stem width"), span=self._span(meta))
         block.with_field_spans({"width": self._tok(width)})
         return _Stmt("stem", block, self._span(meta))
 
@@ -299,7 +308,7 @@ class ToModel(Transformer):
         return self._refs("decoder", meta, children)
 
     def unet_width_factor(self, meta: Meta, children: list[Token]) -> _Stmt:
-        return _Stmt("width_factor", self._int(children[0]), self._tok(children[0]))
+        return _Stmt("width_factor", self._int(children[0], "'width_factor'"), self._tok(children[0]))
 
     def unet_share(self, meta: Meta, children: list[str]) -> _Stmt:
         return _Stmt("share", children[0], self._span(meta))
@@ -308,7 +317,8 @@ class ToModel(Transformer):
         return _Stmt("node_width", children[0], self._span(meta))
 
     def unet_deep_supervision(self, meta: Meta, children: list[Token]) -> _Stmt:
-        return _Stmt("deep_supervision", tuple(self._int(t) for t in children), self._span(meta))
+        return _Stmt("deep_supervision", tuple(self._int(t, "a deep_supervision level") for t in children),
+                     self._span(meta))
 
     def unet_skips(self, meta: Meta, children: list[str]) -> _Stmt:
         return _Stmt("skips", children[0], self._span(meta))
@@ -346,7 +356,7 @@ class ToModel(Transformer):
         if len(children) == 1:
             return str(children[0]), self._tok(children[0])
         name, index = children
-        k = self._int(index)
+        k = self._int(index, "a cell instance index")
         if k < 0:
             self._problem(self._tok(index), f"cell instance index {k} is negative", "instances count from 0: enc[0]")
         return f"{name}[{k}]", self._span(meta)

@@ -34,7 +34,8 @@ def test_the_corpus_covers_every_kind_of_error() -> None:
                  "has no edge", "gives no structure", "is dead", "expected", "found end of file",
                  "too large", "cannot import", "unknown space", "in the encoder", "in the decoder",
                  "dims must be 2 or 3", "is given twice", "closes a cycle", "appears twice in the output",
-                 "is empty", "is negative", "second 'unet' block", "must be at most"]:
+                 "is empty", "is negative", "second 'unet' block", "must be at most", "is a keyword",
+                 "must be a whole number", "holds only 'zero' operations", "is a stem or head block"]:
         assert kind in messages, f"no broken spec shows '{kind}'"
 
 

@@ -158,3 +158,18 @@ def test_grammar_has_no_lalr_conflicts(caplog) -> None:  # type: ignore[no-untyp
         lark_logger.setLevel(logging.WARNING)
     conflicts = [r.getMessage() for r in caplog.records if "conflict" in r.getMessage().lower()]
     assert conflicts == []
+
+
+@pytest.mark.parametrize(("text", "where", "hint"), [
+    ("space s {\n  unet {\n    stem conv_block(kernel=3)  # no width\n    encoder a\n  }\n}\n", (3, 30),
+     "the stem gives its width after '->'"),
+    ("space s {\n  cell a normal {\n    nodes 1; inputs 1; ops p\n\n  cell b normal { nodes 1 }\n}\n", (3, 29),
+     "is a closing '}' missing here?"),
+])
+def test_a_missing_piece_is_located_where_it_is_missing(text: str, where: tuple[int, int], hint: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_text(text)
+    (diag,) = info.value.diagnostics
+    assert (diag.line, diag.column) == where
+    assert diag.hint is not None and hint in diag.hint
+    assert "on line" in diag.message

@@ -1,5 +1,8 @@
 """Diagnostics: one problem of a ``.scn`` file with its place, and their rendering for people.
 
+They sit in the model layer: the parser (``scnas_dsl.syntax``), the checks (``scnas_dsl.model.checks``) and
+the loader make them, and nothing here imports those.
+
 A rendered diagnostic reads like a compiler's::
 
     specs/unet.scn:12:10: error: unknown operation 'dil5'
@@ -17,6 +20,7 @@ from typing import Literal
 
 from scnas_dsl.errors import SpecError
 from scnas_dsl.model import Span
+from scnas_dsl.source import source_line
 
 Severity = Literal["error", "warning"]
 
@@ -80,12 +84,9 @@ def at(span: Span | None, message: str, hint: str | None = None, *, lines: Seque
     """A diagnostic at ``span`` (the element the problem is about), with the source line from ``lines``."""
     if span is None:
         return Diagnostic(file, 0, 0, message, hint, severity=severity)
-    source = None
-    if lines is not None and 0 < span.line <= len(lines):
-        source = lines[span.line - 1]
     return Diagnostic(
         span.file if span.file is not None else file, span.line, span.column, message, hint,
-        span.end_line, span.end_column, severity, source,
+        span.end_line, span.end_column, severity, source_line(lines, span.line),
     )
 
 
