@@ -19,6 +19,14 @@ class SpecError(ScnasError):
         self.diagnostics = list(diagnostics or [])
 
 
+def message_for_user(err: ScnasError) -> str:
+    """What the command line prints for ``err``: ``error: ...``, once. A SpecError with diagnostics is its
+    rendered report, whose lines already say ``file:line:col: error: ...``."""
+    if isinstance(err, SpecError) and err.diagnostics:
+        return str(err)
+    return f"error: {err}"
+
+
 class CompileError(ScnasError):
     """A checked model that cannot become a network as asked (sizes, channels, unknown operation factory)."""
 

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from scnas_dsl.errors import ScnasError
+from scnas_dsl.errors import ScnasError, message_for_user
 
 app = typer.Typer(
     name="scnas",
@@ -60,7 +60,7 @@ def main() -> None:
     try:
         app()
     except ScnasError as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(message_for_user(err), err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

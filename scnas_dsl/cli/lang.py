@@ -14,8 +14,8 @@ from pathlib import Path
 
 import typer
 
-from scnas_dsl.errors import SpecError
-from scnas_dsl.syntax.diagnostics import render_all
+from scnas_dsl.errors import SpecError, message_for_user
+from scnas_dsl.model.diagnostics import render_all
 
 USAGE = 2
 
@@ -44,7 +44,7 @@ def check_cmd(files: list[Path] = typer.Argument(..., help=".scn files to check"
             loaded = load(path)
         except SpecError as err:
             failed = True
-            typer.echo(str(err), err=True)
+            typer.echo(message_for_user(err), err=True)
             continue
         if loaded.warnings:
             typer.echo(render_all(loaded.warnings), err=True)
@@ -58,17 +58,27 @@ def check_cmd(files: list[Path] = typer.Argument(..., help=".scn files to check"
 def fmt_cmd(
     file: Path = typer.Argument(..., help="the .scn file to format"),  # noqa: B008
     check: bool = typer.Option(False, "--check", help="exit 1 if the file is not in canonical form"),
-    write: bool = typer.Option(False, "--write", help="rewrite the file in place (only when it parses)"),
+    write: bool = typer.Option(False, "--write", help="rewrite the file in place (only when it checks)"),
 ) -> None:
-    """Print FILE in canonical form, keeping its comments (or check it, or rewrite it)."""
+    """Print FILE in canonical form, keeping its comments (or check it, or rewrite it).
+
+    The file is checked first, as by 'scnas check': a file with errors is reported and left alone (exit 1).
+    """
     from scnas_dsl.graph.printer import format_text
-    from scnas_dsl.loader import read_text
+    from scnas_dsl.loader import load, read_text
 
     if check and write:
         raise _usage("--check and --write exclude each other")
     _existing(file)
-    text = read_text(file, str(file))
-    formatted = format_text(text, str(file))
+    try:
+        loaded = load(file)
+        text = read_text(file, str(file))
+        formatted = format_text(text, str(file))
+    except SpecError as err:
+        typer.echo(message_for_user(err), err=True)
+        raise typer.Exit(1) from None
+    if loaded.warnings:
+        typer.echo(render_all(loaded.warnings), err=True)
     if check:
         if formatted != text:
             typer.echo(f"{file}: not in canonical form (run: scnas fmt --write {file})", err=True)
@@ -79,7 +89,17 @@ def fmt_cmd(
         if formatted == text:
             typer.echo(f"{file}: unchanged")
             return
-        _write_atomically(file, formatted)
+        # A symbolic link stays a link: its target is what gets formatted.
+        target = file.resolve()
+        try:
+            if not os.access(target, os.W_OK) or not target.stat().st_mode & 0o222:
+                typer.echo(f"error: {file}: the file is read-only; it was left as it is", err=True)
+                raise typer.Exit(1)
+            _write_atomically(target, formatted)
+        except OSError as err:
+            typer.echo(f"error: {file}: cannot write the formatted text ({err.strerror or err}); "
+                       "the file was left as it is", err=True)
+            raise typer.Exit(1) from None
         typer.echo(f"{file}: formatted")
         return
     typer.echo(formatted, nl=False)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from scnas_dsl.errors import ScnasError
+from scnas_dsl.errors import ScnasError, message_for_user
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,7 +63,7 @@ def user_errors(func: F) -> F:
             typer.echo(f"stopped: {err}", err=True)
             raise typer.Exit(130) from None
         except ScnasError as err:
-            typer.echo(f"error: {err}", err=True)
+            typer.echo(message_for_user(err), err=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -88,3 +88,93 @@ def test_draw_genotype_and_space(tmp_path: Path) -> None:
     assert again.returncode == 2 and "exists already; pass --force" in again.stderr
     unknown = scnas("draw", str(SPECS / "baselines" / "unet3d.scn"), "-o", str(out), "--genotype", "nope", "--force")
     assert unknown.returncode == 1 and "no genotype 'nope'; genotypes here: unet3d" in unknown.stderr
+
+
+MESSY = "space s { ops p { c = conv(kernel=3) }  # keep\n cell a normal { nodes 1 inputs 1 ops p }" \
+        " unet { stem conv_block -> 8 encoder a decoder a head logits } }\n"
+
+
+def test_fmt_write_through_a_symlink_formats_the_target_and_keeps_the_link(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    target = real / "spec.scn"
+    target.write_text(MESSY, encoding="utf-8")
+    link = tmp_path / "link.scn"
+    link.symlink_to(target)
+    result = scnas("fmt", "--write", str(link))
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert target.read_text(encoding="utf-8") != MESSY
+    assert scnas("fmt", "--check", str(target)).returncode == 0
+    assert sorted(p.name for p in real.iterdir()) == ["spec.scn"]
+
+
+def test_fmt_os_errors_are_messages_and_leave_the_file(tmp_path: Path) -> None:
+    spec = tmp_path / "ro.scn"
+    spec.write_text(MESSY, encoding="utf-8")
+    spec.chmod(0o444)
+    result = scnas("fmt", "--write", str(spec))
+    assert result.returncode == 1 and "read-only" in result.stderr and "Traceback" not in result.stderr
+    assert spec.read_text(encoding="utf-8") == MESSY
+
+
+def test_fmt_write_reports_a_failing_write_without_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    import errno
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from scnas_dsl.cli import app
+
+    spec = tmp_path / "spec.scn"
+    spec.write_text(MESSY, encoding="utf-8")
+
+    def refuse(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    result = CliRunner().invoke(app, ["fmt", "--write", str(spec)])
+    assert result.exit_code == 1, result.output
+    assert "cannot write the formatted text (No space left on device)" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert spec.read_text(encoding="utf-8") == MESSY
+
+
+def test_fmt_refuses_a_file_with_errors_and_agrees_with_check(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.scn"
+    bad.write_text(MESSY.replace("kernel=3", "kernel=4"), encoding="utf-8")
+    for args in (["fmt"], ["fmt", "--check"], ["fmt", "--write"], ["check"]):
+        result = scnas(*args, str(bad))
+        assert result.returncode == 1, args
+        assert f"{bad}:1:35: error: 'kernel' must be odd (got 4)" in result.stderr, args
+        assert result.stdout == "" or args == ["check"]
+    assert bad.read_text(encoding="utf-8") == MESSY.replace("kernel=3", "kernel=4")
+    for content in ("", "# only a comment\n"):
+        empty = tmp_path / "empty.scn"
+        empty.write_text(content, encoding="utf-8")
+        checked, formatted = scnas("check", str(empty)), scnas("fmt", "--check", str(empty))
+        assert checked.returncode == formatted.returncode == 1
+        assert "the file defines no space and no genotype" in checked.stderr
+        assert "the file defines no space and no genotype" in formatted.stderr
+
+
+def test_no_message_says_error_twice(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.scn"
+    bad.write_text("space s { ops p { c = conv(kernel=3) }\n  cell a normal { nodes 1 inputs 1 ops p }\n",
+                   encoding="utf-8")
+    binary = tmp_path / "binary.scn"
+    binary.write_bytes(b"space \xff {}\n")
+    importer = tmp_path / "importer.scn"
+    importer.write_text('import "binary.scn"\ngenotype g of s { }\n', encoding="utf-8")
+    runs = [scnas("check", str(bad)), scnas("fmt", str(bad)), scnas("compile", str(bad)),
+            scnas("draw", str(bad), "-o", str(tmp_path / "x.png")), scnas("check", str(importer)),
+            scnas("fmt", "--write", str(tmp_path / "missing.scn"))]
+    for result in runs:
+        assert result.returncode != 0
+        assert "error:" in result.stderr
+        for line in result.stderr.splitlines():
+            assert line.count("error:") <= 1, result.stderr
+        assert not result.stderr.startswith("error: ") or ": error: " not in result.stderr, result.stderr
+    assert "binary.scn:1:7: error: the file is not UTF-8 text (byte 0xff)" in runs[4].stderr
+    assert "importer.scn:1:8: error: cannot import 'binary.scn': the file cannot be read (see above)" in runs[4].stderr
