@@ -337,7 +337,8 @@ def _gate(level: int, skip_src: int, prev: int, cells: list[CellPlan]) -> GatePl
 
 
 def size_problem(spatial: Sequence[int], levels: int, dims: int) -> str | None:
-    """Why a patch of ``spatial`` cannot go through a U-Net of ``levels`` down-samplings, or None."""
+    """Why a patch of ``spatial`` cannot go through a U-Net of ``levels`` down-samplings, or None: a wrong
+    number of dimensions, a size not divisible by ``2**levels``, or one voxel at the deepest level."""
     if len(spatial) != dims:
         return (f"the network is {dims}D but the input has {len(spatial)} spatial dimensions "
                 f"{tuple(spatial)}: give (B, C, {', '.join('DHW'[3 - dims:])})")
@@ -348,4 +349,9 @@ def size_problem(spatial: Sequence[int], levels: int, dims: int) -> str | None:
             hint = f"use {lower} or {upper}" if lower != upper and size >= step else f"use {upper}"
             return (f"patch {size} is not divisible by {step} = 2^{levels} levels: {hint} "
                     f"(patch {tuple(spatial)})")
+    if all(size == step for size in spatial):
+        # instance norm normalises over the voxels of a channel: one voxel has nothing to normalise
+        example = (2 * step,) + tuple(spatial[1:])
+        return (f"patch {tuple(spatial)} leaves one voxel at the deepest level (2^{levels} = {step}), and "
+                f"instance norm needs more than one: use {2 * step} along at least one axis, e.g. {example}")
     return None
