@@ -1,6 +1,7 @@
 # Two commands set up and run everything on a fresh machine:
 #   make demo   - installs scnas into .venv (CPU torch) and runs the demo on generated data
 #   make test   - installs scnas with its test tools into .venv and runs the whole test suite
+#   make lint   - ruff and mypy (CI runs it before make test: .ci/run)
 PYTHON ?= python3
 VENV   ?= .venv
 PIP     = $(VENV)/bin/pip
@@ -24,6 +25,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check scnas_dsl tests benchmarks examples
+	$(VENV)/bin/mypy scnas_dsl
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

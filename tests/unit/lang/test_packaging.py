@@ -55,3 +55,15 @@ def test_the_wheel_ships_the_grammar_and_it_loads_from_an_installed_copy(tmp_pat
                          cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "True"
+
+
+def test_ci_runs_the_linters_and_the_readmes_test_command() -> None:
+    root = Path(__file__).resolve().parents[3]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    ci = (root / ".ci" / "run").read_text(encoding="utf-8")
+    makefile = (root / "Makefile").read_text(encoding="utf-8")
+    assert "make test" in readme
+    commands = [line.strip() for line in ci.splitlines() if line.strip() and not line.startswith("#")]
+    assert "make lint" in commands and commands[-1] == "exec make test"
+    lint = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    assert "ruff check scnas_dsl tests benchmarks" in lint and "mypy scnas_dsl" in lint
