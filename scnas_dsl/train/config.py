@@ -133,8 +133,10 @@ class TrainConfig(CommonConfig):
     min_lr: float = Field(default=1e-7, ge=0)
     epochs: int = Field(default=500, ge=1)
     batch_size: int = Field(default=8, ge=1)
-    #: the retraining width (about the FLOPs of the paper's 3D U-ResNet baseline)
-    stem_width: int = Field(default=68, ge=1)
+    #: the retraining width; None: the spec's own width when the genotype's file defines its space (a
+    #: hand-written network such as specs/baselines/), else the paper's retraining width, 68 (a searched
+    #: genotype, whose imported space carries the search's width): see ``retraining_width``
+    stem_width: int | None = Field(default=None, ge=1)  # type: ignore[assignment]
     #: validation Dice (sliding windows on the fold's validation cases) every this many epochs and at the end
     val_every: int = Field(default=10, ge=1)
     #: at most this many validation cases per check (None: all); the final check always uses all
@@ -205,3 +207,20 @@ def resolve_config(kind: type[CommonConfig], file: Path | None, **cli: Any) -> A
                              for e in err.errors())
         where = f" (from {file})" if file is not None else ""
         raise RunError(f"invalid settings{where}: {problems}") from err
+
+
+#: the paper's retraining width: about the FLOPs of its 3D U-ResNet baseline at 32
+PAPER_RETRAINING_WIDTH = 68
+
+
+def retraining_width(given: int | None, spec_width: int | None, defines_space: bool) -> tuple[int, str]:
+    """The stem width a retraining uses and why: ``--stem-width`` when given; the spec's width when the
+    genotype's file defines its own space (a hand-written network: the width is part of its design); else the
+    paper's retraining width (a searched genotype imports the space it was searched in, whose width is the
+    search's, 48 in the paper)."""
+    if given is not None:
+        return given, "--stem-width"
+    if defines_space and spec_width is not None:
+        return spec_width, "the spec's: its file defines the network"
+    return PAPER_RETRAINING_WIDTH, ("the paper's retraining width for a genotype of an imported (searched) space"
+                                    + (f"; the space says {spec_width}" if spec_width is not None else ""))

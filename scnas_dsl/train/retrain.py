@@ -26,7 +26,7 @@ from scnas_dsl.model import Document, SearchSpace
 from scnas_dsl.nn import build_network
 from scnas_dsl.nn.network import FixedNetwork
 from scnas_dsl.train.checkpoint import capture_rng, restore_rng, save_checkpoint
-from scnas_dsl.train.config import TrainConfig
+from scnas_dsl.train.config import TrainConfig, retraining_width
 from scnas_dsl.train.data_context import (
     DataContext,
     epoch_batches,
@@ -94,7 +94,11 @@ def run_train(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
 
 def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
            stop_after_epochs: int | None, resume_hint: str | None) -> TrainResult | None:
-    space, genotype = load(cfg.genotype).genotype(cfg.genotype_name)
+    loaded = load(cfg.genotype)
+    space, genotype = loaded.genotype(cfg.genotype_name)
+    width, why_width = retraining_width(cfg.stem_width, space.unet.stem.width,
+                                        any(s.name == space.name for s in loaded.document.spaces))
+    cfg = cfg.model_copy(update={"stem_width": width})  # resolved: recorded, compared on --resume
     out = Path(cfg.out) if cfg.out else default_out(cfg, genotype.name)
     run = RunFolder(out, writer=runtime.is_main)
     if runtime.is_main:
@@ -132,10 +136,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     details = f"{adam_text(cfg.optimizer)}; {len(data.fold.val)} validation case(s)"
     if net.plan.deep_supervision:
         details += f"; deep supervision at levels 0, {', '.join(map(str, net.plan.deep_supervision))}"
-    written = space.unet.stem.width
-    if written is not None and written != cfg.stem_width:  # e.g. a baseline written at 32, trained at 68
-        details += (f"; note: the spec's stem width is {written}, this run trains at {cfg.stem_width} (the paper's "
-                    f"retraining width; --stem-width {written} trains at the spec's)")
+    details += f"; stem width {cfg.stem_width}: {why_width}"
     loop.announce(genotype.name, cfg, patch, state, resume, details)
     end = loop.run_job(job, state)
     if end.how == "paused":

@@ -43,7 +43,7 @@ def test_heads_train_and_prediction_rebuilds_the_network(data: dict[str, Path]) 
     run_train(cfg)
     first = (out / "log.txt").read_text().splitlines()[0]
     assert "deep supervision at levels 0, 1, 2" in first
-    assert "the spec's stem width is 32, this run trains at 4" in first
+    assert "stem width 4: --stem-width" in first
     recipe = json.loads((out / "network.json").read_text())
     assert recipe["deep_supervision"] == [1, 2]
     trained = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
@@ -77,3 +77,16 @@ def test_the_switch_turns_the_heads_off(data: dict[str, Path]) -> None:
     assert json.loads((out / "config.json").read_text())["deep_supervision"] is False
     assert not any(k.startswith("ds_heads") for k in load_checkpoint(out / "checkpoints" / "last.pt")["model"])
     assert load_trained(out).network.plan.deep_supervision == ()
+
+
+def test_a_hand_written_network_trains_at_its_own_width(data: dict[str, Path]) -> None:
+    # no --stem-width: the baseline's file defines its network, so its width (32) is kept, not the paper's
+    # retraining width for searched genotypes (68)
+    out = data["root"] / "run_width"
+    cfg = TrainConfig(genotype=str(BASELINE), data=str(data["pre"]), out=str(out), fold=0,
+                      **{**{k: v for k, v in TINY.items() if k != "stem_width"}, "epochs": 1, "batches_per_epoch": 1})
+    assert cfg.stem_width is None
+    run_train(cfg)
+    assert json.loads((out / "network.json").read_text())["stem_width"] == 32
+    assert json.loads((out / "config.json").read_text())["stem_width"] == 32
+    assert "stem width 32: the spec's" in (out / "log.txt").read_text().splitlines()[0]
