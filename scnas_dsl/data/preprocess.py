@@ -317,8 +317,9 @@ def _target_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequen
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target, strict=True))
 
 
-def _normalize(image: np.ndarray, mask: np.ndarray, norm: Normalization) -> np.ndarray:
-    out = np.empty_like(image, dtype=np.float32)
+def _normalize(image: np.ndarray, mask: np.ndarray, norm: Normalization, out: np.ndarray | None = None) -> np.ndarray:
+    """Normalised channels, into ``out`` (may be ``image`` itself: then in place) or a new array."""
+    out = np.empty_like(image, dtype=np.float32) if out is None else out
     for c in range(image.shape[0]):
         channel, target = image[c], out[c]  # in place: no volume-sized temporaries (large CT, issue 11)
         if norm.scheme == "ct":
@@ -343,8 +344,9 @@ def _run_pipeline(
     ref: nib.Nifti1Image,
     target: Sequence[float] | None,
     norm: Normalization,
-) -> tuple[np.ndarray, np.ndarray | None, CaseMeta, np.ndarray]:
-    """Orientation, crop, resampling, normalisation. Returns image, label, meta and the raw resampled image."""
+) -> tuple[np.ndarray, np.ndarray | None, CaseMeta, list[np.ndarray]]:
+    """Orientation, crop, resampling, normalisation. Returns image, label, meta and, with a label, the raw
+    resampled intensities of its foreground per channel (of every voxel when it has none)."""
     affine = np.asarray(ref.affine, dtype=np.float64)
     image_c, label_c, canonical_affine, ornt = _orient(image, label, affine)
     spacing = tuple(float(s) for s in np.sqrt((canonical_affine[:3, :3] ** 2).sum(0)))
@@ -375,7 +377,14 @@ def _run_pipeline(
         spacing=actual,  # type: ignore[arg-type]
         shape=tuple(int(n) for n in shape),  # type: ignore[arg-type]
     )
-    return _normalize(raw, mask, norm), label_r, meta, raw
+    # the summary's raw intensities are taken before the image is normalised in place: one float32 volume
+    # less at the peak (large CT, issue 11; docs/benchmarks.md)
+    values: list[np.ndarray] = []
+    if label_r is not None:
+        fg = label_r > 0
+        values = [channel[fg] if fg.any() else channel.ravel().copy() for channel in raw]
+        del fg
+    return _normalize(raw, mask, norm, out=raw), label_r, meta, values
 
 
 def preprocess_image(image_paths: list[Path], pre: Preprocessed) -> tuple[np.ndarray, CaseMeta]:
@@ -687,7 +696,8 @@ def _process_case(
     label = None
     if case.label is not None:
         label = _load_label(case, image.shape[1:], ref, Path(case.images[0]), num_classes)
-    pre_image, pre_label, meta, raw = _run_pipeline(case.id, image, label, ref, target, norm)
+    pre_image, pre_label, meta, raw_values = _run_pipeline(case.id, image, label, ref, target, norm)
+    del image, label
     folder = out / "cases"
     _atomic(folder / f"{case.id}.image.npy", _npy(pre_image))
     locations: dict[str, np.ndarray] = {}
@@ -701,9 +711,7 @@ def _process_case(
         class_voxels = {str(value): counts.get(value, 0) for value in range(num_classes)}
         sampled = foreground_locations(pre_label, counts, FOREGROUND_SAMPLES, rng)
         locations = {str(value): coords for value, coords in sampled.items()}
-        fg = pre_label > 0
-        for c in range(raw.shape[0]):
-            values = raw[c][fg] if fg.any() else raw[c].ravel()
+        for values in raw_values:
             intensity.append(
                 {
                     "mean": float(values.mean()),
