@@ -65,14 +65,21 @@ def _cost_text(report: Any, in_channels: int, classes: int, stem_width: int) -> 
 
 
 def compile_cmd(
-    file: Path = typer.Argument(..., help="a .scn file with a space or a genotype"),  # noqa: B008
+    file: Path = typer.Argument(..., help="a .scn file with a space or a genotype, or a run folder of scnas "  # noqa: B008
+                                          "train (its genotype, channels, classes, width and heads)"),
     genotype_name: str = typer.Option(None, "--genotype", help="which genotype of FILE (default: the only one)"),
     space_name: str = typer.Option(None, "--space", help="compile this space as a supernet, not a genotype"),
     patch: tuple[int, int, int] = typer.Option(  # noqa: B008
         None, "--patch", help="patch size D H W (2D spaces use H W of it); default 128 per dimension"),
-    in_channels: int = typer.Option(1, "--in-channels", min=1, help="input channels (modalities)"),
-    classes: int = typer.Option(2, "--classes", min=1, help="output classes (channels of the logits)"),
+    in_channels: int = typer.Option(None, "--in-channels", min=1,
+                                    help="input channels (modalities) [default: 1, or the run's]"),
+    classes: int = typer.Option(None, "--classes", min=1,
+                                help="output classes (channels of the logits) [default: 2, or the run's]"),
     stem_width: int = typer.Option(None, "--stem-width", min=1, help="override the stem width of the spec"),
+    deep_supervision: bool = typer.Option(
+        None, "--deep-supervision/--no-deep-supervision",
+        help="build the deep-supervision heads (default: as the spec says, or as the run trained); the emitted "
+             "file must match the weights it will load"),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="batch size of the memory estimate"),
     as_json: bool = typer.Option(False, "--json", help="print JSON (params, macs, flops, arch_logits, ...)"),
     emit: str = typer.Option(None, "--emit", help="'torch': write standalone PyTorch source (needs -o)"),
@@ -86,6 +93,22 @@ def compile_cmd(
 
     if not file.exists():
         raise _usage(f"{file}: no such file")
+    if file.is_dir():  # a training run: compile the network it trained, as scnas predict rebuilds it
+        recipe_path = file / "network.json"
+        if not recipe_path.is_file() or not (file / "genotype.scn").is_file():
+            raise _usage(f"{file}: a folder, but not a run folder of scnas train (no network.json and "
+                         "genotype.scn); give a .scn file or the --out folder of a training run")
+        try:
+            recipe = json.loads(recipe_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ScnasError(f"{recipe_path}: cannot be read ({err})") from err
+        file = file / "genotype.scn"
+        in_channels = in_channels or recipe["in_channels"]
+        classes = classes or recipe["num_classes"]
+        stem_width = stem_width or recipe["stem_width"]
+        if deep_supervision is None and "deep_supervision" in recipe:
+            deep_supervision = recipe["deep_supervision"]
+    in_channels, classes = in_channels or 1, classes or 2
     if emit is not None and emit != "torch":
         raise _usage(f"--emit {emit}: the only target is 'torch'")
     if emit is not None and output is None:
@@ -113,7 +136,8 @@ def compile_cmd(
     width = stem_width or space.unet.stem.width or 0
     try:
         report = estimate(space, patch=spatial, batch_size=batch_size, genotype=genotype,
-                          in_channels=in_channels, num_classes=classes, stem_width=stem_width)
+                          in_channels=in_channels, num_classes=classes, stem_width=stem_width,
+                          deep_supervision=deep_supervision)
     except ScnasError as err:
         raise ScnasError(f"{file}: {err}") from err
     summary = summarize(space, genotype)
@@ -122,7 +146,7 @@ def compile_cmd(
 
         assert genotype is not None and output is not None
         source = emit_torch(space, genotype, in_channels=in_channels, num_classes=classes,
-                            stem_width=stem_width)
+                            stem_width=stem_width, deep_supervision=deep_supervision)
         _write_new(output, source, force)
     if as_json:
         cost = report.to_dict()

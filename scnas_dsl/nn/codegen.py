@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from scnas_dsl import __version__
 from scnas_dsl.errors import CompileError
@@ -155,7 +155,7 @@ def _cell_class(cp: CellPlan, space: SearchSpace, emitter: _Emitter, dims: int, 
 
 def emit_torch(space: SearchSpace, genotype: Genotype, *, in_channels: int, num_classes: int,
                stem_width: int | None = None, library: Library | None = None,
-               deep_supervision: bool | tuple[int, ...] | None = None) -> str:
+               deep_supervision: bool | Sequence[int] | None = None) -> str:
     """Standalone PyTorch source for ``genotype`` of ``space``: a class ``Network`` (constructor arguments
     default to ``in_channels``, ``num_classes``, ``stem_width``) with the same ``state_dict`` keys and
     outputs as ``build_network(space, genotype, ...)``."""

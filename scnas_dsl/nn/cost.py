@@ -148,17 +148,18 @@ def _step(flops: int, activation: int, weights: int, batch: int) -> StepCost:
 def estimate(target: SearchSpace | Supernet | FixedNetwork, *, patch: Sequence[int], batch_size: int = 1,
              genotype: Genotype | None = None, in_channels: int | None = None, num_classes: int | None = None,
              stem_width: int | None = None, library: Library | None = None, draws: int = 4,
-             seed: int = 0) -> CostReport:
+             seed: int = 0, deep_supervision: bool | Sequence[int] | None = None) -> CostReport:
     """Parameters, MACs, FLOPs (per cell and in total) and training memory of a fixed network (a genotype,
     or a ``FixedNetwork``) or of a supernet (a space without genotype, or a ``Supernet``: then the expected
     ``pair``/``single``/``full`` steps). ``patch`` is the spatial size, e.g. ``(128, 128, 128)``.
+    ``deep_supervision``: the heads of a genotype's network, as ``build_network`` takes it (a
+    ``FixedNetwork`` keeps its own).
 
     Nothing is allocated: the network is rebuilt on the meta device."""
     if batch_size < 1:
         raise CompileError(f"batch size {batch_size}: must be at least 1")
     supernet_state: dict[str, torch.Tensor] | None = None
     temperature: float | None = None
-    deep_supervision: tuple[int, ...] | None = None  # a genotype: the spec's heads
     if isinstance(target, (Supernet, FixedNetwork)):
         space = target.plan.space
         in_channels = in_channels or target.in_channels

@@ -90,3 +90,31 @@ def test_a_hand_written_network_trains_at_its_own_width(data: dict[str, Path]) -
     assert json.loads((out / "network.json").read_text())["stem_width"] == 32
     assert json.loads((out / "config.json").read_text())["stem_width"] == 32
     assert "stem width 32: the spec's" in (out / "log.txt").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("switch", ["--no-deep-supervision", "--deep-supervision"])
+def test_compile_a_run_emits_the_network_it_trained(data: dict[str, Path], switch: str) -> None:
+    # the baseline trained without its heads, or the plain example genotype trained with heads: the source
+    # emitted from the run folder loads the run's weights with strict=True and computes what predict computes
+    import types
+
+    spec = BASELINE if switch == "--no-deep-supervision" else BASELINE.parents[1] / "genotypes" / "example.scn"
+    out = data["root"] / f"run_emit{switch}"
+    runner = CliRunner()
+    result = runner.invoke(app, [
+        "train", str(spec), "--data", str(data["pre"]), "--out", str(out), "--epochs", "1", "--batch-size", "2",
+        "--patch", "16", "16", "16", "--stem-width", "4", "--batches-per-epoch", "1", "--device", "cpu",
+        "--no-augment", "--quiet", "--no-mirror", switch])
+    assert result.exit_code == 0, result.output
+    source = data["root"] / f"net{switch}.py"
+    result = runner.invoke(app, ["compile", str(out), "--emit", "torch", "-o", str(source)])
+    assert result.exit_code == 0, result.output
+    module = types.ModuleType("emitted")
+    exec(compile(source.read_text(), str(source), "exec"), module.__dict__)  # noqa: S102
+    network = module.Network().eval()
+    network.load_state_dict(load_checkpoint(out / "checkpoints" / "last.pt")["model"], strict=True)
+    trained = load_trained(out).network.eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(network(x), trained(x), atol=1e-4, rtol=1e-4)
+    assert bool(len(network.ds_heads)) == (switch == "--deep-supervision")
