@@ -89,8 +89,8 @@ def render_text(summary: dict[str, Any]) -> str:
     if "sequence" in summary:
         lines.append(f"  cells in order ({len(summary['sequence'])}): {' '.join(summary['sequence'])}")
     for cell in summary["cells"]:
-        lines.append(f"  cell {cell['key']} ({cell['role']}): {cell['nodes']} nodes, {cell['inputs']} "
-                     f"input{'s' if cell['inputs'] != 1 else ''}, {len(cell['edges'])} edges")
+        lines.append(f"  cell {cell['key']} ({cell['role']}): {_count(cell['nodes'], 'node')}, "
+                     f"{_count(cell['inputs'], 'input')}, {_count(len(cell['edges']), 'edge')}")
         sets = {tuple(e["candidates"]) for e in cell["edges"] if "candidates" in e}
         if len(sets) == 1 and all("candidates" in e for e in cell["edges"]):
             # The usual space: one candidate set on every edge; list it once.
@@ -112,3 +112,7 @@ def render_text(summary: dict[str, Any]) -> str:
             continue
         lines.append(f"  {extra}: {value}")
     return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

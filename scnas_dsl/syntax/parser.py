@@ -8,6 +8,7 @@ repository for an editable install. The parser is built once, lazily (LALR, with
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections.abc import Iterable
@@ -128,8 +129,26 @@ def describe(err: UnexpectedInput, text: str, file: str | None) -> Diagnostic:
     word = getattr(getattr(err, "token", None), "value", None)
     if hint is None and word in KEYWORDS and "NAME" in (getattr(err, "expected", None) or ()):
         hint = f"'{word}' is a keyword: it cannot be a name; rename it, e.g. '{word}_1'"
+    if hint is None and isinstance(word, str) and getattr(err, "expected", None):
+        # a misspelt keyword (`skips attentoin`, `deep_supervison`): the closest expected word
+        close = difflib.get_close_matches(word, _literal_words(err.expected), n=1, cutoff=0.75)
+        if close and close[0] != word:
+            hint = f"did you mean '{close[0]}'?"
     return Diagnostic(file, line, column, message, hint, end[0], end[1], "error",
                       source_line(split_lines(text), line))
+
+
+def _literal_words(expected: Iterable[str]) -> list[str]:
+    """The keywords among the expected terminals (their literal text)."""
+    words = []
+    for name in expected:
+        try:
+            pattern = get_parser().get_terminal(name).pattern
+        except KeyError:
+            continue
+        if isinstance(pattern, PatternStr) and pattern.value.isidentifier():
+            words.append(pattern.value)
+    return words
 
 
 def _code_end(lines: list[str], line: int, column: int) -> tuple[int, int] | None:

@@ -139,3 +139,18 @@ def test_every_name_is_refused_as_a_keyword_or_survives_the_round_trip(words: li
     formatted = format_text(text)
     assert parse_text(formatted) == document
     assert format_text(formatted) == formatted
+
+
+def test_a_misspelt_keyword_gets_the_closest_one() -> None:
+    from pathlib import Path
+
+    from scnas_dsl.loader import load
+
+    spec = Path(__file__).resolve().parents[3] / "specs" / "baselines" / "uresnet_paper.scn"
+    cases = (("skips attention", "skips attentoin", "attention"),
+             ("deep_supervision (1, 2)", "deep_supervison (1, 2)", "deep_supervision"))
+    for right, typo, keyword in cases:
+        with pytest.raises(SpecError) as err:
+            load_text(spec.read_text().replace(right, typo), file="typo.scn")
+        assert f"did you mean '{keyword}'?" in str(err.value)
+    assert load(spec)  # the original checks
