@@ -129,9 +129,10 @@ def describe(err: UnexpectedInput, text: str, file: str | None) -> Diagnostic:
     word = getattr(getattr(err, "token", None), "value", None)
     if hint is None and word in KEYWORDS and "NAME" in (getattr(err, "expected", None) or ()):
         hint = f"'{word}' is a keyword: it cannot be a name; rename it, e.g. '{word}_1'"
-    if hint is None and isinstance(word, str) and getattr(err, "expected", None):
+    expected_terminals = getattr(err, "expected", None) or ()
+    if hint is None and isinstance(word, str) and expected_terminals:
         # a misspelt keyword (`skips attentoin`, `deep_supervison`): the closest expected word
-        close = difflib.get_close_matches(word, _literal_words(err.expected), n=1, cutoff=0.75)
+        close = difflib.get_close_matches(word, _literal_words(expected_terminals), n=1, cutoff=0.75)
         if close and close[0] != word:
             hint = f"did you mean '{close[0]}'?"
     return Diagnostic(file, line, column, message, hint, end[0], end[1], "error",
