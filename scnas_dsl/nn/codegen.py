@@ -1,17 +1,25 @@
 """A genotype as readable, standalone PyTorch source (imports torch only).
 
-The file defines the library's operation classes (their source is copied from ``scnas_dsl.ops.library``,
-so the two cannot drift apart), one class per cell structure whose ``forward`` spells out the cell's
+The file defines the library's operation classes it uses (their source is copied from
+``scnas_dsl.ops.library``, so the two cannot drift apart; a class comes only with what refers to it), user
+operation classes (copied too), one class per cell structure whose ``forward`` spells out the cell's
 formula, and ``Network``, whose constructor arguments default to the values the file was compiled with.
 Its ``state_dict`` keys are those of ``build_network``'s fixed network, so trained weights load into either
-with ``strict=True`` and the outputs agree to floating-point precision.
+with ``strict=True`` and the outputs agree to floating-point precision. Class names come from user names
+(cell types, user classes) through one name table: a name already taken gets a suffix (``_2``), so no two
+definitions can share a name.
 """
 
 from __future__ import annotations
 
+import builtins
 import inspect
+import io
+import keyword
 import textwrap
+import tokenize
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from scnas_dsl import __version__
 from scnas_dsl.errors import CompileError
@@ -38,14 +46,77 @@ _BUILTIN_CALLS: dict[str, tuple[str, dict[str, str]]] = {
 _HELPERS = (lib._ntuple, lib._same_padding, lib._conv, lib._norm)
 
 
+_LIBRARY_DEFS: dict[str, Any] = {f.__name__: f for f in _HELPERS} | {c.__name__: c for c in lib.BUILTIN_CLASSES}
+# names every generated file defines or imports (user classes and cells never take them)
+_FILE_NAMES = frozenset({"annotations", "Any", "torch", "F", "nn", "LEAKY_SLOPE", "Edge", "Network"})
+
+
 def _class_name(text: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in text.replace("[", "_").replace("]", "").split("_"))
+
+
+class _Names:
+    """The file's global names: a wanted name that is taken gets the first free suffix ``_2``, ``_3``, ..."""
+
+    def __init__(self) -> None:
+        self.taken = set(_FILE_NAMES) | set(_LIBRARY_DEFS) | set(dir(builtins))
+
+    def claim(self, wanted: str) -> str:
+        name, n = wanted, 2
+        while name in self.taken or keyword.iskeyword(name):
+            name, n = f"{wanted}_{n}", n + 1
+        self.taken.add(name)
+        return name
+
+
+def _names_in(source: str) -> set[str]:
+    """The identifiers of ``source`` (not those in strings or comments, nor attributes after a dot)."""
+    found, prev = set(), ""
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.NAME and prev != ".":
+            found.add(tok.string)
+        if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT):
+            prev = tok.string
+    return found
+
+
+def _rename(source: str, old: str, new: str) -> str:
+    """``source`` with the identifier ``old`` (not in strings, comments or after a dot) spelt ``new``."""
+    if old == new:
+        return source
+    out, prev = [], ""
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.NAME and tok.string == old and prev != ".":
+            tok = tok._replace(string=new)  # noqa: PLW2901 - untokenize keeps the original columns
+        if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT):
+            prev = tok.string
+        out.append(tok)
+    return tokenize.untokenize(out)
+
+
+def _library_source(body: str) -> str:
+    """The library helpers and classes that ``body`` refers to, with what they refer to in turn, in the
+    library's order."""
+    need, todo = set(), list(_names_in(body) & _LIBRARY_DEFS.keys())
+    while todo:
+        name = todo.pop()
+        if name not in need:
+            need.add(name)
+            todo += _names_in(inspect.getsource(_LIBRARY_DEFS[name])) & _LIBRARY_DEFS.keys()
+    return "\n\n".join(inspect.getsource(obj) for name, obj in _LIBRARY_DEFS.items() if name in need)
 
 
 class _Emitter:
     def __init__(self, library: Library) -> None:
         self.library = library
-        self.custom: dict[str, str] = {}  # class name -> source
+        self.names = _Names()
+        self.custom: dict[object, tuple[str, str]] = {}  # user class -> (its name in the file, source)
+        self.cells: dict[str, str] = {}  # structure key -> class name
+
+    def cell_class(self, key: str) -> str:
+        if key not in self.cells:
+            self.cells[key] = self.names.claim(_class_name("cell_" + key))
+        return self.cells[key]
 
     def call(self, kind: str, params: Mapping[str, ParamValue], c_in: str, c_out: str, stride: int,
              dims: int) -> str:
@@ -64,11 +135,15 @@ class _Emitter:
                     f"operation '{kind}' is registered with a function; code generation needs an nn.Module "
                     f"class taking (c_in, c_out, stride, dims, **params) whose source is self-contained"
                 )
-            try:
-                self.custom[factory.__name__] = textwrap.dedent(inspect.getsource(factory))
-            except (OSError, TypeError) as err:
-                raise CompileError(f"cannot read the source of operation '{kind}' ({factory!r}): {err}") from err
-            cls, extra_args = factory.__name__, []
+            if factory not in self.custom:
+                try:
+                    source = textwrap.dedent(inspect.getsource(factory))
+                except (OSError, TypeError) as err:
+                    raise CompileError(
+                        f"cannot read the source of operation '{kind}' ({factory!r}): {err}") from err
+                name = self.names.claim(factory.__name__)
+                self.custom[factory] = (name, _rename(source, factory.__name__, name))
+            cls, extra_args = self.custom[factory][0], []
         kwargs = [f"{k}={v!r}" for k, v in args.items()] + extra_args
         return f"{cls}({', '.join([c_in, c_out, str(stride), str(dims), *kwargs])})"
 
@@ -89,7 +164,8 @@ def _out_width_expr(cp: CellPlan, mode: str) -> str:
     return node if count == 1 else f"{count} * {node}"
 
 
-def _cell_class(cp: CellPlan, space: SearchSpace, emitter: _Emitter, dims: int, genotype: Genotype) -> list[str]:
+def _cell_class(cp: CellPlan, space: SearchSpace, emitter: _Emitter, dims: int, genotype: Genotype,
+                gated: bool) -> list[str]:
     spec = cp.spec
     opset = space.opset(spec.ops)
     assert opset is not None
@@ -98,7 +174,7 @@ def _cell_class(cp: CellPlan, space: SearchSpace, emitter: _Emitter, dims: int, 
     used = [i.name for i in cp.used_inputs()]
     last = f"in{spec.inputs - 1}"
     lines = [
-        f"class {_class_name('cell_' + cp.key)}(nn.Module):",
+        f"class {emitter.cell_class(cp.key)}(nn.Module):",
         f'    """Cell structure \'{cp.key}\' ({spec.role} cell \'{spec.name}\'): {len(cp.nodes)} live nodes, '
         f'output {spec.output.kind} of {", ".join(cp.output_nodes)}."""',
         "",
@@ -116,10 +192,12 @@ def _cell_class(cp: CellPlan, space: SearchSpace, emitter: _Emitter, dims: int, 
             "        # decoder: the previous cell's output plus the encoder output of its level",
             "        self.skip = (Projection(skip_width, in_widths[-1], 1, "
             f"{dims}) if skip_width is not None and skip_width != in_widths[-1] else None)",
+        ]
+        lines += [
             "        # skips attention: (gating width, factor) of the attention gate that scales the skip",
             f"        self.gate = (AttentionGate(skip_width, gate[0], gate[1], {dims})",
             "                     if gate is not None and skip_width is not None else None)",
-        ]
+        ] if gated else ["        self.gate = None  # no attention gate in this structure"]
     else:
         lines += ["        self.skip = None", "        self.gate = None"]
     lines.append("        self.edges = nn.ModuleDict({")
@@ -167,10 +245,11 @@ def emit_torch(space: SearchSpace, genotype: Genotype, *, in_channels: int, num_
 
     cell_classes: list[str] = []
     seen: set[str] = set()
+    gated = {cp.key for cp in plan.cells if cp.gate is not None}
     for cp in plan.cells:
         if cp.key not in seen:
             seen.add(cp.key)
-            cell_classes += _cell_class(cp, space, emitter, dims, genotype) + ["", ""]
+            cell_classes += _cell_class(cp, space, emitter, dims, genotype, cp.key in gated) + ["", ""]
 
     stem = emitter.call(unet.stem.call.kind, unet.stem.call.kwargs(), "in_channels", "w[0]", 1, dims)
     mode = unet.node_width
@@ -186,7 +265,7 @@ def emit_torch(space: SearchSpace, genotype: Genotype, *, in_channels: int, num_
         skip_w = width_of[cp.skip.source] if cp.skip is not None else "None"
         gate = f", ({width_of[cp.gate.source]}, {cp.gate.factor})" if cp.gate is not None else ""
         init_cells.append(
-            f"            {_class_name('cell_' + cp.key)}({_node_width_expr(cp, mode)}, ({in_widths}), ({factors}), "
+            f"            {emitter.cell_class(cp.key)}({_node_width_expr(cp, mode)}, ({in_widths}), ({factors}), "
             f"{skip_w}{gate}),  # {cp.index}: {cp.instance}, level {cp.in_level} -> {cp.out_level}"
         )
         inputs = ", ".join(out_names[i.source] for i in cp.inputs)
@@ -206,9 +285,7 @@ def emit_torch(space: SearchSpace, genotype: Genotype, *, in_channels: int, num_
              for h in plan.heads]
     init_heads = [f'            "{h.level}": {ctor},' for h, ctor in zip(plan.heads, heads, strict=True)]
 
-    helpers = "\n\n".join(inspect.getsource(f) for f in _HELPERS)
-    classes = "\n\n".join(inspect.getsource(c) for c in lib.BUILTIN_CLASSES)
-    custom = "\n\n".join(emitter.custom.values())
+    custom = "\n\n".join(source for _, source in emitter.custom.values())
     stem_w = plan.stem_width
     header = f'''"""Network '{genotype.name}' of space '{space.name}', generated by scnas {__version__}.
 
@@ -262,8 +339,8 @@ LEAKY_SLOPE = {lib.LEAKY_SLOPE!r}
         f'{2 ** plan.levels}")',
         *forward,
     ]
-    parts = [header, helpers, classes]
+    body = [edge_class, "\n".join(cell_classes).rstrip() + "\n", "\n".join(network) + "\n"]
     if custom:
-        parts.append(custom)
-    parts += [edge_class, "\n".join(cell_classes).rstrip() + "\n", "\n".join(network) + "\n"]
+        body.insert(0, custom)
+    parts = [header, _library_source("\n".join(body)), *body]
     return "\n\n".join(p.rstrip("\n") + "\n" for p in parts)
