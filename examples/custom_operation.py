@@ -5,6 +5,10 @@ and its *factory* (an ``nn.Module`` class called as ``Factory(c_in, c_out, strid
 ``default_library().register(signature, factory)`` returns a new library; pass its ``signatures`` to the
 loader and the library itself to the compiler. Nothing global changes.
 
+From the command line, this file is an operation module: ``register(library)`` below adds ``se_conv``, so
+``scnas check|compile|draw|search|train|predict|cv ... --ops examples/custom_operation.py`` can use it
+(see docs/dsl.md, "Your own operations from the command line").
+
 Here: a squeeze-and-excitation convolution, ``se_conv(kernel=3, reduction=4)``, offered next to the
 paper's operations. Run:  .venv/bin/python examples/custom_operation.py
 """
@@ -21,7 +25,7 @@ from torch import nn
 from scnas_dsl.loader import load_text
 from scnas_dsl.nn import build_network, build_supernet
 from scnas_dsl.nn.codegen import emit_torch
-from scnas_dsl.ops.library import default_library
+from scnas_dsl.ops.library import Library, default_library
 from scnas_dsl.ops.signatures import OpSignature, ParamDecl
 
 
@@ -53,6 +57,11 @@ SE_CONV = OpSignature(
     "LeakyReLU -> conv -> instance norm with a squeeze-and-excitation gate",
 )
 
+def register(library: Library) -> Library:
+    """What ``--ops examples/custom_operation.py`` calls: ``library`` with ``se_conv`` added."""
+    return library.register(SE_CONV, SEConv)
+
+
 SPEC = """
 space se_space {
   ops mine {
@@ -79,7 +88,7 @@ space se_space {
 
 def main(out_dir: Path) -> tuple[nn.Module, Path]:
     """Check the spec with the extended table, search one step, derive, compile and emit source."""
-    library = default_library().register(SE_CONV, SEConv)
+    library = register(default_library())
     space = load_text(SPEC, "se_space.scn", signatures=library.signatures).space()
 
     supernet = build_supernet(space, in_channels=1, num_classes=2, library=library, seed=0)

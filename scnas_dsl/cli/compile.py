@@ -11,7 +11,9 @@ from typing import Any
 
 import typer
 
+from scnas_dsl.cli.options import OPS, operations
 from scnas_dsl.errors import ScnasError
+from scnas_dsl.ops.plugins import check_recorded
 
 USAGE = 2
 
@@ -85,6 +87,7 @@ def compile_cmd(
     emit: str = typer.Option(None, "--emit", help="'torch': write standalone PyTorch source (needs -o)"),
     output: Path = typer.Option(None, "-o", "--output", help="file to write with --emit"),  # noqa: B008
     force: bool = typer.Option(False, "--force", help="overwrite the -o file if it exists"),
+    ops: list[str] | None = OPS,
 ) -> None:
     """Compile FILE: the structure, parameters, MACs/FLOPs per cell and in total, and training memory of a
     genotype's fixed network or of a space's supernet (expected pair and full steps)."""
@@ -93,6 +96,7 @@ def compile_cmd(
 
     if not file.exists():
         raise _usage(f"{file}: no such file")
+    extra = operations(ops)
     if file.is_dir():  # a training run: compile the network it trained, as scnas predict rebuilds it
         recipe_path = file / "network.json"
         if not recipe_path.is_file() or not (file / "genotype.scn").is_file():
@@ -102,6 +106,7 @@ def compile_cmd(
             recipe = json.loads(recipe_path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ScnasError(f"{recipe_path}: cannot be read ({err})") from err
+        check_recorded(file, extra)
         file = file / "genotype.scn"
         in_channels = in_channels or recipe["in_channels"]
         classes = classes or recipe["num_classes"]
@@ -117,7 +122,7 @@ def compile_cmd(
         raise _usage("-o is for --emit torch")
     if space_name is not None and genotype_name is not None:
         raise _usage("--space and --genotype exclude each other")
-    loaded = load(file)
+    loaded = load(file, signatures=extra.library.signatures)
     genotype = None
     if space_name is not None:
         space = loaded.space(space_name)
@@ -137,7 +142,7 @@ def compile_cmd(
     try:
         report = estimate(space, patch=spatial, batch_size=batch_size, genotype=genotype,
                           in_channels=in_channels, num_classes=classes, stem_width=stem_width,
-                          deep_supervision=deep_supervision)
+                          deep_supervision=deep_supervision, library=extra.library)
     except ScnasError as err:
         raise ScnasError(f"{file}: {err}") from err
     summary = summarize(space, genotype)
@@ -146,7 +151,7 @@ def compile_cmd(
 
         assert genotype is not None and output is not None
         source = emit_torch(space, genotype, in_channels=in_channels, num_classes=classes,
-                            stem_width=stem_width, deep_supervision=deep_supervision)
+                            stem_width=stem_width, deep_supervision=deep_supervision, library=extra.library)
         _write_new(output, source, force)
     if as_json:
         cost = report.to_dict()

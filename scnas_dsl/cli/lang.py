@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from scnas_dsl.cli.options import OPS, operations
 from scnas_dsl.errors import SpecError, message_for_user
 from scnas_dsl.model.diagnostics import render_all
 
@@ -32,16 +33,18 @@ def _existing(path: Path) -> None:
         raise _usage(f"{path}: is a directory; give .scn files")
 
 
-def check_cmd(files: list[Path] = typer.Argument(..., help=".scn files to check")) -> None:  # noqa: B008
+def check_cmd(files: list[Path] = typer.Argument(..., help=".scn files to check"),  # noqa: B008
+              ops: list[str] | None = OPS) -> None:
     """Check .scn files: 'ok' per file, or every error with its place; warnings are printed too."""
     from scnas_dsl.loader import load
 
     for path in files:
         _existing(path)
+    signatures = operations(ops).library.signatures
     failed = False
     for path in files:
         try:
-            loaded = load(path)
+            loaded = load(path, signatures=signatures)
         except SpecError as err:
             failed = True
             typer.echo(message_for_user(err), err=True)
@@ -125,6 +128,7 @@ def draw_cmd(
     genotype: str | None = typer.Option(None, "--genotype", "-g", help="which genotype (default: the only one)"),
     space: str | None = typer.Option(None, "--space", help="draw this space's cells (default: the only one)"),
     force: bool = typer.Option(False, "--force", help="replace the picture if it exists"),
+    ops: list[str] | None = OPS,
 ) -> None:
     """Draw the cells of a genotype (the chosen operation on each edge) or of a space (candidate counts)."""
     from scnas_dsl.loader import load
@@ -134,7 +138,7 @@ def draw_cmd(
         raise _usage(f"{output}: the picture must end in .png, .svg or .pdf")
     if output.exists() and not force:
         raise _usage(f"{output} exists already; pass --force to replace it or choose another -o")
-    loaded = load(file)
+    loaded = load(file, signatures=operations(ops).library.signatures)
     if genotype is not None or (space is None and loaded.genotypes):
         chosen_space, chosen = loaded.genotype(genotype)
     else:

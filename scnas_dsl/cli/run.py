@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from scnas_dsl.cli.options import OPS
 from scnas_dsl.errors import ScnasError, message_for_user
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,14 +73,16 @@ def user_errors(func: F) -> F:
 def _common(data: str, fold: int | None, out: Path | None, epochs: int | None, batch_size: int | None,
             patch: tuple[int, int, int] | None, stem_width: int | None, device: str | None,
             seed: int | None, batches: int | None, spacing: tuple[float, float, float] | None,
-            workers: int | None, no_augment: bool, quiet: bool, median: bool) -> dict[str, Any]:
+            workers: int | None, no_augment: bool, quiet: bool, median: bool,
+            ops: list[str] | None = None) -> dict[str, Any]:
     if median and spacing is not None:
         typer.echo("error: --spacing and --median-spacing exclude each other", err=True)
         raise typer.Exit(2)
     return {"data": data, "fold": fold, "out": str(out) if out else None, "epochs": epochs,
             "batch_size": batch_size, "patch": patch, "stem_width": stem_width, "device": device, "seed": seed,
             "batches_per_epoch": batches, "spacing": "median" if median else spacing, "workers": workers,
-            "augment": False if no_augment else None, "progress": False if quiet else None}
+            "augment": False if no_augment else None, "progress": False if quiet else None,
+            "ops": tuple(ops) if ops else None}
 
 
 @user_errors
@@ -100,7 +103,7 @@ def search_cmd(
     device: str | None = DEVICE, seed: int | None = SEED, resume: bool = RESUME, force: bool = FORCE,
     config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
-    no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN,
+    no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN, ops: list[str] | None = OPS,
 ) -> None:
     """Search an architecture: bi-level optimisation with Gumbel-softmax pair sampling (the paper's defaults)."""
     from scnas_dsl.train.config import SearchConfig, resolve_config
@@ -111,7 +114,7 @@ def search_cmd(
                          weight_optimizer={"betas": weight_betas} if weight_betas else None,
                          arch_optimizer={"betas": arch_betas} if arch_betas else None,
                          **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
-                                   spacing, workers, no_augment, quiet, median))
+                                   spacing, workers, no_augment, quiet, median, ops))
     result = run_search(cfg, resume=resume, force=force)
     if result is not None and result.genotype_file.exists() and _main_process():
         typer.echo(f"genotype: {result.genotype_file}")
@@ -136,7 +139,7 @@ def train_cmd(
     device: str | None = DEVICE, seed: int | None = SEED, resume: bool = RESUME, force: bool = FORCE,
     config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
-    no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN,
+    no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN, ops: list[str] | None = OPS,
 ) -> None:
     """Retrain a genotype (or a baseline) from scratch with the paper's optimiser, schedule and stopping rule."""
     from scnas_dsl.train.config import TrainConfig, resolve_config
@@ -145,7 +148,7 @@ def train_cmd(
     cfg = resolve_config(TrainConfig, config, genotype=str(genotype), genotype_name=name, val_every=val_every,
                          mirror_validation=mirror, deep_supervision=deep_supervision,
                          **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
-                                   spacing, workers, no_augment, quiet, median))
+                                   spacing, workers, no_augment, quiet, median, ops))
     result = run_train(cfg, resume=resume, force=force)
     if result is not None and _main_process():
         dice = "n/a (no validation cases)" if result.best_epoch < 0 else (
@@ -171,13 +174,14 @@ def predict_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     batch_size: int = typer.Option(2, "--batch-size", help="windows per forward pass"),
     force: bool = typer.Option(False, "--force", help="overwrite existing predictions"),
-    quiet: bool = QUIET,
+    quiet: bool = QUIET, ops: list[str] | None = OPS,
 ) -> None:
     """Segment images with a trained run; label maps on the original grid, one <case>.nii.gz per case."""
     from scnas_dsl.train.predict import predict_run
 
     made = predict_run(run, inputs, output, probabilities=probabilities, mirror=mirror, device=device,
-                       checkpoint=checkpoint, batch_size=batch_size, force=force, progress=not quiet, blend=blend)
+                       checkpoint=checkpoint, batch_size=batch_size, force=force, progress=not quiet, blend=blend,
+                       ops=tuple(ops or ()))
     typer.echo(f"{len(made.files)} prediction(s) written to {output} with the {made.weights.label()} "
                f"(recorded in {made.record.name})")
 

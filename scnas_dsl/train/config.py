@@ -84,6 +84,8 @@ class CommonConfig(BaseModel):
     #: mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler); ignored on the CPU
     amp: bool = True
     progress: bool = True
+    #: operation modules (``--ops``: importable names or .py paths) besides the installed plugins
+    ops: tuple[str, ...] = ()
 
     @field_validator("spacing", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,11 @@ def _missing_checkpoint(run: Path, which: str, path: Path) -> CheckpointError:
         "again")
 
 
-def load_trained(run: Path | str, which: str = "last") -> TrainedModel:
-    """The network of a ``scnas train`` run folder with its ``last`` (default) or ``best`` weights."""
+def load_trained(run: Path | str, which: str = "last", ops: Sequence[str] = ()) -> TrainedModel:
+    """The network of a ``scnas train`` run folder with its ``last`` (default) or ``best`` weights; ``ops``:
+    the operation modules (``--ops``) the run was trained with, if any (its ``operations.json`` says)."""
+    from scnas_dsl.ops.plugins import check_recorded, load_operations
+
     run = Path(run)
     recipe_path = run / "network.json"
     if not recipe_path.is_file():
@@ -119,10 +123,13 @@ def load_trained(run: Path | str, which: str = "last") -> TrainedModel:
     if which not in CHECKPOINTS:
         raise RunError(f"unknown checkpoint '{which}': use last (the default) or best")
     recipe = json.loads(recipe_path.read_text())
-    space, genotype = load(run / "genotype.scn").genotype()
+    extra = load_operations(ops)
+    check_recorded(run, extra)
+    space, genotype = load(run / "genotype.scn", signatures=extra.library.signatures).genotype()
     # the heads the run trained with (deep supervision), so that its weights load; prediction uses level 0 only
     network = build_network(space, genotype, in_channels=recipe["in_channels"], num_classes=recipe["num_classes"],
-                            stem_width=recipe["stem_width"], deep_supervision=recipe.get("deep_supervision"))
+                            stem_width=recipe["stem_width"], deep_supervision=recipe.get("deep_supervision"),
+                            library=extra.library)
     path = run / "checkpoints" / f"{which}.pt"
     if not path.is_file():
         raise _missing_checkpoint(run, which, path)
@@ -225,7 +232,8 @@ def check_output_folder(output: Path, inputs: list[Path]) -> None:
 
 def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilities: bool = False,
                 mirror: bool = True, device: str = "auto", checkpoint: str = "last", batch_size: int = 2,
-                force: bool = False, progress: bool = True, blend: str | None = None) -> Predictions:
+                force: bool = False, progress: bool = True, blend: str | None = None,
+                ops: Sequence[str] = ()) -> Predictions:
     """Segment every case of ``inputs`` with the run's network (its ``last`` weights, or ``best``); writes the
     label maps and ``prediction.json`` (which weights, which settings, which cases).
     ``mirror``: average over the 8 flips of the spatial axes (nnU-Net's default; 8x the network's work).
@@ -236,7 +244,7 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
         raise RunError(f"--batch-size {batch_size}: the number of windows per forward pass must be at least 1")
     output = Path(output)
     check_output_folder(output, [Path(i) for i in inputs])
-    model = load_trained(run, checkpoint)
+    model = load_trained(run, checkpoint, ops)
     pre = model.pre
     cases = group_cases([Path(i) for i in inputs], pre.dataset.layout, len(pre.dataset.modalities))
     targets = {case: output / f"{case}.nii.gz" for case in cases}

@@ -25,6 +25,8 @@ from scnas_dsl.loader import load
 from scnas_dsl.model import Document, SearchSpace
 from scnas_dsl.nn import build_network
 from scnas_dsl.nn.network import FixedNetwork
+from scnas_dsl.ops.plugins import RECORD as OPERATIONS_RECORD
+from scnas_dsl.ops.plugins import load_operations
 from scnas_dsl.train.checkpoint import capture_rng, restore_rng, save_checkpoint
 from scnas_dsl.train.config import TrainConfig, retraining_width
 from scnas_dsl.train.data_context import (
@@ -94,7 +96,8 @@ def run_train(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
 
 def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
            stop_after_epochs: int | None, resume_hint: str | None) -> TrainResult | None:
-    loaded = load(cfg.genotype)
+    extra = load_operations(cfg.ops)  # the installed plugins and --ops: recorded in operations.json
+    loaded = load(cfg.genotype, signatures=extra.library.signatures)
     space, genotype = loaded.genotype(cfg.genotype_name)
     width, why_width = retraining_width(cfg.stem_width, space.unet.stem.width,
                                         any(s.name == space.name for s in loaded.document.spaces))
@@ -107,7 +110,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     patch = patch_for(cfg, data, space)
     torch.manual_seed(cfg.seed)
     net = build_network(space, genotype, in_channels=data.in_channels, num_classes=data.num_classes,
-                        stem_width=cfg.stem_width, deep_supervision=cfg.deep_supervision)
+                        stem_width=cfg.stem_width, deep_supervision=cfg.deep_supervision, library=extra.library)
     if runtime.device.type == "cuda":
         from scnas_dsl.nn.cost import estimate
 
@@ -129,6 +132,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
                                         job.ckpt_path, "train"))
     else:
         _write_run_files(run, cfg, space, genotype, data, patch, runtime, out, net.plan.deep_supervision)
+        run.write_json(OPERATIONS_RECORD, extra.record())
     loop = EpochLoop(kind="train", run=run, runtime=runtime, epochs=cfg.epochs, steps=cfg.batches_per_epoch,
                      resume_hint=resume_hint or f"scnas train ... --out {out} --resume",
                      checkpoint_path=job.ckpt_path,

@@ -25,6 +25,8 @@ from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype, SearchSpace
 from scnas_dsl.nn import TemperatureSchedule, build_supernet
 from scnas_dsl.nn.supernet import Supernet
+from scnas_dsl.ops.plugins import RECORD as OPERATIONS_RECORD
+from scnas_dsl.ops.plugins import load_operations
 from scnas_dsl.train.checkpoint import capture_rng, restore_rng, save_checkpoint
 from scnas_dsl.train.config import SearchConfig
 from scnas_dsl.train.data_context import (
@@ -113,7 +115,8 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, force: bool = False,
 
 def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop_after_epochs: int | None,
             on_step: StepHook | None) -> SearchResult | None:
-    loaded = load(cfg.spec)
+    extra = load_operations(cfg.ops)  # the installed plugins and --ops: recorded in operations.json
+    loaded = load(cfg.spec, signatures=extra.library.signatures)
     space = loaded.space(cfg.space)
     out = Path(cfg.out) if cfg.out else default_out(cfg, space)
     run = RunFolder(out, writer=runtime.is_main)
@@ -128,7 +131,8 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     schedule = TemperatureSchedule(cfg.temperature.initial, cfg.temperature.final, cfg.temperature.kind)
     model = build_supernet(space, in_channels=data.in_channels, num_classes=data.num_classes,
-                           stem_width=cfg.stem_width, sampling=cfg.sampling, temperature=schedule, seed=cfg.seed)
+                           stem_width=cfg.stem_width, sampling=cfg.sampling, temperature=schedule, seed=cfg.seed,
+                           library=extra.library)
     _check_memory(model, runtime, patch, cfg)
     if runtime.is_main:  # everything checked: now the folder is made (or replaced, with --force)
         run.prepare("search", resume=resume, force=force)
@@ -145,6 +149,7 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
         own = not loaded.document.imports and any(s.name == space.name for s in loaded.document.spaces)
         run.write_text("space.scn", space_text(space, source, own))
         run.write_json("environment.json", environment(str(runtime.device), cfg.seed, runtime.world_size))
+        run.write_json(OPERATIONS_RECORD, extra.record())
         run.write_json("split.json", {"fold": cfg.fold, "weight_part": data.fold.weight_part,
                                       "arch_part": data.fold.arch_part, "val": data.fold.val})
     if runtime.distributed:  # identical starting point on every rank, also after a resume
@@ -318,7 +323,7 @@ def _finish(model: Any, space: SearchSpace, run: RunFolder, cfg: SearchConfig) -
     target = run.write_text("genotype.scn", genotype_text(genotype, header))
     if run.writer:
         try:
-            load(target).genotype(name)
+            load(target, signatures=model.library.signatures).genotype(name)
         except ScnasError as err:  # a bug of ours, not the user's: say so plainly
             raise ScnasError(f"{target}: the written genotype does not load back ({err}); please report this") from err
         plot_search(run, space, genotype)
