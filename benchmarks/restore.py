@@ -27,10 +27,10 @@ import time
 import nibabel as nib
 import numpy as np
 
+from scnas_dsl.data.pipeline import run_pipeline
 from scnas_dsl.data.preprocess import (
     CaseMeta,
     Normalization,
-    _run_pipeline,
     restore_prediction,
     restore_segmentation,
 )
@@ -44,7 +44,7 @@ def _meta(shape: tuple[int, ...], spacing: float, target: float) -> CaseMeta:
     """The geometry record of a RAS volume of ``shape`` voxels of ``spacing`` mm preprocessed to ``target``."""
     image = np.ones((1, *shape), np.float32)
     ref = nib.Nifti1Image(image[0], np.diag([spacing, spacing, spacing, 1.0]))
-    return _run_pipeline("bench", image, None, ref, (target,) * 3, Normalization(scheme="zscore_nonzero"))[2]
+    return run_pipeline("bench", image, None, ref, (target,) * 3, Normalization(scheme="zscore_nonzero"))[2]
 
 
 def _centres(meta: CaseMeta) -> list[np.ndarray]:

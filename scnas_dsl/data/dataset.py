@@ -24,6 +24,7 @@ from typing import Any, Literal, cast
 import nibabel as nib
 import numpy as np
 
+from scnas_dsl.data.names import NIFTI_ENDINGS, strip_channel_suffix, strip_nifti_ending
 from scnas_dsl.errors import DataError
 
 #: Two affines (or spacings) agree when every entry differs by less than this (mm), as in nnU-Net's checks.
@@ -209,10 +210,8 @@ def _refuse_escaping(meta_path: Path, escaping: list[str]) -> None:
 
 
 def _strip_ending(name: str) -> str:
-    for ending in (".nii.gz", ".nii"):
-        if name.endswith(ending):
-            return name[: -len(ending)]
-    return name.split(".", 1)[0]
+    stem = strip_nifti_ending(name)
+    return name.split(".", 1)[0] if stem is None else stem
 
 
 def _open_nnunet(root: Path, meta_path: Path, meta: dict[str, Any]) -> Dataset:
@@ -232,7 +231,7 @@ def _open_nnunet(root: Path, meta_path: Path, meta: dict[str, Any]) -> Dataset:
         labels[value] = str(name)
     labels = _check_labels(meta_path, labels)
     ending = meta.get("file_ending", ".nii.gz")
-    if ending not in (".nii.gz", ".nii"):
+    if ending not in NIFTI_ENDINGS:
         raise DataError(f"{meta_path}: file_ending {ending!r} is not supported; use .nii.gz or .nii (NIfTI)")
     escaping: list[str] = []
     if "dataset" in meta:
@@ -279,9 +278,9 @@ def _cases_from_folder(
             # '._x' files are macOS resource forks, found in the MSD archives.
             if name.startswith(".") or not name.endswith(ending):
                 continue
-            stem = name[: -len(ending)]
-            if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit():
-                ids.add(stem[:-5])
+            case_id = strip_channel_suffix(name[: -len(ending)])
+            if case_id is not None:
+                ids.add(case_id)
     if labels_dir is not None and (root / labels_dir).is_dir():
         for path in (root / labels_dir).iterdir():
             if not path.name.startswith(".") and path.name.endswith(ending):

@@ -24,13 +24,13 @@ uses it for both parts (there is nothing to split).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from scnas_dsl.data.files import write_json
 from scnas_dsl.data.preprocess import Preprocessed
 from scnas_dsl.errors import DataError
 
@@ -138,12 +138,6 @@ def _read_splits(path: Path, known: set[str]) -> list[dict[str, list[str]]]:
     return folds
 
 
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def load_folds(
     pre: Preprocessed, seed: int = 12345, splits_file: Path | None = None
 ) -> tuple[list[dict], Path]:
@@ -176,7 +170,7 @@ def load_folds(
             "results made with the old splits are then not comparable)"
         )
     folds = make_folds(pre.case_ids, seed)
-    _write_json(recorded, folds)
+    write_json(recorded, folds)
     return folds, recorded
 
 
@@ -211,7 +205,7 @@ def get_fold(pre: Preprocessed, fold: int, seed: int = 12345, splits_file: Path 
         weight, arch = split_for_search(entry["train"], seed, fold)
         record = {"weight_part": weight, "arch_part": arch}
         records[name] = record
-        _write_json(record_path, records)
+        write_json(record_path, records)
     return FoldSplit(
         fold=fold,
         train=list(entry["train"]),

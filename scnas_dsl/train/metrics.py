@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from scnas_dsl.data.names import NIFTI_ENDINGS, strip_nifti_ending
 from scnas_dsl.errors import DataError
 
-NIFTI_ENDINGS = (".nii.gz", ".nii")
 AFFINE_TOLERANCE = 1e-3
 
 
@@ -43,11 +43,8 @@ def nanmean(values: Iterable[float]) -> float:
 
 def case_id_of(path: Path) -> str:
     """``case.nii.gz`` -> ``case``."""
-    name = path.name
-    for ending in NIFTI_ENDINGS:
-        if name.endswith(ending):
-            return name[: -len(ending)]
-    return path.stem
+    stem = strip_nifti_ending(path.name)
+    return path.stem if stem is None else stem
 
 
 def nifti_files(folder: Path) -> dict[str, Path]:

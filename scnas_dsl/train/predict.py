@@ -28,6 +28,7 @@ from typing import Any
 import nibabel as nib
 import torch
 
+from scnas_dsl.data.names import NIFTI_ENDINGS, strip_channel_suffix
 from scnas_dsl.data.preprocess import (
     Preprocessed,
     preprocess_image,
@@ -41,7 +42,7 @@ from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.device import setup_runtime
 from scnas_dsl.train.inference import sliding_window_inference
 from scnas_dsl.train.loop import progress_bar
-from scnas_dsl.train.metrics import NIFTI_ENDINGS, case_id_of
+from scnas_dsl.train.metrics import case_id_of
 
 #: The checkpoints a training run keeps, the default first.
 CHECKPOINTS = ("last", "best")
@@ -168,10 +169,11 @@ def group_cases(inputs: list[Path], layout: str, channels: int) -> dict[str, lis
     for path in files:
         name = case_id_of(path)
         if layout == "nnunet":
-            if len(name) < 6 or name[-5] != "_" or not name[-4:].isdigit():
+            case = strip_channel_suffix(name)
+            if case is None:
                 raise DataError(f"{path}: the run was trained on nnU-Net layout data, where images are named "
                                 "<case>_0000.nii.gz (one file per channel)")
-            name = name[:-5]
+            name = case
         cases.setdefault(name, []).append(path)
     for case, paths in cases.items():
         if layout == "nnunet" and len(paths) != channels:

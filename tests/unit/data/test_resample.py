@@ -12,7 +12,8 @@ import pytest
 from scipy import ndimage
 
 from scnas_dsl.data import resample
-from scnas_dsl.data.preprocess import Normalization, _run_pipeline
+from scnas_dsl.data.pipeline import run_pipeline
+from scnas_dsl.data.preprocess import Normalization
 
 #: The stated tolerance against scipy.ndimage.zoom (docs/data.md): float32 rounding, relative to the largest
 #: magnitude of the volume.
@@ -86,7 +87,7 @@ def _thick_case() -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
 def test_thick_slices_are_resampled_nearest_out_of_plane() -> None:
     image, label, ref = _thick_case()
     norm = Normalization(scheme="zscore_nonzero")
-    out, label_r, meta, _ = _run_pipeline("thick", image, label, ref, (1.0, 1.0, 1.0), norm)
+    out, label_r, meta, _ = run_pipeline("thick", image, label, ref, (1.0, 1.0, 1.0), norm)
     assert meta.shape == (32, 32, 40)
     # every output slice is one input slice resampled in the plane (nothing blended across 5 mm)
     standardised = (image[0] - image[0].mean()) / image[0].std()  # no zero voxel: z-score over everything
@@ -111,7 +112,7 @@ def test_isotropic_data_is_not_resampled_slice_by_slice() -> None:
     image, label, _ = _thick_case()
     ref = nib.Nifti1Image(image[0], np.diag([1.0, 1.0, 2.5, 1.0]))  # ratio 2.5: one 3D resampling
     norm = Normalization(scheme="zscore_nonzero")
-    out, _, _, _ = _run_pipeline("iso", image, label, ref, (1.0, 1.0, 1.0), norm)
+    out, _, _, _ = run_pipeline("iso", image, label, ref, (1.0, 1.0, 1.0), norm)
     zoomed = _zoom(image[0], (32, 32, 20), 3)
     np.testing.assert_allclose(out[0], (zoomed - zoomed.mean()) / zoomed.std(), rtol=0, atol=1e-4)
     assert len({out[0, ..., z].tobytes() for z in range(20)}) == 20

@@ -11,10 +11,10 @@ import pytest
 from scipy import ndimage
 
 from scnas_dsl.data.dataset import open_dataset
+from scnas_dsl.data.pipeline import run_pipeline
 from scnas_dsl.data.preprocess import (
     Normalization,
     Preprocessed,
-    _run_pipeline,
     preprocess_dataset,
     restore_prediction,
     restore_probabilities,
@@ -92,7 +92,7 @@ def _oblique_permuted_case(shape: tuple[int, int, int] = (18, 22, 15)):
 def test_permuted_flipped_oblique_axes_come_back(target: tuple[float, ...] | None) -> None:
     image, label, ref = _oblique_permuted_case()
     assert nib.aff2axcodes(ref.affine) not in (("R", "A", "S"), ("L", "P", "S"))
-    _, label_pre, meta, _ = _run_pipeline("oblique", image[None], label, ref, target, ZSCORE)
+    _, label_pre, meta, _ = run_pipeline("oblique", image[None], label, ref, target, ZSCORE)
     assert meta.crop_box != [(0, n) for n in meta.canonical_shape]  # cropped
     restored = restore_segmentation(_onehot(label_pre, 3), meta)
     _same_geometry(restored, ref)
@@ -131,7 +131,7 @@ def _spheres_on_a_coarse_grid(seed: int, radius: float, target: float = 0.7):
     centres = [rng.uniform(radius + 2, 32 - radius - 3, size=3) for _ in range(4)]
     image = np.ones((1, *shape), np.float32)
     ref = nib.Nifti1Image(image[0], np.diag([2.0, 2.0, 2.0, 1.0]))
-    meta = _run_pipeline("spheres", image, None, ref, (target,) * 3, ZSCORE)[2]
+    meta = run_pipeline("spheres", image, None, ref, (target,) * 3, ZSCORE)[2]
 
     def distance(axes: list[np.ndarray]) -> np.ndarray:
         grids = np.meshgrid(*axes, indexing="ij", sparse=True)
