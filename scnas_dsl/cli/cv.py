@@ -8,26 +8,34 @@ from pathlib import Path
 import typer
 
 from scnas_dsl.cli.run import (
-    BATCH,
-    BATCHES,
-    CONFIG,
     DATA,
     DEEP,
     DEVICE,
-    EPOCHS,
-    FORCE,
     MEDIAN,
     NO_AUG,
-    PATCH,
-    RESUME,
     RUN_QUIET,
     SEED,
     SPACING,
-    STEM,
     WORKERS,
     _common,
     user_errors,
 )
+
+# cv's own texts for the options scnas search and scnas train share: in cv they set each fold's retraining
+# (the search of a space has its --search-* options), and --resume / --force act on the folds
+CV_EPOCHS = typer.Option(None, "--epochs", help="epochs of each fold's retraining (default: scnas train's, 500)")
+CV_BATCH = typer.Option(None, "--batch-size", help="global batch size of each fold's retraining (default: scnas "
+                                                   "train's, 8)")
+CV_PATCH = typer.Option(None, "--patch", help="patch size D H W of each fold's retraining (default: 128^3 shrunk "
+                                              "to the median shape)")
+CV_STEM = typer.Option(None, "--stem-width", help="stem width of each fold's retraining (default: scnas train's)")
+CV_BATCHES = typer.Option(None, "--batches-per-epoch", help="steps per epoch of each fold's retraining "
+                                                            "(default: 250)")
+CV_CONFIG = typer.Option(None, "--config", help="settings file of the retraining (.json, .toml, .yaml) as scnas "
+                                                "train --config; the command line wins")
+CV_RESUME = typer.Option(False, "--resume", help="continue the cross-validation in --out: finished folds are kept, "
+                                                 "unfinished ones resumed")
+CV_FORCE = typer.Option(False, "--force", help="redo the folds asked for in --out (only a folder scnas cv made)")
 
 
 def _is_space(spec: Path) -> bool:
@@ -49,14 +57,16 @@ def cv_cmd(
     data: str = DATA,
     out: Path = typer.Option(..., "--out", help="folder for fold_0 ... fold_4 and the summary"),  # noqa: B008
     folds: list[int] | None = typer.Option(None, "--fold", help="folds to run (repeatable) (default: all)"),  # noqa: B008
-    epochs: int | None = EPOCHS, batch_size: int | None = BATCH, patch: tuple[int, int, int] | None = PATCH,
-    stem_width: int | None = STEM, device: str | None = DEVICE, seed: int | None = SEED,
-    resume: bool = RESUME, force: bool = FORCE, config: Path | None = CONFIG, batches: int | None = BATCHES,
+    epochs: int | None = CV_EPOCHS, batch_size: int | None = CV_BATCH,
+    patch: tuple[int, int, int] | None = CV_PATCH, stem_width: int | None = CV_STEM, device: str | None = DEVICE,
+    seed: int | None = SEED, resume: bool = CV_RESUME, force: bool = CV_FORCE, config: Path | None = CV_CONFIG,
+    batches: int | None = CV_BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
     no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN,
     mirror: bool = typer.Option(True, "--mirror/--no-mirror",
                                 help="test-time mirroring of the validation predictions (default: on, as nnU-Net)"),
-    val_every: int | None = typer.Option(None, "--val-every", help="validation every N epochs (default: 10)"),
+    val_every: int | None = typer.Option(None, "--val-every", help="validation every N epochs of each fold's "
+                                                                   "retraining (default: 10)"),
     deep_supervision: bool | None = DEEP,
     checkpoint: str = typer.Option("last", "--checkpoint",
                                    help="weights scored: last (default, as the paper) or best (chosen on the "

@@ -27,13 +27,16 @@ import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scnas_dsl.errors import RunError
 from scnas_dsl.train.cv import CV_MARKER, sample_std, summary_suffix
 from scnas_dsl.train.metrics import nanmean
 from scnas_dsl.train.predict import CHECKPOINTS
 from scnas_dsl.train.runs import json_safe
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 COMPARE_MARKER = ".scnas-compare"
 NAN_RULE = ("Dice undefined (reference and prediction both empty) is left out of the means and of the paired "
@@ -59,6 +62,8 @@ class CVRun:
     spec: str | None = None
     mode: str | None = None
     leakage: dict[str, Any] | None = None
+    #: ``settings`` of its cv_summary.json (None: written by an scnas that did not record them)
+    settings: dict[str, Any] | None = None
 
     def values(self, label: str) -> list[float]:
         """The defined Dice of ``label`` over the cases."""
@@ -136,6 +141,8 @@ def read_cv(folder: Path, name: str, checkpoint: str = "last") -> CVRun:
     """The per-case scores of the cross-validation in ``folder``; RunError when it is not one, is unfinished or
     has no per-case scores."""
     folder = Path(folder)
+    if not folder.exists():
+        raise RunError(f"{folder}: no such folder (give folders that scnas cv --out wrote)")
     if not folder.is_dir() or not (folder / CV_MARKER).is_file():
         raise RunError(f"{folder}: not a cross-validation folder (no {CV_MARKER}; give folders that scnas cv "
                        "--out wrote)")
@@ -159,7 +166,7 @@ def read_cv(folder: Path, name: str, checkpoint: str = "last") -> CVRun:
     scores = {str(e["case"]): {n: _num(e["dice"].get(n)) for n in labels} for e in summary["case_scores"]}
     fold_of = {str(e["case"]): int(e["fold"]) for e in summary["case_scores"]}
     return CVRun(name=name, folder=folder, labels=labels, scores=scores, fold_of=fold_of, spec=summary.get("spec"),
-                 mode=summary.get("mode"), leakage=summary.get("leakage"))
+                 mode=summary.get("mode"), leakage=summary.get("leakage"), settings=summary.get("settings"))
 
 
 def _check_report_folder(report: Path, force: bool) -> None:
@@ -171,10 +178,54 @@ def _check_report_folder(report: Path, force: bool) -> None:
             raise RunError(f"{report}: already exists; use --force to replace it, or choose another -o")
 
 
+#: the settings whose difference gets a note: (key in cv_summary.json ``settings``, what the note calls it)
+COMPARED_SETTINGS = (("stem_width", "stem width"), ("mirror", "test-time mirroring"), ("epochs", "epochs"),
+                     ("patch", "patch"), ("spacing", "spacing"), ("deep_supervision", "deep supervision levels"))
+
+
+def _show(key: str, value: Any) -> str:
+    """A setting as the notes write it: ``on``/``off``, ``128x128x128``, ``none`` for no deep supervision,
+    ``fold 0: 68, fold 1: 32`` where the folds differ."""
+    if isinstance(value, dict):
+        return ", ".join(f"fold {k}: {_show(key, v)}" for k, v in value.items())
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if key == "deep_supervision" and value == []:
+        return "none"
+    if isinstance(value, list):
+        return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return "?" if value is None else str(value)
+
+
+def _check_settings(run: CVRun, ref: CVRun) -> str | None:
+    """RunError when ``run`` and ``ref`` are cross-validations of data sets of different names; a note naming
+    the settings that differ (data set folder, mirroring, stem width, ...), None when none does."""
+    a, b = run.settings or {}, ref.settings or {}
+    name_a, name_b = (a.get("data") or {}).get("name"), (b.get("data") or {}).get("name")
+    if name_a and name_b and name_a != name_b:
+        raise RunError(f"{run.folder} and {ref.folder} are cross-validations of different data sets ('{name_a}' and "
+                       f"'{name_b}'): cases with the same ids are other images there, so the per-case pairs mean "
+                       "nothing; compare cross-validations of the same data set")
+    if not (a and b):
+        return None
+    differ = []
+    path_a, path_b = (a.get("data") or {}).get("path"), (b.get("data") or {}).get("path")
+    if path_a != path_b:
+        differ.append(f"data set folder {path_a} vs {path_b} (same name '{name_a}': check it holds the same cases)")
+    differ += [f"{what} {_show(key, a.get(key))} vs {_show(key, b.get(key))}" for key, what in COMPARED_SETTINGS
+               if json.dumps(a.get(key)) != json.dumps(b.get(key))]
+    if not differ:
+        return None
+    return (f"{run.name} differs from {ref.name} in {'; '.join(differ)}: its differences in Dice are not the "
+            "networks' alone")
+
+
 def _check_same(runs: list[CVRun]) -> list[str]:
-    """The runs must score the same labels and cases (RunError naming what is missing); notes on differences
-    that do not stop the comparison (other folds)."""
+    """The runs must be of the same data set (by name) and score the same labels and cases (RunError naming
+    what is missing); notes on differences that do not stop the comparison (settings, other folds, the same
+    folder twice, settings not recorded)."""
     ref = runs[0]
+    setting_notes = [note for run in runs[1:] if (note := _check_settings(run, ref)) is not None]
     for run in runs[1:]:
         missing, extra = [n for n in ref.labels if n not in run.labels], [n for n in run.labels if n not in ref.labels]
         if missing or extra:
@@ -187,7 +238,20 @@ def _check_same(runs: list[CVRun]) -> list[str]:
                 shown = ", ".join(lacking[:10]) + (f" and {len(lacking) - 10} more" if len(lacking) > 10 else "")
                 raise RunError(f"{a.name} ({a.folder}) has no score for {len(lacking)} case(s) that {b.name} "
                                f"scored: {shown}; compare cross-validations of the same data and splits")
-    notes = []
+    notes = setting_notes
+    seen: dict[Path, str] = {}
+    for run in runs:
+        where = run.folder.resolve()
+        if where in seen:
+            notes.append(f"{run.name} and {seen[where]} are the same folder ({run.folder}): their differences are "
+                         "zero by construction")
+        seen.setdefault(where, run.name)
+    for run in runs:
+        if not run.settings:
+            notes.append(f"{run.name}: its cv_summary.json records no settings (written by an older scnas), so its "
+                         "data set, stem width, mirroring, patch, spacing, epochs and deep supervision are not "
+                         f"checked; scnas cv ... --out {run.folder} --resume records them (finished folds are not "
+                         "retrained)")
     for run in runs[1:]:
         if run.fold_of != ref.fold_of:
             notes.append(f"{run.name} and {ref.name} put cases in other folds: the sd over folds compares "
@@ -254,14 +318,15 @@ def _slug(label: str, taken: set[str]) -> str:
     return slug
 
 
-def _box_plot(runs: list[CVRun], label: str, path: Path) -> Path:
-    """One box per run of the per-case Dice of ``label`` (undefined cases left out), the cases as points."""
+def _box_figure(runs: list[CVRun], label: str) -> Figure:
+    """One box per run of the per-case Dice of ``label`` (undefined cases left out), every case once as a
+    point (no flier markers: an outlier would be drawn twice; the whiskers still end at 1.5 IQR)."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(1.6 + 1.3 * len(runs), 4.2))
     axes = figure.add_subplot(1, 1, 1)
     data = [run.values(label) for run in runs]
-    axes.boxplot(data, showmeans=True)
+    axes.boxplot(data, showmeans=True, showfliers=False)
     axes.set_xticks(range(1, len(runs) + 1), [run.name for run in runs], rotation=20, ha="right")
     for i, values in enumerate(data, start=1):
         spread = [i + 0.12 * ((j * 0.618) % 1 - 0.5) for j in range(len(values))]  # fixed jitter, reproducible
@@ -270,7 +335,11 @@ def _box_plot(runs: list[CVRun], label: str, path: Path) -> Path:
     axes.set_ylim(-0.02, 1.02)
     axes.set_title(label, fontsize=11)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    return figure
+
+
+def _box_plot(runs: list[CVRun], label: str, path: Path) -> Path:
+    _box_figure(runs, label).savefig(path, dpi=100)
     return path
 
 
@@ -336,8 +405,8 @@ def _write(result: Comparison, report: Path, checkpoint: str) -> list[Path]:
     runs = result.runs
     files[2].write_text(json.dumps(json_safe({
         "reference": runs[0].name, "checkpoint": checkpoint,
-        "runs": [{"name": r.name, "folder": str(r.folder), "mode": r.mode, "spec": r.spec, "leakage": r.leakage}
-                 for r in runs],
+        "runs": [{"name": r.name, "folder": str(r.folder), "mode": r.mode, "spec": r.spec, "leakage": r.leakage,
+                  "settings": r.settings} for r in runs],
         "labels": result.labels, "rows": [r.to_json() for r in result.rows],
         "per_case": {label: {case: {r.name: r.scores[case][label] for r in runs} for case in sorted(runs[0].scores)}
                      for label in result.labels},

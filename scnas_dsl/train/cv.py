@@ -27,7 +27,11 @@ flatters the table; it stays available, and the summary, the CSV and the printed
 and ``OUT/fold_K/validation_best``, so that scoring the best weights of a finished cross-validation
 (``--resume --checkpoint best``, no retraining) never replaces the last weights' results. Only a folder that
 ``scnas cv`` made (it holds ``.scnas-cv``) is continued or redone; with ``--resume`` finished searches and
-trainings are not redone.
+trainings are not redone. The data and the folds asked for are checked before ``OUT`` is made, and a folder
+holding only ``.scnas-cv`` counts as empty, so a refused command never blocks the corrected one.
+
+The summary records what defines the cross-validation (``settings``: the data set's name and path, mirroring,
+and each fold's retraining settings read from its run folder), which ``scnas compare`` checks.
 """
 
 from __future__ import annotations
@@ -153,6 +157,17 @@ class CVResult:
     leakage: Leakage | None = None
     #: each fold's genotype file (space mode: ``OUT/genotypes/fold_K.scn``)
     genotypes: dict[int, Path] = field(default_factory=dict)
+    #: the settings that define the cross-validation (see :func:`cv_settings`); empty when not known
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def folds_text(self) -> str:
+        """Which folds the table covers: ``every fold (5 of 5)``, ``fold 0 (1 of 5 folds)``, ``folds 0, 2 (2 of
+        5 folds)``."""
+        run = sorted(self.folds)
+        total = self.folds_total or len(run)
+        if len(run) == total:
+            return f"every fold ({total} of {total})"
+        return f"fold{'s' if len(run) > 1 else ''} {', '.join(map(str, run))} ({len(run)} of {total} folds)"
 
     def heading(self) -> str:
         """Which weights the table scores."""
@@ -190,9 +205,11 @@ class CVResult:
             lines.append("  ".join([f"{fold:<8}", *(f"{_f(means[n]):>{width}}" for n in names),
                                     f"{_f(ev.foreground_mean()):>8}", f"{epoch:>6}"]))
         mean, std = self.over_folds()
-        for row, values in (("mean", mean), ("sd", std)):
+        total = self.folds_total or len(self.folds)
+        over = f"({len(self.folds)} of {total} folds: {', '.join(map(str, sorted(self.folds)))})"
+        for row, values, after in (("mean", mean, [f"{'':>6}", over]), ("sd", std, [])):
             lines.append("  ".join([f"{row:<8}", *(f"{_f(values[n]):>{width}}" for n in names),
-                                    f"{_f(values['average']):>8}"]))
+                                    f"{_f(values['average']):>8}", *after]))
         means = self.pooled.mean_dice()
         lines.append("  ".join([f"{'all':<8}", *(f"{_f(means[n]):>{width}}" for n in names),
                                 f"{_f(self.pooled.foreground_mean()):>8}"]))
@@ -264,6 +281,47 @@ def _searched(run: Path, cfg: SearchConfig) -> bool:
     return True
 
 
+#: the settings of a fold's retraining that ``cv_summary.json`` records (``settings``), from its run folder
+FOLD_SETTINGS = ("epochs", "stem_width", "patch", "spacing", "deep_supervision", "batch_size", "batches_per_epoch",
+                 "augment", "seed", "splits_seed")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunError(f"{path}: cannot be read ({err})") from err
+    return value if isinstance(value, dict) else {}
+
+
+def fold_settings(run: Path) -> dict[str, Any]:
+    """The settings of the retraining in ``run`` as it ran: ``config.json`` (what was asked), ``network.json``
+    (what was built: stem width, patch, deep supervision levels, ``[]`` = off) and the spacing the data was
+    preprocessed at (``preprocessing/preprocessed.json``); what a file lacks falls back to ``config.json``."""
+    config, network = _read_json(run / "config.json"), _read_json(run / "network.json")
+    spacing = _read_json(run / "preprocessing" / "preprocessed.json").get("spacing", config.get("spacing"))
+    settings = {key: config.get(key) for key in FOLD_SETTINGS}
+    settings.update({key: network[key] for key in ("stem_width", "patch", "deep_supervision") if key in network})
+    settings["spacing"] = spacing
+    return settings
+
+
+def cv_settings(runs: dict[int, Path], *, data_name: str, data_path: Path, mirror: bool) -> dict[str, Any]:
+    """What defines a cross-validation, for ``cv_summary.json`` (``settings``) and ``scnas compare``: the data
+    set (``name`` from its dataset.json, resolved ``path`` of its source folder), test-time ``mirror``ing, and
+    each setting of :data:`FOLD_SETTINGS` read from the folds' run folders (``runs``: fold -> retraining run):
+    its value when every fold has the same, else ``{fold: value}``; every fold's in ``per_fold``."""
+    per_fold = {str(k): fold_settings(run) for k, run in sorted(runs.items())}
+    settings: dict[str, Any] = {"data": {"name": data_name, "path": str(Path(data_path).resolve())},
+                                "mirror": mirror}
+    for key in FOLD_SETTINGS:
+        values = {k: s[key] for k, s in per_fold.items()}
+        distinct = {json.dumps(v) for v in values.values()}
+        settings[key] = next(iter(values.values())) if len(distinct) == 1 else values
+    settings["per_fold"] = per_fold
+    return settings
+
+
 def summary_suffix(checkpoint: str) -> str:
     """``""`` for the last weights (``cv_summary.csv``, ``fold_K/validation``), ``"_best"`` for the best
     (``cv_summary_best.csv``, ``fold_K/validation_best``)."""
@@ -272,8 +330,9 @@ def summary_suffix(checkpoint: str) -> str:
 
 def _prepare_out(out: Path, mode: str, resume: bool, force: bool) -> None:
     """Check (and make) the cv folder: only one ``scnas cv`` made is continued or redone; a folder of the
-    other kind (space / genotype) is redone as a whole with ``--force``, never continued."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    other kind (space / genotype) is redone as a whole with ``--force``, never continued. A folder holding
+    only the marker (what a cv that failed before its first fold left) counts as empty."""
+    if out.exists() and (not out.is_dir() or any(e.name != CV_MARKER for e in out.iterdir())):
         marker = out / CV_MARKER
         if not marker.is_file():
             raise RunError(f"{out}: exists and is not a folder scnas cv made; scnas never writes into it (not even "
@@ -309,16 +368,18 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
                        f"({base.splits_seed}): both must use the same folds")
     out = Path(out)
     mode = "genotype" if search is None else "space"
-    _prepare_out(out, mode, resume, force)
-    # the last weights' results and the best weights' (optimistic) results never replace each other
-    suffix = summary_suffix(checkpoint)
-    dataset = open_dataset(_source_dataset(base.data))
+    # the data and the folds are checked before the folder is made: a refused command leaves nothing behind
+    source = _source_dataset(base.data)
+    dataset = open_dataset(source)
     splits = fold_splits(base)
     chosen = folds if folds is not None else sorted(splits)
     unknown = [k for k in chosen if k not in splits]
     if unknown:
         raise RunError(f"fold(s) {', '.join(map(str, unknown))} do not exist; the data has {len(splits)} folds "
                        f"(0 to {len(splits) - 1})")
+    _prepare_out(out, mode, resume, force)
+    # the last weights' results and the best weights' (optimistic) results never replace each other
+    suffix = summary_suffix(checkpoint)
     leak = None
     if search is None:
         leak = leakage(base.genotype, {k: splits[k] for k in chosen})
@@ -327,6 +388,7 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
     results: dict[int, Evaluation] = {}
     weights: dict[int, Weights] = {}
     genotypes: dict[int, Path] = {}
+    runs: dict[int, Path] = {}
     pairs_all: dict[str, tuple[Path, Path]] = {}
     labels = {k: v for k, v in dataset.labels.items() if k != 0}
     for fold in chosen:
@@ -340,6 +402,7 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
             cfg = base.model_copy(update={"genotype": str(fold_dir / "search" / "genotype.scn"),
                                           "genotype_name": None})
         cfg = cfg.model_copy(update={"fold": fold, "out": str(run_dir)})
+        runs[fold] = run_dir
         if not (resume and _trained(run_dir, cfg)):
             run_train(cfg, resume=resume and (run_dir / "checkpoints" / "last.pt").is_file(),
                       resume_hint=f"scnas cv ... --out {out} --resume",
@@ -357,7 +420,8 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
         _draw_genotypes(out / "genotypes")
     pooled = evaluate_pairs(pairs_all, label_names=labels)
     result = CVResult(folds=results, pooled=pooled, checkpoint=checkpoint, weights=weights, mode=mode,
-                      folds_total=len(splits), leakage=leak, genotypes=genotypes)
+                      folds_total=len(splits), leakage=leak, genotypes=genotypes,
+                      settings=cv_settings(runs, data_name=dataset.name, data_path=source, mirror=mirror))
     spec = search.spec if search is not None else base.genotype
     write_summary(out, result, suffix, spec=spec)
     return result
@@ -421,7 +485,8 @@ def write_summary(out: Path, result: CVResult, suffix: str, spec: str | None = N
                "over_folds": {"mean": mean, "std": std, "std_rule": STD_RULE},
                "case_scores": [{"fold": k, "case": case, "dice": dice} for k, case, dice in result.case_rows()],
                "leakage": result.leakage.to_json() if result.leakage is not None else None,
-               "genotypes": {str(k): str(v) for k, v in result.genotypes.items()}}
+               "genotypes": {str(k): str(v) for k, v in result.genotypes.items()},
+               "settings": result.settings or None}
     paths = [out / f"cv_summary{suffix}.json", out / f"cv_summary{suffix}.csv", out / f"cv_summary{suffix}.md",
              out / f"cv_cases{suffix}.csv"]
     paths[0].write_text(json.dumps(json_safe(summary), indent=1) + "\n")
@@ -454,8 +519,8 @@ def _markdown(result: CVResult, spec: str | None) -> str:
     and the pooled row."""
     names = result.label_names()
     mean, std = result.over_folds()
-    what = {"space": "one search per fold on its training cases, then retrained",
-            "genotype": "one genotype retrained on every fold"}[result.mode]
+    what = {"space": f"one search per fold on its training cases, then retrained; {result.folds_text()}",
+            "genotype": f"one genotype retrained on {result.folds_text()}"}[result.mode]
     lines = [f"# Cross-validation: Dice (%) per label{f' of {spec}' if spec else ''}", "",
              f"{what}; {result.heading()}.", "",
              "| fold | " + " | ".join(names) + " | average | epoch |",

@@ -83,6 +83,7 @@ def test_cv_of_a_space_searches_each_fold_apart_and_resumes(workspace: dict[str,
     assert code == 0, output
     assert (searched, trained) == ([0, 1], ["fold_0/train", "fold_1/train"])  # fold 0 was neither searched nor
     # trained again
+    assert "(2 of 5 folds: 0, 1)" in output  # the terminal table says which folds its mean covers
     summary = json.loads((out / "cv_summary.json").read_text())
     assert summary["mode"] == "space" and summary["folds_run"] == [0, 1] and summary["leakage"] is None
     for fold in (0, 1):
@@ -122,6 +123,13 @@ def test_compare_two_real_cross_validations(workspace: dict[str, Path], tmp_path
     code, output = invoke("compare", tmp_path / "unet3d", tmp_path / "resunet3d", "--names", "unet,resunet",
                           "-o", tmp_path / "report")
     assert code == 0, output
+    assert "note:" not in output  # the same data and settings: nothing to note
+    settings = json.loads((tmp_path / "unet3d" / "cv_summary.json").read_text())["settings"]
+    assert settings["data"]["name"] == "SynthHeart" and settings["data"]["path"] == str(
+        Path(json.loads((workspace["pre"] / "preprocessed.json").read_text())["dataset"]["source_root"]).resolve())
+    assert (settings["mirror"], settings["stem_width"], settings["epochs"], settings["patch"]) == (
+        False, 4, 1, [16, 16, 16])
+    assert len(settings["spacing"]) == 3 and set(settings["per_fold"]) == {"0", "1", "2", "3", "4"}
     rows = {r["run"]: r for r in csv.DictReader((tmp_path / "report" / "report.csv").open())}
     cases = {r["case"]: r for r in csv.DictReader((tmp_path / "unet3d" / "cv_cases.csv").open())}
     other = {r["case"]: r for r in csv.DictReader((tmp_path / "resunet3d" / "cv_cases.csv").open())}

@@ -20,10 +20,16 @@ from scnas_dsl.train.compare import compare_runs
 LABELS = ["edema", "enhancing"]
 CASES = [f"case_{i}" for i in range(10)]
 FOLD = {case: i % 5 for i, case in enumerate(CASES)}
+#: what cv_summary.json records of the settings that define a cross-validation
+SETTINGS: dict[str, object] = {
+    "data": {"name": "BRATS", "path": "/data/Task01_BrainTumour"}, "mirror": True, "epochs": 500,
+    "stem_width": 68, "patch": [128, 128, 128], "spacing": [0.7, 0.7, 0.7], "deep_supervision": [],
+    "batch_size": 8}
 
 
 def fake_cv(folder: Path, scores: dict[str, dict[str, float | None]], *, folds_run: list[int] | None = None,
-            fold_of: dict[str, int] | None = None, per_case: bool = True, labels: list[str] | None = None) -> Path:
+            fold_of: dict[str, int] | None = None, per_case: bool = True, labels: list[str] | None = None,
+            settings: dict[str, object] | None = None, no_settings: bool = False) -> Path:
     """A folder as ``scnas cv`` leaves it, as far as compare reads it."""
     folder.mkdir(parents=True)
     (folder / ".scnas-cv").write_text("scnas cv\ngenotype\n")
@@ -31,6 +37,8 @@ def fake_cv(folder: Path, scores: dict[str, dict[str, float | None]], *, folds_r
     summary: dict[str, object] = {"checkpoint": "last", "mode": "genotype", "spec": "x.scn",
                                   "folds_run": folds_run if folds_run is not None else [0, 1, 2, 3, 4],
                                   "folds_total": 5, "label_names": labels or LABELS, "leakage": None}
+    if not no_settings:
+        summary["settings"] = {**SETTINGS, **(settings or {})}
     if per_case:
         summary["case_scores"] = [{"fold": fold_of[c], "case": c, "dice": d} for c, d in scores.items()]
     (folder / "cv_summary.json").write_text(json.dumps(summary))
@@ -171,3 +179,63 @@ def test_refusals_are_messages_without_traceback(tmp_path: Path) -> None:
     assert code == 0 and {r["run"] for r in csv.DictReader((report / "report.csv").open())} == {"x", "y"}
     with pytest.raises(RunError, match="not distinct"):
         compare_runs([ref, run], tmp_path / "r2", names=["a", "a"])
+
+
+def test_settings_that_differ_get_a_note_and_another_data_set_is_refused(tmp_path: Path) -> None:
+    ref = fake_cv(tmp_path / "ref", reference_scores())
+    same = fake_cv(tmp_path / "same", other_scores())
+    assert compare_runs([ref, same], tmp_path / "r0").notes == []  # the same setup: nothing to say
+    other = fake_cv(tmp_path / "other", other_scores(), settings={
+        "stem_width": 32, "mirror": False, "epochs": 50, "patch": [64, 64, 64], "spacing": [1.0, 1.0, 1.0],
+        "deep_supervision": [1, 2], "data": {"name": "BRATS", "path": "/elsewhere/Task01_BrainTumour"}})
+    result = compare_runs([ref, other], tmp_path / "r1")
+    assert len(result.notes) == 1, result.notes
+    note = result.notes[0]
+    for what in ("stem width 32 vs 68", "test-time mirroring off vs on", "epochs 50 vs 500",
+                 "patch 64x64x64 vs 128x128x128", "spacing 1x1x1 vs 0.7x0.7x0.7", "deep supervision",
+                 "data set folder /elsewhere/Task01_BrainTumour vs /data/Task01_BrainTumour"):
+        assert what in note, (what, note)
+    assert "batch" not in note  # recorded, but not one of the settings compare checks
+    saved = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert saved["notes"] == result.notes and saved["runs"][1]["settings"]["stem_width"] == 32
+    assert f"note: {note}" in (tmp_path / "r1" / "report.md").read_text()
+    # on stderr too
+    code, output = invoke("compare", ref, other, "-o", tmp_path / "r2")
+    assert code == 0 and "note: other differs from ref in" in output
+
+    heart = fake_cv(tmp_path / "heart", other_scores(), settings={"data": {"name": "Heart", "path": "/data/heart"}})
+    with pytest.raises(RunError, match="different data sets.*'Heart'.*'BRATS'"):
+        compare_runs([ref, heart], tmp_path / "r3")
+    assert not (tmp_path / "r3").exists()
+
+
+def test_the_same_folder_twice_and_unrecorded_settings_get_a_note(tmp_path: Path) -> None:
+    ref = fake_cv(tmp_path / "ref", reference_scores())
+    result = compare_runs([ref, tmp_path / "." / "ref"], tmp_path / "r0", names=["a", "b"])
+    assert any("the same folder" in n for n in result.notes), result.notes
+    old = fake_cv(tmp_path / "old", other_scores(), no_settings=True)
+    result = compare_runs([ref, old], tmp_path / "r1")
+    assert any("old: its cv_summary.json records no settings" in n for n in result.notes), result.notes
+
+
+def test_a_folder_that_does_not_exist_is_named_so(tmp_path: Path) -> None:
+    ref = fake_cv(tmp_path / "ref", reference_scores())
+    code, output = invoke("compare", ref, tmp_path / "typo", "-o", tmp_path / "report")
+    assert code == 1 and "no such folder" in output and "not a cross-validation" not in output, output
+
+
+def test_the_box_plot_draws_each_case_once(tmp_path: Path) -> None:
+    from scnas_dsl.train.compare import _box_figure, read_cv
+
+    scores = reference_scores()
+    scores["case_0"]["edema"] = 0.95  # flat cases and one outlier: a box plot's flier
+    for case in CASES[1:]:
+        scores[case]["edema"] = 0.5
+    run = read_cv(fake_cv(tmp_path / "ref", scores), "ref")
+    figure = _box_figure([run, run], "edema")
+    axes = figure.axes[0]
+    drawn = sum(len(c.get_offsets()) for c in axes.collections)
+    # markers without lines, but the means (triangles): the fliers
+    fliers = sum(len(line.get_xdata()) for line in axes.lines
+                 if line.get_linestyle() == "None" and line.get_marker() != "^")
+    assert drawn == 2 * len(CASES) and fliers == 0, (drawn, fliers)

@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from scnas_dsl.data.splits import FoldSplit
-from scnas_dsl.train.cv import CVResult, leakage, search_cases, write_summary
+from scnas_dsl.errors import RunError
+from scnas_dsl.train.cv import (
+    CV_MARKER,
+    CVResult,
+    _prepare_out,
+    cv_settings,
+    leakage,
+    search_cases,
+    write_summary,
+)
 from scnas_dsl.train.metrics import Evaluation
 from scnas_dsl.train.predict import Weights
 
@@ -114,3 +123,60 @@ def test_genotypes_no_search_recorded_get_no_warning(tmp_path: Path) -> None:
     assert search_cases(baseline) is None and leakage(baseline, SPLITS) is None
     in_a_training_run = search_run(tmp_path / "train", kind="train")
     assert leakage(in_a_training_run, SPLITS) is None
+
+
+def test_table_and_markdown_say_which_folds_ran(tmp_path: Path) -> None:
+    one = result()
+    one.folds = {0: one.folds[0]}
+    table = one.table()
+    mean_row = next(line for line in table.splitlines() if line.startswith("mean"))
+    assert "1 of 5 folds: 0" in mean_row, table
+    write_summary(tmp_path, one, "")
+    md = (tmp_path / "cv_summary.md").read_text()
+    assert "every fold" not in md and "retrained on fold 0 (1 of 5 folds)" in md, md
+    three = result()  # folds 0, 1, 2 of 5
+    write_summary(tmp_path, three, "")
+    assert "retrained on folds 0, 1, 2 (3 of 5 folds)" in (tmp_path / "cv_summary.md").read_text()
+    assert "3 of 5 folds: 0, 1, 2" in three.table()
+    three.folds_total = 3
+    write_summary(tmp_path, three, "")
+    assert "retrained on every fold (3 of 3)" in (tmp_path / "cv_summary.md").read_text()
+
+
+def fold_run(folder: Path, *, stem: int = 68, epochs: int = 500, deep: list[int] | None = None) -> Path:
+    """A retraining run folder, as far as cv reads its settings."""
+    (folder / "preprocessing").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({
+        "data": "pre", "epochs": epochs, "stem_width": None, "patch": [32, 32, 32], "spacing": None,
+        "deep_supervision": None, "batch_size": 2, "batches_per_epoch": 5, "augment": True, "seed": 0,
+        "splits_seed": 12345}))
+    (folder / "network.json").write_text(json.dumps({"stem_width": stem, "patch": [32, 32, 32],
+                                                     "deep_supervision": deep or []}))
+    (folder / "preprocessing" / "preprocessed.json").write_text(json.dumps({"spacing": [1.5, 1.0, 1.0]}))
+    return folder
+
+
+def test_the_summary_records_the_settings_that_define_the_cv(tmp_path: Path) -> None:
+    runs = {0: fold_run(tmp_path / "fold_0"), 1: fold_run(tmp_path / "fold_1", stem=32, deep=[1, 2])}
+    settings = cv_settings(runs, data_name="Heart", data_path=tmp_path / "data", mirror=False)
+    assert settings["data"] == {"name": "Heart", "path": str((tmp_path / "data").resolve())}
+    assert settings["mirror"] is False and settings["epochs"] == 500 and settings["patch"] == [32, 32, 32]
+    assert settings["spacing"] == [1.5, 1.0, 1.0]  # the spacing the data was preprocessed at, not the request
+    assert settings["stem_width"] == {"0": 68, "1": 32}  # resolved (network.json); per fold where folds differ
+    assert settings["deep_supervision"] == {"0": [], "1": [1, 2]}
+    assert settings["per_fold"]["1"]["batch_size"] == 2
+    cv = result()
+    cv.settings = settings
+    write_summary(tmp_path, cv, "")
+    assert json.loads((tmp_path / "cv_summary.json").read_text())["settings"] == settings
+
+
+def test_a_folder_holding_only_the_marker_is_reused(tmp_path: Path) -> None:
+    out = tmp_path / "cv"
+    out.mkdir()
+    (out / CV_MARKER).write_text("scnas cv\ngenotype\n")  # what a failed cv left behind
+    _prepare_out(out, "space", resume=False, force=False)
+    assert (out / CV_MARKER).read_text() == "scnas cv\nspace\n"
+    (out / "fold_0").mkdir()
+    with pytest.raises(RunError, match="already exists"):
+        _prepare_out(out, "space", resume=False, force=False)
