@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from scnas_dsl.cli.options import OPS, operations
+from scnas_dsl.cli.options import OPS, signatures
 from scnas_dsl.errors import SpecError, message_for_user
 from scnas_dsl.model.diagnostics import render_all
 
@@ -40,11 +40,11 @@ def check_cmd(files: list[Path] = typer.Argument(..., help=".scn files to check"
 
     for path in files:
         _existing(path)
-    signatures = operations(ops).library.signatures
+    table = signatures(ops)
     failed = False
     for path in files:
         try:
-            loaded = load(path, signatures=signatures)
+            loaded = load(path, signatures=table)
         except SpecError as err:
             failed = True
             typer.echo(message_for_user(err), err=True)
@@ -138,7 +138,7 @@ def draw_cmd(
         raise _usage(f"{output}: the picture must end in .png, .svg or .pdf")
     if output.exists() and not force:
         raise _usage(f"{output} exists already; pass --force to replace it or choose another -o")
-    loaded = load(file, signatures=operations(ops).library.signatures)
+    loaded = load(file, signatures=signatures(ops))
     if genotype is not None or (space is None and loaded.genotypes):
         chosen_space, chosen = loaded.genotype(genotype)
     else:

@@ -8,6 +8,7 @@ import typer
 
 if TYPE_CHECKING:
     from scnas_dsl.ops.plugins import Operations
+    from scnas_dsl.ops.signatures import Signatures
 
 OPS = typer.Option(None, "--ops", metavar="MODULE",
                    help="a Python module (importable name or .py path) that registers operations (repeatable); "
@@ -19,3 +20,10 @@ def operations(ops: list[str] | None) -> Operations:
     from scnas_dsl.ops.plugins import load_operations
 
     return load_operations(tuple(ops or ()))
+
+
+def signatures(ops: list[str] | None) -> Signatures:
+    """The signatures for checking and drawing (imports torch only when operations come from outside)."""
+    from scnas_dsl.ops.plugins import load_signatures
+
+    return load_signatures(tuple(ops or ()))

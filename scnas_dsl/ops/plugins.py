@@ -28,10 +28,13 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scnas_dsl.errors import ScnasError
-from scnas_dsl.ops.library import Library, default_library
+from scnas_dsl.ops.signatures import LIBRARY_SIGNATURES, Signatures
+
+if TYPE_CHECKING:  # the library imports torch: only when operations are built
+    from scnas_dsl.ops.library import Library
 
 GROUP = "scnas.operations"
 RECORD = "operations.json"
@@ -52,8 +55,7 @@ class Operations:
     def record(self) -> dict[str, Any]:
         """What a run folder keeps (``operations.json``)."""
         return {"modules": list(self.modules), "plugins": list(self.plugins),
-                "operations": sorted(set(self.library.signatures.names())
-                                     - set(default_library().signatures.names()))}
+                "operations": sorted(set(self.library.signatures.names()) - set(LIBRARY_SIGNATURES.names()))}
 
 
 def _module_from_file(path: Path) -> ModuleType:
@@ -97,6 +99,8 @@ def import_module(ref: str) -> ModuleType:
 
 def _apply(library: Library, what: Any, origin: str) -> Library:
     """``library`` with the operations of ``what`` (a module, or a register function)."""
+    from scnas_dsl.ops.library import Library
+
     register: Callable[[Library], Library] | None = None
     if isinstance(what, ModuleType):
         register = getattr(what, "register", None)
@@ -123,6 +127,8 @@ def _plugins() -> list[EntryPoint]:
 
 def load_operations(modules: Sequence[str] = (), *, plugins: bool = True) -> Operations:
     """The default library plus the installed plugins (unless ``plugins`` is False) and ``modules``."""
+    from scnas_dsl.ops.library import default_library
+
     library = default_library()
     loaded: list[str] = []
     if plugins:
@@ -139,6 +145,14 @@ def load_operations(modules: Sequence[str] = (), *, plugins: bool = True) -> Ope
         library = _apply(library, import_module(ref), f"--ops {ref}")
         recorded.append(str(Path(ref).resolve()) if ref.endswith(".py") else ref)
     return Operations(library, tuple(recorded), tuple(loaded))
+
+
+def load_signatures(modules: Sequence[str] = ()) -> Signatures:
+    """The operation signatures the checker reads: scnas' own without importing torch when no module is
+    given and no plugin is installed, else those of :func:`load_operations`."""
+    if not modules and not _plugins():
+        return LIBRARY_SIGNATURES
+    return load_operations(modules).library.signatures
 
 
 def _name(ref: str) -> str:
