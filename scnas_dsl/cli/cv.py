@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from scnas_dsl.cli.options import OPS, signatures
 from scnas_dsl.cli.run import (
     DATA,
     DEEP,
@@ -38,12 +39,12 @@ CV_RESUME = typer.Option(False, "--resume", help="continue the cross-validation 
 CV_FORCE = typer.Option(False, "--force", help="redo the folds asked for in --out (only a folder scnas cv made)")
 
 
-def _is_space(spec: Path) -> bool:
+def _is_space(spec: Path, ops: list[str] | None = None) -> bool:
     """True when ``spec`` holds no genotype (then it must hold a space: a search per fold); a file with a
     genotype is the genotype kind, even when it also defines a space."""
     from scnas_dsl.loader import load
 
-    loaded = load(spec)
+    loaded = load(spec, signatures=signatures(ops))
     if loaded.genotypes:
         return False
     loaded.space(None)  # a file with neither (or several spaces) says so here
@@ -68,6 +69,7 @@ def cv_cmd(
     val_every: int | None = typer.Option(None, "--val-every", help="validation every N epochs of each fold's "
                                                                    "retraining (default: 10)"),
     deep_supervision: bool | None = DEEP,
+    ops: list[str] | None = OPS,
     checkpoint: str = typer.Option("last", "--checkpoint",
                                    help="weights scored: last (default, as the paper) or best (chosen on the "
                                         "validation cases scored: optimistic)"),
@@ -92,7 +94,7 @@ def cv_cmd(
                       "--search-patch": search_patch, "--search-stem-width": search_stem,
                       "--search-batches-per-epoch": search_batches, "--sampling": sampling, "--space": space,
                       "--search-config": search_config}
-    is_space = _is_space(spec)
+    is_space = _is_space(spec, ops)
     given = [k for k, v in search_options.items() if v is not None]
     if given and not is_space:
         typer.echo(f"error: {', '.join(given)} set(s) the search, but {spec} holds a genotype, which is retrained "
@@ -101,13 +103,13 @@ def cv_cmd(
     cfg = resolve_config(TrainConfig, config, genotype=str(spec), val_every=val_every,
                          deep_supervision=deep_supervision,
                          **_common(data, None, None, epochs, batch_size, patch, stem_width, device, seed, batches,
-                                   spacing, workers, no_augment, quiet, median))
+                                   spacing, workers, no_augment, quiet, median, ops))
     search = None
     if is_space:
         search = resolve_config(SearchConfig, search_config, spec=str(spec), space=space, sampling=sampling,
                                 **_common(data, None, None, search_epochs, search_batch, search_patch, search_stem,
                                           device, seed, search_batches, spacing, workers, no_augment, quiet,
-                                          median))
+                                          median, ops))
     result = run_cv(cfg, out, folds or None, mirror=mirror, resume=resume, force=force, checkpoint=checkpoint,
                     search=search, echo=lambda line: typer.echo(line, err=True))
     typer.echo("mean Dice (%) per label")

@@ -411,13 +411,13 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
         images = [p for case in split["val"] for p in dataset.case(case).images]
         scored = fold_dir / f"validation{suffix}"
         weights[fold] = predict_run(run_dir, images, scored, mirror=mirror, device=base.device,
-                                    checkpoint=checkpoint, force=True, progress=base.progress).weights
+                                    checkpoint=checkpoint, force=True, progress=base.progress, ops=base.ops).weights
         pairs = {case: (scored / f"{case}.nii.gz", dataset.case(case).label) for case in split["val"]}
         results[fold] = evaluate_pairs(pairs, label_names=labels)  # type: ignore[arg-type]
         results[fold].write(scored)
         pairs_all.update(pairs)  # type: ignore[arg-type]
     if genotypes:
-        _draw_genotypes(out / "genotypes")
+        _draw_genotypes(out / "genotypes", base.ops)
     pooled = evaluate_pairs(pairs_all, label_names=labels)
     result = CVResult(folds=results, pooled=pooled, checkpoint=checkpoint, weights=weights, mode=mode,
                       folds_total=len(splits), leakage=leak, genotypes=genotypes,
@@ -456,15 +456,18 @@ def _search_fold(search: SearchConfig, out: Path, fold: int, split: FoldSplit, *
     return genotype
 
 
-def _draw_genotypes(folder: Path) -> Path:
+def _draw_genotypes(folder: Path, ops: tuple[str, ...] = ()) -> Path:
     """Every ``fold_K.scn`` of ``folder`` drawn side by side (one row per fold) in ``genotypes.png``."""
     from scnas_dsl.graph.draw import draw_genotype_grid
     from scnas_dsl.loader import load
+    from scnas_dsl.ops.plugins import load_signatures
+
+    signatures = load_signatures(ops)
 
     drawn = []
     space = None
     for path in sorted(folder.glob("fold_*.scn"), key=lambda p: int(p.stem.split("_")[1])):
-        space, genotype = load(path).genotype()
+        space, genotype = load(path, signatures=signatures).genotype()
         drawn.append((path.stem.replace("_", " "), genotype))
     assert space is not None
     return draw_genotype_grid(space, drawn, folder / "genotypes.png")

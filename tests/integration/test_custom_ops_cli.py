@@ -95,6 +95,13 @@ def test_search_train_predict_record_and_need_the_module(files: dict[str, Path])
     code, out = cli("compile", run, "--ops", EXAMPLE, "--emit", "torch", "-o", root / "run_net.py", "--patch",
                     "16", "16", "16")
     assert code == 0, out
+    # cross-validation of the genotype (one fold): the module reaches the check, the retraining and predict
+    code, out = cli("cv", files["geno"], "--out", root / "cv", "--fold", "0", "--no-mirror", *tiny[:-1])
+    assert code == 1 and "se_conv" in out
+    code, out = cli("cv", files["geno"], "--out", root / "cv", "--fold", "0", "--no-mirror", *tiny[:-1],
+                    "--ops", EXAMPLE)
+    assert code == 0, out
+    assert json.loads((root / "cv" / "fold_0" / "operations.json").read_text())["modules"] == [str(EXAMPLE)]
 
 
 PLUGIN = '''
