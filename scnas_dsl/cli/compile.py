@@ -45,21 +45,25 @@ def _cost_text(report: Any, in_channels: int, classes: int, stem_width: int) -> 
     from scnas_dsl.nn.cost import format_bytes
 
     patch = "x".join(str(s) for s in report.patch)
+    supernet = report.kind == "supernet"
     lines = [
         f"  compiled for in_channels {in_channels}, classes {classes}, stem width {stem_width}, "
         f"patch {patch}, batch {report.batch_size}",
         f"  parameters: {report.params:,}",
-        f"  per sample forward: {report.macs / 1e9:,.2f} GMACs = {report.flops / 1e9:,.2f} GFLOPs "
-        "(torch flop counter: convolutions, 2 FLOPs per multiply-add)",
+        f"  per sample forward{' (pair step, expected)' if supernet else ''}: {report.macs / 1e9:,.2f} GMACs = "
+        f"{report.flops / 1e9:,.2f} GFLOPs (torch flop counter: convolutions, 2 FLOPs per multiply-add)",
     ]
     for name, step in report.steps.items():
-        what = "training step" if name == "network" else f"{name} step (expected)"
+        what = {"network": "training step", "full": "full step"}.get(name, f"{name} step (expected)")
         lines.append(
             f"  {what}: {step.flops / 1e9:,.2f} GFLOPs/sample, memory {format_bytes(step.memory_bytes)} "
             f"(activations {format_bytes(step.activation_bytes)}, weights {format_bytes(step.weight_bytes)}, "
             f"gradients {format_bytes(step.gradient_bytes)}, Adam {format_bytes(step.optimizer_bytes)})"
         )
-    lines.append("  per cell:")
+    # a supernet's cells are measured on the full pass (every candidate of every edge): say so, so that they
+    # are not read as parts of the pair step's total above
+    lines.append("  per cell (full supernet: every candidate operation runs; parameters of every candidate):"
+                 if supernet else "  per cell:")
     for cell in report.cells:
         lines.append(f"    {cell.index:>2} {cell.instance:<10} params {cell.params:>12,}  "
                      f"{cell.flops / 1e9:>12,.2f} GFLOPs")

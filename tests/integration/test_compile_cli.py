@@ -119,3 +119,15 @@ def test_clear_errors(files: dict[str, Path], tmp_path: Path) -> None:
     code, _, err = run(str(files["space"]), "--emit", "torch", "-o", str(tmp_path / "x.py"))
     assert code == 2 and "needs a genotype" in err
     assert not (tmp_path / "x.py").exists()
+
+
+def test_a_space_labels_its_per_cell_costs_as_the_full_supernets() -> None:
+    # the cells of a space are measured on the full pass, the totals above them are the pair step's: the
+    # report must say which is which
+    spec = Path(__file__).resolve().parents[2] / "specs" / "unet4cell.scn"
+    out = CliRunner().invoke(app, ["compile", str(spec), "--patch", "32", "32", "32"]).output
+    assert "per sample forward (pair step, expected)" in out
+    assert "per cell (full supernet: every candidate operation runs" in out
+    genotype = Path(__file__).resolve().parents[2] / "specs" / "genotypes" / "example.scn"
+    out = CliRunner().invoke(app, ["compile", str(genotype), "--patch", "32", "32", "32"]).output
+    assert "  per cell:" in out and "full supernet" not in out and "pair step" not in out
