@@ -1,0 +1,86 @@
+"""``scnas export SOURCE --format onnx|torch-export -o FILE``: a trained network as a plain model for deployment
+(see ``scnas_dsl.train.export`` and ``docs/deploy.md``).
+
+SOURCE is a ``scnas train`` run folder, or a genotype file with ``--weights STATE.pt --in-channels N --classes K``.
+Exit status: 0 exported and verified, 1 a problem with the input or the export (message, no traceback), 2 a usage
+problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from scnas_dsl.cli.options import OPS
+from scnas_dsl.cli.run import user_errors
+
+USAGE = 2
+
+
+def _usage(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(USAGE)
+
+
+@user_errors
+def export_cmd(
+    source: Path = typer.Argument(..., metavar="RUN|GENOTYPE",  # noqa: B008
+                                  help="a `scnas train` run folder, or a genotype .scn file with --weights"),
+    fmt: str = typer.Option(..., "--format", "-f", help="onnx or torch-export"),
+    output: Path = typer.Option(..., "-o", "--output", help="file to write (.onnx or .pt2)"),  # noqa: B008
+    patch: tuple[int, int, int] = typer.Option(  # noqa: B008
+        None, "--patch", help="input patch D H W (default: the run's training patch); multiples of 2^levels"),
+    dynamic: bool = typer.Option(False, "--dynamic", help="free spatial sizes (multiples of 2^levels)"),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="a run's last (default) or best weights"),
+    weights: Path = typer.Option(None, "--weights", help="state dict for a genotype file"),  # noqa: B008
+    in_channels: int = typer.Option(None, "--in-channels", min=1, help="input channels (genotype file)"),
+    classes: int = typer.Option(None, "--classes", min=1, help="output classes (genotype file)"),
+    stem_width: int = typer.Option(None, "--stem-width", min=1, help="stem width (genotype file; default: spec's)"),
+    genotype_name: str = typer.Option(None, "--genotype", help="which genotype of the file (default: the only one)"),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset"),
+    force: bool = typer.Option(False, "--force", help="overwrite -o"),
+    ops: list[str] = OPS,  # noqa: B008
+) -> None:
+    """Export a trained network to ONNX or torch.export and verify it against PyTorch on a generated volume.
+    The model maps a patch (1, C, D, H, W) to logits (1, K, D, H, W); sliding windows and mirroring stay
+    outside (docs/deploy.md)."""
+    from scnas_dsl.train import export as ex
+
+    if fmt not in ex.FORMATS:
+        raise _usage(f"--format {fmt}: choose onnx or torch-export")
+    if output.exists() and not force:
+        raise _usage(f"{output}: exists already; pass --force to overwrite it, or choose another -o")
+    if source.is_dir():
+        if weights is not None or in_channels is not None or classes is not None or stem_width is not None:
+            raise _usage("--weights, --in-channels, --classes and --stem-width are for a genotype file; a run "
+                         "folder records them")
+        item = ex.from_run(source, checkpoint, tuple(ops or ()))
+    elif source.is_file():
+        if weights is None or in_channels is None or classes is None:
+            raise _usage(f"{source}: a genotype file needs --weights STATE.pt --in-channels N --classes K "
+                         "(or give a `scnas train` run folder)")
+        item = ex.from_genotype(source, weights, in_channels=in_channels, num_classes=classes,
+                                stem_width=stem_width, ops=tuple(ops or ()), name=genotype_name)
+    else:
+        raise _usage(f"{source}: no such run folder or genotype file")
+    chosen = patch if patch is not None else item.patch
+    if chosen is None:
+        raise _usage("--patch D H W is needed for a genotype file (the size the model is checked at, and its "
+                     "fixed input size without --dynamic)")
+    result = ex.export_network(item.network, chosen, fmt, output, dynamic=dynamic, opset=opset, force=force)
+    record = ex.write_record(result, item)
+    size = "x".join(map(str, result.patch))
+    what = f"ONNX opset {opset}" if fmt == "onnx" else "torch.export ExportedProgram"
+    typer.echo(f"exported {item.source} to {output} ({what}; input (1, {item.in_channels}, {size}) -> logits "
+               f"(1, {item.num_classes}, {size}){'; dynamic spatial size, multiples of ' + str(2 ** item.network.plan.levels) if dynamic else ''})")  # noqa: E501
+    for spatial, diff in result.checks:
+        runner = "onnxruntime" if fmt == "onnx" else "torch.export.load"
+        typer.echo(f"  {runner} vs PyTorch at {'x'.join(map(str, spatial))}: max abs difference {diff:.3g} "
+                   f"(tolerance {ex.TOLERANCE:g})")
+    typer.echo(f"  record: {record}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``scnas export`` to ``app``."""
+    app.command("export")(export_cmd)
