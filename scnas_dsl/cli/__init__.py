@@ -36,6 +36,7 @@ def _register() -> None:
     from scnas_dsl.cli import compile as compile_cli; compile_cli.register(app)  # noqa: E702, I001
     from scnas_dsl.cli import sample as sample_cli; sample_cli.register(app)  # noqa: E702, I001
     from scnas_dsl.cli import cv as cv_cli; cv_cli.register(app)  # noqa: E702, I001
+    from scnas_dsl.cli import nnunet as nnunet_cli; nnunet_cli.register(app)  # noqa: E702, I001
     from scnas_dsl.cli import export as export_cli; export_cli.register(app)  # noqa: E702, I001
 
 
