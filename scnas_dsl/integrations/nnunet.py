@@ -18,6 +18,7 @@ from pathlib import Path
 
 from scnas_dsl.errors import CompileError
 from scnas_dsl.nn.network import FixedNetwork
+from scnas_dsl.nn.plan import decoder_levels
 
 NETWORK_CLASS = "scnas_dsl.integrations.nnunet.ScnasNetwork"
 
@@ -54,7 +55,7 @@ def nnunet_strides(levels: Sequence[int], dims: int) -> list[list[int]]:
 class ScnasNetwork(FixedNetwork):
     """The scnas fixed network of ``genotype_file`` for nnU-Net v2: ``input_channels`` and ``num_classes`` are
     nnU-Net's, the rest come from the plan's ``arch_kwargs``. It is always built with deep-supervision heads (the
-    spec's levels, else nnU-Net-like defaults), so a checkpoint trained with them loads into the network nnU-Net
+    spec's levels, else every decoder level, whose coarsest nnU-Net weighs 0), so a checkpoint trained with them loads into the network nnU-Net
     builds for inference with ``deep_supervision=False``; the switch (``deep_supervision`` here, or
     ``network.decoder.deep_supervision`` as nnU-Net's trainer sets it) makes ``forward`` return the list
     ``[logits, coarser levels...]`` (full resolution first) or the logits alone. The state dict is that of
@@ -78,8 +79,11 @@ class ScnasNetwork(FixedNetwork):
         space, genotype = loaded.genotype(genotype_name)
         width, _ = retraining_width(stem_width, space.unet.stem.width,
                                     any(s.name == space.name for s in loaded.document.spaces))
+        # heads on the spec's levels, else on every decoder level: nnU-Net gives its coarsest output weight 0,
+        # so all but the coarsest are supervised, as in nnU-Net's own U-Nets
+        levels = tuple(space.unet.deep_supervision) or tuple(decoder_levels(space))
         super().__init__(space, genotype, in_channels=input_channels, num_classes=num_classes, stem_width=width,
-                         library=extra.library, deep_supervision=True)
+                         library=extra.library, deep_supervision=levels or True)
         self.genotype_file = str(path)
         self.decoder = _DecoderSwitch(self)
         self.deep_supervision = bool(deep_supervision)

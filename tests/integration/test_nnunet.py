@@ -140,3 +140,13 @@ def test_export_errors(tmp_path: Path) -> None:
     assert runner.invoke(app, ["export-nnunet", str(GENOTYPE), "--plans", str(plans), "-o", str(out)]).exit_code == 0
     again = runner.invoke(app, ["export-nnunet", str(GENOTYPE), "--plans", str(plans), "-o", str(out)])
     assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_a_genotype_without_levels_gets_a_head_on_every_decoder_level() -> None:
+    # nnU-Net weighs its coarsest output 0: with heads on every decoder level, all but the coarsest train
+    from scnas_dsl.integrations.nnunet import ScnasNetwork, nnunet_strides, output_levels
+
+    example = Path(__file__).resolve().parents[2] / "specs" / "genotypes" / "example.scn"
+    network = ScnasNetwork(1, 2, str(example), stem_width=4)
+    assert output_levels(network) == (0, 1, 2)
+    assert nnunet_strides(output_levels(network), 3) == [[1] * 3, [2] * 3, [2] * 3, [2] * 3]
