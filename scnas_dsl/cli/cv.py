@@ -9,6 +9,7 @@ import typer
 
 from scnas_dsl.cli.options import OPS, signatures
 from scnas_dsl.cli.run import (
+    AMP,
     DATA,
     DEEP,
     DEVICE,
@@ -70,6 +71,7 @@ def cv_cmd(
                                                                    "retraining (default: 10)"),
     deep_supervision: bool | None = DEEP,
     ops: list[str] | None = OPS,
+    amp: bool | None = AMP,
     checkpoint: str = typer.Option("last", "--checkpoint",
                                    help="weights scored: last (default, as the paper) or best (chosen on the "
                                         "validation cases scored: optimistic)"),
@@ -103,13 +105,13 @@ def cv_cmd(
     cfg = resolve_config(TrainConfig, config, genotype=str(spec), val_every=val_every,
                          deep_supervision=deep_supervision,
                          **_common(data, None, None, epochs, batch_size, patch, stem_width, device, seed, batches,
-                                   spacing, workers, no_augment, quiet, median, ops))
+                                   spacing, workers, no_augment, quiet, median, ops, amp))
     search = None
     if is_space:
         search = resolve_config(SearchConfig, search_config, spec=str(spec), space=space, sampling=sampling,
                                 **_common(data, None, None, search_epochs, search_batch, search_patch, search_stem,
                                           device, seed, search_batches, spacing, workers, no_augment, quiet,
-                                          median, ops))
+                                          median, ops, amp))
     result = run_cv(cfg, out, folds or None, mirror=mirror, resume=resume, force=force, checkpoint=checkpoint,
                     search=search, echo=lambda line: typer.echo(line, err=True))
     typer.echo("mean Dice (%) per label")

@@ -37,6 +37,9 @@ MEDIAN = typer.Option(False, "--median-spacing", help="preprocess at the data se
 WORKERS = typer.Option(None, "--workers", help="data loader processes (default: 0, in the main process)")
 NO_AUG = typer.Option(False, "--no-augment", help="switch data augmentation off")
 QUIET = typer.Option(False, "--quiet", help="no progress bars")
+AMP = typer.Option(None, "--amp/--no-amp",
+                   help="mixed precision on CUDA (default on: bf16 where the GPU computes it natively, else fp16 "
+                        "with a gradient scaler); --no-amp trains in float32. No effect on the CPU")
 DEEP = typer.Option(None, "--deep-supervision/--no-deep-supervision",
                     help="segmentation heads on coarser decoder levels in the loss (default: as the spec says; on "
                          "without levels in the spec: every decoder level but the coarsest, as nnU-Net)")
@@ -74,7 +77,7 @@ def _common(data: str, fold: int | None, out: Path | None, epochs: int | None, b
             patch: tuple[int, int, int] | None, stem_width: int | None, device: str | None,
             seed: int | None, batches: int | None, spacing: tuple[float, float, float] | None,
             workers: int | None, no_augment: bool, quiet: bool, median: bool,
-            ops: list[str] | None = None) -> dict[str, Any]:
+            ops: list[str] | None = None, amp: bool | None = None) -> dict[str, Any]:
     if median and spacing is not None:
         typer.echo("error: --spacing and --median-spacing exclude each other", err=True)
         raise typer.Exit(2)
@@ -82,7 +85,7 @@ def _common(data: str, fold: int | None, out: Path | None, epochs: int | None, b
             "batch_size": batch_size, "patch": patch, "stem_width": stem_width, "device": device, "seed": seed,
             "batches_per_epoch": batches, "spacing": "median" if median else spacing, "workers": workers,
             "augment": False if no_augment else None, "progress": False if quiet else None,
-            "ops": tuple(ops) if ops else None}
+            "ops": tuple(ops) if ops else None, "amp": amp}
 
 
 @user_errors
@@ -104,6 +107,7 @@ def search_cmd(
     config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
     no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN, ops: list[str] | None = OPS,
+    amp: bool | None = AMP,
 ) -> None:
     """Search an architecture: bi-level optimisation with Gumbel-softmax pair sampling (the paper's defaults)."""
     from scnas_dsl.train.config import SearchConfig, resolve_config
@@ -114,7 +118,7 @@ def search_cmd(
                          weight_optimizer={"betas": weight_betas} if weight_betas else None,
                          arch_optimizer={"betas": arch_betas} if arch_betas else None,
                          **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
-                                   spacing, workers, no_augment, quiet, median, ops))
+                                   spacing, workers, no_augment, quiet, median, ops, amp))
     result = run_search(cfg, resume=resume, force=force)
     if result is not None and result.genotype_file.exists() and _main_process():
         typer.echo(f"genotype: {result.genotype_file}")
@@ -140,6 +144,7 @@ def train_cmd(
     config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
     no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN, ops: list[str] | None = OPS,
+    amp: bool | None = AMP,
 ) -> None:
     """Retrain a genotype (or a baseline) from scratch with the paper's optimiser, schedule and stopping rule."""
     from scnas_dsl.train.config import TrainConfig, resolve_config
@@ -148,7 +153,7 @@ def train_cmd(
     cfg = resolve_config(TrainConfig, config, genotype=str(genotype), genotype_name=name, val_every=val_every,
                          mirror_validation=mirror, deep_supervision=deep_supervision,
                          **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
-                                   spacing, workers, no_augment, quiet, median, ops))
+                                   spacing, workers, no_augment, quiet, median, ops, amp))
     result = run_train(cfg, resume=resume, force=force)
     if result is not None and _main_process():
         dice = "n/a (no validation cases)" if result.best_epoch < 0 else (

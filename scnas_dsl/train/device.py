@@ -92,9 +92,20 @@ class Runtime:
             dist.destroy_process_group()
 
 
+def amp_dtype_for(capability: tuple[int, int] | None, amp: bool = True) -> torch.dtype | None:
+    """The autocast dtype of a CUDA device of compute ``capability``: bf16 only where the GPU computes it
+    natively (compute capability 8.0 and later: A100, H100, RTX 30xx and later), fp16 with a gradient scaler
+    otherwise (V100, T4: ``torch.cuda.is_bf16_supported()`` also counts their emulated bf16, which is slow);
+    None without ``amp`` or without a GPU."""
+    if not amp or capability is None:
+        return None
+    return torch.bfloat16 if capability >= (8, 0) else torch.float16
+
+
 def setup_runtime(device: str = "auto", amp: bool = True) -> Runtime:
     """Pick the device (``auto``: CUDA when present), join the ``torchrun`` process group when there is one,
-    and choose mixed precision (bf16 where supported, else fp16; none on the CPU)."""
+    and choose mixed precision (:func:`amp_dtype_for`: bf16 where native, else fp16; none on the CPU or with
+    ``amp=False``)."""
     if device not in ("auto", "cpu", "cuda"):
         raise RunError(f"unknown device '{device}': use auto, cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():
@@ -114,7 +125,7 @@ def setup_runtime(device: str = "auto", amp: bool = True) -> Runtime:
     if use_cuda:
         dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: autotuning pays off
-        amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else None
+        amp_dtype = amp_dtype_for(torch.cuda.get_device_capability(dev), amp)
     else:
         dev, amp_dtype = torch.device("cpu"), None
     return Runtime(device=dev, rank=rank, world_size=world_size, local_rank=local_rank, amp_dtype=amp_dtype,

@@ -71,10 +71,11 @@ def test_the_switch_turns_the_heads_off(data: dict[str, Path]) -> None:
     result = CliRunner().invoke(app, [
         "train", str(BASELINE), "--data", str(data["pre"]), "--out", str(out), "--epochs", "1",
         "--batch-size", "2", "--patch", "16", "16", "16", "--stem-width", "4", "--batches-per-epoch", "1",
-        "--device", "cpu", "--no-augment", "--quiet", "--no-deep-supervision"])
+        "--device", "cpu", "--no-augment", "--quiet", "--no-deep-supervision", "--no-amp"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "network.json").read_text())["deep_supervision"] == []
     assert json.loads((out / "config.json").read_text())["deep_supervision"] is False
+    assert json.loads((out / "config.json").read_text())["amp"] is False  # --no-amp reaches the settings
     assert not any(k.startswith("ds_heads") for k in load_checkpoint(out / "checkpoints" / "last.pt")["model"])
     assert load_trained(out).network.plan.deep_supervision == ()
 
