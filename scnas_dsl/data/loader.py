@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -161,8 +162,16 @@ class PatchLoader:
             return
         # Workers are started per pass, so they see this pass's epoch; batch_size=None since batches are
         # made whole by the dataset.
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.workers, persistent_workers=False)
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.workers, persistent_workers=False,
+                            worker_init_fn=ignore_stop_signals)
         yield from loader
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A loader worker ignores SIGINT and SIGTERM: a signal to the whole process group (Ctrl-C, a batch
+    system's SIGTERM) is answered by the main process, which saves its checkpoint and then ends the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -18,6 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 Blend = Literal["gaussian", "constant"]
+
+
+class InferenceStopped(Exception):  # noqa: N818 (a stop, not an error)
+    """``should_stop`` said yes between two batches of windows: the inference was abandoned."""
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
@@ -62,12 +66,14 @@ def sliding_window_inference(model: nn.Module, image: torch.Tensor, patch_size: 
                              overlap: float = 0.5, blend: Blend = "gaussian", mirror: bool = False,
                              mirror_axes: Sequence[int] | None = None, batch_size: int = 2,
                              device: torch.device | str | None = None,
-                             autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+                             autocast_dtype: torch.dtype | None = None,
+                             should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Class probabilities ``(K, *S)`` float32 on the CPU for one image ``(C, *S)`` (2D or 3D).
 
     ``model`` maps ``(N, C, *patch)`` to ``(N, K, *patch)`` logits and is run in eval mode on ``device``
     (default: where its parameters are). ``mirror`` averages over every flip of ``mirror_axes`` (default all
-    spatial axes: 8 passes in 3D). ``overlap`` in [0, 1).
+    spatial axes: 8 passes in 3D). ``overlap`` in [0, 1). ``should_stop`` is asked before every batch of
+    windows; when it says yes, :class:`InferenceStopped` is raised (a stop signal during validation).
     """
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -97,6 +103,8 @@ def sliding_window_inference(model: nn.Module, image: torch.Tensor, patch_size: 
     flips = _mirror_sets(dims, mirror, mirror_axes)
     try:
         for first in range(0, len(corners), batch_size):
+            if should_stop is not None and should_stop():
+                raise InferenceStopped(f"stopped after {first} of {len(corners)} windows")
             chunk = corners[first:first + batch_size]
             slices = [tuple(slice(c, c + p) for c, p in zip(corner, patch_size, strict=True)) for corner in chunk]
             batch = torch.stack([image[(slice(None), *s)] for s in slices])

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from scnas_dsl.errors import RunError
 from scnas_dsl.train.config import AdamConfig, PlateauConfig
 from scnas_dsl.train.device import Runtime
+from scnas_dsl.train.inference import InferenceStopped
 from scnas_dsl.train.runs import RunFolder, read_jsonl
 from scnas_dsl.train.stopping import RunInterrupted, StopSignal
 
@@ -195,7 +196,8 @@ class EpochLoop:
                 job.begin_epoch(epoch, first)
                 bar = progress_bar(steps, f"{self.kind} epoch {epoch + 1}/{self.epochs}", self.echo)
                 bar.update(first)
-                for step, batch in enumerate(job.batches(epoch, first), start=first):
+                # ``first == steps``: stopped during the epoch's validation, only its end is left to run
+                for step, batch in enumerate(job.batches(epoch, first) if first < steps else (), start=first):
                     losses = job.step(epoch, step, batch)
                     names = list(losses)
                     # one all_reduce for the logged losses and the stop request, so that every rank stops at
@@ -217,7 +219,14 @@ class EpochLoop:
                         raise self._interrupted(stop.requested, f"at epoch {epoch + 1}, step {step + 1}")
                 bar.close()
                 means = {name: total / steps for name, total in state.sums.items()}
-                end = job.end_epoch(epoch, means)
+                try:
+                    end = job.end_epoch(epoch, means)
+                except InferenceStopped:  # a stop signal during validation: every step of the epoch is done
+                    job.save(LoopState(epoch, steps, dict(state.sums)))
+                    if epoch > 0:
+                        self._plot(job, force=True)
+                    raise self._interrupted(stop.requested or "SIGTERM",
+                                            f"during the validation of epoch {epoch + 1}") from None
                 seconds = time.time() - started
                 session_epochs += 1
                 elapsed = elapsed_before + (time.time() - session_start)

@@ -11,7 +11,7 @@ set's channels and classes (the paper's transfer). Several processes: DDP (NCCL 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,14 @@ from scnas_dsl.train.data_context import (
 )
 from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime, training_memory
 from scnas_dsl.train.genotype_files import genotype_text
-from scnas_dsl.train.inference import sliding_window_inference
+from scnas_dsl.train.inference import InferenceStopped, sliding_window_inference
 from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.train.losses import deep_supervision_loss, soft_jaccard_loss
 from scnas_dsl.train.metrics import dice_per_label, nanmean
 from scnas_dsl.train.plots import plot_train
 from scnas_dsl.train.resume import resume_state
 from scnas_dsl.train.runs import RunFolder, environment
+from scnas_dsl.train.stopping import stop_requested
 
 
 @dataclass
@@ -66,15 +67,16 @@ def default_out(cfg: TrainConfig, genotype_name: str) -> Path:
 
 def validation_dice(model: torch.nn.Module, pre: Any, case_ids: list[str], patch: tuple[int, ...],
                     labels: dict[int, str], runtime: Runtime, blend: str = "gaussian",
-                    mirror: bool = False) -> dict[str, Any]:
-    """Mean Dice per label over ``case_ids`` (preprocessed grid) and their mean, ``foreground_mean``."""
+                    mirror: bool = False, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Mean Dice per label over ``case_ids`` (preprocessed grid) and their mean, ``foreground_mean``.
+    ``should_stop`` is asked between batches of windows; :class:`InferenceStopped` when it says yes."""
     per_case: dict[str, dict[int, float]] = {}
     # each rank scores its share of the cases; the scores are gathered so that every rank has them all
     for case in case_ids[runtime.rank::runtime.world_size]:
         image, label = pre.load(case, mmap=False)
         probs = sliding_window_inference(model, torch.from_numpy(np.ascontiguousarray(image)), patch,
                                          blend=blend, mirror=mirror, device=runtime.device,  # type: ignore[arg-type]
-                                         autocast_dtype=runtime.amp_dtype)
+                                         autocast_dtype=runtime.amp_dtype, should_stop=should_stop)
         per_case[case] = dice_per_label(probs.argmax(0).numpy(), np.asarray(label), labels)
     for part in runtime.gather(per_case):
         per_case.update(part)
@@ -216,14 +218,25 @@ class _TrainJob:
     def end_epoch(self, epoch: int, means: dict[str, float]) -> EpochEnd:
         cfg, val_cases = self.cfg, self.data.fold.val
         record: dict[str, Any] = {"lr": lr_of(self.opt)}
+        # put back when a stop abandons the validation: the resumed run steps the scheduler again
+        before, lrs = self.sched.state_dict(), [group["lr"] for group in self.opt.param_groups]
         self.sched.step(means["train_loss"])
         low_lr = lr_of(self.opt) < cfg.min_lr
         last = epoch + 1 == cfg.epochs or low_lr
         summary = f"loss {fmt(means['train_loss'])} | lr {record['lr']:.3g}"
         if val_cases and ((epoch + 1) % cfg.val_every == 0 or last):
             cases = val_cases if last or cfg.val_cases is None else val_cases[:cfg.val_cases]
-            val = validation_dice(self.net, self.data.pre, cases, self.patch, self.data.label_names, self.runtime,
-                                  cfg.blend, cfg.mirror_validation)
+            # a stop signal abandons the validation between batches of windows (a batch system's SIGKILL
+            # follows its SIGTERM within ~30 s); with several ranks every rank must finish to gather the scores
+            should_stop = None if self.runtime.distributed else stop_requested
+            try:
+                val = validation_dice(self.net, self.data.pre, cases, self.patch, self.data.label_names,
+                                      self.runtime, cfg.blend, cfg.mirror_validation, should_stop=should_stop)
+            except InferenceStopped:
+                self.sched.load_state_dict(before)
+                for group, lr in zip(self.opt.param_groups, lrs, strict=True):
+                    group["lr"] = lr
+                raise
             record.update(val_dice=val["foreground_mean"], val_mean_dice=val["mean_dice"])
             summary += f" | validation Dice {fmt(val['foreground_mean'], 3)} ({val['cases']} cases)"
             if val["foreground_mean"] > self.best["dice"]:

@@ -32,8 +32,20 @@ class StopSignal:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: signals stay with the caller
                 pass
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+_ACTIVE: list[StopSignal] = []
+
+
+def stop_requested() -> bool:
+    """Whether a stop was requested of a running :class:`StopSignal` (for long work inside a step or an epoch's
+    end, such as validation, to give up early)."""
+    return any(stop.requested is not None for stop in _ACTIVE)

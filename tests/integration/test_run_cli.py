@@ -14,11 +14,13 @@ import torch
 from typer.testing import CliRunner
 
 from scnas_dsl.cli import app
+from scnas_dsl.data.loader import ignore_stop_signals
 from scnas_dsl.data.preprocess import preprocess_dataset
 from scnas_dsl.data.synth import synthesize
 from scnas_dsl.errors import RunError
 from scnas_dsl.loader import load
 from scnas_dsl.nn import build_supernet
+from scnas_dsl.train import retrain as retrain_module
 from scnas_dsl.train import search as search_module
 from scnas_dsl.train.config import SearchConfig, TrainConfig
 from scnas_dsl.train.demo import small_space
@@ -187,6 +189,52 @@ def test_a_resumed_retraining_ends_like_an_uninterrupted_one(workspace: dict[str
     a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "parts" / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stop_during_validation_is_answered_between_windows_and_resumes(
+        workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
+
+    def config(out: str) -> TrainConfig:
+        return TrainConfig(genotype=str(spec), data=str(workspace["pre"]), out=str(tmp_path / out), epochs=2,
+                           batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=2, device="cpu",
+                           progress=False, val_every=1)
+
+    whole = run_train(config("whole"))
+    real = retrain_module.sliding_window_inference
+    windows_after_signal: list[int] = []
+
+    def terminated(model: torch.nn.Module, *args: object, **kwargs: object) -> torch.Tensor:
+        os.kill(os.getpid(), signal.SIGTERM)  # a batch system stopping the job as validation begins
+        model.register_forward_hook(lambda *_: windows_after_signal.append(1))
+        return real(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(retrain_module, "sliding_window_inference", terminated)
+    with pytest.raises(RunInterrupted, match="during the validation of epoch 1.*--resume"):
+        run_train(config("parts"))
+    assert windows_after_signal == []  # abandoned before the next batch of windows, not after the case
+    state = torch.load(tmp_path / "parts" / "checkpoints" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (0, 2)  # every step of epoch 1 done, its validation not
+    monkeypatch.setattr(retrain_module, "sliding_window_inference", real)
+    parts = run_train(config("parts"), resume=True)
+    assert whole is not None and parts is not None
+    assert (parts.best_dice, parts.best_epoch) == (whole.best_dice, whole.best_epoch)
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "parts" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in history] == [0, 1]
+
+
+def test_loader_workers_ignore_stop_signals() -> None:
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ignore_stop_signals(0)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def test_a_nan_loss_stops_the_run_with_advice(workspace: dict[str, Path], tmp_path: Path,
