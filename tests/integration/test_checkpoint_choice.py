@@ -14,13 +14,12 @@ import torch
 from typer.testing import CliRunner
 
 from scnas_dsl.cli import app
-from scnas_dsl.data.preprocess import preprocess_dataset
-from scnas_dsl.data.synth import synthesize
 from scnas_dsl.train import cv as cv_module
 from scnas_dsl.train.checkpoint import load_checkpoint, save_checkpoint
 from scnas_dsl.train.config import TrainConfig
 from scnas_dsl.train.predict import predict_run
 from scnas_dsl.train.retrain import run_train
+from tests.integration.tiny_data import heart_cases
 
 pytestmark = pytest.mark.xdist_group("run_cli")
 
@@ -55,9 +54,8 @@ def make_last_and_best_differ(run: Path) -> None:
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("checkpoints")
-    raw = synthesize(root / "data", "heart", cases=5, shape=(24, 24, 24), seed=0)
-    pre = preprocess_dataset(raw, out=root / "pre", spacing=None, progress=False)
-    return {"root": root, "raw": raw, "pre": pre.root}
+    raw, pre_root = heart_cases(root)
+    return {"root": root, "raw": raw, "pre": pre_root}
 
 
 @pytest.mark.slow

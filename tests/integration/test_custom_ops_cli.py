@@ -16,9 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from scnas_dsl.cli import app
-from scnas_dsl.data.preprocess import preprocess_dataset
-from scnas_dsl.data.synth import synthesize
 from scnas_dsl.errors import ScnasError, message_for_user
+from tests.integration.tiny_data import heart_cases
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("custom_ops")]
 
@@ -69,8 +68,7 @@ def test_check_compile_draw_need_the_ops_module(files: dict[str, Path]) -> None:
 def test_search_train_predict_record_and_need_the_module(files: dict[str, Path]) -> None:
     torch.set_num_threads(1)
     root = files["root"]
-    raw = synthesize(root / "data", "heart", cases=5, shape=(24, 24, 24), seed=0)
-    pre = preprocess_dataset(raw, out=root / "pre", spacing=None, progress=False).root
+    raw, pre = heart_cases(root)
     tiny = ["--data", pre, "--epochs", "1", "--batch-size", "2", "--patch", "16", "16", "16", "--stem-width", "4",
             "--batches-per-epoch", "1", "--device", "cpu", "--no-augment", "--quiet"]
     code, out = cli("search", files["space"], "--out", root / "search", *tiny, "--ops", EXAMPLE)

@@ -12,12 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 from scnas_dsl.cli import app
-from scnas_dsl.data.preprocess import preprocess_dataset
-from scnas_dsl.data.synth import synthesize
 from scnas_dsl.loader import load
 from scnas_dsl.train import cv as cv_module
 from scnas_dsl.train.demo import small_space
 from scnas_dsl.train.stopping import RunInterrupted
+from tests.integration.tiny_data import heart_cases
 
 BASELINES = Path(__file__).resolve().parents[2] / "specs" / "baselines"
 TRAIN = ["--epochs", "1", "--stem-width", "4", "--patch", "16", "16", "16", "--batch-size", "2",
@@ -31,11 +30,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Five generated heart-like cases (five folds of one validation case), preprocessed, and a tiny space."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cv_space")
-    data = synthesize(root / "data", "heart", cases=5, shape=(24, 24, 24), seed=0)
-    pre = preprocess_dataset(data, out=root / "pre", spacing=None, progress=False)
+    data, pre_root = heart_cases(root)
     spec = root / "tiny.scn"
     spec.write_text(small_space("tiny", levels=1, ops=("conv3", "dil2", "maxpool", "skip", "none"), stem_width=4))
-    return {"root": root, "pre": pre.root, "spec": spec}
+    return {"root": root, "pre": pre_root, "spec": spec}
 
 
 def invoke(*args: object) -> tuple[int, str]:

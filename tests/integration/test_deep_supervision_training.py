@@ -12,14 +12,13 @@ import torch
 from typer.testing import CliRunner
 
 from scnas_dsl.cli import app
-from scnas_dsl.data.preprocess import preprocess_dataset
-from scnas_dsl.data.synth import synthesize
 from scnas_dsl.loader import load
 from scnas_dsl.nn.network import build_network
 from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.config import TrainConfig
 from scnas_dsl.train.predict import load_trained
 from scnas_dsl.train.retrain import run_train
+from tests.integration.tiny_data import heart_cases
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deep_supervision")]
 
@@ -32,9 +31,8 @@ TINY = dict(batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=2,
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ds")
-    raw = synthesize(root / "data", "heart", cases=5, shape=(24, 24, 24), seed=0)
-    pre = preprocess_dataset(raw, out=root / "pre", spacing=None, progress=False)
-    return {"root": root, "raw": raw, "pre": pre.root}
+    raw, pre_root = heart_cases(root)
+    return {"root": root, "raw": raw, "pre": pre_root}
 
 
 def test_heads_train_and_prediction_rebuilds_the_network(data: dict[str, Path]) -> None:

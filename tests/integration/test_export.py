@@ -14,12 +14,11 @@ import torch
 from typer.testing import CliRunner
 
 from scnas_dsl.cli import app
-from scnas_dsl.data.preprocess import preprocess_dataset
-from scnas_dsl.data.synth import synthesize
 from scnas_dsl.train.config import TrainConfig
 from scnas_dsl.train.export import TOLERANCE
 from scnas_dsl.train.predict import load_trained
 from scnas_dsl.train.retrain import run_train
+from tests.integration.tiny_data import heart_cases
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export")]
 
@@ -34,12 +33,11 @@ TINY = dict(batch_size=1, patch=(16, 16, 16), stem_width=4, batches_per_epoch=1,
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("export")
-    raw = synthesize(root / "data", "heart", cases=5, shape=(24, 24, 24), seed=0)
-    pre = preprocess_dataset(raw, out=root / "pre", spacing=None, progress=False)
+    raw, pre_root = heart_cases(root)
     out = {"root": root}
     for name, spec in (("plain", PLAIN), ("ds", BASELINE)):
         out[name] = root / f"run_{name}"
-        run_train(TrainConfig(genotype=str(spec), data=str(pre.root), out=str(out[name]), fold=0, **TINY))
+        run_train(TrainConfig(genotype=str(spec), data=str(pre_root), out=str(out[name]), fold=0, **TINY))
     return out
 
 

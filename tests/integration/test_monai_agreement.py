@@ -34,9 +34,7 @@ from monai.inferers.utils import _get_scan_interval  # noqa: E402
 from monai.metrics import DiceMetric  # noqa: E402
 
 from scnas_dsl.data.pipeline import preprocess_image  # noqa: E402
-from scnas_dsl.data.preprocess import preprocess_dataset  # noqa: E402
 from scnas_dsl.data.restore import restore_segmentation  # noqa: E402
-from scnas_dsl.data.synth import synthesize  # noqa: E402
 from scnas_dsl.loader import load  # noqa: E402
 from scnas_dsl.nn import build_network  # noqa: E402
 from scnas_dsl.train.config import TrainConfig  # noqa: E402
@@ -44,6 +42,7 @@ from scnas_dsl.train.inference import importance_map, sliding_window_inference, 
 from scnas_dsl.train.metrics import dice_per_label, evaluate_folders  # noqa: E402
 from scnas_dsl.train.predict import load_trained, predict_run  # noqa: E402
 from scnas_dsl.train.retrain import run_train  # noqa: E402
+from tests.integration.tiny_data import heart_cases  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -201,9 +200,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     on which the two window placements coincide (one window, or two at 0 and ``size - patch``)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("monai")
-    raw = synthesize(root / "data", "heart", cases=5, shape=(24, 24, 24), seed=0)
-    pre = preprocess_dataset(raw, out=root / "pre", spacing=(2.0, 2.0, 2.0), progress=False)
-    cfg = TrainConfig(genotype=str(BASELINE), data=str(pre.root), out=str(root / "run"), epochs=1, val_every=1,
+    raw, pre_root = heart_cases(root, (2.0, 2.0, 2.0))
+    cfg = TrainConfig(genotype=str(BASELINE), data=str(pre_root), out=str(root / "run"), epochs=1, val_every=1,
                       batch_size=2, patch=PATCH, stem_width=4, batches_per_epoch=2, device="cpu",
                       progress=False, augment=False)
     assert run_train(cfg) is not None

@@ -14,16 +14,15 @@ from typer.testing import CliRunner
 
 from scnas_dsl.cli import app
 from scnas_dsl.data.preprocess import (
-    preprocess_dataset,
     preprocess_image,
     restore_probabilities,
     restore_segmentation,
 )
-from scnas_dsl.data.synth import synthesize
 from scnas_dsl.train.config import TrainConfig
 from scnas_dsl.train.inference import sliding_window_inference
 from scnas_dsl.train.predict import load_trained, predict_run
 from scnas_dsl.train.retrain import run_train
+from tests.integration.tiny_data import heart_cases
 
 BASELINE = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
 FLIPS = [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
@@ -42,9 +41,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     prediction is resampled on its way back)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("predict_defaults")
-    raw = synthesize(root / "data", "heart", cases=5, shape=(24, 24, 24), seed=0)
-    pre = preprocess_dataset(raw, out=root / "pre", spacing=(1.0, 1.1, 1.6), progress=False)
-    cfg = TrainConfig(genotype=str(BASELINE), data=str(pre.root), out=str(root / "run"), epochs=1, val_every=1,
+    raw, pre_root = heart_cases(root, (1.0, 1.1, 1.6))
+    cfg = TrainConfig(genotype=str(BASELINE), data=str(pre_root), out=str(root / "run"), epochs=1, val_every=1,
                       batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=1, device="cpu",
                       progress=False, augment=False)
     assert cfg.mirror_validation  # validation during training mirrors by default

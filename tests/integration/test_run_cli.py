@@ -173,13 +173,17 @@ def test_resume_after_a_signal_ends_like_an_uninterrupted_search(workspace: dict
     assert [json.loads(line)["epoch"] for line in history] == [0, 1]
 
 
-def test_a_resumed_retraining_ends_like_an_uninterrupted_one(workspace: dict[str, Path], tmp_path: Path) -> None:
+def two_epoch_baseline(workspace: dict[str, Path], out: Path) -> TrainConfig:
+    """Two tiny epochs of the 3D U-Net baseline, validated after each (the resume tests' run)."""
     spec = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
+    return TrainConfig(genotype=str(spec), data=str(workspace["pre"]), out=str(out), epochs=2, batch_size=2,
+                       patch=(16, 16, 16), stem_width=4, batches_per_epoch=2, device="cpu", progress=False,
+                       val_every=1)
 
+
+def test_a_resumed_retraining_ends_like_an_uninterrupted_one(workspace: dict[str, Path], tmp_path: Path) -> None:
     def config(out: str) -> TrainConfig:
-        return TrainConfig(genotype=str(spec), data=str(workspace["pre"]), out=str(tmp_path / out), epochs=2,
-                           batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=2, device="cpu",
-                           progress=False, val_every=1)
+        return two_epoch_baseline(workspace, tmp_path / out)
 
     whole = run_train(config("whole"))
     assert run_train(config("parts"), stop_after_epochs=1) is None
@@ -193,12 +197,8 @@ def test_a_resumed_retraining_ends_like_an_uninterrupted_one(workspace: dict[str
 
 def test_a_stop_during_validation_is_answered_between_windows_and_resumes(
         workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
-
     def config(out: str) -> TrainConfig:
-        return TrainConfig(genotype=str(spec), data=str(workspace["pre"]), out=str(tmp_path / out), epochs=2,
-                           batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=2, device="cpu",
-                           progress=False, val_every=1)
+        return two_epoch_baseline(workspace, tmp_path / out)
 
     whole = run_train(config("whole"))
     real = retrain_module.sliding_window_inference
