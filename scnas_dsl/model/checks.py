@@ -25,7 +25,7 @@ from scnas_dsl.model import (
     Topology,
 )
 from scnas_dsl.model.diagnostics import Diagnostic, Severity, at, did_you_mean
-from scnas_dsl.model.structure import cell_type_of, dead_in_cell, live_edges
+from scnas_dsl.model.structure import cell_type_of, dead_in_cell, decoder_levels, live_edges
 from scnas_dsl.ops.signatures import LIBRARY_SIGNATURES, Signatures
 from scnas_dsl.source import split_lines
 
@@ -287,14 +287,9 @@ def _check_unet(space: SearchSpace, signatures: Signatures, report: _Report) -> 
     names = [c.name for c in space.cells]
     used: set[str] = set()
     counts = {"reduction": 0, "expansion": 0}
-    level, decoder_levels = 0, set()
     for section, ref in unet.sequence():
         used.add(ref.name)
         spec = space.cell(ref.name)
-        if spec is not None:
-            level += {"reduction": 1, "expansion": -1}.get(spec.role, 0)
-            if section == "decoder":
-                decoder_levels.add(level)
         if spec is None:
             report.add(ref.span, f"unknown cell '{ref.name}' in the {section}",
                        did_you_mean(ref.name, names, "cells of this space"))
@@ -317,17 +312,17 @@ def _check_unet(space: SearchSpace, signatures: Signatures, report: _Report) -> 
                    f"expansion cell{'s' if counts['expansion'] != 1 else ''}",
                    "each reduction goes one level down and each expansion one level up: "
                    "use as many of each, so that the output has the input's size")
-    _check_deep_supervision(unet, decoder_levels, report)
+    _check_deep_supervision(unet, decoder_levels(space), report)
     for cell in space.cells:
         if cell.name not in used:
             report.add(cell.field_span("name"), f"cell '{cell.name}' is defined but not used in the unet",
                        "add it to the encoder, bridge or decoder, or remove it", severity="warning")
 
 
-def _check_deep_supervision(unet: Topology, decoder_levels: set[int], report: _Report) -> None:
-    """Each level of ``deep_supervision`` once, above 0 (the main head's) and reached by a decoder cell."""
+def _check_deep_supervision(unet: Topology, valid: list[int], report: _Report) -> None:
+    """Each level of ``deep_supervision`` once, above 0 (the main head's) and one of ``valid``, the levels
+    above 0 a decoder cell outputs at."""
     span = unet.field_span("deep_supervision")
-    valid = sorted(lv for lv in decoder_levels if lv > 0)
     seen: set[int] = set()
     for lv in unet.deep_supervision:
         if lv in seen:
@@ -335,7 +330,7 @@ def _check_deep_supervision(unet: Topology, decoder_levels: set[int], report: _R
         elif lv == 0:
             report.add(span, "deep_supervision level 0 is the main head, which is always there",
                        f"name the coarser decoder levels that get a head of their own: {_levels_hint(valid)}")
-        elif lv not in decoder_levels:
+        elif lv not in valid:
             report.add(span, f"deep_supervision level {lv}: no decoder cell outputs at that level",
                        f"decoder levels with a head of their own: {_levels_hint(valid)}")
         seen.add(lv)

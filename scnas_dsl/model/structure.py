@@ -52,3 +52,15 @@ def dead_in_cell(spec: CellSpec, edges: list[tuple[str, str]]) -> list[str]:
         fed |= nx.descendants(graph, name)
     reaches = nx.ancestors(graph, OUTPUT)
     return [n for n in spec.node_names() if n not in fed or n not in reaches]
+
+
+def decoder_levels(space: SearchSpace) -> list[int]:
+    """Levels above 0 at which a decoder cell outputs, finest first (where deep-supervision heads can sit);
+    cells the space does not define are skipped (the checker reports them)."""
+    level, levels = 0, set()
+    for section, ref in space.unet.sequence():
+        spec = space.cell(ref.name)
+        level += {"reduction": 1, "expansion": -1}.get(spec.role if spec else "", 0)
+        if section == "decoder" and level > 0:
+            levels.add(level)
+    return sorted(levels)

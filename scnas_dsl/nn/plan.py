@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from scnas_dsl.errors import CompileError
 from scnas_dsl.model import CellSpec, Genotype, SearchSpace
+from scnas_dsl.model.structure import decoder_levels
 
 STEM = -1
 """Source index of the stem in ``InputPlan.source``."""
@@ -184,17 +185,6 @@ def node_width(level_width: int, count: int, mode: str) -> int:
     concatenates ``count`` nodes (1 for sum and single-node outputs): ``ceil(level_width / count)`` with
     ``split``, ``level_width`` with ``full``."""
     return -(-level_width // count) if mode == "split" else level_width
-
-
-def decoder_levels(space: SearchSpace) -> list[int]:
-    """Levels above 0 at which a decoder cell outputs, finest first (where deep-supervision heads can sit)."""
-    level, levels = 0, set()
-    for section, ref in space.unet.sequence():
-        spec = space.cell(ref.name)
-        level += {"reduction": 1, "expansion": -1}.get(spec.role if spec else "", 0)
-        if section == "decoder" and level > 0:
-            levels.add(level)
-    return sorted(levels)
 
 
 def default_deep_supervision(space: SearchSpace) -> tuple[int, ...]:
