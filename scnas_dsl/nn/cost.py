@@ -57,10 +57,18 @@ class StepCost:
     weight_bytes: int
     gradient_bytes: int
     optimizer_bytes: int
+    #: activations kept with per-cell checkpointing (``checkpoint_cells``): what is saved outside the cells,
+    #: the cells' inputs and outputs, and the activations of the largest cell (recomputed in its backward)
+    checkpointed_activation_bytes: int = 0
 
     @property
     def memory_bytes(self) -> int:
         return self.activation_bytes + self.weight_bytes + self.gradient_bytes + self.optimizer_bytes
+
+    @property
+    def checkpointed_memory_bytes(self) -> int:
+        """``memory_bytes`` with per-cell activation checkpointing."""
+        return self.memory_bytes - self.activation_bytes + self.checkpointed_activation_bytes
 
 
 @dataclass
@@ -84,37 +92,90 @@ class CostReport:
         out["patch"] = list(self.patch)
         for name, step in self.steps.items():
             out["steps"][name]["memory_bytes"] = step.memory_bytes
+            out["steps"][name]["checkpointed_memory_bytes"] = step.checkpointed_memory_bytes
         return out
 
 
-def _measure(model: UNetBase, x: torch.Tensor, count_flops: bool = True) -> tuple[int, dict[str, int], int]:
-    """(total FLOPs, FLOPs per module name, bytes saved for backward) of one forward on the meta device.
-    Without ``count_flops`` only the saved bytes are measured (much faster: no module tracking)."""
+@dataclass
+class _Measured:
+    flops: int
+    by_module: dict[str, int]
+    activation: int  # bytes kept for backward, with the logits and their gradient
+    checkpointed: int  # the same with per-cell checkpointing
+
+
+def _measure(model: UNetBase, x: torch.Tensor, count_flops: bool = True) -> _Measured:
+    """FLOPs (total and per module name) and the bytes saved for backward, without and with per-cell
+    checkpointing, of one forward on the meta device. Without ``count_flops`` only the saved bytes are
+    measured (much faster: no module tracking)."""
     params = {p.untyped_storage()._cdata for p in model.parameters()}
-    saved: dict[int, int] = {}
+    saved: dict[int, tuple[int, int | None]] = {}  # storage -> (bytes, the cell saving it first or None)
+    boundary: dict[int, int] = {}  # storages of the cells' inputs and outputs (kept with checkpointing)
     keep: list[torch.Tensor] = []
+    current: list[int | None] = [None]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage._cdata not in params:
-            saved[storage._cdata] = storage.nbytes()
+        if storage._cdata not in params and storage._cdata not in saved:
+            saved[storage._cdata] = (storage.nbytes(), current[0])
             keep.append(t)  # keeps the storage alive, so its id cannot be reused by another tensor
         return t
 
+    def enter(index: int) -> Any:
+        def hook(_module: Any, inputs: Any) -> None:
+            current[0] = index
+            for t in _tensors(inputs):
+                boundary[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+                keep.append(t)
+        return hook
+
+    def leave(_module: Any, _inputs: Any, output: Any) -> None:
+        current[0] = None
+        for t in _tensors(output):
+            boundary[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+            keep.append(t)
+
+    handles = [h for i, cell in enumerate(model.cells)
+               for h in (cell.register_forward_pre_hook(enter(i)), cell.register_forward_hook(leave))]
     counter: Any = contextlib.nullcontext()
     if count_flops:  # depth=None: FLOPs of every module, not only the top few levels
         counter = FlopCounterMode(display=False, depth=None)  # type: ignore[arg-type]
-    with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)
+    try:
+        with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
     # the logits (of every deep-supervision head too) and their gradients live through the loss computation
     outputs = out if isinstance(out, list) else [out]
-    activation = sum(saved.values()) + sum(2 * y.numel() * y.element_size() for y in outputs)
+    logits = sum(2 * y.numel() * y.element_size() for y in outputs)
+    activation = sum(n for n, _ in saved.values()) + logits
+    # checkpointed: what is saved outside the cells, the cells' inputs and outputs, and one cell's own
+    # activations at a time (its recomputation in the backward)
+    outside = {k: n for k, (n, cell) in saved.items() if cell is None} | boundary
+    per_cell: dict[int, int] = {}
+    for k, (n, cell) in saved.items():
+        if cell is not None and k not in outside:
+            per_cell[cell] = per_cell.get(cell, 0) + n
+    checkpointed = sum(outside.values()) + max(per_cell.values(), default=0) + logits
     if not isinstance(counter, FlopCounterMode):
-        return 0, {}, activation
+        return _Measured(0, {}, activation, checkpointed)
     root = type(model).__name__
     per_module = {k[len(root) + 1:]: v for k, v in counter.get_flop_counts().items() if k.startswith(root + ".")}
     totals = {k: sum(v.values()) for k, v in per_module.items()}
-    return counter.get_total_flops(), totals, activation
+    return _Measured(counter.get_total_flops(), totals, activation, checkpointed)
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in a cell's arguments or output (lists and tuples one level deep)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out: list[torch.Tensor] = []
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            out.append(item)
+        elif isinstance(item, (list, tuple)):
+            out += [t for t in item if isinstance(t, torch.Tensor)]
+    return out
 
 
 def _sampled_flops(net: Supernet, by_module: dict[str, int], total_full: int) -> int:
@@ -139,10 +200,10 @@ def _cells(model: UNetBase, flops_by_module: dict[str, int], batch: int) -> list
     return out
 
 
-def _step(flops: int, activation: int, weights: int, batch: int) -> StepCost:
+def _step(flops: int, activation: int, weights: int, batch: int, checkpointed: int) -> StepCost:
     per_sample = flops // batch
     return StepCost(per_sample // 2, per_sample, activation, weights * FLOAT_BYTES, weights * FLOAT_BYTES,
-                    2 * weights * FLOAT_BYTES)
+                    2 * weights * FLOAT_BYTES, checkpointed)
 
 
 def estimate(target: SearchSpace | Supernet | FixedNetwork, *, patch: Sequence[int], batch_size: int = 1,
@@ -160,6 +221,7 @@ def estimate(target: SearchSpace | Supernet | FixedNetwork, *, patch: Sequence[i
         raise CompileError(f"batch size {batch_size}: must be at least 1")
     supernet_state: dict[str, torch.Tensor] | None = None
     temperature: float | None = None
+    threshold: float | None = None
     if isinstance(target, (Supernet, FixedNetwork)):
         space = target.plan.space
         in_channels = in_channels or target.in_channels
@@ -172,6 +234,7 @@ def estimate(target: SearchSpace | Supernet | FixedNetwork, *, patch: Sequence[i
         else:
             supernet_state = {k: a.detach().cpu() for k, a in target.arch.items()}
             temperature = target.temperature
+            threshold = target.dominant_threshold
     else:
         space = target
     if in_channels is None or num_classes is None:
@@ -193,10 +256,10 @@ def estimate(target: SearchSpace | Supernet | FixedNetwork, *, patch: Sequence[i
 
     if genotype is not None:
         params = sum(p.numel() for p in net.parameters())
-        flops, by_module, activation = _measure(net, x)
-        step = _step(flops, activation, params, batch_size)
+        m = _measure(net, x)
+        step = _step(m.flops, m.activation, params, batch_size, m.checkpointed)
         return CostReport("network", tuple(patch), batch_size, params, step.macs, step.flops, step.memory_bytes,
-                          _cells(net, by_module, batch_size), {"network": step})
+                          _cells(net, m.by_module, batch_size), {"network": step})
 
     assert isinstance(net, Supernet)
     # the sampler needs real logits (it reads them to draw); they are tiny, so they live on the CPU
@@ -204,19 +267,22 @@ def estimate(target: SearchSpace | Supernet | FixedNetwork, *, patch: Sequence[i
     net.arch = torch.nn.ParameterDict({k: torch.nn.Parameter(v.clone()) for k, v in state.items()})
     if temperature is not None:
         net.temperature = temperature
+    if threshold is not None:
+        net.dominant_threshold = threshold
     weights = sum(p.numel() for p in net.weight_parameters())
     steps: dict[str, StepCost] = {}
-    flops, by_module, activation = _measure(net, x)
-    steps["full"] = _step(flops, activation, weights, batch_size)
-    cells = _cells(net, by_module, batch_size)
+    full = _measure(net, x)
+    steps["full"] = _step(full.flops, full.activation, weights, batch_size, full.checkpointed)
+    cells = _cells(net, full.by_module, batch_size)
     for mode in ("pair", "single"):
         net.sampling = mode
         net.generator.manual_seed(seed)
-        total_flops, total_act = 0, 0
+        total_flops, total_act, total_ckpt = 0, 0, 0
         for _ in range(draws):
-            _, _, a = _measure(net, x, count_flops=False)
-            total_flops, total_act = total_flops + _sampled_flops(net, by_module, flops), total_act + a
-        steps[mode] = _step(total_flops // draws, total_act // draws, weights, batch_size)
+            m = _measure(net, x, count_flops=False)
+            total_flops += _sampled_flops(net, full.by_module, full.flops)
+            total_act, total_ckpt = total_act + m.activation, total_ckpt + m.checkpointed
+        steps[mode] = _step(total_flops // draws, total_act // draws, weights, batch_size, total_ckpt // draws)
     pair = steps["pair"]
     arch = sum(p.numel() for p in net.arch_parameters())
     return CostReport("supernet", tuple(patch), batch_size, weights, pair.macs, pair.flops, pair.memory_bytes,

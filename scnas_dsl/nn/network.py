@@ -38,6 +38,12 @@ class UNetBase(nn.Module):
     stem: nn.Module
     head: nn.Module
     cells: nn.ModuleList
+    #: compute each cell state's LeakyReLU once for all the operations that start with it (same outputs
+    #: and gradients, less memory kept); off: every operation activates its own input (as before)
+    share_activations: bool = True
+    #: activation checkpointing per cell while autograd is on: keep only the cells' inputs and outputs and
+    #: recompute a cell's activations in its backward (less memory, about one more forward pass of time)
+    checkpoint_cells: bool = False
 
     def check_input(self, x: torch.Tensor) -> None:
         """Cheap shape check at the start of forward (Python ints only, no computation)."""
@@ -90,9 +96,10 @@ class FixedNetwork(UNetBase):
         """``(B, in_channels, *S) -> (B, num_classes, *S)`` logits (a list with the deep-supervision outputs
         when ``deep_supervision`` is on and the network has heads)."""
         self.check_input(x)
-        if self.deep_supervision and len(self.ds_heads):
-            return run_unet(self.stem, self.cells, self.head, self.plan, x, None, self.ds_heads)
-        return run_unet(self.stem, self.cells, self.head, self.plan, x, None)[0]
+        heads = self.ds_heads if self.deep_supervision and len(self.ds_heads) else None
+        outs = run_unet(self.stem, self.cells, self.head, self.plan, x, None, heads,
+                        share_activations=self.share_activations, checkpoint_cells=self.checkpoint_cells)
+        return outs if heads is not None else outs[0]
 
 
 def build_network(space: SearchSpace, genotype: Genotype, *, in_channels: int, num_classes: int,

@@ -29,11 +29,14 @@ class EdgeSample:
     and is used as is (argmax / a fixed genotype).
     ``complementary``: the two weights of every row sum to one as functions of alpha (a renormalised pair),
     so an edge may compute ``w1 * a + w2 * b`` as ``b + w1 * (a - b)`` with the same gradients.
+    ``values``: the weights' values as a detached ``(E, k)`` float64 tensor on the CPU (pair sampling), so
+    that a cell can decide per edge without reading from the device (the dominant-operation rule).
     """
 
     indices: torch.Tensor
     weights: torch.Tensor | None
     complementary: bool = False
+    values: torch.Tensor | None = None
 
 
 def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -70,11 +73,14 @@ def sample_pair(alpha: torch.Tensor, temperature: float, generator: torch.Genera
     z_bar = gumbel_softmax(alpha, temperature, generator)
     if alpha.shape[-1] == 1:
         return EdgeSample(torch.zeros(alpha.shape[0], 1, dtype=torch.long), z_bar / z_bar.detach())
-    q = pair_probabilities(z_bar.detach().double().cpu())
+    z_cpu = z_bar.detach().double().cpu()
+    q = pair_probabilities(z_cpu)
     pick = torch.multinomial(q, 1, generator=generator).squeeze(1)
     indices = pair_table(alpha.shape[-1])[pick]
     chosen = z_bar.gather(1, indices.to(alpha.device))
-    return EdgeSample(indices, chosen / chosen.sum(dim=1, keepdim=True), complementary=True)
+    values = z_cpu.gather(1, indices)
+    return EdgeSample(indices, chosen / chosen.sum(dim=1, keepdim=True), complementary=True,
+                      values=values / values.sum(dim=1, keepdim=True))
 
 
 def sample_single(alpha: torch.Tensor, temperature: float, generator: torch.Generator) -> EdgeSample:

@@ -20,7 +20,7 @@ from torch import nn
 
 from scnas_dsl.errors import CompileError
 from scnas_dsl.model import Genotype, SearchSpace
-from scnas_dsl.nn.cells import Cell, MixedEdge, run_unet
+from scnas_dsl.nn.cells import DOMINANT_THRESHOLD, Cell, MixedEdge, run_unet
 from scnas_dsl.nn.derive import derive_genotype
 from scnas_dsl.nn.network import UNetBase, build_blocks
 from scnas_dsl.nn.plan import build_plan, zero_op_names
@@ -71,6 +71,9 @@ class Supernet(UNetBase):
         self.generator = torch.Generator().manual_seed(seed)
         self._counts = {key: torch.zeros(p.shape, dtype=torch.long) for key, p in self.arch.items()}
         self.last_samples: Samples | None = None
+        #: pair sampling: a pair whose smaller renormalised weight is below this runs only its dominant
+        #: operation, with weight one (0 switches it off; docs/compiler.md says what it does to gradients)
+        self.dominant_threshold: float = DOMINANT_THRESHOLD
 
     # parameters -------------------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -88,13 +91,15 @@ class Supernet(UNetBase):
         self.temperature = self.schedule.at(fraction)
 
     # sampling ---------------------------------------------------------------------------------------
-    def draw_samples(self, generator: torch.Generator | None = None) -> Samples:
+    def draw_samples(self, generator: torch.Generator | None = None, *, arch_grad: bool = True) -> Samples:
         """One sample per structure key by the supernet's strategy. Without ``generator``: from the
         supernet's own generator (advanced), counted in the sample counts. With one (e.g. to measure the
-        supernet without disturbing the search's random stream): from it, not counted."""
+        supernet without disturbing the search's random stream): from it, not counted. ``arch_grad=False``:
+        the weights are drawn from the detached logits (the same draws, no graph to alpha)."""
         out: Samples = {}
         for key, alpha in self.arch.items():
-            sample = draw(self.sampling, alpha, self.temperature, generator or self.generator)
+            logits = alpha if arch_grad else alpha.detach()
+            sample = draw(self.sampling, logits, self.temperature, generator or self.generator)
             if generator is None:
                 self._counts[key].scatter_add_(1, sample.indices, torch.ones_like(sample.indices))
             out[key] = (self.op_names[key], sample)
@@ -143,14 +148,21 @@ class Supernet(UNetBase):
             out[key] = (names, EdgeSample(torch.tensor(rows, dtype=torch.long), None))
         return out
 
-    def forward(self, x: torch.Tensor, samples: Samples | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, samples: Samples | None = None, *, arch_grad: bool = True
+                ) -> torch.Tensor:
         """``(B, in_channels, *S) -> (B, num_classes, *S)`` logits. Without ``samples``: a fresh draw in
-        training mode, the argmax architecture in evaluation mode."""
+        training mode, the argmax architecture in evaluation mode. ``arch_grad=False`` (the search's weight
+        step): the draw's weights are detached from alpha, so autograd keeps nothing that only alpha's
+        gradient needs (the same draws, the same weight gradients)."""
         self.check_input(x)
+        # the dominant-operation rule applies to the search's own draws; given samples run exactly
+        threshold = self.dominant_threshold if samples is None and self.training else 0.0
         if samples is None:
-            samples = self.draw_samples() if self.training else self.argmax_samples()
+            samples = self.draw_samples(arch_grad=arch_grad) if self.training else self.argmax_samples()
         self.last_samples = samples
-        return run_unet(self.stem, self.cells, self.head, self.plan, x, samples)[0]
+        return run_unet(self.stem, self.cells, self.head, self.plan, x, samples,
+                        share_activations=self.share_activations, dominant_threshold=threshold,
+                        checkpoint_cells=self.checkpoint_cells)[0]
 
     # reading the architecture -----------------------------------------------------------------------
     def _nest(self, values: dict[str, torch.Tensor]) -> dict[str, dict[str, dict[str, Any]]]:

@@ -55,18 +55,26 @@ class Projection(nn.Module):
     channels. Used for cell inputs, decoder skip sums, identity on resizing edges and pooling with a width
     change. ``(B, c_in, *S) -> (B, c_out, *ceil(S / stride))``."""
 
+    #: starts with LeakyReLU of its input: ``forward(h, activated=True)`` takes the input already activated
+    #: (a cell computes it once per state for every operation that starts so, instead of one copy each)
+    activates_input = True
+
     def __init__(self, c_in: int, c_out: int, stride: int = 1, dims: int = 3) -> None:
         super().__init__()
         self.conv = _conv(dims)(c_in, c_out, 1, stride=stride, bias=False)
         self.norm = _norm(dims, c_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(F.leaky_relu(x, LEAKY_SLOPE)))
+    def forward(self, x: torch.Tensor, activated: bool = False) -> torch.Tensor:
+        """``activated``: ``x`` is already ``leaky_relu(input, LEAKY_SLOPE)`` (see ``activates_input``)."""
+        h = x if activated else F.leaky_relu(x, LEAKY_SLOPE)
+        return self.norm(self.conv(h))
 
 
 class ConvOp(nn.Module):
     """``conv`` / ``dil_conv``: LeakyReLU -> convolution (any odd kernel, dilation, stride) -> instance
     norm. ``(B, c_in, *S) -> (B, c_out, *ceil(S / stride))``."""
+
+    activates_input = True  # see Projection
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, dims: int = 3, kernel: Any = 3,
                  dilation: Any = 1) -> None:
@@ -76,13 +84,17 @@ class ConvOp(nn.Module):
                                 bias=False)
         self.norm = _norm(dims, c_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(F.leaky_relu(x, LEAKY_SLOPE)))
+    def forward(self, x: torch.Tensor, activated: bool = False) -> torch.Tensor:
+        """``activated``: ``x`` is already ``leaky_relu(input, LEAKY_SLOPE)`` (see ``activates_input``)."""
+        h = x if activated else F.leaky_relu(x, LEAKY_SLOPE)
+        return self.norm(self.conv(h))
 
 
 class SepConvOp(nn.Module):
     """``sep_conv``: LeakyReLU -> depthwise convolution (dilated, strided) -> pointwise 1x1 convolution ->
     instance norm. ``(B, c_in, *S) -> (B, c_out, *ceil(S / stride))``."""
+
+    activates_input = True  # see Projection
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, dims: int = 3, kernel: Any = 3,
                  dilation: Any = 1) -> None:
@@ -94,8 +106,10 @@ class SepConvOp(nn.Module):
         self.pointwise = conv(c_in, c_out, 1, bias=False)
         self.norm = _norm(dims, c_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.pointwise(self.depthwise(F.leaky_relu(x, LEAKY_SLOPE))))
+    def forward(self, x: torch.Tensor, activated: bool = False) -> torch.Tensor:
+        """``activated``: ``x`` is already ``leaky_relu(input, LEAKY_SLOPE)`` (see ``activates_input``)."""
+        h = x if activated else F.leaky_relu(x, LEAKY_SLOPE)
+        return self.norm(self.pointwise(self.depthwise(h)))
 
 
 class PoolOp(nn.Module):
@@ -141,9 +155,12 @@ class IdentityOp(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int = 1, dims: int = 3) -> None:
         super().__init__()
         self.project = Projection(c_in, c_out, stride, dims) if (stride != 1 or c_in != c_out) else None
+        # only the projection starts with LeakyReLU (see Projection); the plain identity does not
+        self.activates_input = self.project is not None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.project is None else self.project(x)
+    def forward(self, x: torch.Tensor, activated: bool = False) -> torch.Tensor:
+        """``activated`` (only with a projection, see ``activates_input``): ``x`` is already activated."""
+        return x if self.project is None else self.project(x, activated)
 
 
 class ZeroOp(nn.Module):

@@ -122,6 +122,10 @@ class SearchConfig(CommonConfig):
     #: batches of the architecture part (the same every epoch, not augmented) on which the argmax architecture
     #: and the sampled supernet are compared after each epoch (the discretisation gap); 0 switches it off
     gap_batches: int = Field(default=4, ge=0)
+    #: activation checkpointing per cell (``--checkpoint-cells``): keeps only the cells' inputs and outputs and
+    #: recomputes each cell in its backward (less GPU memory, more time); "auto": on only when the GPU memory
+    #: estimate says the step would not fit without it but would with it
+    checkpoint_cells: bool | Literal["auto"] = "auto"
 
 
 class TrainConfig(CommonConfig):

@@ -132,19 +132,20 @@ def setup_runtime(device: str = "auto", amp: bool = True) -> Runtime:
                    owns_group=owns)
 
 
-def training_memory(report: Any, runtime: Runtime, sampling: str | None = None) -> int:
+def training_memory(report: Any, runtime: Runtime, sampling: str | None = None, checkpoint: bool = False) -> int:
     """The training memory of ``report`` (a ``scnas_dsl.nn.cost.CostReport``) for this runtime, in bytes.
 
     The step of the given ``sampling`` (a supernet's ``pair``/``single``/``full``), else the report's own
-    figure. Under mixed precision the activations kept for backward are stored in 16 bits, so they count half;
-    weights, gradients and Adam state stay in float32."""
+    figure; ``checkpoint``: with per-cell activation checkpointing. Under mixed precision the activations kept
+    for backward are stored in 16 bits, so they count half; weights, gradients and Adam state stay in float32."""
     steps = getattr(report, "steps", {}) or {}
     step = steps.get(sampling) if sampling is not None else None
     if step is None and len(steps) == 1:
         step = next(iter(steps.values()))
     if step is None:
         return int(report.memory_bytes)
-    activations = step.activation_bytes // 2 if runtime.amp_dtype is not None else step.activation_bytes
+    kept = step.checkpointed_activation_bytes if checkpoint else step.activation_bytes
+    activations = kept // 2 if runtime.amp_dtype is not None else kept
     return int(activations + step.weight_bytes + step.gradient_bytes + step.optimizer_bytes)
 
 

@@ -13,6 +13,7 @@ also all-reduce the logits' gradients during the weight step). Only rank 0 write
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,8 +234,10 @@ class _SearchJob:
         (xw, yw), (xa, ya) = batch
         model, runtime = self.model, self.runtime
         xw, yw = runtime.to_device(xw), runtime.to_device(yw)
+        # the logits get no gradient here: the draw's weights are detached, so autograd keeps nothing that only
+        # alpha's gradient would need (the same draws and the same weight gradients)
         with runtime.autocast():
-            loss_w = soft_jaccard_loss(model(xw), yw, reduce_over_ranks=True)
+            loss_w = soft_jaccard_loss(model(xw, arch_grad=False), yw, reduce_over_ranks=True)
         update(self.weights, self.w_opt, self.w_scaler, loss_w, runtime)
         xa, ya = runtime.to_device(xa), runtime.to_device(ya)
         # during a warm-up the architecture part's loss is only reported: no graph, the logits stay
@@ -304,14 +307,31 @@ class _SearchJob:
         plot_search_progress(self.run)
 
 
-def _check_memory(model: torch.nn.Module, runtime: Runtime, patch: tuple[int, ...], cfg: SearchConfig) -> None:
+def _check_memory(model: Supernet, runtime: Runtime, patch: tuple[int, ...], cfg: SearchConfig) -> None:
+    """Refuse a search the GPU cannot hold, and settle ``checkpoint_cells``: on when asked; with "auto", on
+    (with a note) only when the estimate says the step fits with per-cell checkpointing but not without."""
+    model.checkpoint_cells = cfg.checkpoint_cells is True
     if runtime.device.type != "cuda":
         return
     from scnas_dsl.nn.cost import estimate
 
-    report = estimate(model, patch=patch, batch_size=per_rank_batch(cfg.batch_size, runtime))  # type: ignore[arg-type]
+    report = estimate(model, patch=patch, batch_size=per_rank_batch(cfg.batch_size, runtime))
     need = training_memory(report, runtime, cfg.sampling)
-    check_gpu_memory(runtime, need, f"the search (patch {patch}, batch {cfg.batch_size}, {cfg.sampling} sampling)")
+    what = f"the search (patch {patch}, batch {cfg.batch_size}, {cfg.sampling} sampling)"
+    if cfg.checkpoint_cells == "auto":
+        total = torch.cuda.get_device_properties(runtime.device).total_memory
+        checkpointed = training_memory(report, runtime, cfg.sampling, checkpoint=True)
+        if need > total >= checkpointed:
+            model.checkpoint_cells = True
+            if runtime.is_main:
+                print(f"note: {what} needs about {need / 2**30:.1f} GiB without checkpointing, "
+                      f"{checkpointed / 2**30:.1f} GiB with it, of {total / 2**30:.1f} GiB: per-cell "
+                      "activation checkpointing is on (each cell is recomputed in its backward: slower; "
+                      "--no-checkpoint-cells switches it off)", file=sys.stderr, flush=True)
+    if model.checkpoint_cells:
+        need = training_memory(report, runtime, cfg.sampling, checkpoint=True)
+        what += " with per-cell checkpointing"
+    check_gpu_memory(runtime, need, what)
 
 
 def _finish(model: Any, space: SearchSpace, run: RunFolder, cfg: SearchConfig) -> SearchResult:
