@@ -34,7 +34,9 @@ CONFIG = typer.Option(None, "--config", help="settings file (.json, .toml, .yaml
 BATCHES = typer.Option(None, "--batches-per-epoch", help="steps per epoch (default: 250)")
 SPACING = typer.Option(None, "--spacing", help="target voxel size in mm when preprocessing (default: 0.7^3)")
 MEDIAN = typer.Option(False, "--median-spacing", help="preprocess at the data set's median voxel size")
-WORKERS = typer.Option(None, "--workers", help="data loader processes (default: 0, in the main process)")
+WORKERS = typer.Option(None, "--workers", min=0,
+                       help="data loader processes, started once per run (default: on a GPU min(4, CPUs per "
+                            "GPU process - 1), on the CPU 0: in the main process)")
 NO_AUG = typer.Option(False, "--no-augment", help="switch data augmentation off")
 QUIET = typer.Option(False, "--quiet", help="no progress bars")
 AMP = typer.Option(None, "--amp/--no-amp",

@@ -80,7 +80,13 @@ class CommonConfig(BaseModel):
     splits_seed: int = 12345
     foreground_fraction: float = Field(default=1 / 3, ge=0, le=1)
     augment: bool = True
-    workers: int = Field(default=0, ge=0)
+    #: where augmentation runs: "loader" in the loader's worker processes on the CPU, "device" on the training
+    #: device in batches after the move there (the workers only crop), "auto" on the device when it is a GPU,
+    #: else in the loader; the same seed gives the same augmentation either way (docs/data.md)
+    augment_on: Literal["auto", "loader", "device"] = "auto"
+    #: loader worker processes; None: on a GPU min(4, CPUs per GPU process - 1), on the CPU 0
+    #: (``scnas_dsl.data.loader.default_workers``)
+    workers: int | None = Field(default=None, ge=0)
     #: mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler); ignored on the CPU
     amp: bool = True
     progress: bool = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from scnas_dsl.data.augment import AugmentConfig
-from scnas_dsl.data.loader import PatchLoader, make_loader
+from scnas_dsl.data.loader import PatchLoader, default_workers, make_loader
 from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
 from scnas_dsl.data.resample import preprocessed_note
 from scnas_dsl.data.splits import FoldSplit, get_fold
@@ -103,22 +104,42 @@ def per_rank_batch(batch_size: int, runtime: Runtime) -> int:
     return batch_size // runtime.world_size
 
 
+def augments_on_device(cfg: CommonConfig, runtime: Runtime) -> bool:
+    """Whether the run augments its batches on the training device (``augment_on``; ``auto``: on a GPU)
+    rather than in the loader's workers."""
+    if cfg.augment_on == "auto":
+        return runtime.device.type == "cuda"
+    return cfg.augment_on == "device"
+
+
+def loader_workers(cfg: CommonConfig, runtime: Runtime) -> int:
+    """``cfg.workers``, or the default for the device and the GPU processes on this machine (torchrun's
+    ``LOCAL_WORLD_SIZE``) when it is None."""
+    if cfg.workers is not None:
+        return cfg.workers
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if runtime.distributed else 1
+    return default_workers(runtime.device.type, local)
+
+
 def loader(cfg: CommonConfig, data: DataContext, runtime: Runtime, case_ids: list[str],
            patch: tuple[int, int, int], stream: int, *, augment: bool | None = None,
            num_batches: int | None = None) -> PatchLoader:
-    """Seeded training batches from ``case_ids``; ``stream`` separates loaders of one run. ``augment`` and
-    ``num_batches`` default to the run's settings."""
+    """Seeded training batches from ``case_ids``, delivered on the run's device (pinned on their way to a
+    GPU) and augmented where :func:`augments_on_device` says; ``stream`` separates loaders of one run.
+    ``augment`` and ``num_batches`` default to the run's settings."""
     augment = cfg.augment if augment is None else augment
     return make_loader(data.pre, case_ids, patch_size=patch, batch_size=per_rank_batch(cfg.batch_size, runtime),
                        foreground_fraction=cfg.foreground_fraction,
                        augment=AugmentConfig() if augment else AugmentConfig.none(),
-                       seed=cfg.seed * 1000 + stream, workers=cfg.workers,
+                       seed=cfg.seed * 1000 + stream, workers=loader_workers(cfg, runtime),
                        num_batches=num_batches or cfg.batches_per_epoch, rank=runtime.rank,
-                       world_size=runtime.world_size)
+                       world_size=runtime.world_size, augment_in_loader=not augments_on_device(cfg, runtime),
+                       device=runtime.device, pin_memory=runtime.device.type == "cuda")
 
 
 def epoch_batches(source: PatchLoader, epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Epoch ``epoch``'s batches, without the first ``skip`` (already used before a resume)."""
+    """Epoch ``epoch``'s batches (on the loader's device), without the first ``skip`` (already used before a
+    resume)."""
     source.set_epoch(epoch)
     for index, batch in enumerate(source):
         if index >= skip:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from scnas_dsl.data.loader import to_device
 from scnas_dsl.errors import RunError
 
 
@@ -68,10 +69,9 @@ class Runtime:
         return (t / self.world_size).tolist()
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A batch onto the device; on CUDA through pinned memory, so that the copy runs asynchronously."""
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+        """A batch onto the device: unchanged when it is there already (the run's loaders deliver their batches
+        on the device); on CUDA through pinned memory, so that the copy runs asynchronously."""
+        return to_device(tensor, self.device)
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (picklable), in rank order."""

@@ -47,7 +47,7 @@ def test_a_tiny_net_learns_the_heart_task(tmp_path: Path) -> None:
     for image, label in make_loader(
         pre, train, patch_size=(24, 24, 24), batch_size=2, seed=0, num_batches=40
     ):
-        loss = F.cross_entropy(net(image), label)
+        loss = F.cross_entropy(net(image), label.long())  # the loader keeps the labels uint8
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
