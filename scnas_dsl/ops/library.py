@@ -8,6 +8,11 @@ class picks ``Conv2d``/``Conv3d`` (and the matching norm and pooling) from ``dim
 The classes here import only torch and refer only to each other and to the helpers of this module, because
 ``scnas_dsl.nn.codegen`` copies their source into standalone generated files.
 
+An operation that starts with ``leaky_relu(x, LEAKY_SLOPE)`` declares ``activates_input = True`` and takes
+``forward(h, activated=True)`` with ``h`` already activated: a cell computes the activation once per state
+for all such operations on its outgoing edges (one copy kept for backward instead of one per operation).
+Operations without the attribute are always called as ``op(x)``.
+
 Users add an operation without editing scnas: ``default_library().register(signature, factory)`` returns a
 new library (there is no global registry), which ``build_supernet``/``build_network`` accept as
 ``library=`` and whose ``signatures`` the ``.scn`` checker reads. See ``examples/custom_operation.py``.
