@@ -112,10 +112,15 @@ def preprocess_cmd(
 
     _folder(folder)
     target = _spacing(spacing, median_spacing)
+    from scnas_dsl.train.stopping import RunInterrupted
+
     try:
         pre = preprocess_dataset(folder, out=out, spacing=target, workers=workers, progress=progress)
     except DataError as err:
         raise _fail(err) from err
+    except RunInterrupted as err:  # Ctrl-C or SIGTERM between cases: 130, as the other commands
+        typer.echo(f"stopped: {err}", err=True)
+        raise typer.Exit(130) from None
     reused = len(pre.case_ids) - len(pre.redone)
     typer.echo(
         f"{pre.root}: {len(pre.case_ids)} case(s) at spacing "

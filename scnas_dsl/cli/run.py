@@ -67,10 +67,14 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except RunInterrupted as err:
             typer.echo(f"stopped: {err}", err=True)
-            raise typer.Exit(130) from None
+            code = 130
         except ScnasError as err:
             typer.echo(message_for_user(err), err=True)
-            raise typer.Exit(1) from None
+            code = 1
+        # raised outside the handler, so that the error's traceback (and with it the run's frames, its loaders
+        # and their worker processes, which ignore SIGTERM) is released now: the workers end before the
+        # interpreter's exit, which would otherwise wait for them
+        raise typer.Exit(code)
 
     return wrapper  # type: ignore[return-value]
 
@@ -194,8 +198,9 @@ def predict_cmd(
     made = predict_run(run, inputs, output, probabilities=probabilities, mirror=mirror, device=device,
                        checkpoint=checkpoint, batch_size=batch_size, force=force, progress=not quiet, blend=blend,
                        ops=tuple(ops or ()))
+    continued = f"; {len(made.continued)} kept from the stopped call before" if made.continued else ""
     typer.echo(f"{len(made.files)} prediction(s) written to {output} with the {made.weights.label()} "
-               f"(recorded in {made.record.name})")
+               f"(recorded in {made.record.name}{continued})")
 
 
 @user_errors

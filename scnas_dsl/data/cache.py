@@ -304,10 +304,19 @@ def claim_folder(out: Path, spacing: Sequence[float] | None) -> None:
 
 def lock_folder(out: Path) -> FileLock:
     """The folder's lock, acquired: waits (saying so on stderr) while another run writes the folder."""
+    from scnas_dsl.train.stopping import RunInterrupted, requested_signal, stop_requested
+
     lock = FileLock(out / _LOCK)
     try:
         lock.acquire(timeout=0.5)
     except Timeout:
         print(f"{out}: another `scnas data preprocess` is writing this folder; waiting for it", file=sys.stderr)
-        lock.acquire()
+        while True:  # a stop signal ends the wait (within a second)
+            try:
+                lock.acquire(timeout=1.0)
+                break
+            except Timeout:
+                if stop_requested():
+                    raise RunInterrupted(f"{requested_signal()}: stopped while waiting for {out}; nothing "
+                                         "was written") from None
     return lock

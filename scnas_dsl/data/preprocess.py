@@ -16,7 +16,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,13 @@ from scnas_dsl.data.restore import (
     restore_segmentation,
 )
 from scnas_dsl.errors import DataError
+from scnas_dsl.train.stopping import (
+    RunInterrupted,
+    StopSignal,
+    ignore_signals_in_worker,
+    requested_signal,
+    stop_requested,
+)
 
 __all__ = [
     "FOREGROUND_SAMPLES",
@@ -165,6 +172,17 @@ def _process_case(
     return summary
 
 
+def _record_fingerprints(out: Path, stale: list[Case], results: dict[int, dict[str, Any]],
+                         fingerprints: dict[str, Any], keys: dict[str, Any], is_ct: bool) -> None:
+    """Enter the measured fingerprints (``results`` by index into ``stale``); CT samples go to their file."""
+    for index, result in sorted(results.items()):
+        case = stale[index]
+        samples = result.pop("samples")
+        if samples is not None:
+            atomic_write(out / "fingerprint" / f"{case.id}.samples.npy", npy(np.asarray(samples, np.float32)))
+        fingerprints[case.id] = {**result, "key": keys[case.id], "is_ct": is_ct}
+
+
 def _ct_normalization(samples: list[np.ndarray]) -> Normalization:
     values = np.concatenate(samples, axis=1) if samples else np.zeros((1, 0))
     if values.shape[1] == 0:
@@ -180,43 +198,81 @@ def _ct_normalization(samples: list[np.ndarray]) -> Normalization:
     )
 
 
+class _Stopped(Exception):  # noqa: N818 (a stop, not an error)
+    """A stop signal ended a pass between cases: ``done`` holds the finished jobs' results by index."""
+
+    def __init__(self, done: dict[int, Any], total: int) -> None:
+        super().__init__(f"stopped after {len(done)} of {total} case(s)")
+        self.done, self.total = done, total
+
+
 class _Workers:
-    """Runs jobs serially, or in one process pool (started on first use, shared by both passes)."""
+    """Runs jobs serially, or in one process pool (started on first use, shared by both passes).
+
+    A stop signal (Ctrl-C, SIGTERM) is answered between cases with :class:`_Stopped`: no new case is started;
+    the pool's workers ignore the signals themselves (a signal to the process group reaches them too) and are
+    killed by :meth:`close`, so a case cut off there is never recorded (its record is written last)."""
 
     def __init__(self, workers: int, progress: bool) -> None:
         self.workers = workers
         self.progress = progress
         self._pool: ProcessPoolExecutor | None = None
+        self._stopped = False
 
     def map(
         self, fn: Callable[..., Any], jobs: list[tuple[Any, ...]], desc: str, parallel: bool = True
     ) -> list[Any]:
-        """``[fn(*job) for job in jobs]`` with a progress bar on stderr."""
-        results: list[Any] = []
+        """``[fn(*job) for job in jobs]`` with a progress bar on stderr; :class:`_Stopped` on a stop signal."""
+        done: dict[int, Any] = {}
         bar = tqdm(
             total=len(jobs), desc=desc, file=sys.stderr, unit="case",
             disable=not self.progress or not jobs or not sys.stderr.isatty(),  # no carriage returns in logs
         )
         try:
             if parallel and self.workers > 1 and len(jobs) > 1:
-                if self._pool is None:
-                    # 'spawn' so that worker processes never inherit threads (torch, tqdm) from the parent.
-                    self._pool = ProcessPoolExecutor(
-                        max_workers=self.workers, mp_context=get_context("spawn")
-                    )
-                for result in self._pool.map(fn, *zip(*jobs, strict=True)):
-                    results.append(result)
-                    bar.update()
+                self._in_pool(fn, jobs, done, bar)
             else:
-                for job in jobs:
-                    results.append(fn(*job))
-                    bar.update()
+                for index, job in enumerate(jobs):
+                    self._check(done, len(jobs))
+                    done[index] = fn(*job)
+                    self._finished(bar)
         finally:
             bar.close()
-        return results
+        return [done[i] for i in range(len(jobs))]
+
+    def _in_pool(self, fn: Callable[..., Any], jobs: list[tuple[Any, ...]], done: dict[int, Any], bar: tqdm) -> None:
+        if self._pool is None:
+            # 'spawn' so that worker processes never inherit threads (torch, tqdm) from the parent.
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=get_context("spawn"), initializer=ignore_signals_in_worker
+            )
+        waiting = list(enumerate(jobs))[::-1]
+        running: dict[Future[Any], int] = {}
+        while waiting or running:
+            self._check(done, len(jobs))
+            while waiting and len(running) < self.workers:  # hand out work only while there is no stop
+                index, job = waiting.pop()
+                running[self._pool.submit(fn, *job)] = index
+            finished, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done[running.pop(future)] = future.result()
+                self._finished(bar)
+
+    def _check(self, done: dict[int, Any], total: int) -> None:
+        if stop_requested():
+            self._stopped = True
+            raise _Stopped(done, total)
+
+    def _finished(self, bar: tqdm) -> None:
+        """A case is done (a hook for tests)."""
+        bar.update()
 
     def close(self) -> None:
+        """End the pool: after the running cases, or at once after a stop (the workers are killed)."""
         if self._pool is not None:
+            if self._stopped:
+                for process in list(getattr(self._pool, "_processes", {}).values()):
+                    process.kill()
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
@@ -234,7 +290,8 @@ def preprocess_dataset(
     set's median spacing (no resampling for a data set of one spacing). Cases whose files and settings are
     unchanged since the last run are kept as they are. Returns the :class:`Preprocessed` data.
     With ``workers > 1`` cases run in spawned processes: a script calling this needs the usual
-    ``if __name__ == "__main__":`` guard.
+    ``if __name__ == "__main__":`` guard. Ctrl-C or SIGTERM stops between cases with :class:`RunInterrupted`:
+    the finished cases are kept, the lock released, and calling it again continues with the rest.
     """
     dataset = open_dataset(root)
     if not dataset.cases:
@@ -246,14 +303,21 @@ def preprocess_dataset(
     if workers < 1:
         raise DataError(f"workers must be at least 1 (got {workers})")
     out = prepare_out(dataset, out, spacing)
-    lock = lock_folder(out)
-    pool = _Workers(workers, progress)
-    try:
-        claim_folder(out, spacing)
-        return _preprocess(dataset, out, spacing, pool)
-    finally:
-        pool.close()
-        lock.release()
+    with StopSignal():
+        lock = lock_folder(out)
+        pool = _Workers(workers, progress)
+        try:
+            claim_folder(out, spacing)
+            return _preprocess(dataset, out, spacing, pool)
+        except _Stopped as stop:
+            raise RunInterrupted(
+                f"{requested_signal()}: preprocessing stopped after {len(stop.done)} of {stop.total} case(s) "
+                f"of this pass; the finished cases are kept in {out}, running the command again continues "
+                "with the rest"
+            ) from None
+        finally:
+            pool.close()
+            lock.release()
 
 
 def _preprocess(
@@ -261,6 +325,10 @@ def _preprocess(
 ) -> Preprocessed:
     channels = len(dataset.modalities)
     keys = {case.id: input_key(dataset, case) for case in dataset.cases}
+    # a worker killed by a stop may leave a temporary file (we hold the lock: no one else is writing)
+    for folder in ("cases", "fingerprint"):
+        for path in (out / folder).glob(".*.tmp"):
+            path.unlink(missing_ok=True)
 
     # 1. fingerprint (spacing, shape, CT foreground samples) of the cases whose files changed
     fp_path = out / "fingerprint" / "cases.json"
@@ -271,21 +339,19 @@ def _preprocess(
         if fingerprints.get(c.id, {}).get("key") != keys[c.id]
         or fingerprints[c.id].get("is_ct") != dataset.is_ct
     ]
-    for case, result in zip(
-        stale,
+    try:
         # MRI fingerprints read headers only: not worth a process; CT ones read the data.
-        pool.map(
+        results = dict(enumerate(pool.map(
             _fingerprint_case,
             [(c, channels, dataset.is_ct, dataset.num_classes) for c in stale],
             "fingerprint",
             dataset.is_ct,
-        ),
-        strict=True,
-    ):
-        samples = result.pop("samples")
-        if samples is not None:
-            atomic_write(out / "fingerprint" / f"{case.id}.samples.npy", npy(np.asarray(samples, np.float32)))
-        fingerprints[case.id] = {**result, "key": keys[case.id], "is_ct": dataset.is_ct}
+        )))
+    except _Stopped as stop:  # keep what was measured: the next call measures only the rest
+        _record_fingerprints(out, stale, stop.done, fingerprints, keys, dataset.is_ct)
+        write_json(fp_path, fingerprints)
+        raise
+    _record_fingerprints(out, stale, results, fingerprints, keys, dataset.is_ct)
     fingerprints = {c.id: fingerprints[c.id] for c in dataset.cases}
     if stale:
         write_json(fp_path, fingerprints)

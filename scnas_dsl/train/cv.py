@@ -52,7 +52,7 @@ from scnas_dsl.errors import RunError
 from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.config import CommonConfig, SearchConfig, TrainConfig
 from scnas_dsl.train.metrics import Evaluation, evaluate_pairs, nanmean
-from scnas_dsl.train.predict import CHECKPOINTS, Weights, predict_run
+from scnas_dsl.train.predict import CHECKPOINTS, PredictionStopped, Weights, predict_run
 from scnas_dsl.train.resume import check_resumed_settings
 from scnas_dsl.train.retrain import run_train
 from scnas_dsl.train.runs import MARKER, json_safe
@@ -410,8 +410,14 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
         split = json.loads((run_dir / "split.json").read_text())
         images = [p for case in split["val"] for p in dataset.case(case).images]
         scored = fold_dir / f"validation{suffix}"
-        weights[fold] = predict_run(run_dir, images, scored, mirror=mirror, device=base.device,
-                                    checkpoint=checkpoint, force=True, progress=base.progress, ops=base.ops).weights
+        try:
+            weights[fold] = predict_run(run_dir, images, scored, mirror=mirror, device=base.device,
+                                        checkpoint=checkpoint, force=True, progress=base.progress,
+                                        ops=base.ops).weights
+        except PredictionStopped as err:  # the fold's run is complete: --resume predicts its cases again
+            raise RunInterrupted(f"the validation predictions of fold {fold} stopped ({err.done} of {err.total} "
+                                 f"case(s) done); continue the cross-validation with scnas cv ... --out {out} "
+                                 "--resume") from None
         pairs = {case: (scored / f"{case}.nii.gz", dataset.case(case).label) for case in split["val"]}
         results[fold] = evaluate_pairs(pairs, label_names=labels)  # type: ignore[arg-type]
         results[fold].write(scored)

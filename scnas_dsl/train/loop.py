@@ -197,27 +197,15 @@ class EpochLoop:
                 bar = progress_bar(steps, f"{self.kind} epoch {epoch + 1}/{self.epochs}", self.echo)
                 bar.update(first)
                 # ``first == steps``: stopped during the epoch's validation, only its end is left to run
-                for step, batch in enumerate(job.batches(epoch, first) if first < steps else (), start=first):
-                    losses = job.step(epoch, step, batch)
-                    names = list(losses)
-                    # one all_reduce for the logged losses and the stop request, so that every rank stops at
-                    # the same step even when the signal reaches the ranks at different moments
-                    *values, stopping = runtime.mean_values([float(losses[n].item()) for n in names]
-                                                            + [float(bool(stop.requested))])
-                    means = dict(zip(names, values, strict=True))
-                    check_finite(means, epoch, step, steps, job.learning_rates())
-                    for name, value in means.items():
-                        state.sums[name] = state.sums.get(name, 0.0) + value
-                    bar.set_postfix({n: f"{v:.4f}" for n, v in means.items()})
-                    bar.update()
-                    if stopping > 0 and step + 1 < steps:
-                        stop.requested = stop.requested or "SIGTERM"
-                        bar.close()
-                        job.save(LoopState(epoch, step + 1, dict(state.sums)))
-                        if epoch > 0:  # earlier epochs are recorded: their plots
-                            self._plot(job, force=True)
-                        raise self._interrupted(stop.requested, f"at epoch {epoch + 1}, step {step + 1}")
+                batches = job.batches(epoch, first) if first < steps else ()
+                stopped_at = self._steps(job, state, stop, epoch, first, batches, bar)
+                batches = ()  # the epoch's batch iterators end here: not kept alive by the stop's traceback
                 bar.close()
+                if stopped_at is not None:
+                    job.save(LoopState(epoch, stopped_at, dict(state.sums)))
+                    if epoch > 0:  # earlier epochs are recorded: their plots
+                        self._plot(job, force=True)
+                    raise self._interrupted(stop.requested or "SIGTERM", f"at epoch {epoch + 1}, step {stopped_at}")
                 means = {name: total / steps for name, total in state.sums.items()}
                 try:
                     end = job.end_epoch(epoch, means)
@@ -253,6 +241,29 @@ class EpochLoop:
                 if paused:
                     return LoopEnd("paused", epoch)
         return LoopEnd("finished", epoch)
+
+    def _steps(self, job: Job, state: LoopState, stop: StopSignal, epoch: int, first: int, batches: Iterable[Any],
+               bar: tqdm) -> int | None:
+        """The steps of one epoch from step ``first``; the number of steps done when a stop signal ends the
+        epoch early (any rank's: the ranks decide together), else None (after the epoch's last step the
+        epoch's end comes first)."""
+        steps, runtime = self.steps, self.runtime
+        for step, batch in enumerate(batches, start=first):
+            losses = job.step(epoch, step, batch)
+            names = list(losses)
+            # one all_reduce for the logged losses and the stop request, so that every rank stops at
+            # the same step even when the signal reaches the ranks at different moments
+            *values, stopping = runtime.mean_values([float(losses[n].item()) for n in names]
+                                                    + [float(bool(stop.requested))])
+            means = dict(zip(names, values, strict=True))
+            check_finite(means, epoch, step, steps, job.learning_rates())
+            for name, value in means.items():
+                state.sums[name] = state.sums.get(name, 0.0) + value
+            bar.set_postfix({n: f"{v:.4f}" for n, v in means.items()})
+            bar.update()
+            if stopping > 0 and step + 1 < steps:
+                return step + 1
+        return None
 
     def _plot(self, job: Job, force: bool) -> None:
         """Redraw the plots (rank 0): after every epoch, unless drawing would take more than a tenth of the

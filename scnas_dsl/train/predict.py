@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import torch
 
+from scnas_dsl.data.files import write_json
 from scnas_dsl.data.names import NIFTI_ENDINGS, strip_channel_suffix
 from scnas_dsl.data.preprocess import (
     Preprocessed,
@@ -40,9 +42,10 @@ from scnas_dsl.loader import load
 from scnas_dsl.nn import build_network
 from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.device import setup_runtime
-from scnas_dsl.train.inference import sliding_window_inference
+from scnas_dsl.train.inference import InferenceStopped, sliding_window_inference
 from scnas_dsl.train.loop import progress_bar
 from scnas_dsl.train.metrics import case_id_of
+from scnas_dsl.train.stopping import RunInterrupted, StopSignal, requested_signal, stop_requested
 
 #: The checkpoints a training run keeps, the default first.
 CHECKPOINTS = ("last", "best")
@@ -191,25 +194,57 @@ class Predictions:
     files: list[Path]
     weights: Weights
     record: Path
+    #: cases a stopped earlier call had finished, kept and not predicted again
+    continued: list[str] = field(default_factory=list)
+
+
+class PredictionStopped(RunInterrupted):
+    """Ctrl-C or SIGTERM stopped :func:`predict_run` between batches of windows or cases: the finished cases
+    are written (and recorded), the case being predicted is not; the same call again continues."""
+
+    def __init__(self, message: str, done: int, total: int) -> None:
+        super().__init__(message)
+        self.done, self.total = done, total
+
+
+def _earlier(output: Path) -> dict:
+    """The folder's ``prediction.json`` ({} when there is none or it is unreadable)."""
+    try:
+        earlier = json.loads((output / RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return earlier if isinstance(earlier, dict) else {}
+
+
+def _same(earlier: dict, record: dict) -> bool:
+    """Whether ``earlier`` was written with the weights and settings of ``record``."""
+    return all(earlier.get(k) == v for k, v in record.items() if k not in ("label", "validation_dice"))
+
+
+def _settings(weights: Weights, mirror: bool, blend: str) -> dict:
+    return {**weights.to_json(), "mirror": mirror, "blend": blend}
+
+
+def _continued(output: Path, weights: Weights, mirror: bool, blend: str, targets: dict[str, Path]) -> set[str]:
+    """The cases that a call stopped by a signal (``"stopped"`` in its record) finished with these weights and
+    settings: kept, not predicted again."""
+    earlier = _earlier(output)
+    if not earlier.get("stopped") or not _same(earlier, _settings(weights, mirror, blend)):
+        return set()
+    return {case for case in earlier.get("cases", []) if case in targets and targets[case].is_file()}
 
 
 def _record(output: Path, weights: Weights, mirror: bool, blend: str, cases: list[str], force: bool) -> dict:
     """The new ``prediction.json``: this call's weights and settings, with the cases (other than ``cases``)
     already predicted in the folder by the same ones. A folder with predictions of other weights or settings is
     refused without ``force`` (one record could not say which case came from which)."""
-    record = {**weights.to_json(), "mirror": mirror, "blend": blend}
-    path = output / RECORD
-    earlier: dict = {}
-    if path.is_file():
-        try:
-            earlier = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            earlier = {}
-    same = all(earlier.get(k) == v for k, v in record.items() if k not in ("label", "validation_dice"))
+    record = _settings(weights, mirror, blend)
+    earlier = _earlier(output)
+    same = _same(earlier, record)
     if earlier and not same:
         if not force:
             raise RunError(f"{output}: holds predictions of other weights or settings ({earlier.get('label', '?')}, "
-                           f"{path.name}); choose another --output, or pass --force to write these "
+                           f"{RECORD}); choose another --output, or pass --force to write these "
                            f"({weights.label()}) there")
         earlier = {}
     return {**record, "cases": sorted(set(earlier.get("cases", [])) - set(cases))}
@@ -250,31 +285,61 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
     pre = model.pre
     cases = group_cases([Path(i) for i in inputs], pre.dataset.layout, len(pre.dataset.modalities))
     targets = {case: output / f"{case}.nii.gz" for case in cases}
-    existing = [str(p) for p in targets.values() if p.exists()]
+    blend = blend or model.blend
+    # a call stopped by a signal is continued: its finished cases are kept (unless --force redoes them)
+    kept = set() if force else _continued(output, model.weights, mirror, blend, targets)
+    todo = {case: paths for case, paths in cases.items() if case not in kept}
+    existing = [str(targets[case]) for case in todo if targets[case].exists()]
     if existing and not force:
         raise RunError(f"{output}: would overwrite {len(existing)} existing prediction(s) ({existing[0]}, ...); "
                        "choose another --output or pass --force")
-    blend = blend or model.blend
-    record = _record(output, model.weights, mirror, blend, list(cases), force)
+    record = _record(output, model.weights, mirror, blend, list(todo), force)
     runtime = setup_runtime(device)
     network = model.network.to(runtime.device)
-    written = []
-    bar = progress_bar(len(cases), "predict", progress)
-    for case, paths in sorted(cases.items()):
-        image, meta = preprocess_image(sorted(paths), pre)
-        probs = sliding_window_inference(network, torch.from_numpy(image), model.patch, blend=blend,  # type: ignore[arg-type]
-                                         mirror=mirror, batch_size=batch_size, device=runtime.device,
-                                         autocast_dtype=runtime.amp_dtype)
-        output.mkdir(parents=True, exist_ok=True)  # only now: a call that fails on its first case leaves no folder
-        nib.save(restore_segmentation(probs.numpy(), meta.model_copy(update={"case_id": case})),
-                 str(targets[case]))
-        if probabilities:
-            (output / "probabilities").mkdir(exist_ok=True)
-            nib.save(restore_probabilities(probs.numpy(), meta), str(output / "probabilities" / f"{case}.nii.gz"))
-        written.append(targets[case])
-        record["cases"] = sorted([*record["cases"], case])
-        # after every case: an interrupted call leaves a record of what it did write
-        (output / RECORD).write_text(json.dumps(record, indent=1) + "\n")
-        bar.update()
+    written: list[Path] = []
+    bar = progress_bar(len(todo), "predict", progress)
+    with StopSignal():
+        try:
+            for case, paths in sorted(todo.items()):
+                if stop_requested():
+                    raise InferenceStopped
+                image, meta = preprocess_image(sorted(paths), pre)
+                # a stop signal is answered between batches of windows (a batch system's SIGKILL follows soon)
+                probs = sliding_window_inference(network, torch.from_numpy(image), model.patch, blend=blend,  # type: ignore[arg-type]
+                                                 mirror=mirror, batch_size=batch_size, device=runtime.device,
+                                                 autocast_dtype=runtime.amp_dtype, should_stop=stop_requested)
+                output.mkdir(parents=True, exist_ok=True)  # only now: a call failing on its first case leaves none
+                # written under a temporary name and renamed: a stop or a crash never leaves half a file
+                _save_nifti(restore_segmentation(probs.numpy(), meta.model_copy(update={"case_id": case})),
+                            targets[case])
+                if probabilities:
+                    (output / "probabilities").mkdir(exist_ok=True)
+                    _save_nifti(restore_probabilities(probs.numpy(), meta),
+                                output / "probabilities" / f"{case}.nii.gz")
+                written.append(targets[case])
+                record["cases"] = sorted([*record["cases"], case])
+                # after every case: an interrupted call leaves a record of what it did write
+                write_json(output / RECORD, record)
+                bar.update()
+        except InferenceStopped:
+            bar.close()
+            if output.is_dir():
+                write_json(output / RECORD, {**record, "stopped": True})
+            raise PredictionStopped(
+                f"{requested_signal()}: prediction stopped after {len(written)} of {len(todo)} case(s); the "
+                f"finished ones are kept in {output} (listed in {RECORD}), the case in progress was not written; "
+                "the same command again continues with the rest", len(written), len(todo)) from None
     bar.close()
-    return Predictions(files=written, weights=model.weights, record=output / RECORD)
+    if output.is_dir():
+        write_json(output / RECORD, record)  # complete: no longer "stopped"
+    return Predictions(files=written, weights=model.weights, record=output / RECORD, continued=sorted(kept))
+
+
+def _save_nifti(image: nib.Nifti1Image, path: Path) -> None:
+    """``image`` to ``path`` through a temporary name in the same folder (``.<name>.<pid>.partial.nii.gz``)."""
+    tmp = path.with_name(f".{path.name.removesuffix('.nii.gz')}.{os.getpid()}.partial.nii.gz")
+    try:
+        nib.save(image, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -46,7 +46,7 @@ from scnas_dsl.train.metrics import dice_per_label, nanmean
 from scnas_dsl.train.plots import plot_train
 from scnas_dsl.train.resume import resume_state
 from scnas_dsl.train.runs import RunFolder, environment
-from scnas_dsl.train.stopping import stop_requested
+from scnas_dsl.train.stopping import CollectiveStop, stop_requested
 
 
 @dataclass
@@ -69,15 +69,21 @@ def validation_dice(model: torch.nn.Module, pre: Any, case_ids: list[str], patch
                     labels: dict[int, str], runtime: Runtime, blend: str = "gaussian",
                     mirror: bool = False, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Mean Dice per label over ``case_ids`` (preprocessed grid) and their mean, ``foreground_mean``.
-    ``should_stop`` is asked between batches of windows; :class:`InferenceStopped` when it says yes."""
+    ``should_stop`` is asked between batches of windows (with several ranks, collectively: see
+    :class:`~scnas_dsl.train.stopping.CollectiveStop`); :class:`InferenceStopped` when it says yes."""
     per_case: dict[str, dict[int, float]] = {}
+    # several ranks: the stop is decided together (a rank that has finished its share keeps answering),
+    # so that every rank abandons the validation at the same call and none waits in the gather below
+    collective = CollectiveStop(runtime.mean_values, should_stop) if should_stop and runtime.distributed else None
     # each rank scores its share of the cases; the scores are gathered so that every rank has them all
     for case in case_ids[runtime.rank::runtime.world_size]:
         image, label = pre.load(case, mmap=False)
         probs = sliding_window_inference(model, torch.from_numpy(np.ascontiguousarray(image)), patch,
                                          blend=blend, mirror=mirror, device=runtime.device,  # type: ignore[arg-type]
-                                         autocast_dtype=runtime.amp_dtype, should_stop=should_stop)
+                                         autocast_dtype=runtime.amp_dtype, should_stop=collective or should_stop)
         per_case[case] = dice_per_label(probs.argmax(0).numpy(), np.asarray(label), labels)
+    if collective is not None and collective.drain():
+        raise InferenceStopped("another rank stopped")
     for part in runtime.gather(per_case):
         per_case.update(part)
     means = {name: nanmean(s[k] for s in per_case.values()) for k, name in labels.items()}
@@ -227,11 +233,10 @@ class _TrainJob:
         if val_cases and ((epoch + 1) % cfg.val_every == 0 or last):
             cases = val_cases if last or cfg.val_cases is None else val_cases[:cfg.val_cases]
             # a stop signal abandons the validation between batches of windows (a batch system's SIGKILL
-            # follows its SIGTERM within ~30 s); with several ranks every rank must finish to gather the scores
-            should_stop = None if self.runtime.distributed else stop_requested
+            # follows its SIGTERM within ~30 s); with several ranks all of them at the same batch
             try:
                 val = validation_dice(self.net, self.data.pre, cases, self.patch, self.data.label_names,
-                                      self.runtime, cfg.blend, cfg.mirror_validation, should_stop=should_stop)
+                                      self.runtime, cfg.blend, cfg.mirror_validation, should_stop=stop_requested)
             except InferenceStopped:
                 self.sched.load_state_dict(before)
                 for group, lr in zip(self.opt.param_groups, lrs, strict=True):

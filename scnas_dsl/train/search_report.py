@@ -22,6 +22,7 @@ from scnas_dsl.data.loader import PatchLoader
 from scnas_dsl.nn.supernet import Supernet
 from scnas_dsl.train.device import Runtime
 from scnas_dsl.train.losses import soft_jaccard_loss
+from scnas_dsl.train.stopping import stop_requested
 
 Choices = dict[str, dict[str, str]]
 """structure key -> ``"src->dst"`` -> the most likely operation."""
@@ -96,16 +97,22 @@ class _DiceCounts:
 def discretisation_gap(model: Supernet, loader: PatchLoader, runtime: Runtime, seed: int) -> dict[str, float]:
     """Loss and mean foreground Dice of the argmax architecture and of the sampled supernet on the fixed
     patches of ``loader`` (epoch 0 of it, every time), averaged over the ranks. The sampled supernet draws one
-    architecture per batch from a generator seeded with ``seed``."""
+    architecture per batch from a generator seeded with ``seed``. A stop signal (Ctrl-C, SIGTERM) skips the
+    batches left: every value is then NaN."""
     was_training = model.training
     model.eval()  # the same mode for both: the only difference is the architecture
     generator = torch.Generator().manual_seed(seed)
     losses = {"argmax": 0.0, "sampled": 0.0}
     dice = {"argmax": _DiceCounts(model.num_classes), "sampled": _DiceCounts(model.num_classes)}
-    batches = 0
+    batches, stopped = 0, False
     try:
         loader.set_epoch(0)
         for x, y in loader:
+            # a stop signal skips the rest of the gap (a diagnosis): the epoch ends, its checkpoint is saved and
+            # the loop stops there; decided by all ranks together (they measure the same number of batches)
+            if runtime.mean_values([float(stop_requested())])[0] > 0:
+                stopped = True
+                break
             x, y = runtime.to_device(x), runtime.to_device(y)
             for name, samples in (("argmax", model.argmax_samples()), ("sampled", model.draw_samples(generator))):
                 with runtime.autocast():
@@ -115,6 +122,8 @@ def discretisation_gap(model: Supernet, loader: PatchLoader, runtime: Runtime, s
             batches += 1
     finally:
         model.train(was_training)
+    if stopped:  # not measured: NaN in the record ("-" in the report line, a hole in the plots)
+        return dict.fromkeys(("argmax_loss", "sampled_loss", "argmax_dice", "sampled_dice"), math.nan)
     values = [losses["argmax"] / max(batches, 1), losses["sampled"] / max(batches, 1),
               *dice["argmax"].values(), *dice["sampled"].values()]
     reduced = runtime.mean_values(values)  # means of sums keep the ratios of the Dice counts
