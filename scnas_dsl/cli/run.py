@@ -39,6 +39,9 @@ WORKERS = typer.Option(None, "--workers", min=0,
                             "GPU process - 1), on the CPU 0: in the main process)")
 NO_AUG = typer.Option(False, "--no-augment", help="switch data augmentation off")
 QUIET = typer.Option(False, "--quiet", help="no progress bars")
+COMPILE = typer.Option(None, "--compile/--no-compile",
+                       help="torch.compile the network (faster steps on a GPU after minutes of compiling; on the "
+                            "CPU compiling alone takes minutes); runs eagerly with a note where it cannot compile")
 AMP = typer.Option(None, "--amp/--no-amp",
                    help="mixed precision on CUDA (default on: bf16 where the GPU computes it natively, else fp16 "
                         "with a gradient scaler); --no-amp trains in float32. No effect on the CPU")
@@ -150,7 +153,7 @@ def train_cmd(
     mirror: bool | None = typer.Option(None, "--mirror/--no-mirror",
                                        help="mirror the validation's sliding windows along every spatial axis "
                                             "(default on, as nnU-Net; 8x the validation's work)"),
-    deep_supervision: bool | None = DEEP,
+    deep_supervision: bool | None = DEEP, compile_network: bool | None = COMPILE,
     device: str | None = DEVICE, seed: int | None = SEED, resume: bool = RESUME, force: bool = FORCE,
     config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
@@ -162,7 +165,7 @@ def train_cmd(
     from scnas_dsl.train.retrain import run_train
 
     cfg = resolve_config(TrainConfig, config, genotype=str(genotype), genotype_name=name, val_every=val_every,
-                         mirror_validation=mirror, deep_supervision=deep_supervision,
+                         mirror_validation=mirror, deep_supervision=deep_supervision, compile=compile_network,
                          **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
                                    spacing, workers, no_augment, quiet, median, ops, amp))
     result = run_train(cfg, resume=resume, force=force)
@@ -190,6 +193,9 @@ def predict_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     batch_size: int = typer.Option(2, "--batch-size", help="windows per forward pass"),
     force: bool = typer.Option(False, "--force", help="overwrite existing predictions"),
+    compile_network: bool = typer.Option(False, "--compile/--no-compile",
+                                         help="torch.compile the network first (pays off on a GPU with many "
+                                              "cases; runs eagerly with a note where it cannot compile)"),
     quiet: bool = QUIET, ops: list[str] | None = OPS,
 ) -> None:
     """Segment images with a trained run; label maps on the original grid, one <case>.nii.gz per case."""
@@ -197,7 +203,7 @@ def predict_cmd(
 
     made = predict_run(run, inputs, output, probabilities=probabilities, mirror=mirror, device=device,
                        checkpoint=checkpoint, batch_size=batch_size, force=force, progress=not quiet, blend=blend,
-                       ops=tuple(ops or ()))
+                       ops=tuple(ops or ()), compile_network=compile_network)
     continued = f"; {len(made.continued)} kept from the stopped call before" if made.continued else ""
     typer.echo(f"{len(made.files)} prediction(s) written to {output} with the {made.weights.label()} "
                f"(recorded in {made.record.name}{continued})")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
@@ -60,7 +59,7 @@ def compile_backend() -> str:
 
 
 def compile_forward(module: nn.Module, probe: torch.Tensor, *, train: bool, what: str,
-                    log: Callable[[str], None] | None = None, backend: str | None = None) -> Callable[..., Any]:
+                    log: Callable[[str], None] | None = None, backend: str | None = None) -> nn.Module:
     """``torch.compile(module)`` checked on ``probe`` (a batch of the run's shape on the run's device), or
     ``module`` itself when compiling fails (said through ``log``, default stderr). ``train``: the probe also
     runs a backward pass (the gradients it leaves are cleared). ``what`` names the job in the message;
@@ -89,4 +88,5 @@ def compile_forward(module: nn.Module, probe: torch.Tensor, *, train: bool, what
         module.train(was_training)
         for p in module.parameters():
             p.grad = None
-    return compiled  # type: ignore[no-any-return]
+    assert isinstance(compiled, nn.Module)  # torch.compile of a module is a module (OptimizedModule)
+    return compiled

@@ -158,6 +158,9 @@ class TrainConfig(CommonConfig):
     #: spec's levels, or every decoder level but the coarsest when it names none)
     deep_supervision: bool | None = None
     mirror_validation: bool = True  # nnU-Net mirrors its validation; --no-mirror (scnas train) turns it off
+    #: ``torch.compile`` the network for the training steps (``--compile``); falls back to eager with a note
+    #: where it cannot compile (``scnas_dsl.train.compiling``). Validation stays eager.
+    compile: bool = False
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -270,11 +270,12 @@ def check_output_folder(output: Path, inputs: list[Path]) -> None:
 def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilities: bool = False,
                 mirror: bool = True, device: str = "auto", checkpoint: str = "last", batch_size: int = 2,
                 force: bool = False, progress: bool = True, blend: str | None = None,
-                ops: Sequence[str] = ()) -> Predictions:
+                ops: Sequence[str] = (), compile_network: bool = False) -> Predictions:
     """Segment every case of ``inputs`` with the run's network (its ``last`` weights, or ``best``); writes the
     label maps and ``prediction.json`` (which weights, which settings, which cases).
     ``mirror``: average over the 8 flips of the spatial axes (nnU-Net's default; 8x the network's work).
-    ``blend``: ``gaussian`` or ``constant`` (default: the run's setting)."""
+    ``blend``: ``gaussian`` or ``constant`` (default: the run's setting). ``compile_network``: ``torch.compile``
+    the network first, checked on a batch of windows (eager with a note where it cannot compile)."""
     if blend not in (None, "gaussian", "constant"):
         raise RunError(f"unknown blending '{blend}': use gaussian or constant")
     if batch_size < 1:
@@ -295,7 +296,13 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
                        "choose another --output or pass --force")
     record = _record(output, model.weights, mirror, blend, list(todo), force)
     runtime = setup_runtime(device)
-    network = model.network.to(runtime.device)
+    network: torch.nn.Module = model.network.to(runtime.device)
+    if compile_network and todo:
+        from scnas_dsl.train.compiling import compile_forward
+
+        probe = torch.zeros(batch_size, len(pre.dataset.modalities), *model.patch, device=runtime.device)
+        with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp_dtype is not None):
+            network = compile_forward(network, probe, train=False, what="prediction")
     written: list[Path] = []
     bar = progress_bar(len(todo), "predict", progress)
     with StopSignal():

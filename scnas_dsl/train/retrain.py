@@ -133,6 +133,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     if runtime.distributed:
         model = DistributedDataParallel(net, device_ids=[runtime.device.index] if runtime.device.type == "cuda"
                                         else None)
+    if cfg.compile:
+        model = _compiled(net, model, cfg, runtime, data, patch)
     job = _TrainJob(net, model, cfg, runtime, run, data, patch)
     state = LoopState()
     if resume:
@@ -160,6 +162,23 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     best = job.best
     return TrainResult(run=run.path, best_dice=float(best["dice"]), best_epoch=int(best["epoch"]),
                        epochs=end.epoch + 1, stopped_by=end.reason if end.how == "early" else "epochs")
+
+
+def _compiled(net: FixedNetwork, model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime, data: DataContext,
+              patch: tuple[int, int, int]) -> torch.nn.Module:
+    """``--compile``: the training forward compiled on a probe batch of the run's shape, under the run's
+    autocast and with the deep-supervision heads as the steps use them (so the probe compiles the graph the
+    steps run); ``model`` itself when compiling fails (a note says why)."""
+    from scnas_dsl.train.compiling import compile_forward
+
+    probe = torch.zeros(per_rank_batch(cfg.batch_size, runtime), data.in_channels, *patch, device=runtime.device)
+    net.deep_supervision = bool(net.plan.deep_supervision)
+    try:
+        with runtime.autocast():
+            return compile_forward(model, probe, train=True, what="retraining",
+                                   log=None if runtime.is_main else (lambda text: None))
+    finally:
+        net.deep_supervision = False
 
 
 class _TrainJob:

@@ -111,3 +111,41 @@ def test_no_mirror_options_of_predict_and_train(trained: dict[str, Path], tmp_pa
         code, output = invoke("train", BASELINE, *common, "--out", out, *([flag] if flag else []))
         assert code == 0, output
         assert json.loads((out / "config.json").read_text())["mirror_validation"] is expected
+
+
+@pytest.mark.slow
+def test_compile_option_of_train_and_predict(trained: dict[str, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--compile`` compiles the network (here with the ``aot_eager`` backend: inductor's C++ build takes
+    minutes on the CPU) and computes what the eager network computes, in training and in prediction."""
+    monkeypatch.setenv("SCNAS_COMPILE_BACKEND", "aot_eager")
+    calls: list[str] = []
+    real = torch.compile
+
+    def counting(module: torch.nn.Module, **kwargs: object):  # noqa: ANN202
+        calls.append(str(kwargs.get("backend")))
+        return real(module, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", counting)
+    common = ["--data", trained["root"] / "pre", "--epochs", "1", "--batches-per-epoch", "2", "--batch-size", "1",
+              "--patch", "16", "16", "16", "--stem-width", "4", "--device", "cpu", "--quiet", "--no-augment",
+              "--val-every", "5", "--seed", "3"]
+    losses = {}
+    for flag in ("--compile", "--no-compile"):
+        out = tmp_path / flag
+        code, output = invoke("train", BASELINE, *common, "--out", out, flag)
+        assert code == 0, output
+        assert json.loads((out / "config.json").read_text())["compile"] is (flag == "--compile")
+        losses[flag] = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["train_loss"]
+    assert calls == ["aot_eager"]  # only the --compile run compiled
+    assert losses["--compile"] == pytest.approx(losses["--no-compile"], abs=1e-5)
+
+    image = sorted((trained["raw"] / "imagesTr").iterdir())[2]
+    for flag in ("--compile", "--no-compile"):
+        code, output = invoke("predict", trained["run"], "--input", image, "--output", tmp_path / f"p{flag}",
+                              "--probabilities", "--no-mirror", "--device", "cpu", "--quiet", flag)
+        assert code == 0, output
+    assert calls == ["aot_eager", "aot_eager"]
+    compiled = nib.load(str(tmp_path / "p--compile" / "probabilities" / image.name)).get_fdata()
+    eager = nib.load(str(tmp_path / "p--no-compile" / "probabilities" / image.name)).get_fdata()
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)
