@@ -323,12 +323,15 @@ def _check_memory(model: Supernet, runtime: Runtime, patch: tuple[int, ...], cfg
         checkpointed = training_memory(report, runtime, cfg.sampling, checkpoint=True)
         if need > total >= checkpointed:
             model.checkpoint_cells = True
+            need, what = checkpointed, what + " with per-cell checkpointing"
             if runtime.is_main:
-                print(f"note: {what} needs about {need / 2**30:.1f} GiB without checkpointing, "
+                print(f"note: the search needs about {need / 2**30:.1f} GiB without checkpointing, "
                       f"{checkpointed / 2**30:.1f} GiB with it, of {total / 2**30:.1f} GiB: per-cell "
                       "activation checkpointing is on (each cell is recomputed in its backward: slower; "
                       "--no-checkpoint-cells switches it off)", file=sys.stderr, flush=True)
-    if model.checkpoint_cells:
+        elif need > total:  # fits neither way: say what even the smaller figure needs
+            need, what = checkpointed, what + " even with per-cell checkpointing"
+    elif model.checkpoint_cells:
         need = training_memory(report, runtime, cfg.sampling, checkpoint=True)
         what += " with per-cell checkpointing"
     check_gpu_memory(runtime, need, what)

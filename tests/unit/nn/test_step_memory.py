@@ -280,3 +280,44 @@ def test_checkpointed_fixed_network_and_estimate() -> None:
         for step in report.steps.values():
             assert 0 < step.checkpointed_activation_bytes < 0.8 * step.activation_bytes
             assert step.checkpointed_memory_bytes < step.memory_bytes
+
+
+def test_auto_checkpointing_is_chosen_only_when_it_alone_fits(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``checkpoint_cells: auto``: on (with a note) when the estimate fits the GPU only with checkpointing,
+    off when it fits without; ``True``/``False`` as said; a search that fits neither way is refused."""
+    import types
+
+    import pytest
+
+    from scnas_dsl.errors import RunError
+    from scnas_dsl.nn import cost
+    from scnas_dsl.train import search
+    from scnas_dsl.train.config import SearchConfig
+    from scnas_dsl.train.device import Runtime, training_memory
+
+    net = supernet(levels=1, nodes=1)
+    runtime = Runtime(device=torch.device("cuda", 0))
+    gib = 2**30  # the estimate's figures (its checkpointed one is tested above), without measuring
+    report = types.SimpleNamespace(steps={"pair": cost.StepCost(0, 0, 20 * gib, gib, gib, 2 * gib, 6 * gib)},
+                                   memory_bytes=24 * gib)
+    monkeypatch.setattr(cost, "estimate", lambda *_a, **_k: report)
+    plain = training_memory(report, runtime, "pair")
+    ckpt = training_memory(report, runtime, "pair", checkpoint=True)
+    assert ckpt < plain
+    total = [0]
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: types.SimpleNamespace(total_memory=total[0]))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _d: "a small GPU")
+
+    def check(setting: object, gpu: int) -> bool:
+        total[0] = gpu
+        cfg = SearchConfig(spec="s", data="d", batch_size=2, checkpoint_cells=setting)  # type: ignore[arg-type]
+        search._check_memory(net, runtime, (8, 8), cfg)
+        return net.checkpoint_cells
+
+    assert check("auto", plain + 1) is False and "checkpointing is on" not in capsys.readouterr().err
+    assert check("auto", (plain + ckpt) // 2) is True and "checkpointing is on" in capsys.readouterr().err
+    assert check(True, plain + 1) is True and check(False, (plain + ckpt) // 2 + plain) is False
+    with pytest.raises(RunError, match="without checkpointing|needs about"):
+        check(False, (plain + ckpt) // 2)
+    with pytest.raises(RunError, match="even with per-cell checkpointing"):
+        check("auto", ckpt - 1)
