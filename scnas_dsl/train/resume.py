@@ -10,7 +10,7 @@ from scnas_dsl.errors import CheckpointError, RunError
 from scnas_dsl.train.checkpoint import load_checkpoint
 
 #: settings that may change when a run is resumed (they do not change what the run computes, or extend it)
-RESUMABLE_CHANGES = {"out", "device", "workers", "progress", "epochs", "data", "compile"}
+RESUMABLE_CHANGES = {"out", "device", "workers", "progress", "epochs", "data", "compile", "augment_on"}
 
 
 def resume_state(run_dir: Path, settings: dict[str, Any], ckpt_path: Path, kind: str) -> dict[str, Any]:
