@@ -11,6 +11,14 @@ resident set size minus that of an interpreter that has only imported the same m
 memory (``scnas_dsl.nn.cost.estimate``) so that the estimate can be checked against the measurement.
 
     .venv/bin/python benchmarks/search_step.py --width 16 --patch 32 --ops 8 16 32
+
+``--compare`` measures the pair step's memory savings instead (issue 10): "before" with them switched off
+(the weight step draws with alpha's graph, every operation activates its own input, both operations of
+every pair run), "after" (the defaults), and "after" with per-cell checkpointing, alternating the three
+``--repeats`` times, at each ``--temperatures`` (early in the annealing no pair is lopsided, late most are):
+
+    .venv/bin/python benchmarks/search_step.py --compare --cells unet --width 8 --node-width full \
+        --patch 32 --temperatures 5 0.1 --repeats 2
 """
 
 from __future__ import annotations
@@ -70,18 +78,28 @@ def child(args: argparse.Namespace) -> None:
     space = _space(args.cells, args.copies, args.width, args.dims, args.node_width)
     patch = (args.patch,) * args.dims
     net = build_supernet(space, in_channels=1, num_classes=2, sampling=args.mode, seed=0)
-    w_opt = torch.optim.Adam(net.weight_parameters(), lr=0.025, betas=(0.1, 0.001))
-    a_opt = torch.optim.Adam(net.arch_parameters(), lr=0.003, betas=(0.5, 0.999))
+    if args.temperature is not None:
+        net.temperature = args.temperature
+    if args.before:  # the pair step before issue 10's savings
+        net.share_activations, net.dominant_threshold = False, 0.0
+    net.checkpoint_cells = args.checkpoint
+    weights, logits = net.weight_parameters(), net.arch_parameters()
+    w_opt = torch.optim.Adam(weights, lr=0.025, betas=(0.1, 0.001))
+    a_opt = torch.optim.Adam(logits, lr=0.003, betas=(0.5, 0.999))
     x = torch.randn(args.batch, 1, *patch)
     y = torch.randint(0, 2, (args.batch, *patch))
     loss_fn = torch.nn.CrossEntropyLoss()
 
+    def update(params: list, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        # as the search does: gradients of this group only, released after its step
+        for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True), strict=True):
+            p.grad = g
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
     def step() -> None:
-        for opt in (w_opt, a_opt):
-            w_opt.zero_grad(set_to_none=True)
-            a_opt.zero_grad(set_to_none=True)
-            loss_fn(net(x), y).backward()
-            opt.step()
+        update(weights, w_opt, loss_fn(net(x, arch_grad=args.before), y))  # the weight step
+        update(logits, a_opt, loss_fn(net(x), y))  # the architecture step
 
     times = []
     for i in range(args.steps + 1):
@@ -115,7 +133,8 @@ def run(args: argparse.Namespace, **extra: object) -> dict:
            "--threads", str(args.threads), "--cells", args.cells, "--node-width", args.node_width]
     for key, value in extra.items():
         flag = "--" + key.replace("_", "-")
-        cmd += [flag] if value is True else [flag, str(value)]
+        if value is not False and value is not None:
+            cmd += [flag] if value is True else [flag, str(value)]
     env = dict(os.environ)
     if not args.glibc_default:
         # glibc raises its mmap threshold after every large free, so freed activations stay in the heap and
@@ -142,13 +161,24 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["pair", "single", "full"])
     parser.add_argument("--glibc-default", action="store_true",
                         help="keep glibc's adaptive mmap threshold (peaks then include its retained heap)")
+    parser.add_argument("--compare", action="store_true",
+                        help="pair step before / after issue 10's memory savings / after with checkpointing")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[5.0, 0.1],
+                        help="with --compare: the temperatures to measure at (default: start and end)")
+    parser.add_argument("--repeats", type=int, default=2, help="with --compare: rounds of the three")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--temperature", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--before", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--imports-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="pair", help=argparse.SUPPRESS)
     parser.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.compare:
+        compare(args)
         return
     for n in args.ops:
         if n % 8:
@@ -193,6 +223,55 @@ def main() -> None:
         first, last = results[("full", args.ops[0])], results[("full", args.ops[-1])]
         print(f"full from {args.ops[0]} to {args.ops[-1]} operations: time x{last['time'] / first['time']:.2f}, "
               f"memory x{last['memory'] / first['memory']:.2f}")
+
+
+COMPARED = {"before": {"before": True}, "after": {}, "after, checkpointed": {"checkpoint": True}}
+
+
+def compare(args: argparse.Namespace) -> None:
+    """The pair step before and after the memory savings, and after with per-cell checkpointing: the three
+    alternate, ``--repeats`` rounds, fastest time and smallest peaks of all rounds."""
+    from scnas_dsl.nn.cost import estimate
+
+    base = run(args, imports_only=True)["peak"]
+    space = _space(args.cells, 1, args.width, args.dims, args.node_width)
+    rows: dict[tuple[float, str], dict] = {}
+    for tau in args.temperatures:
+        for _ in range(args.repeats):
+            for name, extra in COMPARED.items():
+                r = run(args, mode="pair", temperature=tau, **extra)
+                best = rows.setdefault((tau, name), r)
+                for key in ("time", "peak", "tensor_peak"):
+                    best[key] = min(best[key], r[key])
+                print(f"tau {tau:g} {name:>19}: {r['time']:.3f} s/step, tensor peak "
+                      f"{r['tensor_peak'] / 2**20:.0f} MiB, peak RSS {(r['peak'] - base) / 2**20:.0f} MiB "
+                      "above imports", file=sys.stderr, flush=True)
+    # scnas' estimate of the pair step (at the first temperature's logits: zeros; at each temperature)
+    print(f"\n{args.cells} cells, stem width {args.width} (node_width {args.node_width}), patch "
+          f"{args.patch}^{args.dims}, batch {args.batch}, {args.threads} threads, pair sampling, fastest of "
+          f"{args.steps} steps x {args.repeats} rounds\n")
+    print("| tau | step | time / step (s) | time / before | tensor peak (MiB) | tensor peak / before | "
+          "peak RSS / before | estimate / tensor peak |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for tau in args.temperatures:
+        net_report = None
+        for name in COMPARED:
+            r, b = rows[(tau, name)], rows[(tau, "before")]
+            if name != "before" and net_report is None:
+                from scnas_dsl.nn import build_supernet
+
+                net = build_supernet(space, in_channels=1, num_classes=2, sampling="pair", seed=0)
+                net.temperature = tau
+                net_report = estimate(net, patch=(args.patch,) * args.dims, batch_size=args.batch, draws=8)
+            if net_report is None:
+                est = "-"
+            else:
+                step = net_report.steps["pair"]
+                kept = step.checkpointed_memory_bytes if "checkpointed" in name else step.memory_bytes
+                est = f"{kept / r['tensor_peak']:.2f}"
+            print(f"| {tau:g} | {name} | {r['time']:.3f} | {r['time'] / b['time']:.2f} | "
+                  f"{r['tensor_peak'] / 2**20:.0f} | {r['tensor_peak'] / b['tensor_peak']:.2f} | "
+                  f"{(r['peak'] - base) / (b['peak'] - base):.2f} | {est} |")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def search_cmd(
     checkpoint_cells: bool | None = typer.Option(
         None, "--checkpoint-cells/--no-checkpoint-cells",
         help="activation checkpointing per cell: keep only the cells' inputs and outputs, recompute each cell in "
-             "its backward (less GPU memory, about a third more time; same results). Default: on only when the "
+             "its backward (less GPU memory, about 1.4x the time; same results). Default: on only when the "
              "GPU memory estimate says the search fits with it but not without"),
 ) -> None:
     """Search an architecture: bi-level optimisation with Gumbel-softmax pair sampling (the paper's defaults)."""
