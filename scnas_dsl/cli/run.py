@@ -39,6 +39,11 @@ WORKERS = typer.Option(None, "--workers", min=0,
                             "GPU process - 1), on the CPU 0: in the main process)")
 NO_AUG = typer.Option(False, "--no-augment", help="switch data augmentation off")
 QUIET = typer.Option(False, "--quiet", help="no progress bars")
+CHECKPOINT_CELLS = typer.Option(
+    None, "--checkpoint-cells/--no-checkpoint-cells",
+    help="activation checkpointing per cell: keep only the cells' inputs and outputs, recompute each cell in "
+         "its backward (less GPU memory, about 1.4x the time; same results). Default: on only when the "
+         "GPU memory estimate says the step fits with it but not without")
 COMPILE = typer.Option(None, "--compile/--no-compile",
                        help="torch.compile the network (faster steps on a GPU after minutes of compiling; on the "
                             "CPU compiling alone takes minutes); runs eagerly with a note where it cannot compile")
@@ -117,11 +122,7 @@ def search_cmd(
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
     no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN, ops: list[str] | None = OPS,
     amp: bool | None = AMP,
-    checkpoint_cells: bool | None = typer.Option(
-        None, "--checkpoint-cells/--no-checkpoint-cells",
-        help="activation checkpointing per cell: keep only the cells' inputs and outputs, recompute each cell in "
-             "its backward (less GPU memory, about 1.4x the time; same results). Default: on only when the "
-             "GPU memory estimate says the search fits with it but not without"),
+    checkpoint_cells: bool | None = CHECKPOINT_CELLS,
 ) -> None:
     """Search an architecture: bi-level optimisation with Gumbel-softmax pair sampling (the paper's defaults)."""
     from scnas_dsl.train.config import SearchConfig, resolve_config
@@ -154,6 +155,7 @@ def train_cmd(
                                        help="mirror the validation's sliding windows along every spatial axis "
                                             "(default on, as nnU-Net; 8x the validation's work)"),
     deep_supervision: bool | None = DEEP, compile_network: bool | None = COMPILE,
+    checkpoint_cells: bool | None = CHECKPOINT_CELLS,
     device: str | None = DEVICE, seed: int | None = SEED, resume: bool = RESUME, force: bool = FORCE,
     config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
@@ -166,6 +168,7 @@ def train_cmd(
 
     cfg = resolve_config(TrainConfig, config, genotype=str(genotype), genotype_name=name, val_every=val_every,
                          mirror_validation=mirror, deep_supervision=deep_supervision, compile=compile_network,
+                         checkpoint_cells=checkpoint_cells,
                          **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
                                    spacing, workers, no_augment, quiet, median, ops, amp))
     result = run_train(cfg, resume=resume, force=force)

@@ -89,6 +89,10 @@ class CommonConfig(BaseModel):
     workers: int | None = Field(default=None, ge=0)
     #: mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler); ignored on the CPU
     amp: bool = True
+    #: activation checkpointing per cell (``--checkpoint-cells``): keeps only the cells' inputs and outputs and
+    #: recomputes each cell in its backward (less GPU memory, more time); "auto": on only when the GPU memory
+    #: estimate says the step would not fit without it but would with it
+    checkpoint_cells: bool | Literal["auto"] = "auto"
     progress: bool = True
     #: operation modules (``--ops``: importable names or .py paths) besides the installed plugins
     ops: tuple[str, ...] = ()
@@ -128,10 +132,6 @@ class SearchConfig(CommonConfig):
     #: batches of the architecture part (the same every epoch, not augmented) on which the argmax architecture
     #: and the sampled supernet are compared after each epoch (the discretisation gap); 0 switches it off
     gap_batches: int = Field(default=4, ge=0)
-    #: activation checkpointing per cell (``--checkpoint-cells``): keeps only the cells' inputs and outputs and
-    #: recomputes each cell in its backward (less GPU memory, more time); "auto": on only when the GPU memory
-    #: estimate says the step would not fit without it but would with it
-    checkpoint_cells: bool | Literal["auto"] = "auto"
 
 
 class TrainConfig(CommonConfig):

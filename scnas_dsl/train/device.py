@@ -7,6 +7,7 @@ GPUs and gloo on the CPU; each rank takes GPU ``LOCAL_RANK``. Only rank 0 writes
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +148,35 @@ def training_memory(report: Any, runtime: Runtime, sampling: str | None = None, 
     kept = step.checkpointed_activation_bytes if checkpoint else step.activation_bytes
     activations = kept // 2 if runtime.amp_dtype is not None else kept
     return int(activations + step.weight_bytes + step.gradient_bytes + step.optimizer_bytes)
+
+
+def settle_checkpointing(report: Any, runtime: Runtime, setting: bool | str, what: str,
+                         sampling: str | None = None) -> bool:
+    """Whether to checkpoint the cells' activations, and refuse what the GPU cannot hold. ``setting``: True or
+    False as asked, or "auto": on (with a note from rank 0) only when the estimate of ``report`` (a
+    ``scnas_dsl.nn.cost.CostReport``) says the step fits the GPU with per-cell checkpointing but not
+    without. Off the GPU only an explicit True turns it on. A step that fits neither way is refused with the
+    smaller (checkpointed) figure, where checkpointing is allowed."""
+    checkpoint = setting is True
+    if runtime.device.type != "cuda":
+        return checkpoint
+    need = training_memory(report, runtime, sampling)
+    checkpointed = training_memory(report, runtime, sampling, checkpoint=True)
+    suffix = " with per-cell checkpointing" if checkpoint else ""
+    if setting == "auto":
+        total = torch.cuda.get_device_properties(runtime.device).total_memory
+        checkpoint = need > total  # when neither fits, the refusal below names the smaller need
+        if checkpointed > total:
+            suffix = " even with per-cell checkpointing" if checkpoint else ""
+        elif checkpoint:
+            suffix = " with per-cell checkpointing"
+            if runtime.is_main:
+                print(f"note: {what} needs about {need / 2**30:.1f} GiB without checkpointing, "
+                      f"{checkpointed / 2**30:.1f} GiB with it, of {total / 2**30:.1f} GiB: per-cell "
+                      "activation checkpointing is on (each cell is recomputed in its backward: slower; "
+                      "--no-checkpoint-cells switches it off)", file=sys.stderr, flush=True)
+    check_gpu_memory(runtime, checkpointed if checkpoint else need, what + suffix)
+    return checkpoint
 
 
 def check_gpu_memory(runtime: Runtime, estimate_bytes: int | None, what: str) -> None:

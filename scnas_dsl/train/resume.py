@@ -10,7 +10,7 @@ from scnas_dsl.errors import CheckpointError, RunError
 from scnas_dsl.train.checkpoint import load_checkpoint
 
 #: settings that may change when a run is resumed (they do not change what the run computes, or extend it)
-RESUMABLE_CHANGES = {"out", "device", "workers", "progress", "epochs", "data", "compile", "augment_on"}
+RESUMABLE_CHANGES = {"out", "device", "workers", "progress", "epochs", "data", "compile", "augment_on", "checkpoint_cells"}
 
 
 def resume_state(run_dir: Path, settings: dict[str, Any], ckpt_path: Path, kind: str) -> dict[str, Any]:
@@ -35,4 +35,4 @@ def check_resumed_settings(run_dir: Path, settings: dict[str, Any]) -> None:
     if changed:
         details = "; ".join(f"{k}: {before[k]!r} -> {settings[k]!r}" for k in changed)
         raise RunError(f"{path}: the run was started with other settings ({details}); resume with the same "
-                       "settings (only --epochs, --device, --workers, --compile may change) or start a new run")
+                       "settings (only --epochs, --device, --workers, --compile, --checkpoint-cells may change) or start a new run")

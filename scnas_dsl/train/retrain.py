@@ -37,7 +37,7 @@ from scnas_dsl.train.data_context import (
     patch_for,
     per_rank_batch,
 )
-from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime, training_memory
+from scnas_dsl.train.device import Runtime, settle_checkpointing, setup_runtime
 from scnas_dsl.train.genotype_files import genotype_text
 from scnas_dsl.train.inference import InferenceStopped, sliding_window_inference
 from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
@@ -119,12 +119,13 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     torch.manual_seed(cfg.seed)
     net = build_network(space, genotype, in_channels=data.in_channels, num_classes=data.num_classes,
                         stem_width=cfg.stem_width, deep_supervision=cfg.deep_supervision, library=extra.library)
+    net.checkpoint_cells = cfg.checkpoint_cells is True
     if runtime.device.type == "cuda":
         from scnas_dsl.nn.cost import estimate
 
         report = estimate(net, patch=patch, batch_size=per_rank_batch(cfg.batch_size, runtime))
-        check_gpu_memory(runtime, training_memory(report, runtime),
-                         f"retraining (patch {patch}, batch {cfg.batch_size})")
+        net.checkpoint_cells = settle_checkpointing(report, runtime, cfg.checkpoint_cells,
+                                                    f"retraining (patch {patch}, batch {cfg.batch_size})")
     if runtime.is_main:  # everything checked: now the folder is made (or replaced, with --force)
         run.prepare("train", resume=resume, force=force)
     runtime.barrier()

@@ -13,7 +13,6 @@ also all-reduce the logits' gradients during the weight step). Only rank 0 write
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from scnas_dsl.train.data_context import (
     patch_for,
     per_rank_batch,
 )
-from scnas_dsl.train.device import Runtime, check_gpu_memory, setup_runtime, training_memory
+from scnas_dsl.train.device import Runtime, settle_checkpointing, setup_runtime
 from scnas_dsl.train.genotype_files import genotype_body, genotype_text, space_text
 from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.train.losses import soft_jaccard_loss
@@ -308,33 +307,15 @@ class _SearchJob:
 
 
 def _check_memory(model: Supernet, runtime: Runtime, patch: tuple[int, ...], cfg: SearchConfig) -> None:
-    """Refuse a search the GPU cannot hold, and settle ``checkpoint_cells``: on when asked; with "auto", on
-    (with a note) only when the estimate says the step fits with per-cell checkpointing but not without."""
+    """Refuse a search the GPU cannot hold, and settle ``checkpoint_cells`` (``settle_checkpointing``)."""
     model.checkpoint_cells = cfg.checkpoint_cells is True
     if runtime.device.type != "cuda":
         return
     from scnas_dsl.nn.cost import estimate
 
     report = estimate(model, patch=patch, batch_size=per_rank_batch(cfg.batch_size, runtime))
-    need = training_memory(report, runtime, cfg.sampling)
     what = f"the search (patch {patch}, batch {cfg.batch_size}, {cfg.sampling} sampling)"
-    if cfg.checkpoint_cells == "auto":
-        total = torch.cuda.get_device_properties(runtime.device).total_memory
-        checkpointed = training_memory(report, runtime, cfg.sampling, checkpoint=True)
-        if need > total >= checkpointed:
-            model.checkpoint_cells = True
-            need, what = checkpointed, what + " with per-cell checkpointing"
-            if runtime.is_main:
-                print(f"note: the search needs about {need / 2**30:.1f} GiB without checkpointing, "
-                      f"{checkpointed / 2**30:.1f} GiB with it, of {total / 2**30:.1f} GiB: per-cell "
-                      "activation checkpointing is on (each cell is recomputed in its backward: slower; "
-                      "--no-checkpoint-cells switches it off)", file=sys.stderr, flush=True)
-        elif need > total:  # fits neither way: say what even the smaller figure needs
-            need, what = checkpointed, what + " even with per-cell checkpointing"
-    elif model.checkpoint_cells:
-        need = training_memory(report, runtime, cfg.sampling, checkpoint=True)
-        what += " with per-cell checkpointing"
-    check_gpu_memory(runtime, need, what)
+    model.checkpoint_cells = settle_checkpointing(report, runtime, cfg.checkpoint_cells, what, cfg.sampling)
 
 
 def _finish(model: Any, space: SearchSpace, run: RunFolder, cfg: SearchConfig) -> SearchResult:

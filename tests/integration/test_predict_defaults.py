@@ -149,3 +149,33 @@ def test_compile_option_of_train_and_predict(trained: dict[str, Path], tmp_path:
     compiled = nib.load(str(tmp_path / "p--compile" / "probabilities" / image.name)).get_fdata()
     eager = nib.load(str(tmp_path / "p--no-compile" / "probabilities" / image.name)).get_fdata()
     np.testing.assert_allclose(compiled, eager, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_checkpoint_cells_option_of_train(trained: dict[str, Path], tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``scnas train --checkpoint-cells`` recomputes every cell in its backward and trains exactly as
+    without (the same losses); ``auto`` (the default) leaves it off on the CPU."""
+    from scnas_dsl.nn import cells
+
+    calls = [0]
+    real = cells.checkpoint
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cells, "checkpoint", counting)
+    common = ["--data", trained["root"] / "pre", "--epochs", "1", "--batches-per-epoch", "2", "--batch-size", "1",
+              "--patch", "16", "16", "16", "--stem-width", "4", "--device", "cpu", "--quiet", "--no-augment",
+              "--val-every", "5", "--seed", "4"]
+    losses, counted = {}, {}
+    for flag in ("--checkpoint-cells", None):
+        out = tmp_path / str(flag)
+        calls[0] = 0
+        code, output = invoke("train", BASELINE, *common, "--out", out, *([flag] if flag else []))
+        assert code == 0, output
+        assert json.loads((out / "config.json").read_text())["checkpoint_cells"] == (True if flag else "auto")
+        losses[flag], counted[flag] = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["train_loss"], calls[0]
+    assert counted["--checkpoint-cells"] > 0 and counted[None] == 0
+    assert losses["--checkpoint-cells"] == pytest.approx(losses[None], abs=1e-5)
