@@ -24,7 +24,8 @@ same pairs, its supernet being seeded), also their CPU time (all threads: on a s
 disturbed figure; with more threads than free cores, OpenMP's waiting inflates both); peak memory is the child's maximum resident set size minus that of an
 interpreter that only imported the same modules (``MALLOC_MMAP_THRESHOLD_=131072``, as
 ``benchmarks/search_step.py``); ``--tensor-peak`` adds the peak of live tensors over one more step from the
-profiler's allocation events.
+profiler's allocation events; ``--checkpoint-cells`` adds a third process per round, scnas with per-cell
+checkpointing (``net.checkpoint_cells = True``), reported against the same DiNTS processes.
 
     .venv/bin/python benchmarks/vs_dints.py --patch 64 --rounds 3 --steps 2
 """
@@ -94,6 +95,7 @@ def _scnas_step(args: argparse.Namespace):  # noqa: ANN202
 
     net = scnas_model(args)
     net.train()
+    net.checkpoint_cells = args.net == "scnas_ckpt"
     runtime = Runtime(device=torch.device("cpu"))
     weights, logits = net.weight_parameters(), net.arch_parameters()
     w_opt = torch.optim.Adam(weights, lr=0.025, betas=(0.9, 0.999))
@@ -169,7 +171,7 @@ def child(args: argparse.Namespace) -> None:
         return
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    net, weight_step, arch_step = (_scnas_step if args.net == "scnas" else _dints_step)(args)
+    net, weight_step, arch_step = (_dints_step if args.net == "dints" else _scnas_step)(args)
     patch = (args.patch,) * 3
     gen = torch.Generator().manual_seed(1)
     xw, xa = (torch.randn(args.batch, args.in_channels, *patch, generator=gen) for _ in range(2))
@@ -261,19 +263,23 @@ def main() -> None:
     parser.add_argument("--tensor-peak", action="store_true", help="also the profiler's peak of live tensors")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--imports-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--net", choices=("scnas", "dints"), default="scnas", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint-cells", action="store_true",
+                        help="also scnas with per-cell checkpointing (net.checkpoint_cells = True), a third process "
+                             "per round; reported below the table against the same DiNTS runs")
+    parser.add_argument("--net", choices=("scnas", "dints", "scnas_ckpt"), default="scnas", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
     base = run(args, "--imports-only")["peak"]
-    results: dict[str, list[dict]] = {"scnas": [], "dints": []}
+    nets = ("scnas", "dints", "scnas_ckpt") if args.checkpoint_cells else ("scnas", "dints")
+    results: dict[str, list[dict]] = {name: [] for name in nets}
     for r in range(args.rounds):
-        for name in ("scnas", "dints") if r % 2 == 0 else ("dints", "scnas"):
+        for name in nets if r % 2 == 0 else nets[::-1]:
             res = run(args, "--net", name)
             res["memory"] = res["peak"] - base
             results[name].append(res)
-            print(f"round {r + 1} {name:>5}: {res['time']:.2f} s/step (weight {res['weight']:.2f} + arch "
+            print(f"round {r + 1} {name:>10}: {res['time']:.2f} s/step (weight {res['weight']:.2f} + arch "
                   f"{res['arch']:.2f}), {res['memory'] / 2**20:.0f} MiB above imports", file=sys.stderr, flush=True)
     load = os.getloadavg()[0]
     macs = flops(args)
@@ -304,6 +310,13 @@ def main() -> None:
           f"{macs['scnas'] / macs['dints']:.2f} |")
     print(f"| forward GMACs, every candidate | {macs['scnas_full'] / 1e9:.2f} | {macs['dints'] / 1e9:.2f} | "
           f"{macs['scnas_full'] / macs['dints']:.2f} |")
+    if args.checkpoint_cells:
+        c, d = results["scnas_ckpt"], results["dints"]
+        for label, key, scale, fmt in (("step time, median (s)", "time", 1.0, ".2f"),
+                                       ("CPU time, median (s)", "cpu", 1.0, ".2f"),
+                                       ("peak RSS above imports, median (MiB)", "memory", 2**-20, ".0f")):
+            cv, dv = (statistics.median(r[key] for r in runs) for runs in (c, d))
+            print(f"| scnas checkpointed: {label} | {cv * scale:{fmt}} | {dv * scale:{fmt}} | **{cv / dv:.2f}** |")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ _BUILTIN_CALLS: dict[str, tuple[str, dict[str, str]]] = {
     "logits": ("Logits", {}),
 }
 
-_HELPERS = (lib._ntuple, lib._same_padding, lib._conv, lib._norm)
+_HELPERS = (lib._ntuple, lib._same_padding, lib._conv, lib._norm, lib._cpu_kernels, lib._conv_call,
+            lib._ChannelsLastConv, lib._depthwise_call)
 
 
 _LIBRARY_DEFS: dict[str, Any] = {f.__name__: f for f in _HELPERS} | {c.__name__: c for c in lib.BUILTIN_CLASSES}
