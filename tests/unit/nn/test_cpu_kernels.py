@@ -32,15 +32,15 @@ def _plain(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     return F.conv3d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-def _conv(c_in: int, c_out: int, stride: int, dilation: int, groups: int = 1, bias: bool = False) -> nn.Conv3d:
+def _conv(c_in: int, c_out: int, stride: int | tuple[int, int, int], dilation: int, groups: int = 1, bias: bool = False) -> nn.Conv3d:
     torch.manual_seed(0)
     return nn.Conv3d(c_in, c_out, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups, bias=bias)
 
 
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("dilation", [1, 2, 3, 4])
-@pytest.mark.parametrize("stride", [1, 2])
-def test_conv_call_equals_plain(stride: int, dilation: int, batch: int) -> None:
+@pytest.mark.parametrize("stride", [1, 2, (2, 1, 1)])  # per-axis strides: a reversed order shows
+def test_conv_call_equals_plain(stride: int | tuple[int, int, int], dilation: int, batch: int) -> None:
     conv = _conv(3, 5, stride, dilation, bias=batch == 2)  # with and without a bias
     x = torch.randn(batch, 3, *SIZE, requires_grad=True)
     y, ref = lib._conv_call(conv, x), _plain(conv, x)
@@ -54,8 +54,8 @@ def test_conv_call_equals_plain(stride: int, dilation: int, batch: int) -> None:
 
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("dilation", [1, 2, 3, 4])
-@pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_call_equals_plain(stride: int, dilation: int, batch: int) -> None:
+@pytest.mark.parametrize("stride", [1, 2, (2, 1, 1)])  # per-axis strides: a reversed order shows
+def test_depthwise_call_equals_plain(stride: int | tuple[int, int, int], dilation: int, batch: int) -> None:
     conv = _conv(4, 4, stride, dilation, groups=4)
     x = torch.randn(batch, 4, *SIZE, requires_grad=True)
     y, ref = lib._depthwise_call(conv, x), _plain(conv, x)
