@@ -79,7 +79,7 @@ def _dataset(tmp: Path, cases: int) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--augment-on", default="loader", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -97,6 +97,10 @@ def main() -> None:
     if args.child:
         _child(args)
         return
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here; run it on a GPU machine (the CPU figures: --device cpu)")
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.data:

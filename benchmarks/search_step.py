@@ -17,7 +17,7 @@ memory (``scnas_dsl.nn.cost.estimate``) so that the estimate can be checked agai
 every pair run), "after" (the defaults), and "after" with per-cell checkpointing, alternating the three
 ``--repeats`` times, at each ``--temperatures`` (early in the annealing no pair is lopsided, late most are):
 
-    .venv/bin/python benchmarks/search_step.py --compare --cells unet --width 8 --node-width full \
+    .venv/bin/python benchmarks/search_step.py --compare --cells unet --width 8 --node-width full \\
         --patch 32 --temperatures 5 0.1 --repeats 2
 """
 

@@ -35,8 +35,8 @@ BATCHES = typer.Option(None, "--batches-per-epoch", help="steps per epoch (defau
 SPACING = typer.Option(None, "--spacing", help="target voxel size in mm when preprocessing (default: 0.7^3)")
 MEDIAN = typer.Option(False, "--median-spacing", help="preprocess at the data set's median voxel size")
 WORKERS = typer.Option(None, "--workers", min=0,
-                       help="data loader processes, started once per run (default: on a GPU min(4, CPUs per "
-                            "GPU process - 1), on the CPU 0: in the main process)")
+                       help="data loader processes per loader (a search has three loaders), started once per run "
+                            "(default: on a GPU min(4, CPUs per GPU process - 1), on the CPU 0: in the main process)")
 NO_AUG = typer.Option(False, "--no-augment", help="switch data augmentation off")
 QUIET = typer.Option(False, "--quiet", help="no progress bars")
 CHECKPOINT_CELLS = typer.Option(
@@ -79,6 +79,11 @@ def user_errors(func: F) -> F:
         except ScnasError as err:
             typer.echo(message_for_user(err), err=True)
             code = 1
+        except KeyboardInterrupt:  # a second Ctrl-C while a stop was under way: at once, without a new checkpoint
+            typer.echo("stopped at once by a second Ctrl-C: nothing more was saved; a search or training continues "
+                       "from its last checkpoint (checkpoints/last.pt of its run folder) with the same command and "
+                       "--resume", err=True)
+            code = 130
         # raised outside the handler, so that the error's traceback (and with it the run's frames, its loaders
         # and their worker processes, which ignore SIGTERM) is released now: the workers end before the
         # interpreter's exit, which would otherwise wait for them

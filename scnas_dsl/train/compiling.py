@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from scnas_dsl.errors import RunError
 
 #: the exceptions of a compiler that failed (not of the network): anything else is a real error and is raised
 _COMPILER_ERRORS: tuple[type[BaseException], ...] = ()
@@ -55,7 +58,14 @@ def compile_backend() -> str:
     variable ``SCNAS_COMPILE_BACKEND`` names (``aot_eager`` traces and runs the same graphs without generating
     code: for debugging a model that does not compile, and for the CPU tests, where inductor's C++ build of a
     whole U-Net takes minutes)."""
-    return os.environ.get("SCNAS_COMPILE_BACKEND", "").strip() or "inductor"
+    backend = os.environ.get("SCNAS_COMPILE_BACKEND", "").strip() or "inductor"
+    from torch._dynamo import list_backends
+
+    if backend not in {*list_backends(exclude_tags=()), "inductor"}:
+        raise RunError(f"SCNAS_COMPILE_BACKEND={backend!r} is not a torch.compile backend: unset it for inductor "
+                       "(the default), or use aot_eager or eager (tracing only), or another name of "
+                       "torch._dynamo.list_backends()")
+    return backend
 
 
 def compile_forward(module: nn.Module, probe: torch.Tensor, *, train: bool, what: str,
@@ -65,9 +75,12 @@ def compile_forward(module: nn.Module, probe: torch.Tensor, *, train: bool, what
     runs a backward pass (the gradients it leaves are cleared). ``what`` names the job in the message;
     ``backend`` defaults to :func:`compile_backend`."""
     say = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    backend = backend or compile_backend()
     was_training = module.training
+    say(f"--compile: compiling the network for {what} (torch.compile, backend {backend}; minutes on a CPU)...")
+    start = time.perf_counter()
     try:
-        compiled = torch.compile(module, backend=backend or compile_backend())
+        compiled = torch.compile(module, backend=backend)
         module.train(train)
         if train:
             out = compiled(probe)
@@ -89,4 +102,5 @@ def compile_forward(module: nn.Module, probe: torch.Tensor, *, train: bool, what
         for p in module.parameters():
             p.grad = None
     assert isinstance(compiled, nn.Module)  # torch.compile of a module is a module (OptimizedModule)
+    say(f"--compile: compiled for {what} in {time.perf_counter() - start:.0f} s")
     return compiled

@@ -102,6 +102,16 @@ class CommonConfig(BaseModel):
     def _median(cls, v: Any) -> Any:
         return None if v == "median" else v
 
+    @field_validator("checkpoint_cells", mode="before")
+    @classmethod
+    def _true_false_auto(cls, v: Any) -> Any:
+        words = {"true": True, "false": False, "auto": "auto"}
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.strip().lower() in words:
+            return words[v.strip().lower()]
+        raise ValueError(f'should be true, false or "auto" (got {v!r})')
+
     @field_validator("patch")
     @classmethod
     def _patch_positive(cls, v: tuple[int, int, int] | None) -> tuple[int, int, int] | None:

@@ -243,8 +243,10 @@ def _record(output: Path, weights: Weights, mirror: bool, blend: str, cases: lis
     same = _same(earlier, record)
     if earlier and not same:
         if not force:
+            again = (" (a stopped call is continued only by the same command: same checkpoint, --mirror and "
+                     "--blend)") if earlier.get("stopped") else ""
             raise RunError(f"{output}: holds predictions of other weights or settings ({earlier.get('label', '?')}, "
-                           f"{RECORD}); choose another --output, or pass --force to write these "
+                           f"{RECORD}){again}; choose another --output, or pass --force to write these "
                            f"({weights.label()}) there")
         earlier = {}
     return {**record, "cases": sorted(set(earlier.get("cases", [])) - set(cases))}
@@ -290,11 +292,11 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
     # a call stopped by a signal is continued: its finished cases are kept (unless --force redoes them)
     kept = set() if force else _continued(output, model.weights, mirror, blend, targets)
     todo = {case: paths for case, paths in cases.items() if case not in kept}
+    record = _record(output, model.weights, mirror, blend, list(todo), force)
     existing = [str(targets[case]) for case in todo if targets[case].exists()]
     if existing and not force:
         raise RunError(f"{output}: would overwrite {len(existing)} existing prediction(s) ({existing[0]}, ...); "
                        "choose another --output or pass --force")
-    record = _record(output, model.weights, mirror, blend, list(todo), force)
     runtime = setup_runtime(device)
     network: torch.nn.Module = model.network.to(runtime.device)
     if compile_network and todo:
@@ -332,9 +334,10 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
             bar.close()
             if output.is_dir():
                 write_json(output / RECORD, {**record, "stopped": True})
+            left = (f"the finished ones are kept in {output} (listed in {RECORD}), the case in progress was not "
+                    "written" if written else "nothing was written")
             raise PredictionStopped(
-                f"{requested_signal()}: prediction stopped after {len(written)} of {len(todo)} case(s); the "
-                f"finished ones are kept in {output} (listed in {RECORD}), the case in progress was not written; "
+                f"{requested_signal()}: prediction stopped after {len(written)} of {len(todo)} case(s); {left}; "
                 "the same command again continues with the rest", len(written), len(todo)) from None
     bar.close()
     if output.is_dir():

@@ -35,4 +35,11 @@ def check_resumed_settings(run_dir: Path, settings: dict[str, Any]) -> None:
     if changed:
         details = "; ".join(f"{k}: {before[k]!r} -> {settings[k]!r}" for k in changed)
         raise RunError(f"{path}: the run was started with other settings ({details}); resume with the same "
-                       "settings (only --epochs, --device, --workers, --compile, --checkpoint-cells may change) or start a new run")
+                       f"settings (only {_changeable()} may change) or start a new run")
+
+
+def _changeable() -> str:
+    """The settings of :data:`RESUMABLE_CHANGES` as options: ``--epochs, --device, ...``."""
+    names = {"progress": "--quiet", "data": "--data (the same data elsewhere)",
+             "augment_on": "augment_on (in --config)"}
+    return ", ".join(names.get(k, "--" + k.replace("_", "-")) for k in sorted(RESUMABLE_CHANGES) if k != "out")

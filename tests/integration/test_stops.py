@@ -147,6 +147,8 @@ def test_prediction_stops_between_windows_and_the_same_command_continues(
     record = json.loads((out / "prediction.json").read_text())
     assert record["stopped"] and record["cases"] == [first.removesuffix(".nii.gz")]
     before = (out / first).read_bytes()
+    code, output = invoke(*[("--mirror" if a == "--no-mirror" else a) for a in command])  # another option
+    assert code == 1 and "continued only by the same command" in output, output
 
     monkeypatch.setattr(predict_module, "sliding_window_inference", real)
     code, output = invoke(*command)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from scnas_dsl.errors import RunError
 from scnas_dsl.nn import build_network
 from scnas_dsl.train import compiling
 from scnas_dsl.train.compiling import compile_forward
@@ -23,7 +24,9 @@ def test_compiled_forward_and_backward_match_the_network() -> None:
     x = torch.randn(1, 1, 8, 8, 8)
     messages: list[str] = []
     run = compile_forward(net, x, train=True, what="the test", log=messages.append, backend="aot_eager")
-    assert run is not net and not messages  # compiled, nothing to say
+    assert run is not net  # compiled, and said so before and after
+    assert len(messages) == 2 and "compiling" in messages[0] and "aot_eager" in messages[0]
+    assert "compiled for the test in" in messages[1]
     assert all(p.grad is None for p in net.parameters())  # the probe left no gradients behind
     out = run(x)
     out.square().mean().backward()
@@ -51,9 +54,9 @@ def test_a_failing_compiler_falls_back_to_the_eager_network(monkeypatch: pytest.
     messages: list[str] = []
     run = compile_forward(net, torch.randn(1, 1, 8, 8, 8), train=False, what="prediction", log=messages.append)
     assert run is net
-    assert len(messages) == 1
-    assert "prediction" in messages[0] and "no C++ compiler found" in messages[0] and "eagerly" in messages[0]
-    assert "details" not in messages[0]  # one line
+    assert len(messages) == 2 and "compiling" in messages[0]
+    assert "prediction" in messages[1] and "no C++ compiler found" in messages[1] and "eagerly" in messages[1]
+    assert "details" not in messages[1]  # one line
 
 
 def test_a_real_error_of_the_network_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,3 +75,6 @@ def test_the_backend_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert compiling.compile_backend() == "inductor"
     monkeypatch.setenv("SCNAS_COMPILE_BACKEND", "aot_eager")
     assert compiling.compile_backend() == "aot_eager"
+    monkeypatch.setenv("SCNAS_COMPILE_BACKEND", "bogus")
+    with pytest.raises(RunError, match="SCNAS_COMPILE_BACKEND='bogus' is not a torch.compile backend"):
+        compiling.compile_backend()

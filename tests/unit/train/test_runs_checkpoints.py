@@ -154,8 +154,22 @@ def test_resuming_with_other_settings_is_refused(tmp_path) -> None:  # type: ign
 
     (tmp_path / "config.json").write_text(json.dumps({"seed": 0, "epochs": 10, "batch_size": 4}))
     check_resumed_settings(tmp_path, {"seed": 0, "epochs": 20, "batch_size": 4})  # longer is fine
-    with pytest.raises(RunError, match=r"batch_size: 4 -> 2"):
+    with pytest.raises(RunError, match=r"batch_size: 4 -> 2") as refused:
         check_resumed_settings(tmp_path, {"seed": 0, "epochs": 10, "batch_size": 2})
+    # the advice names every setting that may change, as the check allows them
+    for option in ("--epochs", "--workers", "--compile", "--checkpoint-cells", "--quiet", "augment_on"):
+        assert option in str(refused.value)
+    (tmp_path / "config.json").write_text(json.dumps({"compile": False, "checkpoint_cells": "auto", "augment_on": "auto"}))
+    check_resumed_settings(tmp_path, {"compile": True, "checkpoint_cells": True, "augment_on": "device"})
+
+
+def test_checkpoint_cells_setting_is_true_false_or_auto() -> None:
+    from scnas_dsl.train.config import TrainConfig
+
+    assert TrainConfig(genotype="g", data="d", checkpoint_cells="TRUE").checkpoint_cells is True
+    assert TrainConfig(genotype="g", data="d", checkpoint_cells="auto").checkpoint_cells == "auto"
+    with pytest.raises(ValueError, match=r'should be true, false or "auto" \(got \'maybe\'\)'):
+        TrainConfig(genotype="g", data="d", checkpoint_cells="maybe")
 
 
 def test_gpu_memory_need_follows_the_sampling_and_mixed_precision() -> None:
