@@ -71,7 +71,8 @@ def _cpu_kernels(x: torch.Tensor) -> bool:
     except TypeError:  # torch < 2.4 takes no device
         autocast = torch.is_autocast_cpu_enabled()
     compiling = getattr(torch.compiler, "is_compiling", lambda: False)()
-    return torch.backends.mkldnn.is_available() and not (autocast or compiling or is_in_torch_dispatch_mode())
+    mkldnn = torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)  # a user's switch kept
+    return mkldnn and not (autocast or compiling or is_in_torch_dispatch_mode())
 
 
 def _conv_call(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -164,3 +164,11 @@ def test_unsupported_case_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     conv = _conv(3, 5, 2, 3)
     x = torch.randn(2, 3, *SIZE)
     _close(lib._conv_call(conv, x), _plain(conv, x))
+
+
+def test_a_user_who_switched_onednn_off_gets_the_plain_call() -> None:
+    conv = _conv(3, 5, 1, 1)
+    x = torch.randn(1, 3, *SIZE, requires_grad=True)
+    with torch.backends.mkldnn.flags(enabled=False):
+        y = lib._conv_call(conv, x)
+    assert "Mkldnn" not in type(y.grad_fn).__name__
