@@ -14,9 +14,8 @@ from typer.testing import CliRunner
 from scnas_dsl.cli import app
 from scnas_dsl.loader import load
 from scnas_dsl.train import cv as cv_module
-from scnas_dsl.train.demo import small_space
 from scnas_dsl.train.stopping import RunInterrupted
-from tests.integration.tiny_data import heart_cases
+from tests.integration.tiny_data import heart_cases, tiny_space
 
 BASELINES = Path(__file__).resolve().parents[2] / "specs" / "baselines"
 TRAIN = ["--epochs", "1", "--stem-width", "4", "--patch", "16", "16", "16", "--batch-size", "2",
@@ -31,8 +30,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cv_space")
     data, pre_root = heart_cases(root)
-    spec = root / "tiny.scn"
-    spec.write_text(small_space("tiny", levels=1, ops=("conv3", "dil2", "maxpool", "skip", "none"), stem_width=4))
+    spec = tiny_space(root)
     return {"root": root, "pre": pre_root, "spec": spec}
 
 

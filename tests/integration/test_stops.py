@@ -22,17 +22,15 @@ from scnas_dsl.data import preprocess as preprocess_module
 from scnas_dsl.data.synth import synthesize
 from scnas_dsl.train import predict as predict_module
 from scnas_dsl.train.config import SearchConfig, TrainConfig
-from scnas_dsl.train.demo import small_space
 from scnas_dsl.train.predict import predict_run
 from scnas_dsl.train.retrain import run_train
 from scnas_dsl.train.search import run_search
 from scnas_dsl.train.stopping import RunInterrupted
 from tests.integration.test_predict_defaults import invoke
-from tests.integration.tiny_data import heart_cases
+from tests.integration.tiny_data import heart_cases, tiny_space
 from tests.integration.torchrun import run_ranks
 
 BASELINE = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
-TINY_SPACE = small_space("tiny", levels=1, ops=("conv3", "dil2", "maxpool", "skip", "none"), stem_width=4)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +39,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("stops")
     raw, pre = heart_cases(root)
-    spec = root / "tiny.scn"
-    spec.write_text(TINY_SPACE)
+    spec = tiny_space(root)
     cfg = TrainConfig(genotype=str(BASELINE), data=str(pre), out=str(root / "run"), epochs=1, batch_size=2,
                       patch=(16, 16, 16), stem_width=4, batches_per_epoch=1, device="cpu", progress=False,
                       augment=False, mirror_validation=False)
