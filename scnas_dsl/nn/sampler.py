@@ -1,4 +1,5 @@
-"""Sampling an architecture from the logits alpha: Algorithm 1 (pair), single (GDAS) and full (DARTS).
+"""Sampling an architecture from the logits alpha: Algorithm 1 (pair), single (GDAS), full (DARTS) and fair
+(FairNAS: one operation per edge, every candidate equally often, independent of alpha).
 
 Every function takes the logits of one structure, ``alpha`` of shape ``(E, O)`` (E edges, O candidate
 operations), and returns an :class:`EdgeSample`: for each edge the indices of the operations to run and
@@ -16,8 +17,8 @@ import torch
 
 from scnas_dsl.errors import CompileError
 
-Sampling = Literal["pair", "single", "full"]
-SAMPLINGS: tuple[str, ...] = ("pair", "single", "full")
+Sampling = Literal["pair", "single", "full", "fair"]
+SAMPLINGS: tuple[str, ...] = ("pair", "single", "full", "fair")
 
 
 @dataclass
@@ -98,6 +99,25 @@ def sample_full(alpha: torch.Tensor) -> EdgeSample:
     return EdgeSample(torch.arange(num_ops).expand(num_edges, num_ops), torch.softmax(alpha, dim=-1))
 
 
+def fair_permutations(num_edges: int, num_ops: int, generator: torch.Generator) -> torch.Tensor:
+    """FairNAS' strict fairness: one random order of the ``num_ops`` candidates per edge, ``(E, O)`` long.
+    Step ``t`` of a cycle of ``O`` steps runs column ``t`` on every edge, so that over the cycle each candidate
+    of each edge runs exactly once (Chu et al., "FairNAS", ICCV 2021)."""
+    return torch.argsort(torch.rand(num_edges, num_ops, generator=generator, dtype=torch.float64), dim=1)
+
+
+def sample_fair(column: torch.Tensor) -> EdgeSample:
+    """One column of :func:`fair_permutations` as a sample: that operation on each edge, weight one, no
+    gradient to alpha (the logits are not trained by fair sampling: it trains the shared weights only)."""
+    return EdgeSample(column.reshape(-1, 1).clone(), None)
+
+
+def sample_uniform(alpha: torch.Tensor, generator: torch.Generator) -> EdgeSample:
+    """One operation per edge, uniformly at random, weight one (single-path one-shot sampling)."""
+    num_edges, num_ops = alpha.shape
+    return EdgeSample(torch.randint(num_ops, (num_edges, 1), generator=generator), None)
+
+
 def argmax_sample(alpha: torch.Tensor) -> EdgeSample:
     """The most likely operation on each edge, used as is (evaluation mode)."""
     return EdgeSample(alpha.detach().argmax(dim=1, keepdim=True).cpu(), None)
@@ -111,4 +131,6 @@ def draw(sampling: str, alpha: torch.Tensor, temperature: float, generator: torc
         return sample_single(alpha, temperature, generator)
     if sampling == "full":
         return sample_full(alpha)
+    if sampling == "fair":  # without the supernet's cycle (a measurement's own generator): uniform draws
+        return sample_uniform(alpha, generator)
     raise CompileError(f"unknown sampling '{sampling}': use one of {', '.join(SAMPLINGS)}")

@@ -24,7 +24,15 @@ from scnas_dsl.nn.cells import DOMINANT_THRESHOLD, Cell, MixedEdge, run_unet
 from scnas_dsl.nn.derive import derive_genotype
 from scnas_dsl.nn.network import UNetBase, build_blocks
 from scnas_dsl.nn.plan import build_plan, zero_op_names
-from scnas_dsl.nn.sampler import SAMPLINGS, EdgeSample, Sampling, argmax_sample, draw
+from scnas_dsl.nn.sampler import (
+    SAMPLINGS,
+    EdgeSample,
+    Sampling,
+    argmax_sample,
+    draw,
+    fair_permutations,
+    sample_fair,
+)
 from scnas_dsl.nn.schedule import TemperatureSchedule
 from scnas_dsl.ops.library import Library, default_library
 
@@ -70,6 +78,9 @@ class Supernet(UNetBase):
         })
         self.generator = torch.Generator().manual_seed(seed)
         self._counts = {key: torch.zeros(p.shape, dtype=torch.long) for key, p in self.arch.items()}
+        #: fair sampling: each structure's current orders of its candidates and the step within the cycle
+        self._fair: dict[str, torch.Tensor] = {}
+        self._fair_step = 0
         self.last_samples: Samples | None = None
         #: pair sampling: a pair whose smaller renormalised weight is below this runs only its dominant
         #: operation, with weight one (0 switches it off; docs/compiler.md says what it does to gradients)
@@ -97,12 +108,28 @@ class Supernet(UNetBase):
         supernet without disturbing the search's random stream): from it, not counted. ``arch_grad=False``:
         the weights are drawn from the detached logits (the same draws, no graph to alpha)."""
         out: Samples = {}
+        if self.sampling == "fair" and generator is None:
+            return self._draw_fair()
         for key, alpha in self.arch.items():
             logits = alpha if arch_grad else alpha.detach()
             sample = draw(self.sampling, logits, self.temperature, generator or self.generator)
             if generator is None:
                 self._counts[key].scatter_add_(1, sample.indices, torch.ones_like(sample.indices))
             out[key] = (self.op_names[key], sample)
+        return out
+
+    def _draw_fair(self) -> Samples:
+        """The next step of the fair cycle (new orders from the supernet's generator at each cycle's start)."""
+        out: Samples = {}
+        for key, alpha in self.arch.items():
+            num_edges, num_ops = alpha.shape
+            step = self._fair_step % num_ops
+            if step == 0 or key not in self._fair:
+                self._fair[key] = fair_permutations(num_edges, num_ops, self.generator)
+            sample = sample_fair(self._fair[key][:, step])
+            self._counts[key].scatter_add_(1, sample.indices, torch.ones_like(sample.indices))
+            out[key] = (self.op_names[key], sample)
+        self._fair_step += 1
         return out
 
     def parameter_free(self) -> dict[str, set[str]]:
@@ -201,6 +228,7 @@ class Supernet(UNetBase):
             "temperature": self.temperature,
             "sampling": self.sampling,
             "counts": {k: v.clone() for k, v in self._counts.items()},
+            "fair": {"step": self._fair_step, "orders": {k: v.clone() for k, v in self._fair.items()}},
         }
 
     def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
@@ -209,12 +237,15 @@ class Supernet(UNetBase):
         for key, counts in state.get("counts", {}).items():
             if key in self._counts:
                 self._counts[key].copy_(counts)
+        fair = state.get("fair", {"step": 0, "orders": {}})
+        self._fair_step = int(fair["step"])
+        self._fair = {k: v.clone() for k, v in fair["orders"].items()}
 
 
 def build_supernet(space: SearchSpace, *, in_channels: int, num_classes: int, stem_width: int | None = None,
                    sampling: Sampling = "pair", temperature: TemperatureSchedule | None = None, seed: int = 0,
                    library: Library | None = None) -> Supernet:
-    """The supernet of ``space`` with ``sampling`` = ``pair`` (Algorithm 1), ``single`` (GDAS) or ``full``
-    (DARTS). ``seed`` fixes the initial logits and every draw."""
+    """The supernet of ``space`` with ``sampling`` = ``pair`` (Algorithm 1), ``single`` (GDAS), ``full``
+    (DARTS) or ``fair`` (FairNAS: the weights only, every candidate of an edge equally often). ``seed`` fixes the initial logits and every draw."""
     return Supernet(space, in_channels=in_channels, num_classes=num_classes, stem_width=stem_width,
                     sampling=sampling, temperature=temperature, seed=seed, library=library)

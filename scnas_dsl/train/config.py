@@ -15,12 +15,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scnas_dsl.errors import RunError
 
 Device = Literal["auto", "cpu", "cuda"]
-Sampling = Literal["pair", "single", "full"]
+Sampling = Literal["pair", "single", "full", "fair"]
 
 
 class AdamConfig(BaseModel):
@@ -120,6 +120,41 @@ class CommonConfig(BaseModel):
         return v
 
 
+Select = Literal["alpha", "projection", "sampled"]
+SELECTIONS: tuple[str, ...] = ("alpha", "projection", "sampled")
+
+
+class SelectionConfig(BaseModel):
+    """How a finished search chooses its genotype, and its self-check (``scnas_dsl.train.selection``).
+
+    Every score is measured on the trained supernet with inherited weights, in evaluation mode, on
+    ``score_batches`` fixed un-augmented batches of the fold's architecture part; ``by`` ranks the scores
+    (``dice``: mean foreground Dice, ties by loss; ``loss``: the soft Jaccard loss)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    #: ``alpha``: the paper's, the largest logit on each edge; ``projection``: edge by edge the candidate whose
+    #: presence scores best on the supernet, the shared weights fine-tuned after each decision (DARTS-PT);
+    #: ``sampled``: the best of ``samples`` random genotypes on the supernet (random search with weight sharing)
+    method: Select = "alpha"
+    by: Literal["dice", "loss"] = "dice"
+    score_batches: int = Field(default=8, ge=1)
+    #: ``sampled``: genotypes drawn and scored; ``match`` "flops" draws them within 10% of the FLOPs of the
+    #: alpha genotype
+    samples: int = Field(default=32, ge=1)
+    match: Literal["none", "flops"] = "none"
+    #: the self-check: this many random genotypes of the chosen genotype's FLOPs (within 10%) are scored next
+    #: to it; 0 switches it off
+    check_samples: int = Field(default=20, ge=0)
+    #: ``projection``: weight steps on the weight part after each edge's decision, the order of the edges
+    #: (``random``, seeded; ``network``: the U-Net's), and the architectures drawn for the edges not yet
+    #: decided (``draws`` per score, by the search's sampling at ``temperature``; the same draws for every
+    #: candidate of an edge)
+    tune_steps: int = Field(default=5, ge=0)
+    order: Literal["random", "network"] = "random"
+    draws: int = Field(default=4, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+
+
 class SearchConfig(CommonConfig):
     """``scnas search``: the bi-level search with the paper's settings as defaults."""
 
@@ -142,6 +177,15 @@ class SearchConfig(CommonConfig):
     #: batches of the architecture part (the same every epoch, not augmented) on which the argmax architecture
     #: and the sampled supernet are compared after each epoch (the discretisation gap); 0 switches it off
     gap_batches: int = Field(default=4, ge=0)
+    #: how the genotype is chosen at the end and the self-check (``--select``; the paper's ``alpha`` by default)
+    selection: SelectionConfig = SelectionConfig()
+
+    @model_validator(mode="after")
+    def _fair_needs_scores(self) -> SearchConfig:
+        if self.sampling == "fair" and self.selection.method == "alpha":
+            raise ValueError("fair sampling trains the shared weights only (the logits stay as they start): "
+                             "choose the genotype by measured scores, --select projection or --select sampled")
+        return self
 
 
 class TrainConfig(CommonConfig):

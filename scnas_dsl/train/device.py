@@ -140,7 +140,8 @@ def training_memory(report: Any, runtime: Runtime, sampling: str | None = None, 
     figure; ``checkpoint``: with per-cell activation checkpointing. Under mixed precision the activations kept
     for backward are stored in 16 bits, so they count half; weights, gradients and Adam state stay in float32."""
     steps = getattr(report, "steps", {}) or {}
-    step = steps.get(sampling) if sampling is not None else None
+    # fair sampling runs one operation per edge, as single sampling
+    step = steps.get("single" if sampling == "fair" else sampling) if sampling is not None else None
     if step is None and len(steps) == 1:
         step = next(iter(steps.values()))
     if step is None:

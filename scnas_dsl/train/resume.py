@@ -10,7 +10,8 @@ from scnas_dsl.errors import CheckpointError, RunError
 from scnas_dsl.train.checkpoint import load_checkpoint
 
 #: settings that may change when a run is resumed (they do not change what the run computes, or extend it)
-RESUMABLE_CHANGES = {"out", "device", "workers", "progress", "epochs", "data", "compile", "augment_on", "checkpoint_cells"}
+RESUMABLE_CHANGES = {"out", "device", "workers", "progress", "epochs", "data", "compile", "augment_on", "checkpoint_cells",
+                     "selection"}
 
 
 def resume_state(run_dir: Path, settings: dict[str, Any], ckpt_path: Path, kind: str) -> dict[str, Any]:
@@ -41,5 +42,6 @@ def check_resumed_settings(run_dir: Path, settings: dict[str, Any]) -> None:
 def _changeable() -> str:
     """The settings of :data:`RESUMABLE_CHANGES` as options: ``--epochs, --device, ...``."""
     names = {"progress": "--quiet", "data": "--data (the same data elsewhere)",
-             "augment_on": "augment_on (in --config)"}
+             "augment_on": "augment_on (in --config)",
+             "selection": "--select"}
     return ", ".join(names.get(k, "--" + k.replace("_", "-")) for k in sorted(RESUMABLE_CHANGES) if k != "out")

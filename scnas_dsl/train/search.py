@@ -13,7 +13,8 @@ also all-reduce the logits' gradients during the weight step). Only rank 0 write
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import copy
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from scnas_dsl.nn.supernet import Supernet
 from scnas_dsl.ops.plugins import RECORD as OPERATIONS_RECORD
 from scnas_dsl.ops.plugins import load_operations
 from scnas_dsl.train.checkpoint import capture_rng, restore_rng, save_checkpoint
-from scnas_dsl.train.config import SearchConfig
+from scnas_dsl.train.config import SearchConfig, SelectionConfig
 from scnas_dsl.train.data_context import (
     DataContext,
     epoch_batches,
@@ -52,6 +53,15 @@ from scnas_dsl.train.search_report import (
     edge_table,
     parameter_free_share,
 )
+from scnas_dsl.train.selection import (
+    CostContext,
+    Selection,
+    SupernetScorer,
+    choose,
+    score_batches,
+    select_alpha,
+    weight_tuner,
+)
 
 StepHook = Callable[[int, int], None]
 
@@ -66,6 +76,8 @@ class SearchResult:
     pruning: list[str]
     #: the final architecture logits alpha, structure key -> (E, O) tensor on the CPU
     logits: dict[str, torch.Tensor]
+    #: the self-check (``scnas_dsl.train.selection.self_check``), None when switched off
+    self_check: dict[str, Any] | None = None
 
 
 def default_out(cfg: SearchConfig, space: SearchSpace) -> Path:
@@ -165,7 +177,7 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
     end = loop.run_job(job, state)
     if end.how == "paused":
         return None
-    return _finish(model, space, run, cfg)
+    return _finish(job, space, loop, end.epoch + 1)
 
 
 class _SearchJob:
@@ -175,6 +187,7 @@ class _SearchJob:
     def __init__(self, model: Supernet, cfg: SearchConfig, runtime: Runtime, run: RunFolder, data: DataContext,
                  patch: tuple[int, int, int], on_step: StepHook | None) -> None:
         self.model, self.cfg, self.runtime, self.run, self.on_step = model, cfg, runtime, run, on_step
+        self.data, self.patch = data, patch
         self.weights, self.logits = model.weight_parameters(), model.arch_parameters()
         self.w_opt, self.a_opt = adam(self.weights, cfg.weight_optimizer), adam(self.logits, cfg.arch_optimizer)
         self.w_sched, self.a_sched = plateau(self.w_opt, cfg.plateau), plateau(self.a_opt, cfg.plateau)
@@ -240,13 +253,18 @@ class _SearchJob:
         update(self.weights, self.w_opt, self.w_scaler, loss_w, runtime)
         xa, ya = runtime.to_device(xa), runtime.to_device(ya)
         # during a warm-up the architecture part's loss is only reported: no graph, the logits stay
-        with torch.set_grad_enabled(not self.warming), runtime.autocast():
+        with torch.set_grad_enabled(self.learns_logits()), runtime.autocast():
             loss_a = soft_jaccard_loss(model(xa), ya, reduce_over_ranks=True)
-        if not self.warming:
+        if self.learns_logits():
             update(self.logits, self.a_opt, self.a_scaler, loss_a, runtime)
         if self.on_step is not None:
             self.on_step(epoch, step)
         return {"weight_loss": loss_w.detach(), "arch_loss": loss_a.detach()}
+
+    def learns_logits(self) -> bool:
+        """Whether this step updates alpha: not during a warm-up, never with fair sampling (it trains the
+        shared weights only; the genotype is then chosen by measured scores, ``--select``)."""
+        return not self.warming and self.model.sampling != "fair"
 
     def learning_rates(self) -> dict[str, float]:
         return {"weights": lr_of(self.w_opt), "logits": lr_of(self.a_opt)}
@@ -318,18 +336,81 @@ def _check_memory(model: Supernet, runtime: Runtime, patch: tuple[int, ...], cfg
     model.checkpoint_cells = settle_checkpointing(report, runtime, cfg.checkpoint_cells, what, cfg.sampling)
 
 
-def _finish(model: Any, space: SearchSpace, run: RunFolder, cfg: SearchConfig) -> SearchResult:
-    """Derive the genotype, write ``genotype.scn`` (checked by loading it back) and the plots."""
+def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: int) -> SearchResult:
+    """Choose the genotype (``cfg.selection``), run the self-check, write ``genotype.scn`` (checked by loading it
+    back), ``selection.json``, the self-check's record in ``metrics.jsonl``, and the plots."""
+    model, run, cfg = job.model, job.run, job.cfg
     name = f"{space.name}_fold{cfg.fold}".replace("-", "_")
-    genotype, pruning = model.derive(name=name)
+    selection, check = select_genotype(model, cfg, job.runtime, job.data, job.patch, name,
+                                       optimizer=job.w_opt, say=loop.say)
+    genotype = selection.genotype
+    method = {"alpha": "the largest logit on each edge (the paper's)",
+              "projection": "projection (edge by edge, the candidate whose presence scores best on the supernet)",
+              "sampled": "the best of random genotypes scored on the supernet"}[selection.method]
     header = (f"Found by `scnas search` on {Path(cfg.data).name}, fold {cfg.fold}, {cfg.epochs} epochs, "
-              f"{cfg.sampling} sampling, seed {cfg.seed}.\nRetrain it with: scnas train genotype.scn --data DATA")
+              f"{cfg.sampling} sampling, seed {cfg.seed}; chosen by {method}.\n"
+              + (check["text"] + ".\n" if check else "")
+              + "Retrain it with: scnas train genotype.scn --data DATA")
     target = run.write_text("genotype.scn", genotype_text(genotype, header))
+    write_selection_record(run, selection, check, epochs_done)
+    if check is not None:
+        loop.say(check["text"])
     if run.writer:
         try:
             load(target, signatures=model.library.signatures).genotype(name)
         except ScnasError as err:  # a bug of ours, not the user's: say so plainly
             raise ScnasError(f"{target}: the written genotype does not load back ({err}); please report this") from err
         plot_search(run, space, genotype)
-    return SearchResult(run=run.path, genotype=genotype, genotype_file=target, pruning=pruning,
-                        logits={k: a.detach().cpu().clone() for k, a in model.arch.items()})
+    return SearchResult(run=run.path, genotype=genotype, genotype_file=target, pruning=selection.pruning,
+                        logits={k: a.detach().cpu().clone() for k, a in model.arch.items()}, self_check=check)
+
+
+def write_selection_record(run: RunFolder, selection: Selection, check: dict[str, Any] | None, epochs_done: int,
+                           name: str = "selection.json") -> None:
+    """``selection.json`` (the method's whole record and the self-check) and, for the search's own choice, one
+    line in ``metrics.jsonl`` after the last epoch's (``epoch`` = the epochs done, so that a resumed, longer search
+    drops it with the epochs it redoes)."""
+    record = {"method": selection.method, "genotype": genotype_body(selection.genotype),
+              "pruned": selection.pruning, "details": selection.details, "self_check": check}
+    run.write_json(name, record)
+    if name == "selection.json":
+        run.append_jsonl("metrics.jsonl", {"epoch": epochs_done, "selection": selection.method,
+                                           "self_check": None if check is None else
+                                           {k: v for k, v in check.items() if k != "random_scores"}})
+
+
+def select_genotype(model: Supernet, cfg: SearchConfig, runtime: Runtime, data: DataContext,
+                    patch: tuple[int, int, int], name: str, *, optimizer: torch.optim.Optimizer | None = None,
+                    settings: SelectionConfig | None = None, say: Callable[..., None] | None = None
+                    ) -> tuple[Selection, dict[str, Any] | None]:
+    """The genotype of a trained supernet by ``settings`` (default: the run's ``cfg.selection``) and its
+    self-check, scored on the fold's architecture part; a projection fine-tunes with ``optimizer`` (default: a
+    new Adam of the run's weight settings) and undoes it afterwards."""
+    settings = settings or cfg.selection
+    needs_scores = settings.method != "alpha" or settings.check_samples > 0
+    if not needs_scores:
+        return select_alpha(model, name), None
+    source = loader(cfg, data, runtime, data.fold.arch_part, patch, stream=6, augment=False,
+                    num_batches=settings.score_batches)
+    scorer = SupernetScorer(model, score_batches(source, settings.score_batches), runtime, settings.by)
+    tune = None
+    if settings.method == "projection" and settings.tune_steps:
+        tuning = optimizer or adam(model.weight_parameters(), cfg.weight_optimizer)
+        w_loader = loader(cfg, data, runtime, data.fold.weight_part, patch, stream=7)
+
+        def endless() -> Iterator[Any]:
+            epoch = 0
+            while True:
+                yield from epoch_batches(w_loader, epoch, 0)
+                epoch += 1
+
+        kept_optimizer = copy.deepcopy(tuning.state_dict())
+        tune = weight_tuner(model, tuning, endless(), runtime, settings.tune_steps)
+    cost = CostContext(patch=tuple(patch), in_channels=model.in_channels, num_classes=model.num_classes,
+                       stem_width=model.plan.stem_width)
+    try:
+        return choose(model, scorer, settings, seed=cfg.seed, cost=cost, name=name, tune=tune,
+                      progress=(lambda line: say(line, False)) if say is not None else None)
+    finally:
+        if tune is not None:
+            tuning.load_state_dict(kept_optimizer)
