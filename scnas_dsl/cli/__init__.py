@@ -1,7 +1,7 @@
 """The ``scnas`` command: a thin typer shell over the Python API.
 
 Each area registers its own commands from its own module (``lang``: check, fmt, compile, draw; ``data``:
-the ``data`` group; ``run``: search, train, predict, evaluate, demo; ``cv``: cv). Modules import torch only inside
+the ``data`` group; ``run``: search, train, predict, evaluate, demo; ``cv``: cv; ``select``: derive, rank). Modules import torch only inside
 the commands that need it, so ``scnas check`` stays fast.
 """
 
@@ -38,6 +38,7 @@ def _register() -> None:
     from scnas_dsl.cli import cv as cv_cli; cv_cli.register(app)  # noqa: E702, I001
     from scnas_dsl.cli import nnunet as nnunet_cli; nnunet_cli.register(app)  # noqa: E702, I001
     from scnas_dsl.cli import export as export_cli; export_cli.register(app)  # noqa: E702, I001
+    from scnas_dsl.cli import select as select_cli; select_cli.register(app)  # noqa: E702, I001
 
 
 _register()

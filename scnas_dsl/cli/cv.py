@@ -82,7 +82,9 @@ def cv_cmd(
     search_stem: int | None = typer.Option(None, "--search-stem-width", help="(space) search stem width (default: 48)"),
     search_batches: int | None = typer.Option(None, "--search-batches-per-epoch",
                                               help="(space) search steps per epoch (default: 250)"),
-    sampling: str | None = typer.Option(None, "--sampling", help="(space) pair (the paper), single or full"),
+    sampling: str | None = typer.Option(None, "--sampling", help="(space) pair (the paper), single, full or fair"),
+    select: str | None = typer.Option(None, "--select", help="(space) how each fold's search chooses its genotype: "
+                                      "alpha (the paper's, default), projection or sampled (as scnas search)"),
     space: str | None = typer.Option(None, "--space", help="(space) which space of the file (default: the only one)"),
     search_config: Path | None = typer.Option(  # noqa: B008
         None, "--search-config", help="(space) search settings file (.json, .toml, .yaml) as scnas search --config"),
@@ -94,7 +96,7 @@ def cv_cmd(
 
     search_options = {"--search-epochs": search_epochs, "--search-batch-size": search_batch,
                       "--search-patch": search_patch, "--search-stem-width": search_stem,
-                      "--search-batches-per-epoch": search_batches, "--sampling": sampling, "--space": space,
+                      "--search-batches-per-epoch": search_batches, "--sampling": sampling, "--space": space, "--select": select,
                       "--search-config": search_config}
     is_space = _is_space(spec, ops)
     given = [k for k, v in search_options.items() if v is not None]
@@ -109,6 +111,7 @@ def cv_cmd(
     search = None
     if is_space:
         search = resolve_config(SearchConfig, search_config, spec=str(spec), space=space, sampling=sampling,
+                                selection={"method": select} if select else None,
                                 **_common(data, None, None, search_epochs, search_batch, search_patch, search_stem,
                                           device, seed, search_batches, spacing, workers, no_augment, quiet,
                                           median, ops, amp))

@@ -27,3 +27,9 @@ def signatures(ops: list[str] | None) -> Signatures:
     from scnas_dsl.ops.plugins import load_signatures
 
     return load_signatures(tuple(ops or ()))
+
+SELECT = typer.Option(
+    None, "--select",
+    help="how the genotype is chosen at the end of the search: alpha (the paper's: the largest logit on each edge; "
+         "the default), projection (edge by edge, the candidate whose presence scores best on the trained "
+         "supernet) or sampled (the best of random genotypes scored on it); every search ends with a self-check")

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from scnas_dsl.cli.options import OPS
+from scnas_dsl.cli.options import OPS, SELECT
 from scnas_dsl.errors import ScnasError, message_for_user
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -113,7 +113,10 @@ def search_cmd(
     data: str = DATA, fold: int | None = FOLD, out: Path | None = OUT, epochs: int | None = EPOCHS,
     batch_size: int | None = BATCH, patch: tuple[int, int, int] | None = PATCH,
     stem_width: int | None = STEM,
-    sampling: str | None = typer.Option(None, "--sampling", help="pair (the paper), single or full"),
+    sampling: str | None = typer.Option(
+        None, "--sampling", help="pair (the paper), single, full, or fair (FairNAS: trains the weights only, every "
+        "candidate equally often; needs --select projection or sampled)"),
+    select: str | None = SELECT,
     space: str | None = typer.Option(None, "--space", help="which space of the file (default: the only one)"),
     arch_warmup: int | None = typer.Option(
         None, "--arch-warmup", help="epochs that train only the weights before the logits learn (default: 0, "
@@ -134,6 +137,7 @@ def search_cmd(
     from scnas_dsl.train.search import run_search
 
     cfg = resolve_config(SearchConfig, config, spec=str(spec), sampling=sampling, space=space,
+                         selection={"method": select} if select else None,
                          arch_warmup_epochs=arch_warmup, checkpoint_cells=checkpoint_cells,
                          weight_optimizer={"betas": weight_betas} if weight_betas else None,
                          arch_optimizer={"betas": arch_betas} if arch_betas else None,
@@ -144,6 +148,8 @@ def search_cmd(
         typer.echo(f"genotype: {result.genotype_file}")
         for line in result.pruning:
             typer.echo(f"  {line}")
+        if result.self_check is not None:
+            typer.echo(result.self_check["text"])
         typer.echo(f"plots: {result.run / 'plots'}")
         typer.echo(f"next: scnas train {result.genotype_file} --data {data}")
 

@@ -1,0 +1,192 @@
+"""``scnas derive`` and ``scnas rank``: the trained supernet of a search's run folder, read back, chooses a
+genotype by another method or scores given genotypes.
+
+A search folder holds what is needed (``config.json``, ``space.scn``, ``split.json``, ``operations.json``,
+``checkpoints/last.pt``), also one written before selection existed and one paused or stopped mid-search (its
+last checkpoint is then what is scored). The data set must be the one the search ran on: the fold's architecture
+part in ``split.json`` is checked against the data's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scnas_dsl.data.files import atomic_write
+from scnas_dsl.errors import CheckpointError, RunError, ScnasError
+from scnas_dsl.loader import load
+from scnas_dsl.model import Genotype, SearchSpace
+from scnas_dsl.nn import TemperatureSchedule, build_supernet
+from scnas_dsl.nn.supernet import Supernet
+from scnas_dsl.train.checkpoint import load_checkpoint
+from scnas_dsl.train.config import SearchConfig, SelectionConfig
+from scnas_dsl.train.data_context import DataContext, loader, open_data
+from scnas_dsl.train.device import Runtime, setup_runtime
+from scnas_dsl.train.genotype_files import genotype_text
+from scnas_dsl.train.loop import adam
+from scnas_dsl.train.runs import RunFolder
+from scnas_dsl.train.selection import Score, Selection, SupernetScorer, score_batches
+
+
+@dataclass
+class TrainedSearch:
+    """A search's supernet with its last weights and logits, its settings, data and patch."""
+
+    run: Path
+    cfg: SearchConfig
+    space: SearchSpace
+    model: Supernet
+    data: DataContext
+    patch: tuple[int, int, int]
+    runtime: Runtime
+    epochs_done: int
+    state: dict[str, Any]
+
+
+def open_search(run: Path | str, *, data: str | None = None, device: str = "auto",
+                ops: tuple[str, ...] = ()) -> TrainedSearch:
+    """Read back the search of ``run``; ``data`` replaces the recorded data path (the same data elsewhere)."""
+    from scnas_dsl.ops.plugins import check_recorded, load_operations
+
+    run = Path(run)
+    config_path = run / "config.json"
+    if not config_path.is_file() or not (run / "space.scn").is_file():
+        raise RunError(f"{run}: not a folder written by `scnas search` (no config.json and space.scn); give the "
+                       "--out folder of a search")
+    try:
+        recorded = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunError(f"{config_path}: cannot be read ({err})") from err
+    if not isinstance(recorded, dict) or "spec" not in recorded:
+        raise RunError(f"{config_path}: not the settings of a search (no 'spec'); is {run} a training run? "
+                       "`scnas derive` and `scnas rank` read search folders")
+    values = {k: v for k, v in recorded.items() if k in SearchConfig.model_fields}
+    values.update(device=device, progress=False, workers=0)
+    if ops:
+        values["ops"] = tuple(ops)
+    if data is not None:
+        values["data"] = data
+    try:
+        cfg = SearchConfig.model_validate(values)
+    except ValueError as err:
+        raise RunError(f"{config_path}: settings this scnas cannot read ({str(err).splitlines()[0]})") from err
+    extra = load_operations(cfg.ops)
+    check_recorded(run, extra)
+    loaded = load(run / "space.scn", signatures=extra.library.signatures)
+    space = loaded.space(cfg.space) if cfg.space and any(s.name == cfg.space for s in loaded.document.spaces) \
+        else loaded.space()
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    if state["kind"] != "search":
+        raise CheckpointError(f"{run / 'checkpoints' / 'last.pt'}: a '{state['kind']}' checkpoint, not a search's")
+    runtime = setup_runtime(cfg.device, cfg.amp)
+    try:
+        opened = open_data(cfg, runtime)
+    except ScnasError as err:
+        raise RunError(f"{run}: the search's data cannot be opened ({err}); give it with --data") from err
+    _check_split(run, opened)
+    patch = tuple(recorded.get("patch") or cfg.patch or ())
+    if len(patch) != 3:
+        raise RunError(f"{config_path}: no patch size recorded")
+    schedule = TemperatureSchedule(cfg.temperature.initial, cfg.temperature.final, cfg.temperature.kind)
+    model = build_supernet(space, in_channels=opened.in_channels, num_classes=opened.num_classes,
+                           stem_width=cfg.stem_width, sampling=cfg.sampling, temperature=schedule, seed=cfg.seed,
+                           library=extra.library)
+    try:
+        model.load_state_dict(state["model"])
+        model.load_sampler_state_dict(state["sampler"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{run / 'checkpoints' / 'last.pt'}: does not fit the space of {run / 'space.scn'} "
+                              f"({str(err)[:200]})") from err
+    model.to(runtime.device)
+    return TrainedSearch(run=run, cfg=cfg, space=space, model=model, data=opened,
+                         patch=(int(patch[0]), int(patch[1]), int(patch[2])), runtime=runtime,
+                         epochs_done=int(state["epoch"]), state=state)
+
+
+def _check_split(run: Path, data: DataContext) -> None:
+    path = run / "split.json"
+    if not path.is_file():
+        return
+    split = json.loads(path.read_text())
+    if sorted(split.get("arch_part", [])) != sorted(data.fold.arch_part):
+        raise RunError(f"{path}: the search's architecture part is not the fold's of this data set; give the data "
+                       "set the search ran on with --data")
+
+
+def scorer_for(search: TrainedSearch, settings: SelectionConfig) -> SupernetScorer:
+    """A scorer on the architecture part's fixed un-augmented batches (the same the search's selection uses)."""
+    source = loader(search.cfg, search.data, search.runtime, search.data.fold.arch_part, search.patch, stream=6,
+                    augment=False, num_batches=settings.score_batches)
+    return SupernetScorer(search.model, score_batches(source, settings.score_batches), search.runtime,
+                          settings.by)
+
+
+def derive(search: TrainedSearch, settings: SelectionConfig, out: Path | None = None, force: bool = False,
+           say: Any = None) -> tuple[Selection, dict[str, Any] | None, Path]:
+    """Choose the genotype of ``search`` by ``settings`` and write it (default ``RUN/genotype_<method>.scn``,
+    with ``RUN/selection_<method>.json``); the search's own ``genotype.scn`` is never replaced."""
+    from scnas_dsl.train.search import select_genotype, write_selection_record
+
+    run = search.run
+    target = out if out is not None else run / f"genotype_{settings.method}.scn"
+    if target.resolve() == (run / "genotype.scn").resolve():
+        raise RunError(f"{target}: the search's own genotype; write the derived one elsewhere")
+    if target.exists() and not force:
+        raise RunError(f"{target}: exists; give --force to replace it or -o for another file")
+    if target.suffix != ".scn":
+        raise RunError(f"{target}: a genotype file ends in .scn")
+    optimizer = adam(search.model.weight_parameters(), search.cfg.weight_optimizer)
+    if "weight_optimizer" in search.state:
+        try:
+            optimizer.load_state_dict(search.state["weight_optimizer"])
+        except (ValueError, KeyError):
+            pass  # a fresh optimiser of the run's settings then
+    name = f"{search.space.name}_fold{search.cfg.fold}_{settings.method}".replace("-", "_")
+    selection, check = select_genotype(search.model, search.cfg, search.runtime, search.data, search.patch, name,
+                                       optimizer=optimizer, settings=settings, say=say)
+    header = (f"Chosen by `scnas derive --select {settings.method}` from the search in {run} "
+              f"({search.epochs_done} epochs done).\n" + (check["text"] + ".\n" if check else "")
+              + "Retrain it with: scnas train " + target.name + " --data DATA")
+    text = genotype_text(selection.genotype, header)
+    if target.parent.resolve() != run.resolve():  # the genotype imports the run's space: give it its own path
+        space_path = Path(os.path.relpath(run.resolve() / "space.scn", target.parent.resolve()))
+        text = text.replace('import "space.scn"', f'import "{space_path.as_posix()}"', 1)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda f: f.write(text), mode="w")
+    except OSError as err:
+        raise RunError(f"{target}: cannot be written ({err.strerror or err}); nothing was written") from err
+    if search.runtime.is_main:
+        write_selection_record(RunFolder(run), selection, check, search.epochs_done,
+                               name=f"selection_{settings.method}.json")
+    return selection, check, target
+
+
+def rank(search: TrainedSearch, genotypes: list[Genotype], settings: SelectionConfig) -> list[dict[str, Any]]:
+    """Every genotype's supernet score, best first (``settings.by``), with its rank."""
+    scorer = scorer_for(search, settings)
+    scored: list[tuple[Genotype, Score]] = []
+    for genotype in genotypes:
+        if genotype.space != search.space.name:
+            raise RunError(f"genotype '{genotype.name}' is of space '{genotype.space}', the search's is "
+                           f"'{search.space.name}'")
+        scored.append((genotype, scorer.score_genotype(genotype)))
+    order = sorted(range(len(scored)), key=lambda i: scored[i][1].key(settings.by), reverse=True)
+    return [{"rank": r + 1, "genotype": scored[i][0].name, "loss": scored[i][1].loss,
+             "dice": scored[i][1].dice} for r, i in enumerate(order)]
+
+
+def rank_table_csv(rows: list[dict[str, Any]]) -> str:
+    """The rank table as CSV text."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["rank", "genotype", "loss", "dice"])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return buffer.getvalue()
+
