@@ -167,15 +167,28 @@ def test_derive_and_rank_refuse_what_they_cannot_read(finished: dict[str, Path],
     assert "Traceback" not in result.output
 
 
-def test_a_fair_search_leaves_the_logits_and_chooses_by_scores(finished: dict[str, Path], tmp_path: Path) -> None:
-    result = run_search(_cfg(finished["spec"], finished["pre"], tmp_path / "fair", sampling="fair",
-                             selection=SelectionConfig(method="sampled", samples=3, score_batches=2,
-                                                       check_samples=2)))
-    assert result is not None and result.self_check is not None
+def test_a_fair_search_from_the_command_line_leaves_the_logits_and_chooses_by_scores(
+        finished: dict[str, Path], tmp_path: Path) -> None:
+    settings = tmp_path / "select.json"
+    settings.write_text(json.dumps({"gap_batches": 2, "selection": {"samples": 3, "score_batches": 2,
+                                                                    "check_samples": 2}}))
+    out = tmp_path / "fair"
+    common = [str(finished["spec"]), "--data", str(finished["pre"]), "--epochs", "2", "--batch-size", "2",
+              "--batches-per-epoch", "2", "--patch", "16", "16", "16", "--stem-width", "4", "--device", "cpu",
+              "--quiet", "--config", str(settings), "--sampling", "fair"]
+    refused = runner.invoke(app, ["search", *common, "--out", str(out)])
+    assert refused.exit_code == 1 and "--select projection or --select sampled" in refused.output
+    assert not out.exists()
+    result = runner.invoke(app, ["search", *common, "--out", str(out), "--select", "sampled"])
+    assert result.exit_code == 0, result.output
+    assert "self-check: the chosen genotype ranks" in result.output
+    record = json.loads((out / "selection.json").read_text())
+    assert record["method"] == "sampled" and len(record["details"]["scores"]) == 3
     from scnas_dsl.loader import load
     from scnas_dsl.nn import build_supernet
+    from scnas_dsl.train.checkpoint import load_checkpoint
 
     fresh = build_supernet(load(finished["spec"]).space(), in_channels=1, num_classes=2, stem_width=4, seed=0)
-    for key, alpha in result.logits.items():  # the initial logits, untouched by the search
-        assert torch.equal(alpha, fresh.arch[key].detach()), key
-    assert json.loads((tmp_path / "fair" / "selection.json").read_text())["method"] == "sampled"
+    state = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    for key, alpha in fresh.arch.items():  # the initial logits, untouched by the search
+        assert torch.equal(state[f"arch.{key}"], alpha.detach()), key
