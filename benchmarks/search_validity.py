@@ -93,6 +93,8 @@ space planted {{
 """
 
 CELLS = ("enc", "red", "dec", "exp")
+UNET = ROOT / "specs" / "baselines" / "unet3d.scn"
+METHODS = ("alpha", "projection", "sampled")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -297,11 +299,24 @@ class Bench:
         return {"cases": a.cases, "shape": list(a.shape), "sigma": a.sigma, "threshold": a.threshold,
                 "window": a.window, "contrast": a.contrast, "seed": a.data_seed}
 
-    def cached_train(self, name: str, genotype_text_: str, seed: int) -> dict[str, Any] | None:
-        return self._cached(f"train_{name}_s{seed}", {**self.train_settings(seed), "genotype": genotype_text_})
+    def recipe_tag(self) -> str:
+        """'' for the first study's recipe (8 epochs x 25 steps, lr 3e-3), else a suffix naming the recipe,
+        so that runs of several recipes are cached side by side."""
+        a = self.args
+        if (a.train_epochs, a.train_steps, a.train_lr) == (8, 25, 3e-3):
+            return ""
+        return f"_e{a.train_epochs}x{a.train_steps}_lr{a.train_lr:g}"
 
-    def retrain(self, name: str, genotype_text_: str, seed: int | None = None) -> dict[str, Any]:
-        """Retrain a genotype from scratch with the one recipe; Dice of the last epoch's weights."""
+    def train_key(self, name: str, seed: int) -> str:
+        return f"train_{name}_s{seed}{self.recipe_tag()}"
+
+    def cached_train(self, name: str, genotype_text_: str, seed: int) -> dict[str, Any] | None:
+        return self._cached(self.train_key(name, seed), {**self.train_settings(seed), "genotype": genotype_text_})
+
+    def retrain(self, name: str, genotype_text_: str, seed: int | None = None,
+                stem_width: int | None = None) -> dict[str, Any]:
+        """Retrain a genotype from scratch with the one recipe; Dice of the last epoch's weights.
+        ``stem_width`` (default ``--stem-width``): another width, for a baseline matched in MACs."""
         from scnas_dsl.loader import load
         from scnas_dsl.nn.cost import estimate
         from scnas_dsl.train.config import AdamConfig, PlateauConfig, TrainConfig
@@ -310,39 +325,55 @@ class Bench:
         a = self.args
         seed = a.train_seed if seed is None else seed
         settings = {**self.train_settings(seed), "genotype": genotype_text_}
-        cached = self._cached(f"train_{name}_s{seed}", settings)
+        width = a.stem_width
+        if stem_width is not None and stem_width != a.stem_width:
+            settings["stem_width"] = width = stem_width
+        key = self.train_key(name, seed)
+        cached = self._cached(key, settings)
         if cached is not None:
             return cached
         file = self.genotypes / f"{name}.scn"
         file.write_text(genotype_text_)
         space, genotype = load(file).genotype(name)
         cost = estimate(space, genotype=genotype, patch=tuple(a.patch), in_channels=1, num_classes=2,
-                        stem_width=a.stem_width)
-        cfg = TrainConfig(data=str(self.pre), genotype=str(file), genotype_name=name, out=str(self.runs / f"train_{name}_s{seed}"),
+                        stem_width=width)
+        cfg = TrainConfig(data=str(self.pre), genotype=str(file), genotype_name=name, out=str(self.runs / key),
                           epochs=a.train_epochs, batches_per_epoch=a.train_steps, batch_size=a.batch_size,
-                          patch=tuple(a.patch), stem_width=a.stem_width, device=a.device, seed=seed,
+                          patch=tuple(a.patch), stem_width=width, device=a.device, seed=seed,
                           spacing=None, augment=False, progress=False, val_every=a.train_epochs,
                           optimizer=AdamConfig(lr=a.train_lr, betas=(0.9, 0.999)),
                           plateau=PlateauConfig(factor=0.2, patience=max(30, a.train_epochs)))
         started = time.time()
         run_train(cfg, force=True)
         seconds = time.time() - started
-        records = [json.loads(line) for line in (self.runs / f"train_{name}_s{seed}" / "metrics.jsonl").read_text().splitlines()]
+        records = [json.loads(line) for line in (self.runs / key / "metrics.jsonl").read_text().splitlines()]
         last = records[-1]
         record = {"settings": settings, "name": name, "seed": seed, "dice": last["val_dice"], "train_loss": last["train_loss"],
-                  "flops": cost.flops, "params": cost.params, "seconds": round(seconds, 1),
+                  "flops": cost.flops, "macs": cost.macs, "params": cost.params, "stem_width": width,
+                  "seconds": round(seconds, 1),
                   "planted_share": planted_share(genotype), "op_counts": op_counts(genotype)}
         print(f"  retrained {name} (seed {seed}): Dice {record['dice']:.3f} ({seconds:.0f} s, {cost.flops / 1e6:.1f} MFLOPs)",
               flush=True)
-        return self._store(f"train_{name}_s{seed}", record)
+        return self._store(key, record)
 
     # --- search
+    def search_key(self, sampling: str, betas: str, seed: int) -> str:
+        """The search's cache and run name (a warm-up names its epochs: its runs keep a snapshot)."""
+        a = self.args
+        tag = f"_w{a.arch_warmup}of{a.search_epochs}" if a.arch_warmup else ""
+        return f"search_{sampling}_{betas}_s{seed}{tag}"
+
     def search(self, sampling: str, betas: str, seed: int) -> dict[str, Any]:
-        from scnas_dsl.train.config import AdamConfig, SearchConfig
+        """One search (``fair`` sampling: the genotype of the run's own selection, ``sampled``). With an
+        architecture warm-up the search pauses at its end (``stop_after_epochs``), a copy of the run folder is
+        kept as ``RUN_warmup`` (a supernet to score later) and the search resumes."""
+        import shutil
+
+        from scnas_dsl.train.config import AdamConfig, SearchConfig, SelectionConfig
         from scnas_dsl.train.search import run_search
 
         a = self.args
-        name = f"search_{sampling}_{betas}_s{seed}"
+        name = self.search_key(sampling, betas, seed)
         settings = {"sampling": sampling, "betas": list(BETAS[betas]), "seed": seed, "epochs": a.search_epochs,
                     "steps": a.search_steps, "batch": a.batch_size, "patch": list(a.patch),
                     "stem_width": a.stem_width, "stem_kernel": a.stem_kernel, "weight_lr": a.search_lr, "arch_lr": a.arch_lr,
@@ -350,21 +381,33 @@ class Bench:
         cached = self._cached(name, settings)
         if cached is not None:
             return cached
+        # the run's own choice: alpha (pair, single, full) or sampled (fair); no self-check here, the
+        # selection phase derives every method from the run folder
+        own = SelectionConfig(method="sampled" if sampling == "fair" else "alpha", check_samples=0)
         cfg = SearchConfig(data=str(self.pre), spec=str(self.space_file), out=str(self.runs / name),
                            epochs=a.search_epochs, batches_per_epoch=a.search_steps, batch_size=a.batch_size,
                            patch=tuple(a.patch), stem_width=a.stem_width, device=a.device, seed=seed,
                            spacing=None, augment=False, progress=False, sampling=sampling,
                            weight_optimizer=AdamConfig(lr=a.search_lr, betas=BETAS[betas]),
                            arch_optimizer=AdamConfig(lr=a.arch_lr, betas=(0.5, 0.999)),
-                           arch_warmup_epochs=a.arch_warmup)
+                           arch_warmup_epochs=a.arch_warmup, selection=own)
         started = time.time()
-        result = run_search(cfg, force=True)
+        if a.arch_warmup:
+            paused = run_search(cfg, force=True, stop_after_epochs=a.arch_warmup)
+            assert paused is None
+            snapshot = self.runs / f"{name}_warmup"
+            if snapshot.exists():
+                shutil.rmtree(snapshot)
+            shutil.copytree(self.runs / name, snapshot)
+            result = run_search(cfg, resume=True)
+        else:
+            result = run_search(cfg, force=True)
         seconds = time.time() - started
         assert result is not None
         from scnas_dsl.graph.printer import print_document
         from scnas_dsl.model import Document, Import
 
-        gname = f"{sampling}_{betas}_s{seed}"
+        gname = name.removeprefix("search_")
         genotype = result.genotype.model_copy(update={"name": gname})
         text = print_document(Document(imports=(Import(path="space.scn"),), genotypes=(genotype,)))
         probs = {}
@@ -375,7 +418,8 @@ class Bench:
         argmax_all = {key: [OPS[i] for i in logits.argmax(dim=1).tolist()] for key, logits in result.logits.items()}
         edges_all = [op for ops in argmax_all.values() for op in ops]
         nonzero = [op for op in edges_all if op != ZERO]
-        record = {"settings": settings, "name": gname, "sampling": sampling, "betas": betas, "seed": seed,
+        record = {"settings": settings, "name": gname, "run": str(self.runs / name), "sampling": sampling,
+                  "betas": betas, "seed": seed, "warmup_snapshot": str(self.runs / f"{name}_warmup") if a.arch_warmup else None,
                   "genotype_text": text, "planted_share": planted_share(genotype), "op_counts": op_counts(genotype),
                   "cell_counts": {c.cell: op_counts(genotype, [c]) for c in genotype.cells},
                   "argmax": argmax_all,
@@ -385,6 +429,40 @@ class Bench:
         print(f"  searched {gname}: maxpool share {record['planted_share']:.2f} of live edges, "
               f"mass {mass:.3f} ({seconds:.0f} s)", flush=True)
         return self._store(name, record)
+
+
+    # --- selection
+    def select(self, run: str, method: str, name: str) -> dict[str, Any]:
+        """The genotype ``method`` chooses from the search in ``run`` (``derive_run.derive``, the project's
+        default ``SelectionConfig`` otherwise) and its self-check, cached; the text imports the genotypes
+        folder's ``space.scn`` (the same space)."""
+        from scnas_dsl.graph.printer import print_document
+        from scnas_dsl.model import Document, Import
+        from scnas_dsl.train.config import SelectionConfig
+        from scnas_dsl.train.derive_run import derive, open_search
+
+        selection_cfg = SelectionConfig(method=method)
+        settings = {"run": run, "method": method, "selection": selection_cfg.model_dump(),
+                    "stamp": (Path(run) / "checkpoints" / "last.pt").stat().st_mtime}
+        key = f"select_{name}"
+        cached = self._cached(key, settings)
+        if cached is not None:
+            return cached
+        started = time.time()
+        search = open_search(run, device=self.args.device)
+        selection, check, _ = derive(search, selection_cfg, out=Path(run) / f"genotype_{method}.scn", force=True)
+        genotype = selection.genotype.model_copy(update={"name": name})
+        text = print_document(Document(imports=(Import(path="space.scn"),), genotypes=(genotype,)))
+        counts = {c.cell: op_counts(genotype, [c]) for c in genotype.cells}
+        record = {"settings": settings, "name": name, "method": method, "genotype_text": text,
+                  "planted_share": planted_share(genotype), "op_counts": op_counts(genotype), "cell_counts": counts,
+                  "enc_planted": counts.get("enc", {}).get(PLANTED, 0),
+                  "self_check": None if check is None else {k: check[k] for k in ("rank", "of", "by", "score", "text")},
+                  "details": {k: v for k, v in selection.details.items() if k in ("changed_from_alpha", "best", "note")},
+                  "seconds": round(time.time() - started, 1)}
+        print(f"  selected {name}: maxpool in enc {record['enc_planted']}; "
+              f"{check['text'] if check else ''} ({record['seconds']:.0f} s)", flush=True)
+        return self._store(key, record)
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -430,6 +508,8 @@ def _job(args: argparse.Namespace, kind: str, payload: tuple[Any, ...]) -> dict[
 
     torch.set_num_threads(args.threads)
     bench = Bench(args)
+    if kind == "select":
+        return bench.select(*payload)
     return bench.search(*payload) if kind == "search" else bench.retrain(*payload)
 
 
@@ -494,16 +574,99 @@ def random_samples(bench: Bench, searches: list[dict[str, Any]]) -> list[tuple[s
     return out
 
 
-def phase_retrain(bench: Bench, searches: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    print("retrain", flush=True)
-    randoms = random_samples(bench, searches)
-    jobs = [("train", (s["name"], s["genotype_text"])) for s in searches]
-    jobs += [("train", (name, text)) for name, text, _ in randoms]
-    jobs.append(("train", ("all_conv3", hand_genotypes(bench.args.window)["all_conv3"])))
+def phase_select(bench: Bench, searches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every method of ``--methods`` derives a genotype from each pair search's run folder (the same
+    trained supernet for all methods)."""
+    print("select", flush=True)
+    pairs = [s for s in searches if s["sampling"] == "pair" and s.get("run")]
+    jobs = [("select", (s["run"], m, f"{s['name']}_{m}")) for s in pairs for m in bench.args.methods]
     rows = run_jobs(bench, jobs)
-    searched = [{**row, "sampling": s["sampling"], "betas": s["betas"], "search_seed": s["seed"]}
-                for row, s in zip(rows, searches, strict=False)]
-    return {"searched": searched, "random": rows[len(searches):-1], "baseline": rows[-1:]}
+    metas = [s for s in pairs for _ in bench.args.methods]
+    return [{**row, "search": s["name"], "sampling": s["sampling"], "betas": s["betas"], "search_seed": s["seed"]}
+            for row, s in zip(rows, metas, strict=True)]
+
+
+def best_method(selections: list[dict[str, Any]]) -> str:
+    """The method to retrain, chosen before any retraining: the most searches with maxpool in ``enc``, then the
+    best mean self-check rank, then the order of ``--methods``."""
+    methods = list(dict.fromkeys(s["method"] for s in selections))
+
+    def key(m: str) -> tuple[float, float]:
+        rows = [s for s in selections if s["method"] == m]
+        ranks = [s["self_check"]["rank"] for s in rows if s["self_check"]]
+        return (-sum(s["enc_planted"] > 0 for s in rows), statistics.fmean(ranks) if ranks else math.inf)
+
+    return min(methods, key=key)
+
+
+def unet_width(bench: Bench, macs: float) -> tuple[int, int]:
+    """The stem width at which specs/baselines/unet3d.scn has the MACs closest to ``macs`` (the compiler's
+    cost counter at the study's patch), and those MACs."""
+    from scnas_dsl.loader import load
+    from scnas_dsl.nn.cost import estimate
+
+    space, genotype = load(UNET).genotype("unet3d")
+    best = (0, 0)
+    for width in range(1, 33):
+        m = estimate(space, genotype=genotype, patch=tuple(bench.args.patch), in_channels=1, num_classes=2,
+                     stem_width=width).macs
+        if best[0] == 0 or abs(m - macs) < abs(best[1] - macs):
+            best = (width, m)
+    return best
+
+
+def per_genotype(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs (one per genotype and seed) grouped by genotype: ``dice`` the mean over the seeds, ``dice_seeds``
+    each seed's, ``dice_std`` their std."""
+    out = []
+    for name in dict.fromkeys(r["name"] for r in rows):
+        runs = [r for r in rows if r["name"] == name]
+        m, sd = mean_std([r["dice"] for r in runs])
+        out.append({**runs[0], "dice": m, "dice_std": sd, "dice_seeds": [r["dice"] for r in runs],
+                    "seeds": [r["seed"] for r in runs], "seconds": sum(r["seconds"] for r in runs)})
+    return out
+
+
+def phase_retrain(bench: Bench, searches: list[dict[str, Any]], selections: list[dict[str, Any]] | None = None
+                  ) -> dict[str, Any]:
+    """The searched genotypes (with selections: those of ``--retrain-method``, and the single/full searches'
+    own), FLOPs-matched random ones, all-conv3 and (``--unet``) the U-Net at matched MACs, each with every seed
+    of ``--retrain-seeds``; rows per genotype (Dice: the mean over the seeds)."""
+    print("retrain", flush=True)
+    a = bench.args
+    seeds = a.retrain_seeds or [a.train_seed]
+    method = None
+    if selections:
+        method = best_method(selections) if a.retrain_method == "best" else a.retrain_method
+        searched_items = [s for s in selections if s["method"] == method]
+        searched_items += [{**s, "search_seed": s["seed"]} for s in searches if s["sampling"] != "pair"]
+    else:
+        searched_items = [{**s, "search_seed": s["seed"]} for s in searches]
+    randoms = random_samples(bench, searched_items)
+    items = [(s["name"], s["genotype_text"], None) for s in searched_items]
+    items += [(name, text, None) for name, text, _ in randoms]
+    items.append(("all_conv3", hand_genotypes(a.window)["all_conv3"], None))
+    unet = None
+    if a.unet:
+        from scnas_dsl.loader import load_text
+        from scnas_dsl.nn.cost import estimate
+
+        space = load_text(SPACE_TEXT.format(width=a.stem_width, stem_kernel=a.stem_kernel)).space(SPACE_NAME)
+        macs = [estimate(space, genotype=load_text(s["genotype_text"], base_dir=bench.genotypes).genotype(s["name"])[1],
+                         patch=tuple(a.patch), in_channels=1, num_classes=2, stem_width=a.stem_width).macs
+                for s in searched_items]
+        target = float(np.median(macs))
+        width, unet_macs = unet_width(bench, target)
+        unet = {"stem_width": width, "macs": unet_macs, "searched_median_macs": target}
+        items.append(("unet3d", UNET.read_text(), width))
+    jobs = [("train", (name, text, seed) + ((width,) if width else ())) for name, text, width in items for seed in seeds]
+    rows = per_genotype(run_jobs(bench, jobs))
+    by_name = {r["name"]: r for r in rows}
+    searched = [{**by_name[s["name"]], "sampling": s["sampling"], "betas": s["betas"],
+                 "search_seed": s["search_seed"], "method": s.get("method", "alpha")} for s in searched_items]
+    return {"searched": searched, "random": [by_name[n] for n, _, _ in randoms],
+            "baseline": [by_name["all_conv3"]], **({"unet": [by_name["unet3d"]]} if unet else {}),
+            "method": method, "unet_match": unet, "seeds": seeds}
 
 
 def uniform_share(bench: Bench, draws: int = 2000) -> float:
@@ -540,11 +703,28 @@ def check_table(check: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def selection_stats(selections: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method: in how many searches maxpool lands in ``enc``, the self-check ranks, maxpool shares."""
+    out = {}
+    for m in dict.fromkeys(s["method"] for s in selections):
+        rows = [s for s in selections if s["method"] == m]
+        out[m] = {"searches": len(rows), "enc_planted_searches": sum(s["enc_planted"] > 0 for s in rows),
+                  "enc_planted": [s["enc_planted"] for s in rows],
+                  "self_check_ranks": [s["self_check"]["rank"] if s["self_check"] else None for s in rows],
+                  "self_check_of": rows[0]["self_check"]["of"] if rows[0]["self_check"] else None,
+                  "planted_share": mean_std([s["planted_share"] for s in rows])}
+    return out
+
+
 def report(bench: Bench, check: list[dict[str, Any]], searches: list[dict[str, Any]],
-           groups: dict[str, list[dict[str, Any]]] | None, started: float) -> dict[str, Any]:
+           groups: dict[str, Any] | None, started: float,
+           selections: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     a = bench.args
     summary: dict[str, Any] = {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()},
                                "check_runs": check, "check": check_table(check), "searches": searches}
+    if selections:
+        summary["selections"] = selections
+        summary["selection_stats"] = selection_stats(selections)
     summary["linear_reference_dice"] = linear_reference(bench.pre, bench.fold().val, a.window)
     summary["uniform_planted_share"] = uniform_share(bench) if searches else None
     by_kind: dict[str, Any] = {}
@@ -566,8 +746,18 @@ def report(bench: Bench, check: list[dict[str, Any]], searches: list[dict[str, A
         st["argmax_dice"] = mean_std([s["last_epoch"]["argmax_dice"] or float("nan") for s in runs])
     summary["search_stats"] = by_kind
     if groups:
+        extra = {k: groups.pop(k) for k in ("method", "unet_match", "seeds") if k in groups}
+        summary.update({f"retrain_{k}": v for k, v in extra.items()})
         rnd = [r["dice"] for r in groups["random"]]
         srch = [r["dice"] for r in groups["searched"]]
+        every = [r for rows in groups.values() for r in rows]
+        stds = [r["dice_std"] for r in every if len(r.get("dice_seeds", [])) > 1]
+        summary["noise_floor"] = {"mean_seed_std": float(np.mean(stds)) if stds else None,
+                                  "std_of_means": mean_std([r["dice"] for r in every])[1]}
+        if "unet" in groups and srch:
+            u = groups["unet"][0]
+            summary["p_searched_gt_unet"] = permutation_test(
+                [d for r in groups["searched"] for d in r["dice_seeds"]], u["dice_seeds"])
         stats: dict[str, Any] = {}
         for group, rows in groups.items():
             m, sd = mean_std([r["dice"] for r in rows])
@@ -626,20 +816,48 @@ def print_tables(summary: dict[str, Any]) -> None:
         for kind, st in summary["search_stats"].items():
             print(f"| {kind} | {st['runs']} | {_f(st['planted_share'])} | {st['dominant']} | {st['above_uniform']} | "
                   f"{_f(st['weight_loss'])} | {_f(st['argmax_dice'])} |")
+    if summary.get("selection_stats"):
+        print("\n| search | method | maxpool in enc | maxpool share | self-check rank | ops of the live edges |\n"
+              "| --- | --- | --- | --- | --- | --- |")
+        for s in summary["selections"]:
+            ops = ", ".join(f"{op} {n}" for op, n in s["op_counts"].items() if n)
+            enc = s["cell_counts"].get("enc", {})
+            chk = f"{s['self_check']['rank']} of {s['self_check']['of']}" if s["self_check"] else "-"
+            print(f"| {s['search']} | {s['method']} | {s['enc_planted']} of {sum(enc.values())} | "
+                  f"{s['planted_share']:.2f} | {chk} | {ops} |")
+        print("\n| method | searches with maxpool in enc | self-check ranks | maxpool share mean ± std |\n"
+              "| --- | --- | --- | --- |")
+        for m, st in summary["selection_stats"].items():
+            print(f"| {m} | {st['enc_planted_searches']} of {st['searches']} | "
+                  f"{', '.join(str(r) for r in st['self_check_ranks'])} (of {st['self_check_of']}) | "
+                  f"{_f(st['planted_share'])} |")
     if "group_stats" in summary:
+        if summary.get("retrain_method"):
+            print(f"\nretrained: the genotypes of selection method '{summary['retrain_method']}', seeds "
+                  f"{summary.get('retrain_seeds')}")
+        if summary.get("retrain_unet_match"):
+            u = summary["retrain_unet_match"]
+            print(f"U-Net (specs/baselines/unet3d.scn) at stem width {u['stem_width']}: {u['macs'] / 1e6:.1f} MMACs "
+                  f"(searched genotypes' median {u['searched_median_macs'] / 1e6:.1f} MMACs)")
+        nf = summary.get("noise_floor") or {}
+        if nf.get("mean_seed_std") is not None:
+            print(f"noise floor: mean per-genotype seed std {nf['mean_seed_std']:.3f}; std of the genotype means "
+                  f"{nf['std_of_means']:.3f}")
         print("\n| group | n | Dice mean ± std |\n| --- | --- | --- |")
         for g, st in summary["group_stats"].items():
             print(f"| {g} | {st['n']} | {st['mean']:.3f} ± {st['std']:.3f} |")
         n_random = len(summary["groups"]["random"])
         print("\n| searched genotype | Dice | rank among random | maxpool share | MFLOPs |\n| --- | --- | --- | --- | --- |")
         for r in summary["groups"]["searched"]:
-            print(f"| {r['name']} | {r['dice']:.3f} | {summary['ranks'][r['name']]} of {n_random + 1} | "
+            seeds = f" ({', '.join(f'{d:.3f}' for d in r['dice_seeds'])})" if len(r.get("dice_seeds", [])) > 1 else ""
+            print(f"| {r['name']} | {r['dice']:.3f}{seeds} | {summary['ranks'][r['name']]} of {n_random + 1} | "
                   f"{r['planted_share']:.2f} | {r['flops'] / 1e6:.1f} |")
         print("\n| other genotype | Dice | maxpool share | MFLOPs |\n| --- | --- | --- | --- |")
-        for r in summary["groups"]["random"] + summary["groups"]["baseline"]:
-            print(f"| {r['name']} | {r['dice']:.3f} | {r['planted_share']:.2f} | {r['flops'] / 1e6:.1f} |")
+        for r in summary["groups"]["random"] + summary["groups"]["baseline"] + summary["groups"].get("unet", []):
+            seeds = f" ({', '.join(f'{d:.3f}' for d in r['dice_seeds'])})" if len(r.get("dice_seeds", [])) > 1 else ""
+            print(f"| {r['name']} | {r['dice']:.3f}{seeds} | {r['planted_share']:.2f} | {r['flops'] / 1e6:.1f} |")
         print(f"\nFLOP-matched random genotypes, maxpool share: {_f(summary['random_planted_share'])}")
-        for key in ("p_searched_gt_random", "p_pair_paper_gt_random", "p_pair_standard_gt_random",
+        for key in ("p_searched_gt_random", "p_searched_gt_unet", "p_pair_paper_gt_random", "p_pair_standard_gt_random",
                     "p_pair_standard_gt_paper", "p_pair_paper_gt_standard"):
             if summary.get(key) is not None:
                 print(f"one-sided permutation test {key.removeprefix('p_').replace('_gt_', ' > ')}: p = {summary[key]:.4f}")
@@ -673,6 +891,8 @@ def plot(bench: Bench, summary: dict[str, Any]) -> None:
     if "groups" in summary:
         g = summary["groups"]
         columns = [("random", [r["dice"] for r in g["random"]]), ("all conv3", [r["dice"] for r in g["baseline"]])]
+        if g.get("unet"):
+            columns.append(("U-Net\n(seeds)", g["unet"][0].get("dice_seeds", [g["unet"][0]["dice"]])))
         for key in dict.fromkeys((r["sampling"], r["betas"]) for r in g["searched"]):
             columns.append((f"{key[0]}\n{key[1]}", [r["dice"] for r in g["searched"] if (r["sampling"], r["betas"]) == key]))
         dots(axes[1], columns, "retrained: random (FLOP-matched) vs searched")
@@ -697,12 +917,17 @@ def plot(bench: Bench, summary: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------- cli
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "scnas-search-validity"),
-                   help="output folder: data, runs, results.json, search_validity.png (default: in the temp folder)")
-    p.add_argument("--phases", nargs="+", default=["data", "check", "search", "retrain", "report"],
-                   choices=["data", "check", "search", "retrain", "report"])
+PHASES = ["data", "check", "search", "select", "retrain", "report"]
+
+
+def build_parser(doc: str | None = None, out: str = "scnas-search-validity",
+                 phases: Sequence[str] = tuple(PHASES)) -> argparse.ArgumentParser:
+    """The study's options (also those of benchmarks/ranking.py, which gives its own ``doc``, ``out``, ``phases``)."""
+    doc = doc or __doc__ or ""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / out),
+                   help="output folder: data, runs, results.json and the plot (default: in the temp folder)")
+    p.add_argument("--phases", nargs="+", default=list(phases), choices=list(phases))
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one seed, two random genotypes")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run on the CPU")
@@ -743,31 +968,59 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--random", type=int, default=8, help="random FLOP-matched genotypes to retrain")
     g.add_argument("--random-seed", type=int, default=0)
     g.add_argument("--tolerance", type=float, default=0.1, help="relative FLOP tolerance of the random genotypes")
-    args = p.parse_args(argv)
+    g = p.add_argument_group("selection and retraining")
+    g.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
+                   help="selection methods the select phase derives from every pair search")
+    g.add_argument("--retrain-method", default="best", choices=["best", *METHODS],
+                   help="whose genotypes are retrained (best: most searches with maxpool in enc, then the best "
+                        "mean self-check rank; chosen before any retraining)")
+    g.add_argument("--retrain-seeds", type=int, nargs="*", default=None,
+                   help="retraining seeds of every genotype of the retrain phase (default: --train-seed)")
+    g.add_argument("--unet", action=argparse.BooleanOptionalAction, default=True,
+                   help="also retrain specs/baselines/unet3d.scn at the stem width whose MACs match the searched "
+                        "genotypes' median")
+    return p
+
+
+def quick_sizes(args: argparse.Namespace) -> None:
+    """``--quick``: tiny data, searches and retrainings."""
+    args.cases, args.shape, args.patch = 10, [16, 16, 16], [16, 16, 16]
+    args.search_epochs, args.search_steps, args.train_epochs, args.train_steps = 2, 3, 2, 3
+    args.random = 2
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     if args.quick:
-        args.cases, args.shape, args.patch = 10, [16, 16, 16], [16, 16, 16]
-        args.search_epochs, args.search_steps, args.train_epochs, args.train_steps = 2, 3, 2, 3
-        args.pair_seeds, args.pair_betas, args.random, args.check_seeds = [0], ["paper", "standard"], 2, [0]
+        quick_sizes(args)
+        args.pair_seeds, args.pair_betas, args.check_seeds = [0], ["paper", "standard"], [0]
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
+def start(args: argparse.Namespace) -> float:
+    """One torch thread per run (``--threads``); the start time."""
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
     torch.set_num_threads(args.threads)
-    started = time.time()
+    return time.time()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = start(args)
     bench = Bench(args)
     bench.prepare_data()  # every phase needs it; reused when the settings are unchanged
     check = phase_check(bench) if "check" in args.phases else []
-    searches = phase_search(bench) if "search" in args.phases or "retrain" in args.phases else []
-    groups = phase_retrain(bench, searches) if "retrain" in args.phases else None
-    if "report" in args.phases:
+    ph = set(args.phases)
+    searches = phase_search(bench) if ph & {"search", "select", "retrain"} else []
+    selections = phase_select(bench, searches) if "select" in ph else []
+    groups = phase_retrain(bench, searches, selections) if "retrain" in ph else None
+    if "report" in ph:
         if not check:
             check = [r for r in (bench.cached_train(n, t, seed) for n, t in hand_genotypes(args.window).items()
                                  for seed in args.check_seeds) if r is not None]
-        report(bench, check, searches, groups, started)
+        report(bench, check, searches, groups, started, selections)
     print(f"done in {time.time() - started:.0f} s; results in {bench.out}", flush=True)
 
 
