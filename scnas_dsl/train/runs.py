@@ -101,6 +101,18 @@ class RunFolder:
             with (self.path / name).open("a") as f:
                 f.write(json.dumps(json_safe(record)) + "\n")
 
+    def amend_last_jsonl(self, name: str, extra: dict[str, Any]) -> None:
+        """Add ``extra`` to the last record of ``name`` (rewritten atomically; what the end of a run measured
+        after its last epoch belongs to that epoch's record)."""
+        target = self.path / name
+        if not self.writer or not target.is_file():
+            return
+        lines = [ln for ln in target.read_text().splitlines() if ln.strip()]
+        if not lines:
+            return
+        lines[-1] = json.dumps(json_safe({**json.loads(lines[-1]), **extra}))
+        self.write_text(name, "".join(ln + "\n" for ln in lines))
+
     def truncate_jsonl(self, name: str, keep_epochs: int) -> None:
         """Keep the records of the first ``keep_epochs`` epochs (a resumed run rewrites what followed its
         checkpoint, so the history has no duplicates)."""

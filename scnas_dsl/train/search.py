@@ -367,16 +367,15 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
 
 def write_selection_record(run: RunFolder, selection: Selection, check: dict[str, Any] | None, epochs_done: int,
                            name: str = "selection.json") -> None:
-    """``selection.json`` (the method's whole record and the self-check) and, for the search's own choice, one
-    line in ``metrics.jsonl`` after the last epoch's (``epoch`` = the epochs done, so that a resumed, longer search
-    drops it with the epochs it redoes)."""
-    record = {"method": selection.method, "genotype": genotype_body(selection.genotype),
+    """``name`` (the method's whole record and the self-check, after ``epochs_done`` epochs) and, for the search's
+    own choice, ``selection`` and ``self_check`` in the last epoch's record of ``metrics.jsonl``."""
+    record = {"method": selection.method, "epochs_done": epochs_done, "genotype": genotype_body(selection.genotype),
               "pruned": selection.pruning, "details": selection.details, "self_check": check}
     run.write_json(name, record)
     if name == "selection.json":
-        run.append_jsonl("metrics.jsonl", {"epoch": epochs_done, "selection": selection.method,
-                                           "self_check": None if check is None else
-                                           {k: v for k, v in check.items() if k != "random_scores"}})
+        run.amend_last_jsonl("metrics.jsonl", {
+            "selection": selection.method,
+            "self_check": None if check is None else {k: v for k, v in check.items() if k != "random_scores"}})
 
 
 def select_genotype(model: Supernet, cfg: SearchConfig, runtime: Runtime, data: DataContext,

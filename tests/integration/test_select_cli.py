@@ -103,7 +103,8 @@ def test_every_search_ends_with_a_self_check(finished: dict[str, Path]) -> None:
     run = finished["run"]
     records = read_jsonl(run / "metrics.jsonl")
     last = records[-1]
-    assert last["epoch"] == 2 and last["selection"] == "alpha"
+    assert [r["epoch"] for r in records] == [0, 1] and "self_check" not in records[0]
+    assert last["selection"] == "alpha" and "weight_loss" in last  # in the last epoch's record
     check = last["self_check"]
     assert check["of"] == 5 and 1 <= check["rank"] <= 5
     assert check["text"] in (run / "log.txt").read_text()
