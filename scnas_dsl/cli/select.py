@@ -126,11 +126,12 @@ def rank_cmd(
 
     from scnas_dsl.data.files import atomic_write
     from scnas_dsl.errors import RunError
-    from scnas_dsl.train.derive_run import open_search, rank, rank_table_csv
+    from scnas_dsl.train.derive_run import check_not_in_run, open_search, rank, rank_table_csv
 
     if out is not None:
         if out.suffix not in (".csv", ".json"):
             raise RunError(f"{out}: the table is written as .csv or .json")
+        check_not_in_run(out, run)
         if out.exists() and not force:
             raise RunError(f"{out}: exists; give --force to replace it")
     settings = _settings(run, by=by, score_batches=score_batches)

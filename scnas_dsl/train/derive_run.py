@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,18 @@ def open_search(run: Path | str, *, data: str | None = None, device: str = "auto
                          epochs_done=int(state["epoch"]), state=state)
 
 
+def check_not_in_run(target: Path, run: Path, allowed: str | None = None) -> None:
+    """Refuse an output inside the search folder ``run`` (its records, space, checkpoints: the command's inputs),
+    except a new file or one whose name matches ``allowed`` (a regular expression) directly in the folder."""
+    resolved, folder = target.resolve(), run.resolve()
+    if folder not in resolved.parents:
+        return
+    if resolved.parent == folder and allowed is not None and re.fullmatch(allowed, resolved.name):
+        return
+    if resolved.exists():
+        raise RunError(f"{target}: a file of the search {run} (one of this command's inputs); write elsewhere")
+
+
 def _check_split(run: Path, data: DataContext) -> None:
     path = run / "split.json"
     if not path.is_file():
@@ -136,10 +149,14 @@ def derive(search: TrainedSearch, settings: SelectionConfig, out: Path | None = 
     target = out if out is not None else run / f"genotype_{settings.method}.scn"
     if target.resolve() == (run / "genotype.scn").resolve():
         raise RunError(f"{target}: the search's own genotype; write the derived one elsewhere")
-    if target.exists() and not force:
-        raise RunError(f"{target}: exists; give --force to replace it or -o for another file")
+    check_not_in_run(target, run, allowed=r"genotype_\w+\.scn")
     if target.suffix != ".scn":
         raise RunError(f"{target}: a genotype file ends in .scn")
+    if target.exists() and not force:
+        raise RunError(f"{target}: exists; give --force to replace it or -o for another file")
+    if search.runtime.is_main and not os.access(run, os.W_OK):
+        raise RunError(f"{run}: cannot be written (the selection record selection_{settings.method}.json goes "
+                       "there); nothing was written")
     optimizer = adam(search.model.weight_parameters(), search.cfg.weight_optimizer)
     if "weight_optimizer" in search.state:
         try:
@@ -162,8 +179,12 @@ def derive(search: TrainedSearch, settings: SelectionConfig, out: Path | None = 
     except OSError as err:
         raise RunError(f"{target}: cannot be written ({err.strerror or err}); nothing was written") from err
     if search.runtime.is_main:
-        write_selection_record(RunFolder(run), selection, check, search.epochs_done,
-                               name=f"selection_{settings.method}.json")
+        try:
+            write_selection_record(RunFolder(run), selection, check, search.epochs_done,
+                                   name=f"selection_{settings.method}.json")
+        except OSError as err:
+            raise RunError(f"{run / f'selection_{settings.method}.json'}: cannot be written "
+                           f"({err.strerror or err}); the genotype was written to {target}") from err
     return selection, check, target
 
 

@@ -165,6 +165,23 @@ def test_derive_and_rank_refuse_what_they_cannot_read(finished: dict[str, Path],
     assert result.exit_code == 1 and "no such file or folder" in result.output
     result = runner.invoke(app, ["rank", str(finished["run"]), str(finished["spec"])])
     assert result.exit_code == 1 and "no genotype" in result.output
+    run = finished["run"]
+    before = {name: (run / name).read_bytes() for name in ("space.scn", "config.json")}
+    for command in (["derive", str(run), "--select", "alpha", "-o", str(run / "space.scn"), "--force"],
+                    ["rank", str(run), str(run / "genotype.scn"), "-o", str(run / "config.json"), "--force"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1 and "one of this command's inputs" in result.output, command
+    assert all((run / name).read_bytes() == data for name, data in before.items())
+    # another data set than the search's: its architecture part differs
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    split = json.loads((moved / "split.json").read_text())
+    split["arch_part"] = split["weight_part"][:1]
+    (moved / "split.json").write_text(json.dumps(split))
+    result = runner.invoke(app, ["rank", str(moved), str(moved / "genotype.scn")])
+    assert result.exit_code == 1 and "give the data set the search ran on" in result.output
     assert "Traceback" not in result.output
 
 
