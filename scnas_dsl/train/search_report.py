@@ -65,7 +65,7 @@ def parameter_free_share(choices: Choices, free: dict[str, set[str]]) -> float:
     return sum(every) / len(every) if every else float("nan")
 
 
-class _DiceCounts:
+class DiceCounts:
     """True positives, false positives and false negatives per foreground class, summed over batches."""
 
     def __init__(self, num_classes: int) -> None:
@@ -103,7 +103,7 @@ def discretisation_gap(model: Supernet, loader: PatchLoader, runtime: Runtime, s
     model.eval()  # the same mode for both: the only difference is the architecture
     generator = torch.Generator().manual_seed(seed)
     losses = {"argmax": 0.0, "sampled": 0.0}
-    dice = {"argmax": _DiceCounts(model.num_classes), "sampled": _DiceCounts(model.num_classes)}
+    dice = {"argmax": DiceCounts(model.num_classes), "sampled": DiceCounts(model.num_classes)}
     batches, stopped = 0, False
     try:
         loader.set_epoch(0)
@@ -130,6 +130,6 @@ def discretisation_gap(model: Supernet, loader: PatchLoader, runtime: Runtime, s
     k = len(dice["argmax"].values())
     return {
         "argmax_loss": reduced[0], "sampled_loss": reduced[1],
-        "argmax_dice": _DiceCounts.mean_dice(reduced[2:2 + k], model.num_classes),
-        "sampled_dice": _DiceCounts.mean_dice(reduced[2 + k:], model.num_classes),
+        "argmax_dice": DiceCounts.mean_dice(reduced[2:2 + k], model.num_classes),
+        "sampled_dice": DiceCounts.mean_dice(reduced[2 + k:], model.num_classes),
     }

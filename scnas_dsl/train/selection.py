@@ -45,6 +45,7 @@ from scnas_dsl.nn.supernet import Samples, Supernet
 from scnas_dsl.train.config import SelectionConfig
 from scnas_dsl.train.device import Runtime
 from scnas_dsl.train.losses import soft_jaccard_loss
+from scnas_dsl.train.search_report import DiceCounts
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -85,8 +86,7 @@ class SupernetScorer:
         model, runtime = self.model, self.runtime
         was_training = model.training
         model.eval()
-        k = max(model.num_classes - 1, 1)
-        counts = torch.zeros(3, k, dtype=torch.float64)
+        counts = DiceCounts(model.num_classes)
         loss, n = 0.0, 0
         try:
             for r in range(repeats):
@@ -96,18 +96,11 @@ class SupernetScorer:
                         logits = model(x, samples=samples)
                     loss += float(soft_jaccard_loss(logits.float(), y).item())
                     n += 1
-                    pred, target = logits.argmax(1).cpu(), y.cpu()
-                    for c in range(1, model.num_classes):
-                        p, g = pred == c, target == c
-                        counts[0, c - 1] += float((p & g).sum())
-                        counts[1, c - 1] += float((p & ~g).sum())
-                        counts[2, c - 1] += float((~p & g).sum())
+                    counts.add(logits, y)
         finally:
             model.train(was_training)
-        reduced = runtime.mean_values([loss / max(n, 1), *counts.flatten().tolist()])
-        tp, fp, fn = reduced[1:1 + k], reduced[1 + k:1 + 2 * k], reduced[1 + 2 * k:]
-        dices = [2 * a / (2 * a + b + c) for a, b, c in zip(tp, fp, fn, strict=True) if 2 * a + b + c > 0]
-        return Score(loss=reduced[0], dice=sum(dices) / len(dices) if dices else math.nan)
+        reduced = runtime.mean_values([loss / max(n, 1), *counts.values()])  # means of sums keep Dice's ratios
+        return Score(loss=reduced[0], dice=DiceCounts.mean_dice(reduced[1:], model.num_classes))
 
     def score_genotype(self, genotype: Genotype) -> Score:
         """The score of ``genotype``'s architecture (``Supernet.genotype_samples``)."""
