@@ -44,7 +44,10 @@ def restore_rng(state: dict[str, Any]) -> None:
                          npy["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU of the saving machine: restored for the GPUs this one has (a resume on fewer GPUs
+        # keeps the first ones; more GPUs keep their own seeds for the rest)
+        for index, cuda_state in enumerate(list(state["cuda"])[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:

@@ -93,6 +93,16 @@ class Runtime:
             dist.destroy_process_group()
 
 
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """Restore a gradient scaler from a checkpoint. A run saved without an enabled scaler (on the CPU, in
+    float32 or bf16) holds an empty state; resumed where fp16 needs one (a V100, a T4), the scaler starts fresh
+    (the loss scale is found again in a few steps) instead of failing with "The source state dict is empty"."""
+    if not state:
+        return
+    if scaler.is_enabled():
+        scaler.load_state_dict(state)
+
+
 def amp_dtype_for(capability: tuple[int, int] | None, amp: bool = True) -> torch.dtype | None:
     """The autocast dtype of a CUDA device of compute ``capability``: bf16 only where the GPU computes it
     natively (compute capability 8.0 and later: A100, H100, RTX 30xx and later), fp16 with a gradient scaler

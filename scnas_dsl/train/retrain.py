@@ -37,7 +37,7 @@ from scnas_dsl.train.data_context import (
     patch_for,
     per_rank_batch,
 )
-from scnas_dsl.train.device import Runtime, settle_checkpointing, setup_runtime
+from scnas_dsl.train.device import Runtime, load_scaler_state, settle_checkpointing, setup_runtime
 from scnas_dsl.train.genotype_files import genotype_text
 from scnas_dsl.train.inference import InferenceStopped, sliding_window_inference
 from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
@@ -206,7 +206,7 @@ class _TrainJob:
             raise CheckpointError(f"{self.ckpt_path}: does not fit this network ({str(err)[:200]}); was the "
                                   "genotype or the stem width changed?") from err
         self.sched.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        load_scaler_state(self.scaler, state["scaler"])
         restore_rng(state["rng"])
         self.best = dict(state["best"])
         epoch = int(state["epoch"])

@@ -38,7 +38,7 @@ from scnas_dsl.train.data_context import (
     patch_for,
     per_rank_batch,
 )
-from scnas_dsl.train.device import Runtime, settle_checkpointing, setup_runtime
+from scnas_dsl.train.device import Runtime, load_scaler_state, settle_checkpointing, setup_runtime
 from scnas_dsl.train.genotype_files import genotype_body, genotype_text, space_text
 from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.train.losses import soft_jaccard_loss
@@ -103,14 +103,22 @@ def _grads_to(params: list[torch.nn.Parameter], loss: torch.Tensor, runtime: Run
 
 
 def update(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-           loss: torch.Tensor, runtime: Runtime) -> None:
+           loss: torch.Tensor, runtime: Runtime) -> bool:
     """One gradient step of ``optimizer`` on ``params`` (the weights theta or the logits alpha) from
     ``loss``: gradients of what took part only (:func:`_grads_to`), averaged over the ranks; afterwards the
-    gradients are released so that they hold no memory during the other group's step."""
+    gradients are released so that they hold no memory during the other group's step.
+
+    Returns False, and steps nothing, when no parameter of ``params`` took part: late in a search every edge of
+    a step may run only its dominant operation, so the architecture loss does not depend on alpha. The step is
+    then skipped on every rank alike (they drew the same architecture); an enabled fp16 GradScaler would
+    otherwise raise "No inf checks were recorded for this optimizer"."""
     _grads_to(params, scaler.scale(loss), runtime)
+    if all(p.grad is None for p in params):
+        return False
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    return True
 
 
 def run_search(cfg: SearchConfig, *, resume: bool = False, force: bool = False,
@@ -214,8 +222,8 @@ class _SearchJob:
                                   "was the spec or the stem width changed?") from err
         self.w_sched.load_state_dict(state["weight_scheduler"])
         self.a_sched.load_state_dict(state["arch_scheduler"])
-        self.w_scaler.load_state_dict(state["weight_scaler"])
-        self.a_scaler.load_state_dict(state["arch_scaler"])
+        load_scaler_state(self.w_scaler, state["weight_scaler"])
+        load_scaler_state(self.a_scaler, state["arch_scaler"])
         restore_rng(state["rng"])
         epoch = int(state["epoch"])
         self.run.truncate_jsonl("metrics.jsonl", epoch)
