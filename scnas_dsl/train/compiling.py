@@ -84,8 +84,11 @@ def compile_forward(module: nn.Module, probe: torch.Tensor, *, train: bool, what
         module.train(train)
         if train:
             out = compiled(probe)
-            first = out[0] if isinstance(out, (list, tuple)) else out
-            first.float().sum().backward()
+            # every output, the deep-supervision heads' too: the backward then reaches every parameter the
+            # steps train (under DDP a head left without gradient leaves its reduction unfinished, and the first
+            # step raises "Expected to have finished reduction in the prior iteration")
+            outputs = list(out) if isinstance(out, (list, tuple)) else [out]
+            torch.stack([o.float().sum() for o in outputs]).sum().backward()
         else:
             with torch.no_grad():
                 compiled(probe)

@@ -3,6 +3,8 @@ the run on the eager network with a message instead of a traceback."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -78,3 +80,32 @@ def test_the_backend_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("SCNAS_COMPILE_BACKEND", "bogus")
     with pytest.raises(RunError, match="SCNAS_COMPILE_BACKEND='bogus' is not a torch.compile backend"):
         compiling.compile_backend()
+
+
+@pytest.mark.slow
+def test_the_probe_reaches_the_deep_supervision_heads_under_ddp(tmp_path) -> None:  # noqa: ANN001
+    """The training probe backpropagates every output: under DDP (gloo, one process) a head without gradient
+    left its reduction unfinished and the first training step raised."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        from scnas_dsl.loader import load
+
+        torch.manual_seed(0)
+        space, genotype = load(Path(__file__).resolve().parents[3] / "specs" / "baselines" / "unet3d.scn").genotype()
+        net = build_network(space, genotype, in_channels=1, num_classes=2, stem_width=2, deep_supervision=True)
+        assert net.plan.deep_supervision  # heads to reach
+        net.deep_supervision = True
+        model = DistributedDataParallel(net)
+        x = torch.randn(1, 1, 16, 16, 16)
+        reached: set[str] = set()
+        for name, p in net.named_parameters():
+            p.register_hook(lambda g, name=name: reached.add(name))
+        run = compile_forward(model, x, train=True, what="the test", log=lambda _: None, backend="eager")
+        assert reached == {name for name, _ in net.named_parameters()}
+        outputs = run(x)  # the first step after the probe
+        torch.stack([o.float().mean() for o in outputs]).sum().backward()
+    finally:
+        dist.destroy_process_group()
