@@ -132,6 +132,17 @@ class Supernet(UNetBase):
         self._fair_step += 1
         return out
 
+    def every_operation_samples(self) -> list[Samples]:
+        """Architectures that together run every candidate of every edge exactly once (one fair cycle from a
+        generator of their own; the search's draws are not disturbed): warming up on these runs every
+        convolution shape once (cuDNN's autotuning) and gives every weight its optimiser state, so that a
+        measurement afterwards sees the steady state."""
+        generator = torch.Generator().manual_seed(0)
+        orders = {key: fair_permutations(alpha.shape[0], alpha.shape[1], generator) for key, alpha in self.arch.items()}
+        steps = max(alpha.shape[1] for alpha in self.arch.values())
+        return [{key: (self.op_names[key], sample_fair(order[:, step % order.shape[1]]))
+                 for key, order in orders.items()} for step in range(steps)]
+
     def parameter_free(self) -> dict[str, set[str]]:
         """structure key -> the operations of its set that have no parameters where they keep the resolution
         (zero, identity, pooling; on a stride-2 edge an identity may carry a projection): the ones

@@ -220,3 +220,14 @@ def test_fair_sampling_needs_a_measured_selection() -> None:
     with pytest.raises(ValueError, match="--select projection or --select sampled"):
         SearchConfig(spec="s.scn", data="d", sampling="fair")
     SearchConfig(spec="s.scn", data="d", sampling="fair", selection=SelectionConfig(method="sampled"))
+
+
+def test_the_warm_up_architectures_run_every_candidate_of_every_edge_once() -> None:
+    model = _net()
+    state = model.generator.get_state().clone()
+    warm = model.every_operation_samples()
+    assert torch.equal(model.generator.get_state(), state)  # the search's draws are not disturbed
+    for key, names in model.op_names.items():
+        runs = torch.cat([samples[key][1].indices for samples in warm], dim=1)  # (E, steps)
+        assert runs.shape[1] == len(names)
+        assert torch.equal(runs.sort(dim=1).values, torch.arange(len(names)).expand_as(runs)), key
