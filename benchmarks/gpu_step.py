@@ -5,7 +5,8 @@ mixed precision (on, off) and per-cell checkpointing (on, off) a fresh interpret
 ``--spec`` (default ``specs/unet4cell.scn``; 4 channels in, 4 classes, as BraTS), warms up (every operation of
 every edge once, then one step), times
 ``--steps`` steps, and reports ``torch.cuda.max_memory_allocated`` and the estimate the search's memory check
-uses (``scnas_dsl.train.device.training_memory`` of ``scnas_dsl.nn.cost.estimate``). One search step is the
+uses (``scnas_dsl.train.device.training_memory`` of ``scnas_dsl.nn.cost.estimate`` plus ``step_extras``: the loss's
+tensors). One search step is the
 trainer's: the weight step (forward with detached logits, backward, Adam) on one batch, then the
 architecture step (forward, backward, Adam on the logits) on another, with the trainer's own ``update``.
 A configuration that does not fit prints ``OOM``.
@@ -36,7 +37,7 @@ def child(args: argparse.Namespace) -> None:
     from scnas_dsl.loader import load
     from scnas_dsl.nn import build_supernet
     from scnas_dsl.nn.cost import estimate
-    from scnas_dsl.train.device import setup_runtime, training_memory
+    from scnas_dsl.train.device import setup_runtime, step_extras, training_memory
     from scnas_dsl.train.losses import soft_jaccard_loss
     from scnas_dsl.train.search import update
 
@@ -48,7 +49,7 @@ def child(args: argparse.Namespace) -> None:
     net.checkpoint_cells = args.checkpoint == "on"
     patch = (args.patch,) * 3
     report = estimate(net, patch=patch, batch_size=args.batch)
-    need = training_memory(report, runtime, args.mode, checkpoint=net.checkpoint_cells)
+    need = training_memory(report, runtime, args.mode, checkpoint=net.checkpoint_cells) + step_extras(report, runtime, 4)
     net.to(dev).train()
     weights, logits = net.weight_parameters(), net.arch_parameters()
     w_opt = torch.optim.Adam(weights, lr=0.025, betas=(0.1, 0.001))

@@ -161,43 +161,72 @@ def training_memory(report: Any, runtime: Runtime, sampling: str | None = None, 
     return int(activations + step.weight_bytes + step.gradient_bytes + step.optimizer_bytes)
 
 
+#: the share of the GPU's memory left out of the budget a run is checked against: what neither the estimate nor
+#: ``step_extras`` counts (cuDNN's workspaces, which autotuning picks by what is free, and the caching
+#: allocator's fragmentation). The budget starts from the memory free when the run starts (``mem_get_info``), so
+#: the CUDA context and other processes on the card are already taken out.
+GPU_MARGIN = 0.10
+
+
+def step_extras(report: Any, runtime: Runtime, num_classes: int) -> int:
+    """Bytes a training step holds besides the network's estimate (``training_memory``): the loss's softmax and
+    one-hot target in float32 (``B x K x V`` each, at the report's per-process batch and patch) and, with several
+    processes, the flat float32 copy of every gradient that one all-reduce averages (``Runtime.average``)."""
+    voxels = 1
+    for size in report.patch:
+        voxels *= int(size)
+    loss = 2 * 4 * int(report.batch_size) * max(num_classes, 1) * voxels
+    steps = getattr(report, "steps", {}) or {}
+    gradients = max((step.gradient_bytes for step in steps.values()), default=0)
+    return loss + (gradients if runtime.distributed else 0)
+
+
+def gpu_budget(runtime: Runtime) -> tuple[int, int]:
+    """(bytes a run may plan to use, the card's total): the memory free now less ``GPU_MARGIN`` of the total."""
+    free, total = torch.cuda.mem_get_info(runtime.device)
+    return max(0, int(free - GPU_MARGIN * total)), int(total)
+
+
 def settle_checkpointing(report: Any, runtime: Runtime, setting: bool | str, what: str,
-                         sampling: str | None = None) -> bool:
+                         sampling: str | None = None, num_classes: int = 2) -> bool:
     """Whether to checkpoint the cells' activations, and refuse what the GPU cannot hold. ``setting``: True or
     False as asked, or "auto": on (with a note from rank 0) only when the estimate of ``report`` (a
-    ``scnas_dsl.nn.cost.CostReport``) says the step fits the GPU with per-cell checkpointing but not
-    without. Off the GPU only an explicit True turns it on. A step that fits neither way is refused with the
-    smaller (checkpointed) figure, where checkpointing is allowed."""
+    ``scnas_dsl.nn.cost.CostReport``) with ``step_extras`` says the step fits the GPU's budget (``gpu_budget``)
+    with per-cell checkpointing but not without. Off the GPU only an explicit True turns it on. A step that fits
+    neither way is refused with the smaller (checkpointed) figure, where checkpointing is allowed."""
     checkpoint = setting is True
     if runtime.device.type != "cuda":
         return checkpoint
-    need = training_memory(report, runtime, sampling)
-    checkpointed = training_memory(report, runtime, sampling, checkpoint=True)
+    extras = step_extras(report, runtime, num_classes)
+    need = training_memory(report, runtime, sampling) + extras
+    checkpointed = training_memory(report, runtime, sampling, checkpoint=True) + extras
     suffix = " with per-cell checkpointing" if checkpoint else ""
     if setting == "auto":
-        total = torch.cuda.get_device_properties(runtime.device).total_memory
-        checkpoint = need > total  # when neither fits, the refusal below names the smaller need
-        if checkpointed > total:
+        budget, total = gpu_budget(runtime)
+        checkpoint = need > budget  # when neither fits, the refusal below names the smaller need
+        if checkpointed > budget:
             suffix = " even with per-cell checkpointing" if checkpoint else ""
         elif checkpoint:
             suffix = " with per-cell checkpointing"
             if runtime.is_main:
                 print(f"note: {what} needs about {need / 2**30:.1f} GiB without checkpointing, "
-                      f"{checkpointed / 2**30:.1f} GiB with it, of {total / 2**30:.1f} GiB: per-cell "
-                      "activation checkpointing is on (each cell is recomputed in its backward: slower; "
-                      "--no-checkpoint-cells switches it off)", file=sys.stderr, flush=True)
+                      f"{checkpointed / 2**30:.1f} GiB with it, of {budget / 2**30:.1f} GiB usable "
+                      f"({total / 2**30:.1f} GiB on the card): per-cell activation checkpointing is on (each cell "
+                      "is recomputed in its backward: slower; --no-checkpoint-cells switches it off)",
+                      file=sys.stderr, flush=True)
     check_gpu_memory(runtime, checkpointed if checkpoint else need, what + suffix)
     return checkpoint
 
 
 def check_gpu_memory(runtime: Runtime, estimate_bytes: int | None, what: str) -> None:
-    """Refuse a configuration whose estimated training memory exceeds the GPU's, with the figures."""
+    """Refuse a configuration whose estimated training memory exceeds the GPU's budget, with the figures."""
     if runtime.device.type != "cuda" or estimate_bytes is None:
         return
-    total = torch.cuda.get_device_properties(runtime.device).total_memory
-    if estimate_bytes > total:
+    budget, total = gpu_budget(runtime)
+    if estimate_bytes > budget:
         raise RunError(
             f"{what} needs about {estimate_bytes / 2**30:.1f} GiB of GPU memory (estimate) but "
-            f"{torch.cuda.get_device_name(runtime.device)} has {total / 2**30:.1f} GiB; lower --batch-size, "
-            "--patch or --stem-width, or run on several GPUs with torchrun"
+            f"{torch.cuda.get_device_name(runtime.device)} has {budget / 2**30:.1f} GiB usable ({total / 2**30:.1f} "
+            f"GiB in all, less what is in use and a {GPU_MARGIN:.0%} margin); lower --batch-size, --patch or "
+            "--stem-width, or run on several GPUs with torchrun"
         )

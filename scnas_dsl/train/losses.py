@@ -75,7 +75,8 @@ def soft_jaccard_loss(logits: torch.Tensor, target: torch.Tensor, *, include_bac
     """
     num_classes = logits.shape[1]
     probs = torch.softmax(logits.float(), dim=1)
-    one_hot = F.one_hot(target.long(), num_classes).movedim(-1, 1).to(probs.dtype)
+    # built in the probabilities' float dtype: F.one_hot's int64 tensor would take twice their memory
+    one_hot = torch.zeros_like(probs).scatter_(1, target.long().unsqueeze(1), 1.0)
     first = 0 if include_background or num_classes == 1 else 1
     probs, one_hot = probs[:, first:], one_hot[:, first:]
     dims = [0] + list(range(2, probs.dim()))

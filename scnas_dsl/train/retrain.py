@@ -125,7 +125,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
 
         report = estimate(net, patch=patch, batch_size=per_rank_batch(cfg.batch_size, runtime))
         net.checkpoint_cells = settle_checkpointing(report, runtime, cfg.checkpoint_cells,
-                                                    f"retraining (patch {patch}, batch {cfg.batch_size})")
+                                                    f"retraining (patch {patch}, batch {cfg.batch_size})",
+                                                    num_classes=data.num_classes)
     if runtime.is_main:  # everything checked: now the folder is made (or replaced, with --force)
         run.prepare("train", resume=resume, force=force)
     runtime.barrier()

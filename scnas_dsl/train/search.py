@@ -341,7 +341,8 @@ def _check_memory(model: Supernet, runtime: Runtime, patch: tuple[int, ...], cfg
 
     report = estimate(model, patch=patch, batch_size=per_rank_batch(cfg.batch_size, runtime))
     what = f"the search (patch {patch}, batch {cfg.batch_size}, {cfg.sampling} sampling)"
-    model.checkpoint_cells = settle_checkpointing(report, runtime, cfg.checkpoint_cells, what, cfg.sampling)
+    model.checkpoint_cells = settle_checkpointing(report, runtime, cfg.checkpoint_cells, what, cfg.sampling,
+                                                  num_classes=model.num_classes)
 
 
 def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: int) -> SearchResult:

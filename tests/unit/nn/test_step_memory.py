@@ -305,7 +305,12 @@ def test_auto_checkpointing_is_chosen_only_when_it_alone_fits(monkeypatch, capsy
     ckpt = training_memory(report, runtime, "pair", checkpoint=True)
     assert ckpt < plain
     total = [0]
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: types.SimpleNamespace(total_memory=total[0]))
+    # the budget is the GPU's free memory less a margin, and the need counts the loss's tensors too (both
+    # tested in test_runs_checkpoints): here the decision alone, on the estimate's figures
+    from scnas_dsl.train import device
+
+    monkeypatch.setattr(device, "gpu_budget", lambda _runtime: (total[0], total[0]))
+    monkeypatch.setattr(device, "step_extras", lambda *_a: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda _d: "a small GPU")
 
     def check(setting: object, gpu: int) -> bool:

@@ -136,17 +136,43 @@ def test_settings_from_a_file_are_overridden_by_the_command_line(tmp_path) -> No
 
 
 def test_a_configuration_too_big_for_the_gpu_is_refused_with_the_figures(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from types import SimpleNamespace
 
     from scnas_dsl.train.device import Runtime, check_gpu_memory
 
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=16 * 2**30))
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (15 * gib, 16 * gib))  # the context uses 1
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Test GPU")
     runtime = Runtime(device=torch.device("cuda", 0))
-    check_gpu_memory(runtime, 8 * 2**30, "the search")  # fits: nothing happens
-    with pytest.raises(RunError, match=r"the search needs about 40.0 GiB.*Test GPU has 16.0 GiB.*--patch"):
-        check_gpu_memory(runtime, 40 * 2**30, "the search")
+    check_gpu_memory(runtime, 8 * gib, "the search")  # fits: nothing happens
+    with pytest.raises(RunError, match=r"the search needs about 40.0 GiB.*Test GPU has 13.4 GiB usable \(16.0 GiB "
+                                       r"in all.*--patch"):
+        check_gpu_memory(runtime, 40 * gib, "the search")
+    # the card's whole memory is not the budget: what is in use and a margin are not there to take
+    with pytest.raises(RunError, match="13.4 GiB usable"):
+        check_gpu_memory(runtime, int(15.5 * gib), "the search")
     check_gpu_memory(Runtime(device=torch.device("cpu")), 10**15, "the search")  # the CPU is not checked
+
+
+def test_checkpointing_is_decided_with_what_the_estimate_leaves_out(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from scnas_dsl.nn.cost import StepCost
+    from scnas_dsl.train.device import Runtime, settle_checkpointing, step_extras
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (40 * gib, 40 * gib))  # budget: 36 GiB
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Test GPU")
+    steps = {"pair": StepCost(0, 0, 30 * gib, gib, gib, 2 * gib, checkpointed_activation_bytes=4 * gib)}
+    report = SimpleNamespaceReport(steps=steps, memory_bytes=34 * gib)
+    report.patch, report.batch_size = (128, 128, 128), 2
+    one = Runtime(device=torch.device("cuda", 0))
+    # the loss's softmax and one-hot: 2 x 4 bytes x batch 2 x 4 classes x 128^3 voxels = 0.125 GiB
+    assert step_extras(report, one, 4) == 2 * 4 * 2 * 4 * 128**3
+    assert not settle_checkpointing(report, one, "auto", "the search", "pair", num_classes=4)  # 34.1 of 36 GiB
+    # with two processes the all-reduce's flat copy of the gradients (1 GiB) is counted too, and 40 classes'
+    # loss tensors (1.25 GiB): 36.25 GiB no longer fit, checkpointing does
+    two = Runtime(device=torch.device("cuda", 0), world_size=2)
+    assert step_extras(report, two, 40) == 2 * 4 * 2 * 40 * 128**3 + gib
+    assert settle_checkpointing(report, two, "auto", "the search", "pair", num_classes=40)
+    assert not settle_checkpointing(report, one, "auto", "the search", "pair", num_classes=40)
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
