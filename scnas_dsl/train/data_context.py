@@ -54,8 +54,8 @@ def open_data(cfg: CommonConfig, runtime: Runtime) -> DataContext:
             print(note, file=sys.stderr)
         get_fold(pre, cfg.fold, cfg.splits_seed)  # records the search split on disk once
         root[0] = str(pre.root)
-    if runtime.distributed:
-        dist.broadcast_object_list(root, src=0)
+    if runtime.distributed:  # the others wait for rank 0's preparation on the long-timeout group
+        dist.broadcast_object_list(root, src=0, group=runtime.wait_group)
     pre = Preprocessed(Path(root[0]))
     fold = get_fold(pre, cfg.fold, cfg.splits_seed)
     labels = dict(pre.dataset.labels)

@@ -6,6 +6,7 @@ GPUs and gloo on the CPU; each rank takes GPU ``LOCAL_RANK``. Only rank 0 writes
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ class Runtime:
     #: autocast dtype on CUDA, None for full precision
     amp_dtype: torch.dtype | None = None
     owns_group: bool = False
+    #: a gloo group with a long timeout on which the other ranks wait for rank 0's data preparation
+    wait_group: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -127,12 +130,20 @@ def setup_runtime(device: str = "auto", amp: bool = True) -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     owns = False
+    wait_group = None
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+            # the rank's own GPU bound to the group: barriers and NCCL's set-up run there, not on GPU 0
+            dist.init_process_group(backend=backend, device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group(backend=backend)
         owns = True
+    if world_size > 1:
+        # the other ranks wait here while rank 0 prepares the data (hours for a raw data set): on a group of its
+        # own with a long timeout, so that the main group keeps NCCL's short one for real hangs
+        wait_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(minutes=wait_minutes()))
     if use_cuda:
         dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: autotuning pays off
@@ -140,7 +151,27 @@ def setup_runtime(device: str = "auto", amp: bool = True) -> Runtime:
     else:
         dev, amp_dtype = torch.device("cpu"), None
     return Runtime(device=dev, rank=rank, world_size=world_size, local_rank=local_rank, amp_dtype=amp_dtype,
-                   owns_group=owns)
+                   owns_group=owns, wait_group=wait_group)
+
+
+#: how long the other processes of a ``torchrun`` job wait for rank 0's data preparation, in minutes (the
+#: environment variable ``SCNAS_WAIT_MINUTES`` changes it)
+WAIT_MINUTES = 24 * 60
+
+
+def wait_minutes() -> float:
+    """``SCNAS_WAIT_MINUTES`` or :data:`WAIT_MINUTES`."""
+    text = os.environ.get("SCNAS_WAIT_MINUTES", "").strip()
+    if not text:
+        return WAIT_MINUTES
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise RunError(f"SCNAS_WAIT_MINUTES={text!r}: give the minutes the other processes wait for rank 0's data "
+                       "preparation as a positive number (default 1440, a day)")
+    return value
 
 
 def training_memory(report: Any, runtime: Runtime, sampling: str | None = None, checkpoint: bool = False) -> int:

@@ -53,3 +53,45 @@ def test_random_states_of_more_gpus_than_this_machine_has(monkeypatch: pytest.Mo
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device=0: restored.append((int(s[0]), device)))
     checkpoint.restore_rng(state)
     assert restored == [(0, 0), (1, 1)]
+
+
+def test_the_other_ranks_wait_for_the_data_preparation_on_a_long_timeout_group(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+    import datetime
+
+    import torch.distributed as dist
+
+    from scnas_dsl.data.preprocess import preprocess_dataset
+    from scnas_dsl.data.synth import synthesize
+    from scnas_dsl.errors import RunError
+    from scnas_dsl.train import data_context
+    from scnas_dsl.train.config import SearchConfig
+    from scnas_dsl.train.device import setup_runtime
+
+    made: list[dict] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # a group torchrun's script made already
+    monkeypatch.setattr(dist, "new_group", lambda **kwargs: made.append(kwargs) or "the wait group")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    runtime = setup_runtime("cpu")
+    assert runtime.wait_group == "the wait group"
+    assert made == [{"backend": "gloo", "timeout": datetime.timedelta(hours=24)}]  # NCCL's default: 10 minutes
+    monkeypatch.setenv("SCNAS_WAIT_MINUTES", "90")
+    assert setup_runtime("cpu").wait_group and made[-1]["timeout"] == datetime.timedelta(minutes=90)
+    monkeypatch.setenv("SCNAS_WAIT_MINUTES", "soon")
+    with pytest.raises(RunError, match="SCNAS_WAIT_MINUTES='soon'"):
+        setup_runtime("cpu")
+
+    # open_data: rank 1 receives rank 0's prepared folder on that group
+    pre = preprocess_dataset(synthesize(tmp_path / "data", "heart", cases=5, shape=(16, 16, 16), seed=0),
+                             out=tmp_path / "pre", spacing=None, progress=False)
+    groups: list[object] = []
+
+    def broadcast(objects: list, src: int = 0, group: object = None) -> None:  # noqa: ANN001
+        groups.append(group)
+        objects[0] = str(pre.root)
+
+    monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
+    cfg = SearchConfig(spec="s.scn", data=str(pre.root), progress=False)
+    data_context.open_data(cfg, runtime)
+    assert groups == ["the wait group"]
