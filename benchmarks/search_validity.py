@@ -232,6 +232,15 @@ def planted_share(genotype: Any) -> float:
 # ------------------------------------------------------------------------------------------------ runs
 
 
+def write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` atomically unless ``path`` holds it already (runs in parallel read the same files)."""
+    if path.is_file() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class Bench:
     """Settings, folders and the cache of finished runs."""
 
@@ -247,8 +256,7 @@ class Bench:
             folder.mkdir(parents=True, exist_ok=True)
         self.space_file = self.genotypes / "space.scn"
         text = SPACE_TEXT.format(width=args.stem_width, stem_kernel=args.stem_kernel)
-        if not self.space_file.is_file() or self.space_file.read_text() != text:
-            self.space_file.write_text(text)
+        write_if_changed(self.space_file, text)
 
     # --- data
     def prepare_data(self) -> None:
@@ -333,7 +341,7 @@ class Bench:
         if cached is not None:
             return cached
         file = self.genotypes / f"{name}.scn"
-        file.write_text(genotype_text_)
+        write_if_changed(file, genotype_text_)
         space, genotype = load(file).genotype(name)
         cost = estimate(space, genotype=genotype, patch=tuple(a.patch), in_channels=1, num_classes=2,
                         stem_width=width)
@@ -441,7 +449,11 @@ class Bench:
         from scnas_dsl.train.config import SelectionConfig
         from scnas_dsl.train.derive_run import derive, open_search
 
-        selection_cfg = SelectionConfig(method=method)
+        a = self.args
+        # fewer batches and draws than the defaults (8, 4): a projection's 20 edges x 6 candidates x draws x
+        # batches scores take minutes each on a CPU otherwise; the same batches for every method's self-check
+        selection_cfg = SelectionConfig(method=method, score_batches=a.score_batches,
+                                        draws=a.projection_draws)
         settings = {"run": run, "method": method, "selection": selection_cfg.model_dump(),
                     "stamp": (Path(run) / "checkpoints" / "last.pt").stat().st_mtime}
         key = f"select_{name}"
@@ -971,6 +983,10 @@ def build_parser(doc: str | None = None, out: str = "scnas-search-validity",
     g = p.add_argument_group("selection and retraining")
     g.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
                    help="selection methods the select phase derives from every pair search")
+    g.add_argument("--score-batches", type=int, default=4,
+                   help="batches of the architecture part every selection score and self-check runs on")
+    g.add_argument("--projection-draws", type=int, default=2,
+                   help="projection: architectures drawn for the undecided edges per score")
     g.add_argument("--retrain-method", default="best", choices=["best", *METHODS],
                    help="whose genotypes are retrained (best: most searches with maxpool in enc, then the best "
                         "mean self-check rank; chosen before any retraining)")
