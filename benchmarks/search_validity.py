@@ -910,7 +910,21 @@ def plot(bench: Bench, summary: dict[str, Any]) -> None:
         dots(axes[1], columns, "retrained: random (FLOP-matched) vs searched")
     ax = axes[2]
     searches = summary["searches"]
-    if searches:
+    selections = summary.get("selections") or []
+    if selections:  # maxpool edges in enc per search and method
+        methods = list(dict.fromkeys(s["method"] for s in selections))
+        names = list(dict.fromkeys(s["search"] for s in selections))
+        width = 0.8 / len(methods)
+        for j, m in enumerate(methods):
+            rows = {s["search"]: s["enc_planted"] for s in selections if s["method"] == m}
+            ax.bar(np.arange(len(names)) + (j - (len(methods) - 1) / 2) * width, [rows.get(n, 0) for n in names],
+                   width, label=m)
+        ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=6)
+        ax.set_ylim(0, 5)
+        ax.legend(fontsize=7)
+        ax.set_title("maxpool edges in the enc cell, per selection method", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    elif searches:
         ax.bar(range(len(searches)), [s["planted_share"] for s in searches], color="tab:blue")
         ax.axhline(summary["uniform_planted_share"], color="gray", ls=":", lw=1, label="uniform random")
         if "random_planted_share" in summary:
