@@ -148,6 +148,7 @@ def setup_runtime(device: str = "auto", amp: bool = True) -> Runtime:
         dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: autotuning pays off
         amp_dtype = amp_dtype_for(torch.cuda.get_device_capability(dev), amp)
+        set_float32_precision(full=amp_dtype is None)
     else:
         dev, amp_dtype = torch.device("cpu"), None
     return Runtime(device=dev, rank=rank, world_size=world_size, local_rank=local_rank, amp_dtype=amp_dtype,
@@ -172,6 +173,14 @@ def wait_minutes() -> float:
         raise RunError(f"SCNAS_WAIT_MINUTES={text!r}: give the minutes the other processes wait for rank 0's data "
                        "preparation as a positive number (default 1440, a day)")
     return value
+
+
+def set_float32_precision(full: bool) -> None:
+    """``--no-amp`` means float32: on Ampere and later GPUs cuDNN's convolutions would otherwise run in TF32 (10
+    mantissa bits; torch's default for convolutions). Under mixed precision the float32 parts may use TF32
+    (convolutions and matrix products alike): faster, and within what 16-bit activations lose anyway."""
+    torch.backends.cudnn.allow_tf32 = not full
+    torch.backends.cuda.matmul.allow_tf32 = not full
 
 
 def training_memory(report: Any, runtime: Runtime, sampling: str | None = None, checkpoint: bool = False) -> int:

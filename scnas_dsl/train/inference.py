@@ -67,13 +67,17 @@ def sliding_window_inference(model: nn.Module, image: torch.Tensor, patch_size: 
                              mirror_axes: Sequence[int] | None = None, batch_size: int = 2,
                              device: torch.device | str | None = None,
                              autocast_dtype: torch.dtype | None = None,
-                             should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+                             should_stop: Callable[[], bool] | None = None,
+                             fixed_batch: bool = False) -> torch.Tensor:
     """Class probabilities ``(K, *S)`` float32 on the CPU for one image ``(C, *S)`` (2D or 3D).
 
     ``model`` maps ``(N, C, *patch)`` to ``(N, K, *patch)`` logits and is run in eval mode on ``device``
     (default: where its parameters are). ``mirror`` averages over every flip of ``mirror_axes`` (default all
     spatial axes: 8 passes in 3D). ``overlap`` in [0, 1). ``should_stop`` is asked before every batch of
     windows; when it says yes, :class:`InferenceStopped` is raised (a stop signal during validation).
+    ``fixed_batch``: the last, smaller batch of windows is padded to ``batch_size`` with copies of its first
+    window (their outputs are dropped), so that every call has one shape: a compiled model is not compiled
+    again for the last batch (minutes with inductor).
     """
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -108,13 +112,15 @@ def sliding_window_inference(model: nn.Module, image: torch.Tensor, patch_size: 
             chunk = corners[first:first + batch_size]
             slices = [tuple(slice(c, c + p) for c, p in zip(corner, patch_size, strict=True)) for corner in chunk]
             batch = torch.stack([image[(slice(None), *s)] for s in slices])
+            if fixed_batch and len(slices) < batch_size:
+                batch = torch.cat([batch, batch[:1].expand(batch_size - len(slices), *batch.shape[1:])])
             out: torch.Tensor | None = None
             for flip in flips:
                 axes = [a + 2 for a in flip]
                 x = batch.flip(axes) if axes else batch
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     logits = model(x)
-                p = torch.softmax(logits.float(), dim=1)
+                p = torch.softmax(logits[:len(slices)].float(), dim=1)
                 p = p.flip(axes) if axes else p
                 out = p if out is None else out + p
             assert out is not None  # flips is never empty

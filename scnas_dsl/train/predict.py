@@ -299,12 +299,14 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
                        "choose another --output or pass --force")
     runtime = setup_runtime(device)
     network: torch.nn.Module = model.network.to(runtime.device)
+    compiled = False
     if compile_network and todo:
         from scnas_dsl.train.compiling import compile_forward
 
         probe = torch.zeros(batch_size, len(pre.dataset.modalities), *model.patch, device=runtime.device)
         with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp_dtype is not None):
             network = compile_forward(network, probe, train=False, what="prediction")
+        compiled = network is not model.network
     written: list[Path] = []
     bar = progress_bar(len(todo), "predict", progress)
     with StopSignal():
@@ -316,7 +318,8 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
                 # a stop signal is answered between batches of windows (a batch system's SIGKILL follows soon)
                 probs = sliding_window_inference(network, torch.from_numpy(image), model.patch, blend=blend,  # type: ignore[arg-type]
                                                  mirror=mirror, batch_size=batch_size, device=runtime.device,
-                                                 autocast_dtype=runtime.amp_dtype, should_stop=stop_requested)
+                                                 autocast_dtype=runtime.amp_dtype, should_stop=stop_requested,
+                                                 fixed_batch=compiled)
                 output.mkdir(parents=True, exist_ok=True)  # only now: a call failing on its first case leaves none
                 # written under a temporary name and renamed: a stop or a crash never leaves half a file
                 _save_nifti(restore_segmentation(probs.numpy(), meta.model_copy(update={"case_id": case})),

@@ -95,3 +95,19 @@ def test_the_other_ranks_wait_for_the_data_preparation_on_a_long_timeout_group(
     cfg = SearchConfig(spec="s.scn", data=str(pre.root), progress=False)
     data_context.open_data(cfg, runtime)
     assert groups == ["the wait group"]
+
+
+def test_no_amp_means_float32_convolutions_on_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scnas_dsl.train.device import setup_runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        assert setup_runtime("cuda", amp=False).amp_dtype is None
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+        assert setup_runtime("cuda", amp=True).amp_dtype == torch.bfloat16
+        assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -86,3 +86,18 @@ def test_mirroring_is_the_mean_of_the_eight_flips_by_hand() -> None:
     assert torch.allclose(probs, by_hand, atol=1e-6)
     plain = sliding_window_inference(model, image, (8, 8, 8), mirror=False)
     assert (probs - plain).abs().max() > 0.05  # the flips matter for this network
+
+
+def test_a_fixed_batch_pads_the_last_windows_and_gives_the_same_probabilities() -> None:
+    """``fixed_batch`` (a compiled network): every call has the batch size, so nothing compiles again for the
+    last, smaller batch; the padded windows' outputs are dropped."""
+    model = Pointwise()
+    batches: list[int] = []
+    model.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+    image = torch.randn(2, 13, 19, 6)  # 3 x 4 x 1 = 12 windows: batches of 5, 5 and 2
+    plain = sliding_window_inference(model, image, (8, 8, 8), batch_size=5)
+    assert batches == [5, 5, 2]
+    batches.clear()
+    fixed = sliding_window_inference(model, image, (8, 8, 8), batch_size=5, fixed_batch=True)
+    assert batches == [5, 5, 5]
+    assert torch.allclose(fixed, plain, atol=1e-6)
