@@ -105,7 +105,8 @@ def _rotation(angles: list[float]) -> torch.Tensor:
 
 
 def _spatial(
-    image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
+    image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+    num_classes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     batch = image.shape[0]
     size = image.shape[2:]
@@ -130,10 +131,11 @@ def _spatial(
             spacing = _uniform(generator, *cfg.elastic_grid)[0]
             coarse = [max(2, math.ceil(n / spacing) + 1) for n in size]
             noise = torch.rand((1, 3, *coarse), generator=generator, device=generator.device) * 2 - 1
+            # the coarse noise (a few hundred numbers) goes to the batch's device; the dense field is made there
             field = F.interpolate(
-                noise.cpu() * magnitude, size=tuple(size), mode="trilinear", align_corners=True
+                noise.to(image.device) * magnitude, size=tuple(size), mode="trilinear", align_corners=True
             )
-            field = field[0].permute(1, 2, 3, 0) / half  # (D, H, W, 3) in normalised units
+            field = field[0].permute(1, 2, 3, 0) / half.to(image.device)  # (D, H, W, 3) in normalised units
             changed = True
         if changed:
             chosen.append(b)
@@ -154,7 +156,8 @@ def _spatial(
         image[index], grid, mode="bilinear", padding_mode="zeros", align_corners=False
     )
     if cfg.label_interpolation == "onehot":
-        classes = int(label.max().item()) + 1
+        # the data set's class count when known: reading the label's maximum waits for the GPU
+        classes = num_classes if num_classes is not None else int(label.max().item()) + 1
         onehot = F.one_hot(label[index].long(), classes).movedim(-1, 1).to(image.dtype)
         moved = F.grid_sample(onehot, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         # outside the patch every class weight is 0: background wins there
@@ -205,14 +208,26 @@ def _pick_gamma(generator: torch.Generator, low: float, high: float) -> float:
     return _uniform(generator, max(low, 1.0), high)[0]
 
 
+def on_device(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """``generator`` itself when it lives on ``device``'s kind of device; else a generator on ``device`` seeded
+    with ``generator``'s next number, so that dense noise is drawn where the batch is (no copy of a volume of
+    random numbers from pageable host memory). The rule that results: a seed gives the same augmentation on the
+    same kind of device (in the loader's workers or on the CPU's device path alike); on a GPU the dense noise
+    comes from CUDA's generator and differs from the CPU's, the transform choices and parameters do not."""
+    if generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def _intensity(image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     image = image.clone()
     batch, channels = image.shape[:2]
     for b in range(batch):
         if cfg.noise and _chance(generator, cfg.p_noise):
             std = math.sqrt(_uniform(generator, *cfg.noise_variance)[0])
-            noise = torch.randn(image.shape[1:], generator=generator, device=generator.device)
-            image[b] += noise.to(image.device, image.dtype) * std
+            noise = torch.randn(image.shape[1:], generator=on_device(generator, image.device), device=image.device)
+            image[b] += noise.to(image.dtype) * std
         if cfg.blur and _chance(generator, cfg.p_blur):
             for c in range(channels):
                 if _chance(generator, cfg.p_blur_per_channel):
@@ -260,12 +275,14 @@ def _mirror(
 
 
 def augment_batch(
-    image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
+    image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+    num_classes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch: image float (B, C, D, H, W) and label int (B, D, H, W), on any device.
 
     Random numbers come from ``generator`` (on the CPU or on the tensors' device), so the same generator state
-    gives the same result. Inputs are not modified.
+    gives the same result on the same kind of device (``on_device`` says what differs on a GPU). Inputs are not
+    modified. ``num_classes``: the data set's class count (read from the label when not given).
     """
     if (
         image.ndim != 5
@@ -280,7 +297,7 @@ def augment_batch(
     if not cfg.enabled:
         return image, label
     if cfg.rotation or cfg.scaling or cfg.elastic:
-        image, label = _spatial(image, label, cfg, generator)
+        image, label = _spatial(image, label, cfg, generator, num_classes)
     image = _intensity(image, cfg, generator)
     if cfg.mirror:
         image, label = _mirror(image, label, cfg, generator)

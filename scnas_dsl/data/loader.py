@@ -180,13 +180,15 @@ class PatchDataset(Dataset):
         label_t = torch.from_numpy(np.stack(labels).astype(self.label_dtype, copy=False))
         augment_seed = int(rng.integers(2**63 - 1))
         if self.augment is not None and self.augment.enabled:
-            image_t, label_t = augment_batch(image_t, label_t, self.augment, augment_generator(augment_seed))
+            image_t, label_t = augment_batch(image_t, label_t, self.augment, augment_generator(augment_seed),
+                                             self.pre.dataset.num_classes)
         return image_t, label_t, augment_seed
 
 
 def augment_generator(seed: int) -> torch.Generator:
     """The generator of one batch's augmentation: on the CPU wherever the batch is augmented, so that the
-    random numbers (transform choices, parameters, noise) are the same in the workers and on a GPU."""
+    transform choices and parameters are the same in the workers and on a GPU (dense noise on a GPU comes from a
+    CUDA generator seeded from it: ``scnas_dsl.data.augment.on_device``)."""
     return torch.Generator().manual_seed(seed)
 
 
@@ -238,7 +240,8 @@ class PatchLoader:
             if self.device is not None:
                 image, label = to_device(image, self.device), to_device(label, self.device)
             if self.augment is not None:
-                image, label = augment_batch(image, label, self.augment, augment_generator(seed))
+                image, label = augment_batch(image, label, self.augment, augment_generator(seed),
+                                             self.dataset.pre.dataset.num_classes)
             yield image, label
 
     def _raw(self, epoch: int) -> Iterator[RawBatch]:

@@ -82,7 +82,8 @@ class CommonConfig(BaseModel):
     augment: bool = True
     #: where augmentation runs: "loader" in the loader's worker processes on the CPU, "device" on the training
     #: device in batches after the move there (the workers only crop), "auto" on the device when it is a GPU,
-    #: else in the loader; the same seed gives the same augmentation either way (docs/data.md)
+    #: else in the loader; the same seed gives the same transforms either way (on a GPU the dense noise comes
+    #: from CUDA's generator: docs/data.md)
     augment_on: Literal["auto", "loader", "device"] = "auto"
     #: loader worker processes; None: on a GPU min(4, CPUs per GPU process - 1), on the CPU 0
     #: (``scnas_dsl.data.loader.default_workers``)

@@ -251,10 +251,12 @@ class EpochLoop:
         for step, batch in enumerate(batches, start=first):
             losses = job.step(epoch, step, batch)
             names = list(losses)
-            # one all_reduce for the logged losses and the stop request, so that every rank stops at
-            # the same step even when the signal reaches the ranks at different moments
-            *values, stopping = runtime.mean_values([float(losses[n].item()) for n in names]
-                                                    + [float(bool(stop.requested))])
+            # one read of the step's losses (one wait for the device, not one per loss: the NaN check below needs
+            # them now; a search's sampler waits for the device once per step anyway), and one all_reduce for
+            # them and the stop request, so that every rank stops at the same step even when the signal reaches
+            # the ranks at different moments
+            read = torch.stack([losses[n].detach().float().reshape(()) for n in names]).tolist()
+            *values, stopping = runtime.mean_values([*read, float(bool(stop.requested))])
             means = dict(zip(names, values, strict=True))
             check_finite(means, epoch, step, steps, job.learning_rates())
             for name, value in means.items():

@@ -66,22 +66,28 @@ def parameter_free_share(choices: Choices, free: dict[str, set[str]]) -> float:
 
 
 class DiceCounts:
-    """True positives, false positives and false negatives per foreground class, summed over batches."""
+    """True positives, false positives and false negatives per foreground class, summed over batches on the
+    logits' device (read once, by :meth:`values`: no wait for the GPU per batch)."""
 
     def __init__(self, num_classes: int) -> None:
-        self.counts = torch.zeros(3, max(num_classes - 1, 1), dtype=torch.float64)
+        self.counts: torch.Tensor | None = None
         self.num_classes = num_classes
 
     def add(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        pred = logits.argmax(1).cpu()
-        target = target.cpu()
+        pred = logits.argmax(1)
+        target = target.to(pred.device)
+        rows = []
         for c in range(1, self.num_classes):
             p, g = pred == c, target == c
-            self.counts[0, c - 1] += float((p & g).sum())
-            self.counts[1, c - 1] += float((p & ~g).sum())
-            self.counts[2, c - 1] += float((~p & g).sum())
+            rows.append(torch.stack([(p & g).sum(), (p & ~g).sum(), (~p & g).sum()]))
+        if not rows:
+            return
+        counts = torch.stack(rows, dim=1).to(torch.float64)  # (3, K - 1)
+        self.counts = counts if self.counts is None else self.counts + counts
 
     def values(self) -> list[float]:
+        if self.counts is None:
+            return [0.0] * (3 * max(self.num_classes - 1, 1))
         return self.counts.flatten().tolist()
 
     @staticmethod
@@ -102,7 +108,7 @@ def discretisation_gap(model: Supernet, loader: PatchLoader, runtime: Runtime, s
     was_training = model.training
     model.eval()  # the same mode for both: the only difference is the architecture
     generator = torch.Generator().manual_seed(seed)
-    losses = {"argmax": 0.0, "sampled": 0.0}
+    losses: dict[str, Any] = {"argmax": 0.0, "sampled": 0.0}
     dice = {"argmax": DiceCounts(model.num_classes), "sampled": DiceCounts(model.num_classes)}
     batches, stopped = 0, False
     try:
@@ -117,14 +123,15 @@ def discretisation_gap(model: Supernet, loader: PatchLoader, runtime: Runtime, s
             for name, samples in (("argmax", model.argmax_samples()), ("sampled", model.draw_samples(generator))):
                 with runtime.autocast():
                     logits = model(x, samples=samples)
-                losses[name] += float(soft_jaccard_loss(logits, y).item())
+                loss = soft_jaccard_loss(logits, y).detach()  # summed on the device, read once at the end
+                losses[name] = loss if isinstance(losses[name], float) else losses[name] + loss
                 dice[name].add(logits, y)
             batches += 1
     finally:
         model.train(was_training)
     if stopped:  # not measured: NaN in the record ("-" in the report line, a hole in the plots)
         return dict.fromkeys(("argmax_loss", "sampled_loss", "argmax_dice", "sampled_dice"), math.nan)
-    values = [losses["argmax"] / max(batches, 1), losses["sampled"] / max(batches, 1),
+    values = [float(losses["argmax"]) / max(batches, 1), float(losses["sampled"]) / max(batches, 1),
               *dice["argmax"].values(), *dice["sampled"].values()]
     reduced = runtime.mean_values(values)  # means of sums keep the ratios of the Dice counts
     k = len(dice["argmax"].values())

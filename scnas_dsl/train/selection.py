@@ -87,19 +87,20 @@ class SupernetScorer:
         was_training = model.training
         model.eval()
         counts = DiceCounts(model.num_classes)
-        loss, n = 0.0, 0
+        loss: torch.Tensor | float = 0.0  # summed on the device, read once
+        n = 0
         try:
             for r in range(repeats):
                 samples = architecture(r) if callable(architecture) else architecture
                 for x, y in self.batches:
                     with runtime.autocast():
                         logits = model(x, samples=samples)
-                    loss += float(soft_jaccard_loss(logits.float(), y).item())
+                    loss = loss + soft_jaccard_loss(logits.float(), y).detach()
                     n += 1
                     counts.add(logits, y)
         finally:
             model.train(was_training)
-        reduced = runtime.mean_values([loss / max(n, 1), *counts.values()])  # means of sums keep Dice's ratios
+        reduced = runtime.mean_values([float(loss) / max(n, 1), *counts.values()])  # means of sums keep Dice's ratios
         return Score(loss=reduced[0], dice=DiceCounts.mean_dice(reduced[1:], model.num_classes))
 
     def score_genotype(self, genotype: Genotype) -> Score:

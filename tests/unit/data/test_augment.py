@@ -179,3 +179,29 @@ def test_defaults_follow_nnunet_and_bad_settings_are_refused() -> None:
         AugmentConfig(label_interpolation="cubic")
     with pytest.raises(ValueError, match="augment_batch needs"):
         augment_batch(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), cfg, torch.Generator())
+
+
+def test_the_data_sets_class_count_gives_the_labels_own_result() -> None:
+    """``num_classes`` (the data set's) spares reading the label's maximum (a GPU sync); classes absent from the
+    batch change nothing."""
+    image, label = _coordinate_batch()
+    label = label.to(torch.uint8)
+    cfg = AugmentConfig.spatial_only().model_copy(update=dict(p_rotation=1.0, p_scaling=1.0, p_elastic=1.0))
+    read = augment_batch(image, label, cfg, torch.Generator().manual_seed(5))
+    given = augment_batch(image, label, cfg, torch.Generator().manual_seed(5), num_classes=7)
+    assert torch.equal(read[0], given[0]) and torch.equal(read[1], given[1])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_the_gpu_dense_noise_is_drawn_there_and_a_seed_repeats() -> None:
+    image, label = _coordinate_batch()
+    cfg = AugmentConfig(p_rotation=1.0, p_elastic=1.0, p_noise=1.0)
+    a = augment_batch(image.cuda(), label.cuda(), cfg, torch.Generator().manual_seed(2), num_classes=4)
+    b = augment_batch(image.cuda(), label.cuda(), cfg, torch.Generator().manual_seed(2), num_classes=4)
+    assert a[0].device.type == "cuda" and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # the transform choices and parameters are the CPU's: without noise the two devices agree
+    quiet = cfg.model_copy(update=dict(noise=False))
+    gpu = augment_batch(image.cuda(), label.cuda(), quiet, torch.Generator().manual_seed(2), num_classes=4)
+    cpu = augment_batch(image, label, quiet, torch.Generator().manual_seed(2), num_classes=4)
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=1e-4, rtol=1e-4)
