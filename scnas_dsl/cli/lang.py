@@ -65,7 +65,9 @@ def fmt_cmd(
 ) -> None:
     """Print FILE in canonical form, keeping its comments (or check it, or rewrite it).
 
-    The file is checked first, as by 'scnas check': a file with errors is reported and left alone (exit 1).
+    Like gofmt and black, fmt refuses only what does not parse (reported with line and column, exit 1, the file
+    left alone). What parses is formatted, whatever 'scnas check' would say about its meaning (an import that
+    cannot be found, an unknown operation): those problems are mentioned on stderr.
     """
     from scnas_dsl.graph.printer import format_text
     from scnas_dsl.loader import load, read_text
@@ -74,14 +76,18 @@ def fmt_cmd(
         raise _usage("--check and --write exclude each other")
     _existing(file)
     try:
-        loaded = load(file)
         text = read_text(file, str(file))
         formatted = format_text(text, str(file))
     except SpecError as err:
         typer.echo(message_for_user(err), err=True)
         raise typer.Exit(1) from None
-    if loaded.warnings:
-        typer.echo(render_all(loaded.warnings), err=True)
+    try:  # the meaning is check's job: said, not refused
+        loaded = load(file)
+        if loaded.warnings:
+            typer.echo(render_all(loaded.warnings), err=True)
+    except SpecError as err:
+        typer.echo(f"note: {file} parses but does not check (formatted all the same; `scnas check {file}` "
+                   f"says more):\n{message_for_user(err)}", err=True)
     if check:
         if formatted != text:
             typer.echo(f"{file}: not in canonical form (run: scnas fmt --write {file})", err=True)
