@@ -63,6 +63,20 @@ class Loaded:
         genotype = self.genotypes[name]
         return self.spaces[genotype.space], genotype
 
+    def subject(self, space: str | None = None, genotype: str | None = None
+                ) -> tuple[SearchSpace, Genotype | None]:
+        """What the file is about, by one rule for every command: the named space (``space``) or genotype
+        (``genotype``); otherwise a file with genotypes is about its genotype (even when it also defines a space;
+        with several, the one to use must be named), and a file without one about its space. Returns (the
+        space, the genotype or None)."""
+        if space is not None and genotype is not None:
+            raise SpecError(f"{self._where()}: name a space or a genotype, not both")
+        if space is not None:
+            return self.space(space), None
+        if genotype is not None or self.genotypes:
+            return self.genotype(genotype)
+        return self.space(None), None
+
     def _where(self) -> str:
         return str(self.path) if self.path is not None else "<text>"
 

@@ -127,14 +127,7 @@ def compile_cmd(
     if space_name is not None and genotype_name is not None:
         raise _usage("--space and --genotype exclude each other")
     loaded = load(file, signatures=extra.library.signatures)
-    genotype = None
-    if space_name is not None:
-        space = loaded.space(space_name)
-    elif genotype_name is not None or (loaded.genotypes and not loaded.document.spaces) or \
-            len(loaded.genotypes) == 1:
-        space, genotype = loaded.genotype(genotype_name)
-    else:
-        space = loaded.space()
+    space, genotype = loaded.subject(space_name, genotype_name)
     if emit is not None and genotype is None:
         raise _usage(f"{file}: --emit torch needs a genotype (a space compiles to a supernet, not a file)")
     dims = space.unet.dims

@@ -41,15 +41,11 @@ CV_FORCE = typer.Option(False, "--force", help="redo the folds asked for in --ou
 
 
 def _is_space(spec: Path, ops: list[str] | None = None) -> bool:
-    """True when ``spec`` holds no genotype (then it must hold a space: a search per fold); a file with a
-    genotype is the genotype kind, even when it also defines a space."""
+    """True when ``spec`` is about a space (a search per fold), by the loader's rule (``Loaded.subject``): a
+    file with a genotype is about the genotype, even when it also defines a space."""
     from scnas_dsl.loader import load
 
-    loaded = load(spec, signatures=signatures(ops))
-    if loaded.genotypes:
-        return False
-    loaded.space(None)  # a file with neither (or several spaces) says so here
-    return True
+    return load(spec, signatures=signatures(ops)).subject()[1] is None  # the loader's rule
 
 
 @user_errors

@@ -164,18 +164,13 @@ def spec_estimator(spec: Path, in_channels: int, num_classes: int):
 
     One estimate on the meta device at :data:`REFERENCE_PATCH`, batch 1 (a build takes seconds, the plan
     asks dozens of times): weights, gradients and Adam state stay fixed, activations scale with
-    ``batch * voxels``. A file with one genotype (and no space of its own) is its fixed network; otherwise
-    the space's supernet with pair sampling is estimated.
+    ``batch * voxels``. A file about a genotype (``Loaded.subject``: one with a genotype, even beside its own
+    space) is its fixed network; a file about a space, the space's supernet with pair sampling.
     """
     from scnas_dsl.loader import load
     from scnas_dsl.nn.cost import estimate
 
-    loaded = load(spec)
-    genotype = None
-    if len(loaded.genotypes) == 1 and not loaded.document.spaces:
-        space, genotype = loaded.genotype()
-    else:
-        space = loaded.space()
+    space, genotype = load(spec).subject()  # the loader's rule: a file with a genotype is about it
     if space.unet.dims != 3:
         raise DataError(f"{spec}: a {space.unet.dims}D space cannot be planned for 3D patches")
     report = estimate(

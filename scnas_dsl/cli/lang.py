@@ -144,11 +144,7 @@ def draw_cmd(
         raise _usage(f"{output}: the picture must end in .png, .svg or .pdf")
     if output.exists() and not force:
         raise _usage(f"{output} exists already; pass --force to replace it or choose another -o")
-    loaded = load(file, signatures=signatures(ops))
-    if genotype is not None or (space is None and loaded.genotypes):
-        chosen_space, chosen = loaded.genotype(genotype)
-    else:
-        chosen_space, chosen = loaded.space(space), None
+    chosen_space, chosen = load(file, signatures=signatures(ops)).subject(space, genotype)
     from scnas_dsl.graph.draw import draw_cells
 
     draw_cells(chosen_space, chosen, output)

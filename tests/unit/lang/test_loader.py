@@ -116,3 +116,22 @@ def test_warnings_do_not_stop_a_load() -> None:
     assert [w.message for w in loaded.warnings] == ["cell 'spare' is defined but not used in the unet"]
     assert loaded.warnings[0].severity == "warning"
     assert "w.scn:4:8: warning: cell 'spare'" in loaded.warnings[0].render()
+
+
+def test_what_a_file_is_about_is_one_rule(tmp_path: Path) -> None:
+    """``Loaded.subject``, used by compile, draw, data plan, cv and create_model: a file with a genotype is about
+    the genotype (even beside its own space); several genotypes must be named; a file without one is about its
+    space."""
+    both = load(write(tmp_path / "both.scn", SPACE.format(name="s") + GENOTYPE.format(space="s")))
+    space, genotype = both.subject()
+    assert space.name == "s" and genotype is not None and genotype.name == "g"
+    assert both.subject(space="s") == (space, None)
+    assert both.subject(genotype="g")[1] == genotype
+    with pytest.raises(SpecError, match="not both"):
+        both.subject(space="s", genotype="g")
+    two = load(write(tmp_path / "two.scn", SPACE.format(name="s") + GENOTYPE.format(space="s")
+                     + GENOTYPE.format(space="s").replace("genotype g", "genotype h")))
+    with pytest.raises(SpecError, match="has 2 genotypes"):
+        two.subject()
+    only = load(write(tmp_path / "only.scn", SPACE.format(name="s")))
+    assert only.subject()[1] is None and only.subject()[0].name == "s"
