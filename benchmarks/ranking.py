@@ -312,14 +312,14 @@ def report(args: argparse.Namespace, recipes: list[dict[str, Any]], searches: di
             "loss": kendall_with_interval([-e["supernet"][snap]["loss"] for e in rows], retrained, args.bootstrap),
             "epochs_done": scores[snap]["epochs_done"]}
     summary["kendall"] = taus
-    if per:  # the ceiling: how well one retraining seed ranks the genotypes as the mean of the others does
-        ceil = []
-        k = min(len(v) for v in per.values())
-        for s in range(k):
-            one = [per[e["name"]][s] for e in table]
-            rest = [statistics.fmean(v for i, v in enumerate(per[e["name"]]) if i != s) for e in table]
-            ceil.append(kendall_with_interval(one, rest, 0)["tau"])
-        summary["seed_vs_other_seeds_tau"] = ceil
+    # the ceiling: how well one retraining seed ranks the genotypes as the mean of the other seeds does
+    full = [e for e in table if len(e["dice"]) >= 2]
+    ceil = []
+    for s in range(min((len(e["dice"]) for e in full), default=0)):
+        one = [e["dice"][s] for e in full]
+        rest = [statistics.fmean(v for i, v in enumerate(e["dice"]) if i != s) for e in full]
+        ceil.append(kendall_with_interval(one, rest, 0)["tau"])
+    summary["seed_vs_other_seeds_tau"] = ceil
     summary["seconds_this_invocation"] = round(time.time() - started, 1)
     runs = {("train", r["name"], r["seed"], r.get("recipe", "")): r["seconds"] for r in recipes + trained}
     runs.update({("search", k): v["seconds"] for k, v in searches.items()})
@@ -327,7 +327,7 @@ def report(args: argparse.Namespace, recipes: list[dict[str, Any]], searches: di
     runs.update({("score", k): v["seconds"] for k, v in scores.items()})
     summary["seconds_of_runs"] = round(sum(runs.values()), 1)
     folder(bench).joinpath("results.json").write_text(json.dumps(summary, indent=1) + "\n")
-    if table:
+    if table and taus:
         plot(bench, summary)
     print_tables(summary)
     return summary
