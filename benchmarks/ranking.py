@@ -427,11 +427,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="candidate retraining recipes EPOCHSxSTEPS@LR of the recipe phase")
     g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="retraining seeds of every genotype")
     g.add_argument("--search-seed", type=int, default=0)
-    g.add_argument("--uniform", type=int, default=6, help="uniform random genotypes")
+    g.add_argument("--uniform", type=int, default=5, help="uniform random genotypes")
     g.add_argument("--extra-hand", nargs="*", default=[], help="more hand genotypes (hand_conv3, hand_avgpool, ...)")
     g.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the tau intervals")
     # the recipe the recipe phase chose (docs/benchmarks.md): 16 epochs x 25 steps at lr 3e-3
-    p.set_defaults(arch_warmup=4, search_epochs=12, random=6, pair_betas=["standard"], train_epochs=16)
+    p.set_defaults(arch_warmup=4, search_epochs=12, random=5, pair_betas=["standard"], train_epochs=16)
     args = p.parse_args(argv)
     args.pair_betas_ranking = "standard"  # the project's default weight betas (0.9, 0.999)
     if args.quick:
