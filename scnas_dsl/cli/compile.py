@@ -4,8 +4,6 @@ or a genotype (as a fixed network); ``--emit torch -o net.py`` writes standalone
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import typer
 
 from scnas_dsl.cli.options import OPS, operations
 from scnas_dsl.errors import ScnasError
+from scnas_dsl.files import write_text
 from scnas_dsl.ops.plugins import check_recorded
 
 USAGE = 2
@@ -31,14 +30,7 @@ def _write_new(path: Path, text: str, force: bool) -> None:
         raise _usage(f"{path} is a directory; give a file name such as net.py")
     if not path.parent.exists():
         raise _usage(f"{path.parent}: no such folder")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text)
 
 
 def _cost_text(report: Any, in_channels: int, classes: int, stem_width: int) -> str:

@@ -9,13 +9,13 @@ directory, contradicting options).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import typer
 
 from scnas_dsl.cli.options import OPS, signatures
 from scnas_dsl.errors import SpecError, message_for_user
+from scnas_dsl.files import write_text
 from scnas_dsl.model.diagnostics import render_all
 
 USAGE = 2
@@ -104,7 +104,7 @@ def fmt_cmd(
             if not os.access(target, os.W_OK) or not target.stat().st_mode & 0o222:
                 typer.echo(f"error: {file}: the file is read-only; it was left as it is", err=True)
                 raise typer.Exit(1)
-            _write_atomically(target, formatted)
+            write_text(target, formatted, keep_mode=True)  # one rename: never half a file
         except OSError as err:
             typer.echo(f"error: {file}: cannot write the formatted text ({err.strerror or err}); "
                        "the file was left as it is", err=True)
@@ -112,20 +112,6 @@ def fmt_cmd(
         typer.echo(f"{file}: formatted")
         return
     typer.echo(formatted, nl=False)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` in one rename, so that an interruption never leaves half a file."""
-    mode = path.stat().st_mode
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def draw_cmd(

@@ -18,6 +18,7 @@ import typer
 from scnas_dsl.cli.options import OPS
 from scnas_dsl.cli.run import user_errors
 from scnas_dsl.errors import CompileError
+from scnas_dsl.files import write_text
 
 USAGE = 2
 
@@ -112,7 +113,7 @@ def export_nnunet_cmd(
         "architecture": {"network_class_name": NETWORK_CLASS, "arch_kwargs": arch_kwargs, "_kw_requires_import": []},
     }}
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(out_doc, indent=4) + "\n")
+    write_text(output, json.dumps(out_doc, indent=4) + "\n")
     typer.echo(f"wrote {output}: configuration '{new_name}' (inherits '{configuration}', patch {patch}) = genotype "
                f"{net.genotype.name}, stem width {net.plan.stem_width}, {net.plan.levels} levels, outputs at levels "
                f"{list(levels)} with deep supervision")

@@ -124,8 +124,8 @@ def rank_cmd(
     architecture part's un-augmented patches): loss and Dice, best first."""
     import json
 
-    from scnas_dsl.data.files import atomic_write
     from scnas_dsl.errors import RunError
+    from scnas_dsl.files import atomic_write
     from scnas_dsl.train.derive_run import check_not_in_run, open_search, rank, rank_table_csv
 
     if out is not None:

@@ -1,37 +1,21 @@
-"""Files written atomically: to a temporary name beside the target, then renamed into place.
+"""The data layer's file helpers: reading back its own records, and arrays for :func:`scnas_dsl.files.atomic_write`.
 
-A reader sees the old file or the new one, never half of one; a failed write leaves the old file as it was and
-no temporary file behind.
+Writing is ``scnas_dsl.files``' job (one writer for every file scnas makes): ``atomic_write`` and ``write_json``
+are that module's, imported here for the data layer's modules.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from scnas_dsl.files import atomic_write, write_json
 
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call ``write`` with a handle open on a temporary file beside ``path`` (``mode``), then rename it to
-    ``path``; the temporary file is removed whatever happens."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, mode) as handle:
-            write(handle)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json(path: Path, value: Any) -> None:
-    """``value`` as indented JSON (and a final newline) at ``path``, atomically."""
-    text = json.dumps(value, indent=1) + "\n"  # serialised before anything is opened
-    atomic_write(path, lambda f: f.write(text), mode="w")
+__all__ = ["atomic_write", "npy", "read_json_or_none", "write_json"]
 
 
 def read_json_or_none(path: Path) -> Any:

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from scnas_dsl.errors import DataError
+from scnas_dsl.files import write_text
 
 Task = Literal["brain", "heart", "lung"]
 Layout = Literal["msd", "nnunet"]
@@ -124,7 +125,7 @@ def synthesize(
             "numTraining": cases,
             "file_ending": ".nii.gz",
         }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
     return out
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from scnas_dsl.errors import CompileError, RunError, ScnasError
+from scnas_dsl.files import write_text
 from scnas_dsl.model import CellSpec, Document, Genotype, Import, SearchSpace
 from scnas_dsl.nn.cost import estimate
 from scnas_dsl.nn.derive import derive_genotype
@@ -467,9 +468,9 @@ def write_samples(space_file_or_space: str | Path | SearchSpace, samples: Sequen
                        "(force=True) to overwrite, or choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     _remove_earlier_samples(out, set(files))
-    (out / SPACE_FILE).write_text(_space_text(space, space_file, signatures), encoding="utf-8")
+    write_text(out / SPACE_FILE, _space_text(space, space_file, signatures))
     for index, (path, sample) in enumerate(files.items()):
-        path.write_text(_genotype_file_text(sample, index, len(samples)), encoding="utf-8")
+        write_text(path, _genotype_file_text(sample, index, len(samples)))
         try:
             loaded = load(path, signatures).genotype(sample.genotype.name)[1]
         except ScnasError as err:  # a bug of ours, not the user's: say so plainly
@@ -482,5 +483,5 @@ def write_samples(space_file_or_space: str | Path | SearchSpace, samples: Sequen
                "samples": [{"file": p.name, "genotype": s.genotype.name, "flops": s.flops, "params": s.params,
                             "draws": s.draws, "relative_difference": s.relative_difference}
                            for p, s in files.items()]}
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return list(files)

@@ -7,7 +7,6 @@ of its sampler state.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import zipfile
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from scnas_dsl.errors import CheckpointError
+from scnas_dsl.files import atomic_write
 
 
 def capture_rng() -> dict[str, Any]:
@@ -55,25 +55,7 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
     then renamed over the old one; a crash at any moment leaves the old checkpoint (or none) in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a folder; the file itself is safe
-    return path
+    return atomic_write(path, lambda f: torch.save(state, f), durable=True)
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:

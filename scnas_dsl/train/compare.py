@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scnas_dsl.errors import RunError
+from scnas_dsl.files import write_text
 from scnas_dsl.train.cv import CV_MARKER, sample_std, summary_suffix
 from scnas_dsl.train.metrics import nanmean
 from scnas_dsl.train.predict import CHECKPOINTS
@@ -386,14 +387,14 @@ def compare_runs(folders: list[Path], report: Path, names: list[str] | None = No
     if report.exists():
         shutil.rmtree(report) if report.is_dir() else report.unlink()
     report.mkdir(parents=True)
-    (report / COMPARE_MARKER).write_text("scnas compare\n")
+    write_text(report / COMPARE_MARKER, "scnas compare\n")
     result.files = _write(result, report, checkpoint)
     return result
 
 
 def _write(result: Comparison, report: Path, checkpoint: str) -> list[Path]:
     files = [report / "report.md", report / "report.csv", report / "report.json"]
-    files[0].write_text(_markdown(result))
+    write_text(files[0], _markdown(result))
     keys = ["label", "run", "cases", "mean_cases", "sd_cases", "folds", "mean_folds", "sd_folds", "pairs",
             "pairs_excluded", "mean_difference", "median_difference", "statistic", "p_value"]
     with files[1].open("w", newline="") as f:
@@ -403,7 +404,7 @@ def _write(result: Comparison, report: Path, checkpoint: str) -> list[Path]:
             writer.writerow(["" if (v := getattr(row, k)) is None or (isinstance(v, float) and math.isnan(v))
                              else (f"{v:.6g}" if isinstance(v, float) else v) for k in keys])
     runs = result.runs
-    files[2].write_text(json.dumps(json_safe({
+    write_text(files[2], json.dumps(json_safe({
         "reference": runs[0].name, "checkpoint": checkpoint,
         "runs": [{"name": r.name, "folder": str(r.folder), "mode": r.mode, "spec": r.spec, "leakage": r.leakage,
                   "settings": r.settings} for r in runs],

@@ -49,6 +49,7 @@ from scnas_dsl.data.dataset import open_dataset
 from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
 from scnas_dsl.data.splits import FoldSplit, get_fold, load_folds
 from scnas_dsl.errors import RunError
+from scnas_dsl.files import write_text
 from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.config import CommonConfig, SearchConfig, TrainConfig
 from scnas_dsl.train.metrics import Evaluation, evaluate_pairs, nanmean
@@ -349,7 +350,7 @@ def _prepare_out(out: Path, mode: str, resume: bool, force: bool) -> None:
             for entry in out.iterdir():
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    (out / CV_MARKER).write_text(f"scnas cv\n{mode}\n")
+    write_text(out / CV_MARKER, f"scnas cv\n{mode}\n")
 
 
 def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirror: bool = True,
@@ -456,7 +457,7 @@ def _search_fold(search: SearchConfig, out: Path, fold: int, split: FoldSplit, *
     shutil.copyfile(run / "space.scn", target / "space.scn")
     genotype = target / f"fold_{fold}.scn"
     shutil.copyfile(run / "genotype.scn", genotype)
-    (target / f"fold_{fold}{SEARCH_RECORD}").write_text(json.dumps(
+    write_text(target / f"fold_{fold}{SEARCH_RECORD}", json.dumps(
         {"search": str(run.resolve()), "data": str(Path(search.data).resolve()), "fold": fold, "weight_part": record["weight_part"],
          "arch_part": record["arch_part"], "val": record.get("val", [])}, indent=1) + "\n")
     return genotype
@@ -498,7 +499,7 @@ def write_summary(out: Path, result: CVResult, suffix: str, spec: str | None = N
                "settings": result.settings or None}
     paths = [out / f"cv_summary{suffix}.json", out / f"cv_summary{suffix}.csv", out / f"cv_summary{suffix}.md",
              out / f"cv_cases{suffix}.csv"]
-    paths[0].write_text(json.dumps(json_safe(summary), indent=1) + "\n")
+    write_text(paths[0], json.dumps(json_safe(summary), indent=1) + "\n")
     with paths[1].open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["fold", *names, "foreground_mean", "checkpoint", "epoch"])
@@ -510,7 +511,7 @@ def write_summary(out: Path, result: CVResult, suffix: str, spec: str | None = N
             writer.writerow([row, *(_c(values[n]) for n in names), _c(values["average"]), checkpoint, ""])
         means = pooled.mean_dice()
         writer.writerow(["all", *(_c(means[n]) for n in names), _c(pooled.foreground_mean()), checkpoint, ""])
-    paths[2].write_text(_markdown(result, spec))
+    write_text(paths[2], _markdown(result, spec))
     with paths[3].open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["fold", "case", *names])

@@ -24,6 +24,7 @@ import torch
 from scnas_dsl.data.preprocess import preprocess_dataset
 from scnas_dsl.data.synth import synthesize
 from scnas_dsl.errors import RunError
+from scnas_dsl.files import write_text
 from scnas_dsl.train.config import SearchConfig, TrainConfig
 from scnas_dsl.train.metrics import Evaluation, evaluate_pairs
 from scnas_dsl.train.predict import Weights, predict_run
@@ -118,7 +119,7 @@ def run_demo(out: Path | str, settings: DemoSettings | None = None, *, force: bo
 
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("scnas demo\n")
+    write_text(out / MARKER, "scnas demo\n")
     threads = torch.get_num_threads()
     if "OMP_NUM_THREADS" not in os.environ:
         # The demo's tensors are small: a second thread gains little on an idle 2-core machine, and when
@@ -136,7 +137,7 @@ def _run(out: Path, s: DemoSettings, progress: bool, echo: Callable[[str], None]
     data = synthesize(out / "data", "heart", cases=s.cases, shape=s.shape, seed=0)
     # Keep the data's own voxel size (median spacing): small volumes, and no cache outside the demo folder.
     pre = preprocess_dataset(data, out=out / "preprocessed", spacing=None, progress=progress)
-    (out / "space.scn").write_text(DEMO_SPACE)
+    write_text(out / "space.scn", DEMO_SPACE)
     common: dict[str, Any] = dict(data=str(pre.root), patch=s.patch, stem_width=s.stem_width, device=device, seed=0,
                   spacing=None, progress=progress)
     echo(f"[2/6] searching ({s.search_epochs} epochs x {s.search_batches} steps, pair sampling, "

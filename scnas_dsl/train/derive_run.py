@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scnas_dsl.data.files import atomic_write
 from scnas_dsl.errors import CheckpointError, RunError, ScnasError
+from scnas_dsl.files import atomic_write
 from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype, SearchSpace
 from scnas_dsl.nn import TemperatureSchedule, build_supernet

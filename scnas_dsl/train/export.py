@@ -24,6 +24,7 @@ from typing import Any, cast
 import torch
 
 from scnas_dsl.errors import CheckpointError, RunError, ScnasError
+from scnas_dsl.files import write_text
 from scnas_dsl.nn.network import FixedNetwork
 from scnas_dsl.nn.plan import size_problem
 
@@ -252,5 +253,5 @@ def write_record(result: ExportResult, exportable: Exportable) -> Path:
         "checks": [{"spatial": list(s), "max_abs_difference": d} for s, d in result.checks],
     }
     path = result.path.with_name(result.path.name + ".json")
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_text(path, json.dumps(record, indent=2) + "\n")
     return path

@@ -18,6 +18,7 @@ import numpy as np
 
 from scnas_dsl.data.names import NIFTI_ENDINGS, strip_nifti_ending
 from scnas_dsl.errors import DataError
+from scnas_dsl.files import write_text
 
 AFFINE_TOLERANCE = 1e-3
 
@@ -113,7 +114,7 @@ class Evaluation:
             for case, scores in self.per_case.items():
                 writer.writerow([case, *(_csv(scores[k]) for k in self.labels)])
             writer.writerow(["mean", *(_csv(v) for v in self.mean_dice().values())])
-        json_path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        write_text(json_path, json.dumps(self.to_json(), indent=1) + "\n")
         return csv_path, json_path
 
 

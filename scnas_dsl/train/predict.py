@@ -18,9 +18,9 @@ validation Dice that chose it.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,7 @@ from scnas_dsl.data.preprocess import (
     restore_segmentation,
 )
 from scnas_dsl.errors import CheckpointError, DataError, RunError
+from scnas_dsl.files import atomic_write
 from scnas_dsl.loader import load
 from scnas_dsl.nn import build_network
 from scnas_dsl.train.checkpoint import load_checkpoint
@@ -349,10 +350,6 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
 
 
 def _save_nifti(image: nib.Nifti1Image, path: Path) -> None:
-    """``image`` to ``path`` through a temporary name in the same folder (``.<name>.<pid>.partial.nii.gz``)."""
-    tmp = path.with_name(f".{path.name.removesuffix('.nii.gz')}.{os.getpid()}.partial.nii.gz")
-    try:
-        nib.save(image, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``image`` to ``path`` (``.nii.gz``: gzip at nibabel's level 1), written atomically."""
+    data = gzip.compress(image.to_bytes(), compresslevel=1)
+    atomic_write(path, lambda f: f.write(data))

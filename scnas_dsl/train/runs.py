@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scnas_dsl.errors import RunError
+from scnas_dsl.files import write_text
 
 MARKER = ".scnas-run"
 
@@ -79,16 +80,14 @@ class RunFolder:
                 shutil.rmtree(self.path)
         if self.writer and create:
             self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / MARKER).write_text(kind + "\n")
+            write_text(self.path / MARKER, kind + "\n")
 
     def write_text(self, name: str, text: str) -> Path:
         """Write a text file of the run (rank 0 only), atomically."""
         target = self.path / name
         if self.writer:
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_text(text)
-            tmp.replace(target)
+            write_text(target, text, durable=True)  # the records a resume reads: not torn by a power cut
         return target
 
     def write_json(self, name: str, value: Any) -> Path:
@@ -121,7 +120,7 @@ class RunFolder:
             return
         lines = [ln for ln in target.read_text().splitlines() if ln.strip()]
         kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) < keep_epochs]
-        target.write_text("".join(ln + "\n" for ln in kept))
+        write_text(target, "".join(ln + "\n" for ln in kept), durable=True)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scnas_dsl.data import files
+from scnas_dsl import files
 from scnas_dsl.data.files import atomic_write, read_json_or_none, write_json
 from scnas_dsl.data.names import strip_channel_suffix, strip_nifti_ending
 from scnas_dsl.data.pipeline import _case_id_of
