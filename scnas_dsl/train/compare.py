@@ -23,7 +23,6 @@ import csv
 import json
 import math
 import re
-import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from scnas_dsl.errors import RunError
 from scnas_dsl.files import write_text
+from scnas_dsl.folders import folder_state, foreign_folder, replace_folder
 from scnas_dsl.train.cv import CV_MARKER, sample_std, summary_suffix
 from scnas_dsl.train.metrics import nanmean
 from scnas_dsl.train.predict import CHECKPOINTS
@@ -171,10 +171,10 @@ def read_cv(folder: Path, name: str, checkpoint: str = "last") -> CVRun:
 
 
 def _check_report_folder(report: Path, force: bool) -> None:
-    if report.exists() and (not report.is_dir() or any(report.iterdir())):
-        if not (report / COMPARE_MARKER).is_file():
-            raise RunError(f"{report}: exists and is not a report folder scnas compare made; scnas never writes "
-                           "into it (not even with --force). Choose another -o")
+    state = folder_state(report, COMPARE_MARKER)
+    if state == "foreign":
+        raise foreign_folder(report, "a report folder scnas compare made", "--force", "-o")
+    if state == "ours":
         if not force:
             raise RunError(f"{report}: already exists; use --force to replace it, or choose another -o")
 
@@ -384,10 +384,7 @@ def compare_runs(folders: list[Path], report: Path, names: list[str] | None = No
     runs = [read_cv(f, n, checkpoint) for f, n in zip(folders, names, strict=True)]
     notes = _check_same(runs)
     result = Comparison(runs=runs, labels=list(runs[0].labels), rows=_rows(runs), notes=notes)
-    if report.exists():
-        shutil.rmtree(report) if report.is_dir() else report.unlink()
-    report.mkdir(parents=True)
-    write_text(report / COMPARE_MARKER, "scnas compare\n")
+    replace_folder(report, COMPARE_MARKER, "scnas compare\n")
     result.files = _write(result, report, checkpoint)
     return result
 

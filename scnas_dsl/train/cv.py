@@ -50,6 +50,7 @@ from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
 from scnas_dsl.data.splits import FoldSplit, get_fold, load_folds
 from scnas_dsl.errors import RunError
 from scnas_dsl.files import write_text
+from scnas_dsl.folders import folder_state, foreign_folder, mark_folder, read_marker, replace_folder
 from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.config import CommonConfig, SearchConfig, TrainConfig
 from scnas_dsl.train.metrics import Evaluation, evaluate_pairs, nanmean
@@ -333,24 +334,21 @@ def _prepare_out(out: Path, mode: str, resume: bool, force: bool) -> None:
     """Check (and make) the cv folder: only one ``scnas cv`` made is continued or redone; a folder of the
     other kind (space / genotype) is redone as a whole with ``--force``, never continued. A folder holding
     only the marker (what a cv that failed before its first fold left) counts as empty."""
-    if out.exists() and (not out.is_dir() or any(e.name != CV_MARKER for e in out.iterdir())):
-        marker = out / CV_MARKER
-        if not marker.is_file():
-            raise RunError(f"{out}: exists and is not a folder scnas cv made; scnas never writes into it (not even "
-                           "with --force or --resume). Choose another --out")
+    state = folder_state(out, CV_MARKER)
+    if state == "foreign":
+        raise foreign_folder(out, "a folder scnas cv made", "--force or --resume", "--out")
+    if state == "ours":
         if not (resume or force):
             raise RunError(f"{out}: already exists; use --resume to continue the folds, --force to redo them, or "
                            "choose another --out")
-        lines = marker.read_text().splitlines()
+        lines = read_marker(out, CV_MARKER)
         before = lines[1].strip() if len(lines) > 1 else "genotype"
         if before != mode:
             if not force:
                 raise RunError(f"{out}: holds a cross-validation of a {before}, not of a {mode}; it cannot be "
                                "continued as one. Use --force to redo it from the start, or another --out")
-            for entry in out.iterdir():
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / CV_MARKER, f"scnas cv\n{mode}\n")
+            replace_folder(out, CV_MARKER, f"scnas cv\n{mode}\n")
+    mark_folder(out, CV_MARKER, f"scnas cv\n{mode}\n")
 
 
 def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirror: bool = True,

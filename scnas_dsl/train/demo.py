@@ -25,6 +25,7 @@ from scnas_dsl.data.preprocess import preprocess_dataset
 from scnas_dsl.data.synth import synthesize
 from scnas_dsl.errors import RunError
 from scnas_dsl.files import write_text
+from scnas_dsl.folders import folder_state, foreign_folder, replace_folder
 from scnas_dsl.train.config import SearchConfig, TrainConfig
 from scnas_dsl.train.metrics import Evaluation, evaluate_pairs
 from scnas_dsl.train.predict import Weights, predict_run
@@ -109,17 +110,14 @@ def run_demo(out: Path | str, settings: DemoSettings | None = None, *, force: bo
     """Run the demo into the new folder ``out`` (``force`` replaces an earlier demo folder, nothing else)."""
     s = settings or DemoSettings()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise RunError(f"{out}: already exists; choose another folder (scnas demo OTHER) or pass --force to "
-                           "replace an earlier demo")
-        if not (out / MARKER).is_file():
-            raise RunError(f"{out}: exists and is not a demo folder; --force replaces only earlier demos")
-        import shutil
-
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / MARKER, "scnas demo\n")
+    state = folder_state(out, MARKER)
+    if state == "foreign":
+        raise foreign_folder(out, "a demo folder (--force replaces only earlier demos)", "--force",
+                             "folder (scnas demo OTHER)")
+    if state == "ours" and not force:
+        raise RunError(f"{out}: already exists; choose another folder (scnas demo OTHER) or pass --force to "
+                       "replace an earlier demo")
+    replace_folder(out, MARKER, "scnas demo\n")
     threads = torch.get_num_threads()
     if "OMP_NUM_THREADS" not in os.environ:
         # The demo's tensors are small: a second thread gains little on an idle 2-core machine, and when

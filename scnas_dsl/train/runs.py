@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from scnas_dsl.errors import RunError
 from scnas_dsl.files import write_text
+from scnas_dsl.folders import folder_state, foreign_folder, read_marker, replace_folder
 
 MARKER = ".scnas-run"
 
@@ -56,31 +56,25 @@ class RunFolder:
         """Create the folder, or check that it may be used: ``resume`` needs a run of the same ``kind``;
         ``force`` replaces only a folder that scnas made (it has the marker), never another folder.
         ``create=False`` only checks (so that bad settings found later leave no folder behind)."""
-        entries = [p.name for p in self.path.iterdir()] if self.path.is_dir() else []
         # a run folder holding only its marker is a run that stopped before it wrote anything (bad settings
         # found late): reusing it loses nothing, and refusing it would block the corrected command
-        exists = self.path.exists() and (not self.path.is_dir() or (bool(entries) and entries != [MARKER]))
+        state = folder_state(self.path, MARKER)
         if resume and force:
             raise RunError("--resume and --force exclude each other: resume continues the run, force replaces it")
         if resume:
-            if not self.path.is_dir() or not (self.path / MARKER).is_file():
+            if state not in ("ours", "empty") or not (self.path / MARKER).is_file():
                 raise RunError(f"{self.path}: no scnas run here to resume; start a new run without --resume")
-            made = (self.path / MARKER).read_text().strip()
+            made = read_marker(self.path, MARKER)[0].strip()
             if made != kind:
                 raise RunError(f"{self.path}: is a '{made}' run, not a '{kind}' run; cannot resume it as one")
             return
-        if exists:
-            if not self.path.is_dir() or not (self.path / MARKER).is_file():
-                raise RunError(f"{self.path}: exists and is not a scnas run folder; scnas never writes into or "
-                               "replaces it (not even with --force). Choose another --out")
-            if not force:
-                raise RunError(f"{self.path}: already exists; use --resume to continue that run, --force to "
-                               "replace it, or choose another --out")
-            if self.writer and create:
-                shutil.rmtree(self.path)
+        if state == "foreign":
+            raise foreign_folder(self.path, "a scnas run folder", "--force", "--out")
+        if state == "ours" and not force:
+            raise RunError(f"{self.path}: already exists; use --resume to continue that run, --force to "
+                           "replace it, or choose another --out")
         if self.writer and create:
-            self.path.mkdir(parents=True, exist_ok=True)
-            write_text(self.path / MARKER, kind + "\n")
+            replace_folder(self.path, MARKER, kind + "\n")
 
     def write_text(self, name: str, text: str) -> Path:
         """Write a text file of the run (rank 0 only), atomically."""
