@@ -112,7 +112,7 @@ def preprocess_cmd(
 
     _folder(folder)
     target = _spacing(spacing, median_spacing)
-    from scnas_dsl.train.stopping import RunInterrupted
+    from scnas_dsl.stopping import RunInterrupted
 
     try:
         pre = preprocess_dataset(folder, out=out, spacing=target, workers=workers, progress=progress)

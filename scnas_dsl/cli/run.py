@@ -69,7 +69,7 @@ def user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from scnas_dsl.train.stopping import RunInterrupted
+        from scnas_dsl.stopping import RunInterrupted
 
         try:
             return func(*args, **kwargs)

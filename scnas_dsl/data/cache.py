@@ -304,7 +304,7 @@ def claim_folder(out: Path, spacing: Sequence[float] | None) -> None:
 
 def lock_folder(out: Path) -> FileLock:
     """The folder's lock, acquired: waits (saying so on stderr) while another run writes the folder."""
-    from scnas_dsl.train.stopping import RunInterrupted, requested_signal, stop_requested
+    from scnas_dsl.stopping import RunInterrupted, requested_signal, stop_requested
 
     lock = FileLock(out / _LOCK)
     try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -37,6 +36,7 @@ from scnas_dsl.data.augment import AugmentConfig, augment_batch
 from scnas_dsl.data.pipeline import label_dtype
 from scnas_dsl.data.preprocess import Preprocessed
 from scnas_dsl.errors import DataError
+from scnas_dsl.stopping import ignore_signals_in_worker
 
 #: Cases whose memory maps a loader process keeps open at once.
 OPEN_CASES = 64
@@ -309,10 +309,10 @@ def on_device(tensor: torch.Tensor, device: torch.device) -> bool:
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """A loader worker ignores SIGINT and SIGTERM: a signal to the whole process group (Ctrl-C, a batch
-    system's SIGTERM) is answered by the main process, which saves its checkpoint and then ends the workers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """A loader worker's start: the one policy of every worker process (``scnas_dsl.stopping``): a signal to the
+    whole process group (Ctrl-C, a batch system's SIGTERM) is answered by the main process, which saves its
+    checkpoint and then ends the workers."""
+    ignore_signals_in_worker(worker_id)
 
 
 def make_loader(

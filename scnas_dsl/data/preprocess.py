@@ -58,7 +58,7 @@ from scnas_dsl.data.restore import (
     restore_segmentation,
 )
 from scnas_dsl.errors import DataError
-from scnas_dsl.train.stopping import (
+from scnas_dsl.stopping import (
     RunInterrupted,
     StopSignal,
     ignore_signals_in_worker,

@@ -51,6 +51,7 @@ from scnas_dsl.data.splits import FoldSplit, get_fold, load_folds
 from scnas_dsl.errors import RunError
 from scnas_dsl.files import write_text
 from scnas_dsl.folders import folder_state, foreign_folder, mark_folder, read_marker, replace_folder
+from scnas_dsl.stopping import RunInterrupted
 from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.config import CommonConfig, SearchConfig, TrainConfig
 from scnas_dsl.train.metrics import Evaluation, evaluate_pairs, nanmean
@@ -59,7 +60,6 @@ from scnas_dsl.train.resume import check_resumed_settings
 from scnas_dsl.train.retrain import run_train
 from scnas_dsl.train.runs import MARKER, json_safe
 from scnas_dsl.train.search import run_search
-from scnas_dsl.train.stopping import RunInterrupted
 
 #: marks a folder ``scnas cv`` made: only such a folder is continued (--resume) or redone (--force)
 CV_MARKER = ".scnas-cv"

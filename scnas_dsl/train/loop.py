@@ -28,11 +28,11 @@ import torch
 from tqdm import tqdm
 
 from scnas_dsl.errors import RunError
+from scnas_dsl.stopping import RunInterrupted, StopSignal
 from scnas_dsl.train.config import AdamConfig, PlateauConfig
 from scnas_dsl.train.device import Runtime
 from scnas_dsl.train.inference import InferenceStopped
 from scnas_dsl.train.runs import RunFolder, read_jsonl
-from scnas_dsl.train.stopping import RunInterrupted, StopSignal
 
 
 @dataclass

@@ -41,12 +41,12 @@ from scnas_dsl.errors import CheckpointError, DataError, RunError
 from scnas_dsl.files import atomic_write
 from scnas_dsl.loader import load
 from scnas_dsl.nn import build_network
+from scnas_dsl.stopping import RunInterrupted, StopSignal, requested_signal, stop_requested
 from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.device import setup_runtime
 from scnas_dsl.train.inference import InferenceStopped, sliding_window_inference
 from scnas_dsl.train.loop import progress_bar
 from scnas_dsl.train.metrics import case_id_of
-from scnas_dsl.train.stopping import RunInterrupted, StopSignal, requested_signal, stop_requested
 
 #: The checkpoints a training run keeps, the default first.
 CHECKPOINTS = ("last", "best")

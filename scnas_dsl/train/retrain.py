@@ -27,6 +27,7 @@ from scnas_dsl.nn import build_network
 from scnas_dsl.nn.network import FixedNetwork
 from scnas_dsl.ops.plugins import RECORD as OPERATIONS_RECORD
 from scnas_dsl.ops.plugins import load_operations
+from scnas_dsl.stopping import CollectiveStop, stop_requested
 from scnas_dsl.train.checkpoint import capture_rng, restore_rng, save_checkpoint
 from scnas_dsl.train.config import TrainConfig, retraining_width
 from scnas_dsl.train.data_context import (
@@ -46,7 +47,6 @@ from scnas_dsl.train.metrics import dice_per_label, nanmean
 from scnas_dsl.train.plots import plot_train
 from scnas_dsl.train.resume import resume_state
 from scnas_dsl.train.runs import RunFolder, environment
-from scnas_dsl.train.stopping import CollectiveStop, stop_requested
 
 
 @dataclass
@@ -70,7 +70,7 @@ def validation_dice(model: torch.nn.Module, pre: Any, case_ids: list[str], patch
                     mirror: bool = False, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Mean Dice per label over ``case_ids`` (preprocessed grid) and their mean, ``foreground_mean``.
     ``should_stop`` is asked between batches of windows (with several ranks, collectively: see
-    :class:`~scnas_dsl.train.stopping.CollectiveStop`); :class:`InferenceStopped` when it says yes."""
+    :class:`~scnas_dsl.stopping.CollectiveStop`); :class:`InferenceStopped` when it says yes."""
     per_case: dict[str, dict[int, float]] = {}
     # several ranks: the stop is decided together (a rank that has finished its share keeps answering),
     # so that every rank abandons the validation at the same call and none waits in the gather below

@@ -20,9 +20,9 @@ import torch
 
 from scnas_dsl.data.loader import PatchLoader
 from scnas_dsl.nn.supernet import Supernet
+from scnas_dsl.stopping import stop_requested
 from scnas_dsl.train.device import Runtime
 from scnas_dsl.train.losses import soft_jaccard_loss
-from scnas_dsl.train.stopping import stop_requested
 
 Choices = dict[str, dict[str, str]]
 """structure key -> ``"src->dst"`` -> the most likely operation."""

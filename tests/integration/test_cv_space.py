@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from scnas_dsl.cli import app
 from scnas_dsl.loader import load
+from scnas_dsl.stopping import RunInterrupted
 from scnas_dsl.train import cv as cv_module
-from scnas_dsl.train.stopping import RunInterrupted
 from tests.integration.tiny_data import heart_cases, tiny_space
 
 BASELINES = Path(__file__).resolve().parents[2] / "specs" / "baselines"

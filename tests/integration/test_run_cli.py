@@ -20,13 +20,13 @@ from scnas_dsl.data.synth import synthesize
 from scnas_dsl.errors import RunError
 from scnas_dsl.loader import load
 from scnas_dsl.nn import build_supernet
+from scnas_dsl.stopping import RunInterrupted
 from scnas_dsl.train import retrain as retrain_module
 from scnas_dsl.train import search as search_module
 from scnas_dsl.train.config import SearchConfig, TrainConfig
 from scnas_dsl.train.demo import small_space
 from scnas_dsl.train.retrain import run_train
 from scnas_dsl.train.search import run_search
-from scnas_dsl.train.stopping import RunInterrupted
 
 pytestmark = pytest.mark.xdist_group("run_cli")
 
@@ -229,9 +229,12 @@ def test_a_stop_during_validation_is_answered_between_windows_and_resumes(
 def test_loader_workers_ignore_stop_signals() -> None:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        ignore_stop_signals(0)
+        ignore_stop_signals(0)  # the one worker policy: SIGINT ignored, the first SIGTERM too, a later one ends it
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        first = signal.getsignal(signal.SIGTERM)
+        assert callable(first) and first not in (signal.SIG_DFL, signal.SIG_IGN)
+        first(signal.SIGTERM, None)  # the process group's SIGTERM: the worker goes on
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

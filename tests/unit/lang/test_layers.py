@@ -11,7 +11,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[3] / "scnas_dsl"
 # lowest first; a module may import from its own layer and the ones before it
 LAYERS = [
-    ("scnas_dsl.errors", "scnas_dsl.files", "scnas_dsl.folders", "scnas_dsl.source", "scnas_dsl.ops.signatures"),
+    ("scnas_dsl.errors", "scnas_dsl.files", "scnas_dsl.folders", "scnas_dsl.stopping", "scnas_dsl.source",
+     "scnas_dsl.ops.signatures"),
     ("scnas_dsl.model",),
     ("scnas_dsl.syntax",),
     ("scnas_dsl.graph",),

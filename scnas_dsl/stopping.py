@@ -4,6 +4,10 @@ Where a stop is honoured (see docs/training.md, "Checkpoints, resuming, signals"
 (the checkpoint of the last finished step), between batches of sliding windows in validation and prediction,
 between batches of the search's discretisation gap, and between cases of preprocessing. A stopped command
 exits with status 130 (:class:`RunInterrupted`) and says how to continue.
+
+Ground floor (the data layer's preprocessing and loaders stop here too): no torch, no other scnas module but the
+errors. Worker processes of every kind (a preprocessing pool, a loader's workers) follow one policy,
+:func:`ignore_signals_in_worker`.
 """
 
 from __future__ import annotations
