@@ -32,6 +32,23 @@ from scnas_dsl.errors import DataError
 #: The paper's target spacing (mm), the default setting.
 PAPER_SPACING = (0.7, 0.7, 0.7)
 MANIFEST = "preprocessed.json"
+
+#: the files of a cache folder: the cache owns their names (``case_file``, ``fingerprint_file``)
+CASES, FINGERPRINTS = "cases", "fingerprint"
+#: one preprocessed case's files in ``cases/``: the image and label arrays, the sampled foreground locations,
+#: and its record (written last: the case's commit marker)
+CASE_PARTS = {"image": ".image.npy", "label": ".label.npy", "locations": ".locations.npz", "record": ".json"}
+
+
+def case_file(root: Path, case_id: str, part: str) -> Path:
+    """The file of ``part`` (a key of :data:`CASE_PARTS`) of case ``case_id`` in the cache folder ``root``."""
+    return root / CASES / f"{case_id}{CASE_PARTS[part]}"
+
+
+def fingerprint_file(root: Path, case_id: str | None = None) -> Path:
+    """The fingerprints' file: ``cases.json`` (every case's, ``case_id`` None), or ``<case>.samples.npy`` (a CT
+    case's sampled intensities)."""
+    return root / FINGERPRINTS / ("cases.json" if case_id is None else f"{case_id}.samples.npy")
 #: Marks a folder made by scnas; holds the settings request the folder is bound to (see claim_folder).
 _MARKER = ".scnas-cache"
 #: Held (filelock) while a cache folder is written.
@@ -125,7 +142,7 @@ class Preprocessed:
     def _path(self, case_id: str, suffix: str) -> Path:
         if case_id not in self._summaries:
             raise DataError(f"{self.root}: no preprocessed case {case_id!r}")
-        return self.root / "cases" / f"{case_id}{suffix}"
+        return self.root / CASES / f"{case_id}{suffix}"
 
     def _mismatch(self, case_id: str, what: str) -> DataError:
         return DataError(
@@ -138,7 +155,7 @@ class Preprocessed:
 
     def _record(self, case_id: str) -> bytes | None:
         try:
-            return self._path(case_id, ".json").read_bytes()
+            return self._path(case_id, CASE_PARTS["record"]).read_bytes()
         except OSError:
             return None
 
@@ -178,8 +195,8 @@ class Preprocessed:
         shape = tuple(self._summaries[case_id]["shape"])
         labelled = bool(self._summaries[case_id].get("class_voxels"))
         try:
-            image = np.load(self._path(case_id, ".image.npy"), mmap_mode=mode)
-            label_path = self._path(case_id, ".label.npy")
+            image = np.load(self._path(case_id, CASE_PARTS["image"]), mmap_mode=mode)
+            label_path = self._path(case_id, CASE_PARTS["label"])
             label = np.load(label_path, mmap_mode=mode) if labelled or label_path.exists() else None
         except (OSError, ValueError, EOFError) as err:
             raise self._mismatch(case_id, f"{type(err).__name__}: {err}") from err
@@ -298,8 +315,8 @@ def claim_folder(out: Path, spacing: Sequence[float] | None) -> None:
         )
     if previous != request:  # new, or made by an older scnas (empty marker)
         write_json(out / _MARKER, request)
-    (out / "cases").mkdir(exist_ok=True)
-    (out / "fingerprint").mkdir(exist_ok=True)
+    (out / CASES).mkdir(exist_ok=True)
+    (out / FINGERPRINTS).mkdir(exist_ok=True)
 
 
 def lock_folder(out: Path) -> FileLock:

@@ -25,6 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 from scnas_dsl.data.cache import (
+    CASE_PARTS,
+    CASES,
+    FINGERPRINTS,
     MANIFEST,
     PAPER_SPACING,
     CaseMeta,
@@ -32,9 +35,11 @@ from scnas_dsl.data.cache import (
     Normalization,
     Preprocessed,
     cache_root,
+    case_file,
     claim_folder,
     default_cache_dir,
     find_preprocessed,
+    fingerprint_file,
     input_key,
     lock_folder,
     prepare_out,
@@ -136,13 +141,12 @@ def _process_case(
         label = load_label(case, image.shape[1:], ref, Path(case.images[0]), num_classes)
     pre_image, pre_label, meta, raw_values = run_pipeline(case.id, image, label, ref, target, norm)
     del image, label
-    folder = out / "cases"
-    atomic_write(folder / f"{case.id}.image.npy", npy(pre_image))
+    atomic_write(case_file(out, case.id, "image"), npy(pre_image))
     locations: dict[str, np.ndarray] = {}
     class_voxels: dict[str, int] = {}
     intensity: list[dict[str, float]] = []
     if pre_label is not None:
-        atomic_write(folder / f"{case.id}.label.npy", npy(pre_label))
+        atomic_write(case_file(out, case.id, "label"), npy(pre_label))
         rng = np.random.default_rng(int(hashlib.sha1(case.id.encode()).hexdigest()[:8], 16))
         # counted with bincount and sampled chunk by chunk: never a coordinate list of every voxel
         counts = present_classes(pre_label)
@@ -158,7 +162,7 @@ def _process_case(
                     "p99_5": float(np.percentile(values, 99.5)),
                 }
             )
-    atomic_write(folder / f"{case.id}.locations.npz", lambda f: np.savez(f, **locations))  # type: ignore[arg-type]
+    atomic_write(case_file(out, case.id, "locations"), lambda f: np.savez(f, **locations))  # type: ignore[arg-type]
     summary = {
         "key": key,
         "meta": meta.model_dump(mode="json"),
@@ -168,7 +172,7 @@ def _process_case(
         "class_voxels": class_voxels,
         "foreground_intensity": intensity,
     }
-    write_json(folder / f"{case.id}.json", summary)
+    write_json(case_file(out, case.id, "record"), summary)
     return summary
 
 
@@ -179,7 +183,7 @@ def _record_fingerprints(out: Path, stale: list[Case], results: dict[int, dict[s
         case = stale[index]
         samples = result.pop("samples")
         if samples is not None:
-            atomic_write(out / "fingerprint" / f"{case.id}.samples.npy", npy(np.asarray(samples, np.float32)))
+            atomic_write(fingerprint_file(out, case.id), npy(np.asarray(samples, np.float32)))
         fingerprints[case.id] = {**result, "key": keys[case.id], "is_ct": is_ct}
 
 
@@ -326,12 +330,12 @@ def _preprocess(
     channels = len(dataset.modalities)
     keys = {case.id: input_key(dataset, case) for case in dataset.cases}
     # a worker killed by a stop may leave a temporary file (we hold the lock: no one else is writing)
-    for folder in ("cases", "fingerprint"):
+    for folder in (CASES, FINGERPRINTS):
         for path in (out / folder).glob(".*.tmp"):
             path.unlink(missing_ok=True)
 
     # 1. fingerprint (spacing, shape, CT foreground samples) of the cases whose files changed
-    fp_path = out / "fingerprint" / "cases.json"
+    fp_path = fingerprint_file(out)
     fingerprints: dict[str, Any] = read_json_or_none(fp_path) or {}
     stale = [
         c
@@ -366,7 +370,7 @@ def _preprocess(
     )
     if dataset.is_ct:
         norm = _ct_normalization(
-            [np.load(out / "fingerprint" / f"{c.id}.samples.npy") for c in dataset.cases]
+            [np.load(fingerprint_file(out, c.id)) for c in dataset.cases]
         )
     else:
         norm = Normalization(scheme="zscore_nonzero")
@@ -392,9 +396,8 @@ def _preprocess(
     todo: list[Case] = []
     for case in dataset.cases:
         key = {"files": keys[case.id], "settings": settings_key}
-        record = out / "cases" / f"{case.id}.json"
-        previous = read_json_or_none(record)
-        files_ok = all((out / "cases" / f"{case.id}{s}").exists() for s in (".image.npy", ".locations.npz"))
+        previous = read_json_or_none(case_file(out, case.id, "record"))
+        files_ok = all(case_file(out, case.id, part).exists() for part in ("image", "locations"))
         if previous is not None and previous.get("key") == key and files_ok:
             summaries[case.id] = previous
         else:
@@ -407,9 +410,8 @@ def _preprocess(
         summaries[case.id] = summary
 
     # 3. forget cases that left the data set, then commit the manifest
-    suffixes = (".image.npy", ".label.npy", ".locations.npz", ".json")
-    known = {f"{c.id}{s}" for c in dataset.cases for s in suffixes}
-    for path in (out / "cases").iterdir():
+    known = {case_file(out, c.id, part).name for c in dataset.cases for part in CASE_PARTS}
+    for path in (out / CASES).iterdir():
         if path.name not in known and not path.name.startswith("."):
             path.unlink()
     manifest = {
