@@ -33,7 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from scnas_dsl.errors import CompileError, RunError, ScnasError
 from scnas_dsl.files import write_text
-from scnas_dsl.model import CellSpec, Document, Genotype, Import, SearchSpace
+from scnas_dsl.graph.scn_text import genotype_text, space_text
+from scnas_dsl.model import CellSpec, Genotype, SearchSpace
 from scnas_dsl.nn.cost import estimate
 from scnas_dsl.nn.derive import derive_genotype
 from scnas_dsl.nn.network import build_network, check_input_size
@@ -389,19 +390,16 @@ def _shortfall(space: SearchSpace, s: SampleSettings, found: int, n: int, values
 
 def _space_text(space: SearchSpace, space_file: Path | None, signatures: Signatures) -> str:
     """The file's own text when it holds just this space (comments kept), else the canonical print."""
-    from scnas_dsl.graph.printer import print_document
     from scnas_dsl.loader import load
 
-    if space_file is not None:
-        document = load(space_file, signatures).document
-        if not document.imports and not document.genotypes and [s.name for s in document.spaces] == [space.name]:
-            return space_file.read_text(encoding="utf-8-sig")
-    return print_document(Document(spaces=(space,)))
+    if space_file is None:
+        return space_text(space, None, False)
+    document = load(space_file, signatures).document
+    alone = not document.imports and not document.genotypes and [s.name for s in document.spaces] == [space.name]
+    return space_text(space, space_file.read_text(encoding="utf-8-sig"), alone)
 
 
 def _genotype_file_text(sample: SampledGenotype, index: int, count: int) -> str:
-    from scnas_dsl.graph.printer import print_document
-
     s, name = sample.settings, sample.genotype.name
     lines = [f"Random genotype {index + 1} of {count} of space '{s.space}', drawn by `scnas sample` (seed {s.seed}):",
              "one operation per edge, uniform over the edge's set; a cell without a live path was drawn again.",
@@ -411,8 +409,7 @@ def _genotype_file_text(sample: SampledGenotype, index: int, count: int) -> str:
         lines.append(f"Matched to '{s.like}': {quantity(s.match)} within {s.tolerance:.0%} of "
                      f"{describe(s.match, s.target or 0)} ({sample.relative_difference:+.1%}).")
     lines.append(f"Train it with: scnas train {name}.scn --data DATA")
-    body = print_document(Document(imports=(Import(path=SPACE_FILE),), genotypes=(sample.genotype,)))
-    return "".join(f"# {line}\n" for line in lines) + body
+    return genotype_text(sample.genotype, "\n".join(lines), SPACE_FILE)
 
 
 def _remove_earlier_samples(out: Path, kept: set[Path]) -> None:

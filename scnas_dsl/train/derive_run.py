@@ -20,6 +20,7 @@ from typing import Any
 
 from scnas_dsl.errors import CheckpointError, RunError, ScnasError
 from scnas_dsl.files import atomic_write
+from scnas_dsl.graph.scn_text import genotype_text
 from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype, SearchSpace
 from scnas_dsl.nn import TemperatureSchedule, build_supernet
@@ -28,7 +29,6 @@ from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.config import SearchConfig, SelectionConfig
 from scnas_dsl.train.data_context import DataContext, loader, open_data
 from scnas_dsl.train.device import Runtime, setup_runtime
-from scnas_dsl.train.genotype_files import genotype_text
 from scnas_dsl.train.loop import adam
 from scnas_dsl.train.runs import RunFolder
 from scnas_dsl.train.selection import Score, Selection, SupernetScorer, score_batches

@@ -21,6 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from scnas_dsl.errors import CheckpointError
+from scnas_dsl.graph.scn_text import genotype_text
 from scnas_dsl.loader import load
 from scnas_dsl.model import Document, SearchSpace
 from scnas_dsl.nn import build_network
@@ -39,7 +40,6 @@ from scnas_dsl.train.data_context import (
     per_rank_batch,
 )
 from scnas_dsl.train.device import Runtime, load_scaler_state, settle_checkpointing, setup_runtime
-from scnas_dsl.train.genotype_files import genotype_text
 from scnas_dsl.train.inference import InferenceStopped, sliding_window_inference
 from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.train.losses import deep_supervision_loss, soft_jaccard_loss

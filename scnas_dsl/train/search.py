@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from scnas_dsl.errors import CheckpointError, RunError, ScnasError
+from scnas_dsl.graph.scn_text import genotype_body, genotype_text, space_text
 from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype, SearchSpace
 from scnas_dsl.nn import TemperatureSchedule, build_supernet
@@ -39,7 +40,6 @@ from scnas_dsl.train.data_context import (
     per_rank_batch,
 )
 from scnas_dsl.train.device import Runtime, load_scaler_state, settle_checkpointing, setup_runtime
-from scnas_dsl.train.genotype_files import genotype_body, genotype_text, space_text
 from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.train.losses import soft_jaccard_loss
 from scnas_dsl.train.plots import plot_search, plot_search_progress

@@ -21,7 +21,7 @@ import os, sys
 import torch
 from scnas_dsl.train.config import SearchConfig
 from scnas_dsl.train.search import run_search
-from scnas_dsl.train.genotype_files import genotype_body
+from scnas_dsl.graph.scn_text import genotype_body
 
 spec, data, out, report = sys.argv[1:5]
 cfg = SearchConfig(spec=spec, data=data, out=out, epochs=2, batch_size=2, patch=(16, 16, 16), stem_width=4,

@@ -1,4 +1,5 @@
-"""The ``.scn`` text a run writes: its space, and genotypes that ``scnas train`` can load."""
+"""The ``.scn`` text scnas writes (one writer for the search's, the retraining's, ``derive``'s and ``sample``'s files):
+a space (its own text when it stands alone, comments kept) and genotype files that import it."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ def space_text(space: SearchSpace, source_text: str | None, self_contained: bool
     return print_document(Document(spaces=(space,)))
 
 
-def genotype_text(genotype: Genotype, header: str) -> str:
-    """``genotype.scn``: a comment header, ``import "space.scn"`` and the genotype."""
+def genotype_text(genotype: Genotype, header: str, space_file: str = "space.scn") -> str:
+    """A genotype file: a comment header (one ``#`` line per line), ``import "<space_file>"`` and the
+    genotype."""
     from scnas_dsl.graph.printer import print_document
 
-    body = print_document(Document(imports=(Import(path="space.scn"),), genotypes=(genotype,)))
+    body = print_document(Document(imports=(Import(path=space_file),), genotypes=(genotype,)))
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     return comment + body
 
