@@ -12,8 +12,9 @@ import networkx as nx
 
 from scnas_dsl.model import CellChoice, CellSpec, Genotype, SearchSpace
 from scnas_dsl.model.structure import OUTPUT, cell_type_of, dead_in_cell, live_edges, zero_ops
+from scnas_dsl.model.wiring import STEM, wiring
 
-__all__ = ["OUTPUT", "cell_graph", "cell_type_of", "dead_in_cell", "dead_nodes", "levels", "live_edges",
+__all__ = ["OUTPUT", "cell_graph", "cell_type_of", "dead_in_cell", "dead_nodes", "live_edges",
            "spec_of", "unet_graph", "zero_ops"]
 
 
@@ -77,20 +78,6 @@ def dead_nodes(space: SearchSpace, genotype: Genotype) -> dict[str, list[str]]:
     return out
 
 
-def levels(space: SearchSpace) -> list[tuple[str, str, CellSpec, int]]:
-    """(instance name, section, cell type, level of its output) for every cell in order: the stem is at
-    level 0, a reduction cell goes one level down (+1) and an expansion cell one level up (-1)."""
-    level = 0
-    out: list[tuple[str, str, CellSpec, int]] = []
-    for (instance, spec), (section, _) in zip(space.instances(), space.unet.sequence(), strict=True):
-        if spec.role == "reduction":
-            level += 1
-        elif spec.role == "expansion":
-            level -= 1
-        out.append((instance, section, spec, level))
-    return out
-
-
 def unet_graph(space: SearchSpace) -> nx.MultiDiGraph:
     """The U-Net as a graph of blocks: ``"stem"``, every cell instance (``enc[0]``...), ``"head"``.
 
@@ -103,33 +90,28 @@ def unet_graph(space: SearchSpace) -> nx.MultiDiGraph:
     a cell with n inputs reads the n previous blocks (``in{n-1}`` the previous one), and the first cell
     takes the stem output for every input. A ``"skip"`` edge is the decoder sum of the paper: the output
     of the last encoder-side block at the level of the previous block's output (the stem for level 0) is
-    summed into ``in{n-1}`` of every decoder cell, unless that block is the previous block itself. This is
-    the wiring ``scnas_dsl.nn.plan`` builds (a test checks that the two agree).
+    summed into ``in{n-1}`` of every decoder cell, unless that block is the previous block itself: the wiring
+    of ``scnas_dsl.model.wiring``, which ``scnas_dsl.nn.plan`` builds on too.
     """
     unet = space.unet
     graph = nx.MultiDiGraph(name=space.name, dims=unet.dims, share=unet.share)
     stem_width = unet.stem.width or 1
     graph.add_node("stem", kind="stem", section="stem", level=0, width=stem_width, op=unet.stem.call.kind)
-    order = ["stem"]
-    last_at_level: dict[int, str] = {0: "stem"}
-    for instance, section, spec, level in levels(space):
-        prev = order[-1]
-        graph.add_node(instance, kind="cell", section=section, cell_type=spec.name, role=spec.role,
-                       level=level, width=stem_width * unet.width_factor ** max(level, 0))
-        for j in range(spec.inputs):
-            back = spec.inputs - j
-            source = order[-back] if back <= len(order) else "stem"
+    cells = wiring(space)
+    names = {STEM: "stem", **{cell.index: cell.instance for cell in cells}}
+    for cell in cells:
+        spec, instance = cell.spec, cell.instance
+        graph.add_node(instance, kind="cell", section=cell.section, cell_type=spec.name, role=spec.role,
+                       level=cell.out_level, width=stem_width * unet.width_factor ** max(cell.out_level, 0))
+        for j, source_index in enumerate(cell.inputs):
+            source = names[source_index]
             if graph.has_edge(source, instance, "sequence"):
                 graph.edges[source, instance, "sequence"]["inputs"].append(j)
             else:
                 graph.add_edge(source, instance, "sequence", kind="sequence", inputs=[j])
-        if section == "decoder":
-            skip = last_at_level.get(graph.nodes[prev]["level"])
-            if skip is not None and skip != prev:
-                graph.add_edge(skip, instance, "skip", kind="skip", inputs=[spec.inputs - 1])
-        if section == "encoder":
-            last_at_level[level] = instance
-        order.append(instance)
+        if cell.skip is not None:
+            graph.add_edge(names[cell.skip], instance, "skip", kind="skip", inputs=[spec.inputs - 1])
+    order = ["stem", *(cell.instance for cell in cells)]
     graph.add_node("head", kind="head", section="head", level=0, width=stem_width, op=unet.head.call.kind)
     graph.add_edge(order[-1], "head", "sequence", kind="sequence", inputs=[0])
     return graph

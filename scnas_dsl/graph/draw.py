@@ -264,13 +264,10 @@ def draw_genotype_grid(space: SearchSpace, genotypes: list[tuple[str, Genotype]]
 
 
 def topology_levels(space: SearchSpace) -> list[tuple[str, str, str, int]]:
-    """(section, instance, role, output level) of every cell of the U-Net, in order."""
-    level = 0
-    out: list[tuple[str, str, str, int]] = []
-    for (instance, spec), (section, _) in zip(space.instances(), space.unet.sequence(), strict=True):
-        level += {"reduction": 1, "expansion": -1}.get(spec.role, 0)
-        out.append((section, instance, spec.role, level))
-    return out
+    """(section, instance, role, output level) of every cell of the U-Net, in order (``model.wiring``)."""
+    from scnas_dsl.model.wiring import wiring
+
+    return [(cell.section, cell.instance, cell.spec.role, cell.out_level) for cell in wiring(space)]
 
 
 def draw_topology(axes: Axes, space: SearchSpace) -> None:

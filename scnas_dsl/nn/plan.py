@@ -28,9 +28,7 @@ from dataclasses import dataclass, field
 from scnas_dsl.errors import CompileError
 from scnas_dsl.model import CellSpec, Genotype, SearchSpace
 from scnas_dsl.model.structure import decoder_levels
-
-STEM = -1
-"""Source index of the stem in ``InputPlan.source``."""
+from scnas_dsl.model.wiring import STEM, wiring  # STEM: the stem's index as a source in ``InputPlan.source``
 
 
 @dataclass(frozen=True)
@@ -227,17 +225,14 @@ def build_plan(space: SearchSpace, *, stem_width: int | None = None, genotype: G
 
     keys = space.structure_keys()
     outs: dict[int, tuple[int, int]] = {STEM: (0, width0)}  # source -> (level, width)
-    skip_at: dict[int, int] = {0: STEM}  # level -> source of the skip
     cells: list[CellPlan] = []
     notes: list[str] = []
     deepest = 0
-    for k, (instance, spec) in enumerate(space.instances()):
-        section = unet.sequence()[k][0]
+    for wired in wiring(space):  # levels, inputs and skips: model/wiring.py; here widths and live structure
+        k, instance, spec, section = wired.index, wired.instance, wired.spec, wired.section
         key = keys[k] if unet.share == "by_level" else spec.name
         prev = k - 1 if k > 0 else STEM
-        in_level = outs[prev][0]
-        role = spec.role
-        out_level = in_level + (1 if role == "reduction" else -1 if role == "expansion" else 0)
+        in_level, out_level, role = wired.in_level, wired.out_level, spec.role
         if out_level < 0:
             raise CompileError(
                 f"space '{space.name}': the expansion cell {instance} would go above the stem's resolution "
@@ -279,23 +274,18 @@ def build_plan(space: SearchSpace, *, stem_width: int | None = None, genotype: G
         out_width = width * count
         inputs = []
         n_in = spec.inputs
-        for j in range(n_in):
-            src = k - n_in + j
-            src = src if src >= 0 else STEM
+        for j, src in enumerate(wired.inputs):
             level, w = outs[src]
             inputs.append(InputPlan(f"in{j}", src, level, w, 2.0 ** (level - work_level)))
         skip, gate = None, None
-        if section == "decoder":
-            skip_src = skip_at.get(in_level)
-            if skip_src is not None and skip_src != prev:
-                skip = SkipPlan(f"in{n_in - 1}", skip_src, outs[skip_src][1], outs[prev][1])
-                if unet.skips == "attention":
-                    gate = _gate(in_level, skip_src, prev, cells)
+        if wired.skip is not None:
+            skip_src = wired.skip
+            skip = SkipPlan(f"in{n_in - 1}", skip_src, outs[skip_src][1], outs[prev][1])
+            if unet.skips == "attention":
+                gate = _gate(in_level, skip_src, prev, cells)
         cells.append(CellPlan(k, instance, key, section, spec, in_level, work_level, out_level, width,
                               tuple(inputs), skip, tuple(edges), tuple(nodes), tuple(outputs), out_width, gate))
         outs[k] = (out_level, out_width)
-        if section == "encoder":
-            skip_at[out_level] = k
     last = len(cells) - 1 if cells else STEM
     if outs[last][0] != 0:
         raise CompileError(

@@ -21,6 +21,7 @@ from scnas_dsl.data.resample import preprocessed_note
 from scnas_dsl.data.splits import FoldSplit, get_fold
 from scnas_dsl.errors import RunError
 from scnas_dsl.model import SearchSpace
+from scnas_dsl.model.wiring import reductions
 from scnas_dsl.train.config import CommonConfig
 from scnas_dsl.train.device import Runtime
 
@@ -73,12 +74,6 @@ def default_patch(pre: Preprocessed, case_ids: list[str], levels: int) -> tuple[
                  for m in median)
 
 
-def levels_of(space: SearchSpace) -> int:
-    """How many down-samplings the U-Net of ``space`` makes (its reduction cells)."""
-    roles = [space.cell(ref.name).role for _, ref in space.unet.sequence()]  # type: ignore[union-attr]
-    return roles.count("reduction")
-
-
 def patch_for(cfg: CommonConfig, data: DataContext, space: SearchSpace) -> tuple[int, int, int]:
     """The configured patch, or :func:`default_patch` for the fold's training cases; checked against the
     space (3D, divisible by 2**levels)."""
@@ -88,7 +83,7 @@ def patch_for(cfg: CommonConfig, data: DataContext, space: SearchSpace) -> tuple
     if space.unet.dims != 3:
         raise RunError(f"space '{space.name}' is {space.unet.dims}D but the data is 3D volumes; use a space with "
                        "`dims 3` (2D training on slices is not supported)")
-    patch = cfg.patch if cfg.patch is not None else default_patch(data.pre, data.fold.train, levels_of(space))
+    patch = cfg.patch if cfg.patch is not None else default_patch(data.pre, data.fold.train, reductions(space))
     try:
         check_input_size(space, patch)
     except CompileError as err:
