@@ -211,12 +211,16 @@ def plan_cmd(
     try:
         pre = _open_preprocessed(folder, out)
         source = pre if pre is not None else open_dataset(folder)
-        estimator = None
+        estimator, divisor = None, 8
         if spec is not None:
             modalities = pre.dataset.modalities if pre is not None else source.modalities  # type: ignore[union-attr]
             labels = pre.dataset.labels if pre is not None else source.labels  # type: ignore[union-attr]
             estimator = spec_estimator(spec, len(modalities), max(labels) + 1)
-        result = plan(source, memory_gb=memory_gb, spec_estimator=estimator)
+            from scnas_dsl.loader import load
+            from scnas_dsl.model.wiring import reductions
+
+            divisor = 2 ** reductions(load(spec).subject()[0])  # the spec's U-Net: the patch divides by this
+        result = plan(source, memory_gb=memory_gb, spec_estimator=estimator, divisor=divisor)
     except DataError as err:
         raise _fail(err) from err
     # preprocessed: its target against its cases' spacing; raw: what the default 0.7 mm would do

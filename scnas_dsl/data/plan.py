@@ -34,6 +34,16 @@ MAX_COVERAGE = 0.05
 Estimator = Callable[[tuple[int, ...], int], float]
 
 
+def default_patch(median_shape: Sequence[float], divisor: int = DIVISOR,
+                  max_patch: Sequence[int] = PAPER_PATCH) -> tuple[int, ...]:
+    """The one patch rule of ``scnas data plan`` and of training's default: the paper's 128^3 capped per axis by
+    the median shape rounded up to a multiple of ``divisor`` (``2**`` the U-Net's down-samplings), at least
+    ``max(MIN_AXIS, divisor)`` and at most ``max_patch`` rounded down to the divisor."""
+    floor = max(MIN_AXIS, divisor)
+    return tuple(int(min(max(m // divisor * divisor, floor), max(floor, divisor * math.ceil(s / divisor))))
+                 for s, m in zip(median_shape, max_patch, strict=True))
+
+
 @dataclass(frozen=True)
 class Plan:
     """The chosen ``patch_size`` and ``batch_size`` and the data set fingerprint they come from."""
@@ -113,10 +123,12 @@ def plan(
     memory_gb: float = 16.0,
     spec_estimator: Estimator | None = None,
     max_patch: Sequence[int] = PAPER_PATCH,
+    divisor: int = DIVISOR,
 ) -> Plan:
     """Fingerprint ``source`` and choose patch and batch size for ``memory_gb`` (see the module docstring).
 
-    ``spec_estimator(patch, batch) -> bytes`` plugs in the compiler's memory estimate for a spec. A raw
+    ``spec_estimator(patch, batch) -> bytes`` plugs in the compiler's memory estimate for a spec, ``divisor``
+    (``2**`` its down-samplings, default 8) what every patch axis divides by. A raw
     :class:`Dataset` is planned at its own voxel size (no crop), a :class:`Preprocessed` one at its target.
     """
     if memory_gb <= 0:
@@ -128,19 +140,17 @@ def plan(
     median_spacing = tuple(float(v) for v in np.median(spacings, axis=0))
     estimate = spec_estimator or default_estimator
     budget = memory_gb * 1e9
-    patch = [
-        min(int(m), max(MIN_AXIS, DIVISOR * math.ceil(s / DIVISOR)))
-        for s, m in zip(median_shape, max_patch, strict=True)
-    ]
+    # the unrounded median, as training's default takes it: one rule, one result
+    patch = list(default_patch([float(v) for v in np.median(shapes, axis=0)], divisor, max_patch))
     while estimate(tuple(patch), 1) > budget:
-        shrinkable = [a for a in range(3) if patch[a] - DIVISOR >= MIN_AXIS]
+        shrinkable = [a for a in range(3) if patch[a] - divisor >= max(MIN_AXIS, divisor)]
         if not shrinkable:
             raise DataError(
                 f"a memory budget of {memory_gb} GB is too small even for a {tuple(patch)} patch at batch 1 "
                 f"(estimate {estimate(tuple(patch), 1) / 1e9:.2f} GB); raise --memory-gb or use a smaller network"
             )
         axis = max(shrinkable, key=lambda a: patch[a] / max(median_shape[a], 1))
-        patch[axis] -= DIVISOR
+        patch[axis] -= divisor
     total_voxels = float(sum(math.prod(s) for s in shapes))
     batch = 1
     while (

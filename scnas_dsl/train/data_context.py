@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import torch.distributed as dist
 
 from scnas_dsl.data.augment import AugmentConfig
 from scnas_dsl.data.loader import PatchLoader, default_workers, make_loader
+from scnas_dsl.data.plan import default_patch as patch_rule
 from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
 from scnas_dsl.data.resample import preprocessed_note
 from scnas_dsl.data.splits import FoldSplit, get_fold
@@ -66,12 +66,11 @@ def open_data(cfg: CommonConfig, runtime: Runtime) -> DataContext:
 
 
 def default_patch(pre: Preprocessed, case_ids: list[str], levels: int) -> tuple[int, int, int]:
-    """128^3 (the paper's patch) shrunk per axis to the median preprocessed shape, rounded up to a multiple
-    of ``2**levels`` so that the U-Net can take it."""
-    step = 2**levels
+    """The patch rule of ``scnas data plan`` (``scnas_dsl.data.plan.default_patch``) on the median preprocessed
+    shape of ``case_ids``, every axis a multiple of ``2**levels`` so that the U-Net can take it."""
     median = np.median([pre.meta(c).shape for c in case_ids], axis=0)
-    return tuple(int(max(step, min(PAPER_PATCH // step * step, math.ceil(m / step) * step)))  # type: ignore[return-value]
-                 for m in median)
+    patch = patch_rule([float(m) for m in median], 2**levels, (PAPER_PATCH,) * 3)
+    return (patch[0], patch[1], patch[2])
 
 
 def patch_for(cfg: CommonConfig, data: DataContext, space: SearchSpace) -> tuple[int, int, int]:

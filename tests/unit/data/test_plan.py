@@ -62,3 +62,17 @@ def test_too_small_budget_is_a_clear_error(brain_msd: Path) -> None:
         plan(open_dataset(brain_msd), memory_gb=0.001)
     with pytest.raises(DataError, match="must be positive"):
         plan(open_dataset(brain_msd), memory_gb=0)
+
+
+def test_training_defaults_to_the_patch_data_plan_recommends(brain_msd: Path, tmp_path: Path) -> None:
+    """One patch rule: with memory to spare, `scnas data plan` and `scnas train`'s default agree (training takes
+    the median over the fold's training cases; here both take every case)."""
+    from scnas_dsl.data.plan import default_patch
+    from scnas_dsl.train.data_context import default_patch as training_default
+
+    pre = preprocess_dataset(brain_msd, out=tmp_path / "pre", spacing=None, progress=False)
+    recommended = plan(pre, memory_gb=1e6).patch_size
+    assert training_default(pre, pre.case_ids, levels=3) == recommended
+    assert plan(pre, memory_gb=1e6, divisor=16).patch_size == training_default(pre, pre.case_ids, levels=4)
+    assert default_patch((5.0, 300.0, 40.0), 8) == (16, 128, 40)  # at least 16, at most 128, multiples of 8
+    assert default_patch((5.0, 300.0, 40.0), 32) == (32, 128, 64)
