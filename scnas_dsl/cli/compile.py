@@ -13,6 +13,7 @@ from scnas_dsl.cli.options import OPS, operations
 from scnas_dsl.errors import ScnasError
 from scnas_dsl.files import write_text
 from scnas_dsl.ops.plugins import check_recorded
+from scnas_dsl.train.runs import GENOTYPE, NETWORK, read_network
 
 USAGE = 2
 
@@ -94,21 +95,17 @@ def compile_cmd(
         raise _usage(f"{file}: no such file")
     extra = operations(ops)
     if file.is_dir():  # a training run: compile the network it trained, as scnas predict rebuilds it
-        recipe_path = file / "network.json"
-        if not recipe_path.is_file() or not (file / "genotype.scn").is_file():
-            raise _usage(f"{file}: a folder, but not a run folder of scnas train (no network.json and "
-                         "genotype.scn); give a .scn file or the --out folder of a training run")
-        try:
-            recipe = json.loads(recipe_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ScnasError(f"{recipe_path}: cannot be read ({err})") from err
+        if not (file / NETWORK).is_file() or not (file / GENOTYPE).is_file():
+            raise _usage(f"{file}: a folder, but not a run folder of scnas train (no {NETWORK} and "
+                         f"{GENOTYPE}); give a .scn file or the --out folder of a training run")
+        recipe = read_network(file)  # the run folder's one reader of network.json
         check_recorded(file, extra)
-        file = file / "genotype.scn"
-        in_channels = in_channels or recipe["in_channels"]
-        classes = classes or recipe["num_classes"]
-        stem_width = stem_width or recipe["stem_width"]
-        if deep_supervision is None and "deep_supervision" in recipe:
-            deep_supervision = recipe["deep_supervision"]
+        file = file / GENOTYPE
+        in_channels = in_channels or recipe.in_channels
+        classes = classes or recipe.num_classes
+        stem_width = stem_width or recipe.stem_width
+        if deep_supervision is None and recipe.deep_supervision is not None:
+            deep_supervision = recipe.deep_supervision
     in_channels, classes = in_channels or 1, classes or 2
     if emit is not None and emit != "torch":
         raise _usage(f"--emit {emit}: the only target is 'torch'")

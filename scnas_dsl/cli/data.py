@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from scnas_dsl.data.cache import MANIFEST
 from scnas_dsl.errors import DataError
 
 USAGE = 2
@@ -141,7 +142,7 @@ def _open_preprocessed(folder: Path, out: Path | None):
     from scnas_dsl.data.preprocess import Preprocessed, cache_root, find_preprocessed
 
     if out is not None:
-        return Preprocessed(out) if (out / "preprocessed.json").exists() else None
+        return Preprocessed(out) if (out / MANIFEST).exists() else None
     dataset = open_dataset(folder)
     found = find_preprocessed(dataset)
     if not found:

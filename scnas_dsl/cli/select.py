@@ -10,6 +10,7 @@ import typer
 
 from scnas_dsl.cli.options import OPS
 from scnas_dsl.cli.run import user_errors
+from scnas_dsl.train.runs import CONFIG
 
 RUN = typer.Argument(..., help="the folder of a search (scnas search --out), finished or not")
 DATA = typer.Option(None, "--data", help="the search's data set, when it has moved (default: the recorded path)")
@@ -30,7 +31,7 @@ def _settings(run: Path, **given: Any) -> Any:
 
     recorded: dict[str, Any] = {}
     try:
-        recorded = dict(json.loads((run / "config.json").read_text()).get("selection") or {})
+        recorded = dict(json.loads((run / CONFIG).read_text()).get("selection") or {})
     except (OSError, ValueError, AttributeError):
         pass  # open_search reports a missing or broken config.json with its own message
     try:

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scnas_dsl.data.cache import MANIFEST
 from scnas_dsl.data.dataset import open_dataset
 from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
 from scnas_dsl.data.splits import FoldSplit, get_fold, load_folds
@@ -58,7 +59,18 @@ from scnas_dsl.train.metrics import Evaluation, evaluate_pairs, nanmean
 from scnas_dsl.train.predict import CHECKPOINTS, PredictionStopped, Weights, predict_run
 from scnas_dsl.train.resume import check_resumed_settings
 from scnas_dsl.train.retrain import run_train
-from scnas_dsl.train.runs import MARKER, json_safe
+from scnas_dsl.train.runs import (
+    CHECKPOINT_DIR,
+    CONFIG,
+    GENOTYPE,
+    LAST,
+    MARKER,
+    NETWORK,
+    PREPROCESSING,
+    SPACE,
+    SPLIT,
+    json_safe,
+)
 from scnas_dsl.train.search import run_search
 
 #: marks a folder ``scnas cv`` made: only such a folder is continued (--resume) or redone (--force)
@@ -116,9 +128,9 @@ def search_cases(genotype: Path | str) -> SearchCases | None:
         if sidecar.is_file():
             record = json.loads(sidecar.read_text())
         elif (run / MARKER).is_file() and (run / MARKER).read_text().strip() == "search" \
-                and (run / "split.json").is_file():
-            record = json.loads((run / "split.json").read_text())
-            config = run / "config.json"
+                and (run / SPLIT).is_file():
+            record = json.loads((run / SPLIT).read_text())
+            config = run / CONFIG
             record["data"] = json.loads(config.read_text()).get("data") if config.is_file() else None
             record["search"] = str(run)
         else:
@@ -233,7 +245,7 @@ def _f(v: float) -> str:
 
 def _source_dataset(data: str) -> Path:
     folder = Path(data)
-    if (folder / "preprocessed.json").is_file():
+    if (folder / MANIFEST).is_file():
         return Path(Preprocessed(folder).dataset.source_root)
     return folder
 
@@ -242,7 +254,7 @@ def fold_splits(cfg: CommonConfig) -> dict[int, FoldSplit]:
     """Every fold of ``cfg.data`` as the runs will see it (the data is preprocessed into the cache first, as
     a run would do; an already preprocessed folder is used as it is)."""
     source = Path(cfg.data)
-    if (source / "preprocessed.json").is_file():
+    if (source / MANIFEST).is_file():
         pre = Preprocessed(source)
     else:
         pre = preprocess_dataset(source, spacing=cfg.spacing, progress=cfg.progress)
@@ -268,13 +280,13 @@ def _trained(fold_dir: Path, cfg: TrainConfig) -> bool:
     """The fold's training ran to its end, read from the weights cv scores (``last.pt``, a training state):
     saved at the end of an epoch, and either all ``cfg.epochs`` epochs done or stopped by the learning-rate
     floor. A fold stopped earlier (or asked for more epochs now) is resumed."""
-    return _finished(fold_dir / "checkpoints" / "last.pt", "train", cfg.epochs, cfg.min_lr)
+    return _finished(fold_dir / CHECKPOINT_DIR / LAST, "train", cfg.epochs, cfg.min_lr)
 
 
 def _searched(run: Path, cfg: SearchConfig) -> bool:
     """The fold's search ran all ``cfg.epochs`` and wrote its genotype; a search with other settings than
     now is refused (as resuming it would be)."""
-    if not ((run / "genotype.scn").is_file() and _finished(run / "checkpoints" / "last.pt", "search", cfg.epochs)):
+    if not ((run / GENOTYPE).is_file() and _finished(run / CHECKPOINT_DIR / LAST, "search", cfg.epochs)):
         return False
     settings = cfg.model_dump(mode="json")
     if settings["patch"] is None:  # the run recorded the patch it chose; not choosing one is no change
@@ -300,8 +312,8 @@ def fold_settings(run: Path) -> dict[str, Any]:
     """The settings of the retraining in ``run`` as it ran: ``config.json`` (what was asked), ``network.json``
     (what was built: stem width, patch, deep supervision levels, ``[]`` = off) and the spacing the data was
     preprocessed at (``preprocessing/preprocessed.json``); what a file lacks falls back to ``config.json``."""
-    config, network = _read_json(run / "config.json"), _read_json(run / "network.json")
-    spacing = _read_json(run / "preprocessing" / "preprocessed.json").get("spacing", config.get("spacing"))
+    config, network = _read_json(run / CONFIG), _read_json(run / NETWORK)
+    spacing = _read_json(run / PREPROCESSING / MANIFEST).get("spacing", config.get("spacing"))
     settings = {key: config.get(key) for key in FOLD_SETTINGS}
     settings.update({key: network[key] for key in ("stem_width", "patch", "deep_supervision") if key in network})
     settings["spacing"] = spacing
@@ -398,15 +410,15 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
             genotype = _search_fold(search, out, fold, splits[fold], resume=resume, force=force)
             genotypes[fold] = genotype
             run_dir = fold_dir / "train"
-            cfg = base.model_copy(update={"genotype": str(fold_dir / "search" / "genotype.scn"),
+            cfg = base.model_copy(update={"genotype": str(fold_dir / "search" / GENOTYPE),
                                           "genotype_name": None})
         cfg = cfg.model_copy(update={"fold": fold, "out": str(run_dir)})
         runs[fold] = run_dir
         if not (resume and _trained(run_dir, cfg)):
-            run_train(cfg, resume=resume and (run_dir / "checkpoints" / "last.pt").is_file(),
+            run_train(cfg, resume=resume and (run_dir / CHECKPOINT_DIR / LAST).is_file(),
                       resume_hint=f"scnas cv ... --out {out} --resume",
                       force=force and run_dir.exists())
-        split = json.loads((run_dir / "split.json").read_text())
+        split = json.loads((run_dir / SPLIT).read_text())
         images = [p for case in split["val"] for p in dataset.case(case).images]
         scored = fold_dir / f"validation{suffix}"
         try:
@@ -440,21 +452,21 @@ def _search_fold(search: SearchConfig, out: Path, fold: int, split: FoldSplit, *
     cfg = search.model_copy(update={"fold": fold, "out": str(run)})
     if not (resume and _searched(run, cfg)):
         try:
-            run_search(cfg, resume=resume and (run / "checkpoints" / "last.pt").is_file(),
+            run_search(cfg, resume=resume and (run / CHECKPOINT_DIR / LAST).is_file(),
                        force=force and run.exists())
         except RunInterrupted as err:
             raise RunInterrupted(f"the search of fold {fold} stopped after saving a checkpoint; continue the "
                                  f"cross-validation with scnas cv ... --out {out} --resume") from err
-    record = json.loads((run / "split.json").read_text())
+    record = json.loads((run / SPLIT).read_text())
     seen = set(record["weight_part"]) | set(record["arch_part"])
     if seen & set(split.val) or record.get("fold") != fold:
         raise RunError(f"{run / 'split.json'}: the search of fold {fold} trained on validation cases of that fold "
                        f"({', '.join(sorted(seen & set(split.val)))}); this is a bug, please report it")
     target = out / "genotypes"
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "space.scn", target / "space.scn")
+    shutil.copyfile(run / SPACE, target / SPACE)
     genotype = target / f"fold_{fold}.scn"
-    shutil.copyfile(run / "genotype.scn", genotype)
+    shutil.copyfile(run / GENOTYPE, genotype)
     write_text(target / f"fold_{fold}{SEARCH_RECORD}", json.dumps(
         {"search": str(run.resolve()), "data": str(Path(search.data).resolve()), "fold": fold, "weight_part": record["weight_part"],
          "arch_part": record["arch_part"], "val": record.get("val", [])}, indent=1) + "\n")

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from scnas_dsl.data.augment import AugmentConfig
+from scnas_dsl.data.cache import MANIFEST
 from scnas_dsl.data.loader import PatchLoader, default_workers, make_loader
 from scnas_dsl.data.plan import default_patch as patch_rule
 from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
@@ -46,7 +47,7 @@ def open_data(cfg: CommonConfig, runtime: Runtime) -> DataContext:
     root: list[Any] = [None]
     if runtime.is_main:
         source = Path(cfg.data)
-        if (source / "preprocessed.json").is_file():
+        if (source / MANIFEST).is_file():
             pre = Preprocessed(source)
         else:
             pre = preprocess_dataset(source, spacing=cfg.spacing, progress=cfg.progress)

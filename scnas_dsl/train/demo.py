@@ -30,6 +30,7 @@ from scnas_dsl.train.config import SearchConfig, TrainConfig
 from scnas_dsl.train.metrics import Evaluation, evaluate_pairs
 from scnas_dsl.train.predict import Weights, predict_run
 from scnas_dsl.train.retrain import run_train
+from scnas_dsl.train.runs import SPACE, SPLIT
 from scnas_dsl.train.search import run_search
 
 #: The paper's eight candidate operations, as .scn operation calls.
@@ -135,13 +136,13 @@ def _run(out: Path, s: DemoSettings, progress: bool, echo: Callable[[str], None]
     data = synthesize(out / "data", "heart", cases=s.cases, shape=s.shape, seed=0)
     # Keep the data's own voxel size (median spacing): small volumes, and no cache outside the demo folder.
     pre = preprocess_dataset(data, out=out / "preprocessed", spacing=None, progress=progress)
-    write_text(out / "space.scn", DEMO_SPACE)
+    write_text(out / SPACE, DEMO_SPACE)
     common: dict[str, Any] = dict(data=str(pre.root), patch=s.patch, stem_width=s.stem_width, device=device, seed=0,
                   spacing=None, progress=progress)
     echo(f"[2/6] searching ({s.search_epochs} epochs x {s.search_batches} steps, pair sampling, "
          f"architecture learning rate {s.arch_lr:g})")
     arch = SearchConfig.model_fields["arch_optimizer"].default.model_copy(update={"lr": s.arch_lr})
-    search = run_search(SearchConfig(spec=str(out / "space.scn"), out=str(out / "search"), epochs=s.search_epochs,
+    search = run_search(SearchConfig(spec=str(out / SPACE), out=str(out / "search"), epochs=s.search_epochs,
                                      batches_per_epoch=s.search_batches, batch_size=s.search_batch,
                                      arch_optimizer=arch, **common))
     assert search is not None  # the demo never stops early
@@ -158,7 +159,7 @@ def _run(out: Path, s: DemoSettings, progress: bool, echo: Callable[[str], None]
     assert trained is not None
     import json
 
-    val = json.loads((out / "train" / "split.json").read_text())["val"]
+    val = json.loads((out / "train" / SPLIT).read_text())["val"]
     dataset_cases = {c: (data / "imagesTr" / f"{c}.nii.gz", data / "labelsTr" / f"{c}.nii.gz") for c in val}
     echo(f"[5/6] predicting the {len(val)} validation cases of fold 0 on their original grid")
     predictions = out / "predictions"

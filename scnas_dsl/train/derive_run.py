@@ -30,7 +30,7 @@ from scnas_dsl.train.config import SearchConfig, SelectionConfig
 from scnas_dsl.train.data_context import DataContext, loader, open_data
 from scnas_dsl.train.device import Runtime, setup_runtime
 from scnas_dsl.train.loop import adam
-from scnas_dsl.train.runs import RunFolder
+from scnas_dsl.train.runs import CHECKPOINT_DIR, CONFIG, GENOTYPE, LAST, SPACE, SPLIT, RunFolder
 from scnas_dsl.train.selection import Score, Selection, SupernetScorer, score_batches
 
 
@@ -55,8 +55,8 @@ def open_search(run: Path | str, *, data: str | None = None, device: str = "auto
     from scnas_dsl.ops.plugins import check_recorded, load_operations
 
     run = Path(run)
-    config_path = run / "config.json"
-    if not config_path.is_file() or not (run / "space.scn").is_file():
+    config_path = run / CONFIG
+    if not config_path.is_file() or not (run / SPACE).is_file():
         raise RunError(f"{run}: not a folder written by `scnas search` (no config.json and space.scn); give the "
                        "--out folder of a search")
     try:
@@ -78,10 +78,10 @@ def open_search(run: Path | str, *, data: str | None = None, device: str = "auto
         raise RunError(f"{config_path}: settings this scnas cannot read ({str(err).splitlines()[0]})") from err
     extra = load_operations(cfg.ops)
     check_recorded(run, extra)
-    loaded = load(run / "space.scn", signatures=extra.library.signatures)
+    loaded = load(run / SPACE, signatures=extra.library.signatures)
     space = loaded.space(cfg.space) if cfg.space and any(s.name == cfg.space for s in loaded.document.spaces) \
         else loaded.space()
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    state = load_checkpoint(run / CHECKPOINT_DIR / LAST)
     if state["kind"] != "search":
         raise CheckpointError(f"{run / 'checkpoints' / 'last.pt'}: a '{state['kind']}' checkpoint, not a search's")
     runtime = setup_runtime(cfg.device, cfg.amp)
@@ -122,7 +122,7 @@ def check_not_in_run(target: Path, run: Path, allowed: str | None = None) -> Non
 
 
 def _check_split(run: Path, data: DataContext) -> None:
-    path = run / "split.json"
+    path = run / SPLIT
     if not path.is_file():
         return
     split = json.loads(path.read_text())
@@ -147,7 +147,7 @@ def derive(search: TrainedSearch, settings: SelectionConfig, out: Path | None = 
 
     run = search.run
     target = out if out is not None else run / f"genotype_{settings.method}.scn"
-    if target.resolve() == (run / "genotype.scn").resolve():
+    if target.resolve() == (run / GENOTYPE).resolve():
         raise RunError(f"{target}: the search's own genotype; write the derived one elsewhere")
     check_not_in_run(target, run, allowed=r"genotype_\w+\.scn")
     if target.suffix != ".scn":
@@ -171,7 +171,7 @@ def derive(search: TrainedSearch, settings: SelectionConfig, out: Path | None = 
               + "Retrain it with: scnas train " + target.name + " --data DATA")
     text = genotype_text(selection.genotype, header)
     if target.parent.resolve() != run.resolve():  # the genotype imports the run's space: give it its own path
-        space_path = Path(os.path.relpath(run.resolve() / "space.scn", target.parent.resolve()))
+        space_path = Path(os.path.relpath(run.resolve() / SPACE, target.parent.resolve()))
         text = text.replace('import "space.scn"', f'import "{space_path.as_posix()}"', 1)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

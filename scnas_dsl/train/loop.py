@@ -32,7 +32,7 @@ from scnas_dsl.stopping import RunInterrupted, StopSignal
 from scnas_dsl.train.config import AdamConfig, PlateauConfig
 from scnas_dsl.train.device import Runtime
 from scnas_dsl.train.inference import InferenceStopped
-from scnas_dsl.train.runs import RunFolder, read_jsonl
+from scnas_dsl.train.runs import LOG, METRICS, RunFolder, read_jsonl
 
 
 @dataclass
@@ -158,7 +158,7 @@ class EpochLoop:
         if self.echo and terminal:
             print(line, flush=True)
         if self.run.writer:
-            with (self.run.path / "log.txt").open("a", encoding="utf-8") as f:
+            with (self.run.path / LOG).open("a", encoding="utf-8") as f:
                 f.write(line + "\n")
 
     def announce(self, what: str, cfg: Any, patch: tuple[int, ...], state: LoopState, resume: bool,
@@ -180,7 +180,7 @@ class EpochLoop:
     def run_job(self, job: Job, state: LoopState) -> LoopEnd:
         """Run the epochs; raises :class:`RunInterrupted` on a stop signal (after the checkpoint)."""
         runtime, steps = self.runtime, self.steps
-        previous = read_jsonl(self.run.path / "metrics.jsonl") if self.run.writer else []
+        previous = read_jsonl(self.run.path / METRICS) if self.run.writer else []
         elapsed_before = float(previous[-1].get("elapsed", 0.0)) if previous else 0.0
         session_start, session_epochs = time.time(), 0
         epochs_run, epoch = 0, state.epoch - 1
@@ -222,7 +222,7 @@ class EpochLoop:
                 total = elapsed + per_epoch * (self.epochs - epoch - 1)
                 record = {"epoch": epoch, **means, **end.record, "seconds": round(seconds, 3),
                           "elapsed": round(elapsed, 3), "estimated_total": round(total, 3)}
-                self.run.append_jsonl("metrics.jsonl", record)
+                self.run.append_jsonl(METRICS, record)
                 self.say(f"{self.kind} epoch {epoch + 1}/{self.epochs} | {end.summary} | {seconds:.1f} s | "
                          f"elapsed {clock(elapsed)} | whole run ~{clock(total)}")
                 state.epoch, state.step = epoch + 1, 0

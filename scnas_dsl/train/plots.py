@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from scnas_dsl.model import Genotype, SearchSpace
-from scnas_dsl.train.runs import RunFolder, read_jsonl
+from scnas_dsl.train.runs import ALPHAS, METRICS, RunFolder, read_jsonl
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -112,8 +112,8 @@ def plot_search_progress(run: RunFolder) -> list[Path]:
     temperature.png, entropy.png (mean entropy against its uniform maximum; mean top probability, share of
     parameter-free choices and of edges that changed) and probabilities.png (the last epoch's softmax(alpha)
     on one scale)."""
-    records = read_jsonl(run.path / "metrics.jsonl")
-    alphas = read_jsonl(run.path / "alphas.jsonl")
+    records = read_jsonl(run.path / METRICS)
+    alphas = read_jsonl(run.path / ALPHAS)
     out = [
         plot_curves(records, {"weight_loss": "weight part (training, sampled)",
                               "arch_loss": "architecture part (training, sampled)",
@@ -157,7 +157,7 @@ def plot_search(run: RunFolder, space: SearchSpace, genotype: Genotype) -> list[
 
 def plot_train(run: RunFolder) -> list[Path]:
     """loss.png and dice.png of a retraining run."""
-    records = read_jsonl(run.path / "metrics.jsonl")
+    records = read_jsonl(run.path / METRICS)
     return [
         plot_curves(records, {"train_loss": "training loss"}, "soft Jaccard loss", run.plots / "loss.png"),
         plot_curves(records, {"val_dice": "validation mean foreground Dice"}, "Dice", run.plots / "dice.png",

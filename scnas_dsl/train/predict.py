@@ -47,6 +47,7 @@ from scnas_dsl.train.device import setup_runtime
 from scnas_dsl.train.inference import InferenceStopped, sliding_window_inference
 from scnas_dsl.train.loop import progress_bar
 from scnas_dsl.train.metrics import case_id_of
+from scnas_dsl.train.runs import CHECKPOINT_DIR, GENOTYPE, PREPROCESSING, read_network
 
 #: The checkpoints a training run keeps, the default first.
 CHECKPOINTS = ("last", "best")
@@ -121,21 +122,17 @@ def load_trained(run: Path | str, which: str = "last", ops: Sequence[str] = ()) 
     from scnas_dsl.ops.plugins import check_recorded, load_operations
 
     run = Path(run)
-    recipe_path = run / "network.json"
-    if not recipe_path.is_file():
-        raise RunError(f"{run}: not a folder written by `scnas train` (no network.json); give the --out folder "
-                       "of a training run")
+    recipe = read_network(run)  # the run folder's one reader of network.json
     if which not in CHECKPOINTS:
         raise RunError(f"unknown checkpoint '{which}': use last (the default) or best")
-    recipe = json.loads(recipe_path.read_text())
     extra = load_operations(ops)
     check_recorded(run, extra)
-    space, genotype = load(run / "genotype.scn", signatures=extra.library.signatures).genotype()
+    space, genotype = load(run / GENOTYPE, signatures=extra.library.signatures).genotype()
     # the heads the run trained with (deep supervision), so that its weights load; prediction uses level 0 only
-    network = build_network(space, genotype, in_channels=recipe["in_channels"], num_classes=recipe["num_classes"],
-                            stem_width=recipe["stem_width"], deep_supervision=recipe.get("deep_supervision"),
+    network = build_network(space, genotype, in_channels=recipe.in_channels, num_classes=recipe.num_classes,
+                            stem_width=recipe.stem_width, deep_supervision=recipe.deep_supervision,
                             library=extra.library)
-    path = run / "checkpoints" / f"{which}.pt"
+    path = run / CHECKPOINT_DIR / f"{which}.pt"
     if not path.is_file():
         raise _missing_checkpoint(run, which, path)
     state = load_checkpoint(path)
@@ -151,8 +148,8 @@ def load_trained(run: Path | str, which: str = "last", ops: Sequence[str] = ()) 
     else:  # weights saved after the 0-based epoch "epoch"
         weights = Weights(run=run.resolve(), checkpoint="best", epoch=int(state["epoch"]) + 1,
                           dice=float(state["dice"]))
-    return TrainedModel(network=network, patch=tuple(recipe["patch"]), pre=Preprocessed(run / "preprocessing"),
-                        blend=recipe.get("blend", "gaussian"), weights=weights)
+    return TrainedModel(network=network, patch=tuple(recipe.patch), pre=Preprocessed(run / PREPROCESSING),
+                        blend=recipe.blend, weights=weights)
 
 
 def group_cases(inputs: list[Path], layout: str, channels: int) -> dict[str, list[Path]]:

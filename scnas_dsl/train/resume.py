@@ -8,6 +8,7 @@ from typing import Any
 
 from scnas_dsl.errors import CheckpointError, RunError
 from scnas_dsl.train.checkpoint import load_checkpoint
+from scnas_dsl.train.runs import CONFIG
 
 #: settings that may change when a run is resumed (they do not change what the run computes, or extend it)
 RESUMABLE_CHANGES = {"out", "device", "workers", "progress", "epochs", "data", "compile", "augment_on", "checkpoint_cells",
@@ -27,7 +28,7 @@ def resume_state(run_dir: Path, settings: dict[str, Any], ckpt_path: Path, kind:
 
 def check_resumed_settings(run_dir: Path, settings: dict[str, Any]) -> None:
     """Refuse to resume a run with other settings than it started with (the result would be neither run)."""
-    path = run_dir / "config.json"
+    path = run_dir / CONFIG
     if not path.is_file():
         return
     before = json.loads(path.read_text())

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from scnas_dsl.data.cache import MANIFEST
 from scnas_dsl.errors import CheckpointError
 from scnas_dsl.graph.scn_text import genotype_text
 from scnas_dsl.loader import load
@@ -46,7 +47,20 @@ from scnas_dsl.train.losses import deep_supervision_loss, soft_jaccard_loss
 from scnas_dsl.train.metrics import dice_per_label, nanmean
 from scnas_dsl.train.plots import plot_train
 from scnas_dsl.train.resume import resume_state
-from scnas_dsl.train.runs import RunFolder, environment
+from scnas_dsl.train.runs import (
+    BEST,
+    CONFIG,
+    ENVIRONMENT,
+    GENOTYPE,
+    LAST,
+    METRICS,
+    NETWORK,
+    PREPROCESSING,
+    SPACE,
+    SPLIT,
+    RunFolder,
+    environment,
+)
 
 
 @dataclass
@@ -194,7 +208,7 @@ class _TrainJob:
         self.opt = adam(net.parameters(), cfg.optimizer)
         self.sched = plateau(self.opt, cfg.plateau)
         self.scaler = runtime.grad_scaler()
-        self.ckpt_path, self.best_path = run.checkpoints / "last.pt", run.checkpoints / "best.pt"
+        self.ckpt_path, self.best_path = run.checkpoints / LAST, run.checkpoints / BEST
         self.best: dict[str, Any] = {"dice": -1.0, "epoch": -1}
         self.train_loader = loader(cfg, data, runtime, data.fold.train, patch, stream=3)
 
@@ -211,7 +225,7 @@ class _TrainJob:
         restore_rng(state["rng"])
         self.best = dict(state["best"])
         epoch = int(state["epoch"])
-        self.run.truncate_jsonl("metrics.jsonl", epoch)
+        self.run.truncate_jsonl(METRICS, epoch)
         sums = state.get("sums", {"train_loss": float(state.get("loss_sum", 0.0))})
         return LoopState(epoch, int(state["step"]), dict(sums))
 
@@ -292,18 +306,18 @@ def _write_run_files(run: RunFolder, cfg: TrainConfig, space: SearchSpace, genot
     """Everything ``scnas predict`` needs besides the weights: the network's recipe and the preprocessing."""
     from scnas_dsl.graph.printer import print_document
 
-    run.write_json("config.json", {**cfg.model_dump(mode="json"), "out": str(out), "patch": list(patch)})
-    run.write_text("space.scn", print_document(Document(spaces=(space,))))
-    run.write_text("genotype.scn", genotype_text(
+    run.write_json(CONFIG, {**cfg.model_dump(mode="json"), "out": str(out), "patch": list(patch)})
+    run.write_text(SPACE, print_document(Document(spaces=(space,))))
+    run.write_text(GENOTYPE, genotype_text(
         genotype, f"Retrained by `scnas train` from {cfg.genotype} on {Path(cfg.data).name}, fold {cfg.fold}."))
-    run.write_json("network.json", {
+    run.write_json(NETWORK, {
         "genotype": genotype.name, "space": space.name, "in_channels": data.in_channels,
         "num_classes": data.num_classes, "stem_width": cfg.stem_width, "patch": list(patch),
         "deep_supervision": list(net_levels),
         "labels": {str(k): v for k, v in data.pre.dataset.labels.items()}, "blend": cfg.blend,
     })
-    run.write_json("environment.json", environment(str(runtime.device), cfg.seed, runtime.world_size))
-    run.write_json("split.json", {"fold": cfg.fold, "train": data.fold.train, "val": data.fold.val})
+    run.write_json(ENVIRONMENT, environment(str(runtime.device), cfg.seed, runtime.world_size))
+    run.write_json(SPLIT, {"fold": cfg.fold, "train": data.fold.train, "val": data.fold.val})
     if run.writer:
-        (run.path / "preprocessing").mkdir(exist_ok=True)
-        shutil.copyfile(data.pre.root / "preprocessed.json", run.path / "preprocessing" / "preprocessed.json")
+        (run.path / PREPROCESSING).mkdir(exist_ok=True)
+        shutil.copyfile(data.pre.root / MANIFEST, run.path / PREPROCESSING / MANIFEST)

@@ -15,11 +15,54 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from scnas_dsl.errors import RunError
 from scnas_dsl.files import write_text
 from scnas_dsl.folders import folder_state, foreign_folder, read_marker, replace_folder
 
 MARKER = ".scnas-run"
+
+# The files of a run folder: this module owns their names (docs/training.md, "Run folders"). Every other module
+# names them through these constants.
+CONFIG = "config.json"  # every setting, defaults included, and the patch used
+ENVIRONMENT = "environment.json"  # versions, device, world size, seed, git commit
+SPLIT = "split.json"  # the fold's case ids
+SPACE = "space.scn"  # the space (what a run's genotype imports)
+GENOTYPE = "genotype.scn"  # a search's result, a training's network
+NETWORK = "network.json"  # (train) what predict rebuilds: channels, classes, width, patch, labels
+METRICS = "metrics.jsonl"  # one record per epoch
+ALPHAS = "alphas.jsonl"  # (search) the logits after each epoch
+LOG = "log.txt"  # the report lines
+SELECTION = "selection.json"  # (search) how the genotype was chosen, the self-check
+CHECKPOINT_DIR = "checkpoints"  # last.pt, best.pt
+LAST, BEST = "last.pt", "best.pt"
+PLOTS = "plots"
+PREPROCESSING = "preprocessing"  # (train) the preprocessing record, so that predict preprocesses alike
+
+
+class NetworkRecord(BaseModel):
+    """``network.json`` of a training run, read in one place: what prediction and export rebuild."""
+
+    model_config = ConfigDict(extra="allow")
+    in_channels: int
+    num_classes: int
+    stem_width: int
+    patch: list[int]
+    deep_supervision: list[int] | bool | None = None
+    blend: str = "gaussian"  # the sliding windows' weights (the run's setting)
+
+
+def read_network(run: Path) -> NetworkRecord:
+    """The run's ``network.json``, checked (a RunError that names the file when it is missing or broken)."""
+    path = run / NETWORK
+    try:
+        return NetworkRecord.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError as err:
+        raise RunError(f"{run}: not a folder written by `scnas train` (no {NETWORK}); give the --out folder of a "
+                       "training run") from err
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path}: cannot be read ({str(err).splitlines()[0]}); was the run folder edited?") from err
 
 
 def json_safe(value: Any) -> Any:
@@ -45,12 +88,12 @@ class RunFolder:
     @property
     def checkpoints(self) -> Path:
         """The folder of ``last.pt`` (and ``best.pt``)."""
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINT_DIR
 
     @property
     def plots(self) -> Path:
         """The folder of the run's pictures."""
-        return self.path / "plots"
+        return self.path / PLOTS
 
     def prepare(self, kind: str, resume: bool, force: bool, create: bool = True) -> None:
         """Create the folder, or check that it may be used: ``resume`` needs a run of the same ``kind``;

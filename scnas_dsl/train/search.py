@@ -44,7 +44,20 @@ from scnas_dsl.train.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text
 from scnas_dsl.train.losses import soft_jaccard_loss
 from scnas_dsl.train.plots import plot_search, plot_search_progress
 from scnas_dsl.train.resume import resume_state
-from scnas_dsl.train.runs import RunFolder, environment, read_jsonl
+from scnas_dsl.train.runs import (
+    ALPHAS,
+    CONFIG,
+    ENVIRONMENT,
+    GENOTYPE,
+    LAST,
+    METRICS,
+    SELECTION,
+    SPACE,
+    SPLIT,
+    RunFolder,
+    environment,
+    read_jsonl,
+)
 from scnas_dsl.train.search_report import (
     Choices,
     changed_edges,
@@ -164,13 +177,13 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
         state = job.resume(resume_state(out, {**cfg.model_dump(mode="json"), "patch": list(patch)},
                                         job.ckpt_path, "search"))
     else:
-        run.write_json("config.json", {**cfg.model_dump(mode="json"), "out": str(out), "patch": list(patch)})
+        run.write_json(CONFIG, {**cfg.model_dump(mode="json"), "out": str(out), "patch": list(patch)})
         source = Path(cfg.spec).read_text(encoding="utf-8-sig")
         own = not loaded.document.imports and any(s.name == space.name for s in loaded.document.spaces)
-        run.write_text("space.scn", space_text(space, source, own))
-        run.write_json("environment.json", environment(str(runtime.device), cfg.seed, runtime.world_size))
+        run.write_text(SPACE, space_text(space, source, own))
+        run.write_json(ENVIRONMENT, environment(str(runtime.device), cfg.seed, runtime.world_size))
         run.write_json(OPERATIONS_RECORD, extra.record())
-        run.write_json("split.json", {"fold": cfg.fold, "weight_part": data.fold.weight_part,
+        run.write_json(SPLIT, {"fold": cfg.fold, "weight_part": data.fold.weight_part,
                                       "arch_part": data.fold.arch_part, "val": data.fold.val})
     if runtime.distributed:  # identical starting point on every rank, also after a resume
         for tensor in model.state_dict().values():
@@ -200,7 +213,7 @@ class _SearchJob:
         self.w_opt, self.a_opt = adam(self.weights, cfg.weight_optimizer), adam(self.logits, cfg.arch_optimizer)
         self.w_sched, self.a_sched = plateau(self.w_opt, cfg.plateau), plateau(self.a_opt, cfg.plateau)
         self.w_scaler, self.a_scaler = runtime.grad_scaler(), runtime.grad_scaler()
-        self.ckpt_path = run.checkpoints / "last.pt"
+        self.ckpt_path = run.checkpoints / LAST
         self.w_loader = loader(cfg, data, runtime, data.fold.weight_part, patch, stream=1)
         self.a_loader = loader(cfg, data, runtime, data.fold.arch_part, patch, stream=2)
         # the discretisation gap: the same few un-augmented patches of the architecture part every epoch
@@ -226,13 +239,13 @@ class _SearchJob:
         load_scaler_state(self.a_scaler, state["arch_scaler"])
         restore_rng(state["rng"])
         epoch = int(state["epoch"])
-        self.run.truncate_jsonl("metrics.jsonl", epoch)
-        self.run.truncate_jsonl("alphas.jsonl", epoch)
+        self.run.truncate_jsonl(METRICS, epoch)
+        self.run.truncate_jsonl(ALPHAS, epoch)
         return LoopState(epoch, int(state["step"]), dict(state["sums"]))
 
     def start_choices(self) -> None:
         """The choices the first reported epoch is compared with: the last record's, or the current logits'."""
-        records = read_jsonl(self.run.path / "metrics.jsonl") if self.run.writer else []
+        records = read_jsonl(self.run.path / METRICS) if self.run.writer else []
         if records and "edges" in records[-1]:
             self.choices = choices_of(records[-1]["edges"])
         else:
@@ -299,7 +312,7 @@ class _SearchJob:
             record.update(discretisation_gap(model, self.gap_loader, self.runtime, self.cfg.seed * 7919 + epoch))
         record.update(edges=edges, sample_counts=model.sample_counts(), genotype=genotype_body(genotype),
                       pruned=pruning)
-        self.run.append_jsonl("alphas.jsonl", {
+        self.run.append_jsonl(ALPHAS, {
             "epoch": epoch, "temperature": model.temperature,
             "logits": {k: a.detach().cpu().tolist() for k, a in model.arch.items()},
             "probabilities": probabilities})
@@ -360,7 +373,7 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
               f"{cfg.sampling} sampling, seed {cfg.seed}; chosen by {method}.\n"
               + (check["text"] + ".\n" if check else "")
               + "Retrain it with: scnas train genotype.scn --data DATA")
-    target = run.write_text("genotype.scn", genotype_text(genotype, header))
+    target = run.write_text(GENOTYPE, genotype_text(genotype, header))
     write_selection_record(run, selection, check, epochs_done)
     if check is not None:
         loop.say(check["text"])
@@ -375,14 +388,14 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
 
 
 def write_selection_record(run: RunFolder, selection: Selection, check: dict[str, Any] | None, epochs_done: int,
-                           name: str = "selection.json") -> None:
+                           name: str = SELECTION) -> None:
     """``name`` (the method's whole record and the self-check, after ``epochs_done`` epochs) and, for the search's
     own choice, ``selection`` and ``self_check`` in the last epoch's record of ``metrics.jsonl``."""
     record = {"method": selection.method, "epochs_done": epochs_done, "genotype": genotype_body(selection.genotype),
               "pruned": selection.pruning, "details": selection.details, "self_check": check}
     run.write_json(name, record)
-    if name == "selection.json":
-        run.amend_last_jsonl("metrics.jsonl", {
+    if name == SELECTION:
+        run.amend_last_jsonl(METRICS, {
             "selection": selection.method,
             "self_check": None if check is None else {k: v for k, v in check.items() if k != "random_scores"}})
 
