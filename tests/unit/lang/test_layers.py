@@ -69,3 +69,38 @@ def test_front_end_imports_only_its_own_layer_and_those_below(path: Path) -> Non
         elif target is not None and target > own:
             wrong.append(f"line {line}: {name} (layer {target} above {own})")
     assert not wrong, f"{path.relative_to(PACKAGE)} imports upwards: " + "; ".join(wrong)
+
+
+#: the whole package, lowest first (docs/architecture.md): the front end above, then the operation library, the
+#: compiler, the data pipeline, the trainer, the command line and the package's entry points
+PACKAGE_LAYERS = [
+    *LAYERS,
+    ("scnas_dsl.ops",),
+    ("scnas_dsl.nn",),
+    ("scnas_dsl.data",),
+    ("scnas_dsl.train", "scnas_dsl.integrations"),
+    ("scnas_dsl.cli", "scnas_dsl.__main__"),
+]
+
+
+def _package_layer(module: str) -> int | None:
+    if module == "scnas_dsl":  # the package's lazy entry points (scnas_dsl/__init__.py) sit on top
+        return len(PACKAGE_LAYERS)
+    best: tuple[int, int] | None = None
+    for rank, layer in enumerate(PACKAGE_LAYERS):
+        for prefix in layer:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[1]:
+                    best = (rank, len(prefix))
+    return None if best is None else best[0]
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_every_module_imports_only_its_own_layer_and_those_below(path: Path) -> None:
+    """An arrow that runs back up (a data module importing the trainer, the compiler importing the command line)
+    fails here, lazy imports inside functions included."""
+    own = _package_layer(_module_name(path))
+    assert own is not None, f"{path.relative_to(PACKAGE)} belongs to no layer: add its package to PACKAGE_LAYERS"
+    wrong = [f"line {line}: {name} (layer {_package_layer(name)} above {own})" for line, name in _imports(path)
+             if (_package_layer(name) or 0) > own]
+    assert not wrong, f"{path.relative_to(PACKAGE)} imports upwards: " + "; ".join(wrong)
