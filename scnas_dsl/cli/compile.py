@@ -9,28 +9,22 @@ from typing import Any
 
 import typer
 
+from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.cli.options import OPS, operations
 from scnas_dsl.errors import ScnasError
 from scnas_dsl.files import write_text
 from scnas_dsl.ops.plugins import check_recorded
 from scnas_dsl.train.runs import GENOTYPE, NETWORK, read_network
 
-USAGE = 2
-
-
-def _usage(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(USAGE)
-
 
 def _write_new(path: Path, text: str, force: bool) -> None:
     """Write ``text`` to ``path`` atomically; refuse to replace an existing file unless ``force``."""
     if path.exists() and not force:
-        raise _usage(f"{path} exists already; pass --force to overwrite it or choose another -o")
+        raise usage(f"{path} exists already; pass --force to overwrite it or choose another -o")
     if path.is_dir():
-        raise _usage(f"{path} is a directory; give a file name such as net.py")
+        raise usage(f"{path} is a directory; give a file name such as net.py")
     if not path.parent.exists():
-        raise _usage(f"{path.parent}: no such folder")
+        raise usage(f"{path.parent}: no such folder")
     write_text(path, text)
 
 
@@ -63,6 +57,7 @@ def _cost_text(report: Any, in_channels: int, classes: int, stem_width: int) -> 
     return "\n".join(lines)
 
 
+@user_errors
 def compile_cmd(
     file: Path = typer.Argument(..., help="a .scn file with a space or a genotype, or a run folder of scnas "  # noqa: B008
                                           "train (its genotype, channels, classes, width and heads)"),
@@ -92,11 +87,11 @@ def compile_cmd(
     from scnas_dsl.loader import load
 
     if not file.exists():
-        raise _usage(f"{file}: no such file")
+        raise usage(f"{file}: no such file")
     extra = operations(ops)
     if file.is_dir():  # a training run: compile the network it trained, as scnas predict rebuilds it
         if not (file / NETWORK).is_file() or not (file / GENOTYPE).is_file():
-            raise _usage(f"{file}: a folder, but not a run folder of scnas train (no {NETWORK} and "
+            raise usage(f"{file}: a folder, but not a run folder of scnas train (no {NETWORK} and "
                          f"{GENOTYPE}); give a .scn file or the --out folder of a training run")
         recipe = read_network(file)  # the run folder's one reader of network.json
         check_recorded(file, extra)
@@ -108,17 +103,17 @@ def compile_cmd(
             deep_supervision = recipe.deep_supervision
     in_channels, classes = in_channels or 1, classes or 2
     if emit is not None and emit != "torch":
-        raise _usage(f"--emit {emit}: the only target is 'torch'")
+        raise usage(f"--emit {emit}: the only target is 'torch'")
     if emit is not None and output is None:
-        raise _usage("--emit torch needs -o FILE.py")
+        raise usage("--emit torch needs -o FILE.py")
     if output is not None and emit is None:
-        raise _usage("-o is for --emit torch")
+        raise usage("-o is for --emit torch")
     if space_name is not None and genotype_name is not None:
-        raise _usage("--space and --genotype exclude each other")
+        raise usage("--space and --genotype exclude each other")
     loaded = load(file, signatures=extra.library.signatures)
     space, genotype = loaded.subject(space_name, genotype_name)
     if emit is not None and genotype is None:
-        raise _usage(f"{file}: --emit torch needs a genotype (a space compiles to a supernet, not a file)")
+        raise usage(f"{file}: --emit torch needs a genotype (a space compiles to a supernet, not a file)")
     dims = space.unet.dims
     spatial = tuple(patch[-dims:]) if patch is not None else (128,) * dims
 

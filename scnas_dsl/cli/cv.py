@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.cli.options import OPS, signatures
 from scnas_dsl.cli.run import (
     AMP,
@@ -20,7 +21,6 @@ from scnas_dsl.cli.run import (
     SPACING,
     WORKERS,
     _common,
-    user_errors,
 )
 
 # cv's own texts for the options scnas search and scnas train share: in cv they set each fold's retraining
@@ -97,20 +97,21 @@ def cv_cmd(
     is_space = _is_space(spec, ops)
     given = [k for k, v in search_options.items() if v is not None]
     if given and not is_space:
-        typer.echo(f"error: {', '.join(given)} set(s) the search, but {spec} holds a genotype, which is retrained "
-                   "without a search; give a search space to search on every fold", err=True)
-        raise typer.Exit(2)
+        raise usage(f"{', '.join(given)} set(s) the search, but {spec} holds a genotype, which is retrained "
+                    "without a search; give a search space to search on every fold")
     cfg = resolve_config(TrainConfig, config, genotype=str(spec), val_every=val_every,
                          deep_supervision=deep_supervision,
-                         **_common(data, None, None, epochs, batch_size, patch, stem_width, device, seed, batches,
-                                   spacing, workers, no_augment, quiet, median, ops, amp))
+                         **_common(data=data, epochs=epochs, batch_size=batch_size, patch=patch, stem_width=stem_width,
+                                   device=device, seed=seed, batches=batches, spacing=spacing, workers=workers,
+                                   no_augment=no_augment, quiet=quiet, median=median, ops=ops, amp=amp))
     search = None
     if is_space:
         search = resolve_config(SearchConfig, search_config, spec=str(spec), space=space, sampling=sampling,
                                 selection={"method": select} if select else None,
-                                **_common(data, None, None, search_epochs, search_batch, search_patch, search_stem,
-                                          device, seed, search_batches, spacing, workers, no_augment, quiet,
-                                          median, ops, amp))
+                                **_common(data=data, epochs=search_epochs, batch_size=search_batch, patch=search_patch,
+                                          stem_width=search_stem, device=device, seed=seed, batches=search_batches,
+                                          spacing=spacing, workers=workers, no_augment=no_augment, quiet=quiet,
+                                          median=median, ops=ops, amp=amp))
     result = run_cv(cfg, out, folds or None, mirror=mirror, resume=resume, force=force, checkpoint=checkpoint,
                     search=search, echo=lambda line: typer.echo(line, err=True))
     typer.echo("mean Dice (%) per label")

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.data.cache import MANIFEST
 from scnas_dsl.errors import DataError
-
-USAGE = 2
 
 data_app = typer.Typer(
     name="data",
@@ -24,29 +23,19 @@ data_app = typer.Typer(
 )
 
 
-def _usage(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(USAGE)
-
-
 def _folder(path: Path) -> Path:
     if not path.exists():
-        raise _usage(f"{path}: no such folder")
+        raise usage(f"{path}: no such folder")
     if not path.is_dir():
-        raise _usage(f"{path}: not a folder; give the data set folder (the one holding dataset.json)")
+        raise usage(f"{path}: not a folder; give the data set folder (the one holding dataset.json)")
     return path
-
-
-def _fail(err: DataError) -> typer.Exit:
-    typer.echo(f"error: {err}", err=True)
-    return typer.Exit(1)
 
 
 def _spacing(spacing: tuple[float, float, float] | None, median: bool) -> tuple[float, ...] | None:
     from scnas_dsl.data.preprocess import PAPER_SPACING
 
     if median and spacing is not None:
-        raise _usage("--spacing and --median-spacing exclude each other")
+        raise usage("--spacing and --median-spacing exclude each other")
     if median:
         return None
     return tuple(spacing) if spacing is not None else PAPER_SPACING
@@ -61,6 +50,7 @@ OUT_HELP = (
 
 
 @data_app.command("check")
+@user_errors
 def check_cmd(
     folder: Path = typer.Argument(..., help="the data set folder (with dataset.json)"),  # noqa: B008
     as_json: bool = typer.Option(False, "--json", help="print the problems as JSON"),
@@ -99,6 +89,7 @@ def check_cmd(
 
 
 @data_app.command("preprocess")
+@user_errors
 def preprocess_cmd(
     folder: Path = typer.Argument(..., help="the data set folder (with dataset.json)"),  # noqa: B008
     spacing: tuple[float, float, float] = typer.Option(None, "--spacing", help=SPACING_HELP),  # noqa: B008
@@ -113,15 +104,7 @@ def preprocess_cmd(
 
     _folder(folder)
     target = _spacing(spacing, median_spacing)
-    from scnas_dsl.stopping import RunInterrupted
-
-    try:
-        pre = preprocess_dataset(folder, out=out, spacing=target, workers=workers, progress=progress)
-    except DataError as err:
-        raise _fail(err) from err
-    except RunInterrupted as err:  # Ctrl-C or SIGTERM between cases: 130, as the other commands
-        typer.echo(f"stopped: {err}", err=True)
-        raise typer.Exit(130) from None
+    pre = preprocess_dataset(folder, out=out, spacing=target, workers=workers, progress=progress)
     reused = len(pre.case_ids) - len(pre.redone)
     typer.echo(
         f"{pre.root}: {len(pre.case_ids)} case(s) at spacing "
@@ -193,6 +176,7 @@ def spec_estimator(spec: Path, in_channels: int, num_classes: int):
 
 
 @data_app.command("plan")
+@user_errors
 def plan_cmd(
     folder: Path = typer.Argument(..., help="the data set folder (with dataset.json)"),  # noqa: B008
     memory_gb: float = typer.Option(16.0, "--memory-gb", help="memory budget of one device in GB"),
@@ -208,22 +192,19 @@ def plan_cmd(
 
     _folder(folder)
     if spec is not None and not spec.is_file():
-        raise _usage(f"{spec}: no such file")
-    try:
-        pre = _open_preprocessed(folder, out)
-        source = pre if pre is not None else open_dataset(folder)
-        estimator, divisor = None, 8
-        if spec is not None:
-            modalities = pre.dataset.modalities if pre is not None else source.modalities  # type: ignore[union-attr]
-            labels = pre.dataset.labels if pre is not None else source.labels  # type: ignore[union-attr]
-            estimator = spec_estimator(spec, len(modalities), max(labels) + 1)
-            from scnas_dsl.loader import load
-            from scnas_dsl.model.wiring import reductions
+        raise usage(f"{spec}: no such file")
+    pre = _open_preprocessed(folder, out)
+    source = pre if pre is not None else open_dataset(folder)
+    estimator, divisor = None, 8
+    if spec is not None:
+        modalities = pre.dataset.modalities if pre is not None else source.modalities  # type: ignore[union-attr]
+        labels = pre.dataset.labels if pre is not None else source.labels  # type: ignore[union-attr]
+        estimator = spec_estimator(spec, len(modalities), max(labels) + 1)
+        from scnas_dsl.loader import load
+        from scnas_dsl.model.wiring import reductions
 
-            divisor = 2 ** reductions(load(spec).subject()[0])  # the spec's U-Net: the patch divides by this
-        result = plan(source, memory_gb=memory_gb, spec_estimator=estimator, divisor=divisor)
-    except DataError as err:
-        raise _fail(err) from err
+        divisor = 2 ** reductions(load(spec).subject()[0])  # the spec's U-Net: the patch divides by this
+    result = plan(source, memory_gb=memory_gb, spec_estimator=estimator, divisor=divisor)
     # preprocessed: its target against its cases' spacing; raw: what the default 0.7 mm would do
     _note(preprocessed_note(pre) if pre is not None else spacing_note(result.median_spacing, PAPER_SPACING))
     if as_json:
@@ -253,6 +234,7 @@ def plan_cmd(
 
 
 @data_app.command("splits")
+@user_errors
 def splits_cmd(
     folder: Path = typer.Argument(..., help="the data set folder (with dataset.json)"),  # noqa: B008
     fold: int = typer.Option(None, "--fold", help="show only this fold (0-based)"),
@@ -264,24 +246,22 @@ def splits_cmd(
     from scnas_dsl.data.splits import get_fold, load_folds
 
     _folder(folder)
-    try:
-        pre = _open_preprocessed(folder, out)
-        if pre is None:
-            raise DataError(f"{folder}: not preprocessed yet; run `scnas data preprocess {folder}` first")
-        folds, source = load_folds(pre, seed, splits)
-        chosen = [fold] if fold is not None else list(range(len(folds)))
-        typer.echo(f"{len(folds)} fold(s) from {source}")
-        for k in chosen:
-            split = get_fold(pre, k, seed, splits)
-            typer.echo(
-                f"fold {k}: train {len(split.train)} (weights {len(split.weight_part)}, architecture "
-                f"{len(split.arch_part)}), val {len(split.val)}: {', '.join(split.val)}"
-            )
-    except DataError as err:
-        raise _fail(err) from err
+    pre = _open_preprocessed(folder, out)
+    if pre is None:
+        raise DataError(f"{folder}: not preprocessed yet; run `scnas data preprocess {folder}` first")
+    folds, source = load_folds(pre, seed, splits)
+    chosen = [fold] if fold is not None else list(range(len(folds)))
+    typer.echo(f"{len(folds)} fold(s) from {source}")
+    for k in chosen:
+        split = get_fold(pre, k, seed, splits)
+        typer.echo(
+            f"fold {k}: train {len(split.train)} (weights {len(split.weight_part)}, architecture "
+            f"{len(split.arch_part)}), val {len(split.val)}: {', '.join(split.val)}"
+        )
 
 
 @data_app.command("synth")
+@user_errors
 def synth_cmd(
     out: Path = typer.Argument(..., help="new folder for the generated data set"),  # noqa: B008
     task: str = typer.Option("brain", "--task", help="brain (4 channels, 3 labels), heart or lung (CT)"),
@@ -295,21 +275,18 @@ def synth_cmd(
     from scnas_dsl.data.synth import synthesize
 
     if task not in ("brain", "heart", "lung"):
-        raise _usage(f"--task {task!r}: choose brain, heart or lung")
+        raise usage(f"--task {task!r}: choose brain, heart or lung")
     if layout not in ("msd", "nnunet"):
-        raise _usage(f"--layout {layout!r}: choose msd or nnunet")
-    try:
-        path = synthesize(
-            out,
-            task=task,  # type: ignore[arg-type]
-            cases=cases,
-            shape=shape,
-            seed=seed,
-            layout=layout,  # type: ignore[arg-type]
-            test_cases=test_cases,
-        )
-    except DataError as err:
-        raise _fail(err) from err
+        raise usage(f"--layout {layout!r}: choose msd or nnunet")
+    path = synthesize(
+        out,
+        task=task,  # type: ignore[arg-type]
+        cases=cases,
+        shape=shape,
+        seed=seed,
+        layout=layout,  # type: ignore[arg-type]
+        test_cases=test_cases,
+    )
     typer.echo(f"{path}: {cases} training and {test_cases} test case(s), task {task}, {layout} layout")
 
 

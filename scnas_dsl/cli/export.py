@@ -12,15 +12,8 @@ from pathlib import Path
 
 import typer
 
+from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.cli.options import OPS
-from scnas_dsl.cli.run import user_errors
-
-USAGE = 2
-
-
-def _usage(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(USAGE)
 
 
 @user_errors
@@ -48,25 +41,25 @@ def export_cmd(
     from scnas_dsl.train import export as ex
 
     if fmt not in ex.FORMATS:
-        raise _usage(f"--format {fmt}: choose onnx or torch-export")
+        raise usage(f"--format {fmt}: choose onnx or torch-export")
     if output.exists() and not force:
-        raise _usage(f"{output}: exists already; pass --force to overwrite it, or choose another -o")
+        raise usage(f"{output}: exists already; pass --force to overwrite it, or choose another -o")
     if source.is_dir():
         if weights is not None or in_channels is not None or classes is not None or stem_width is not None:
-            raise _usage("--weights, --in-channels, --classes and --stem-width are for a genotype file; a run "
+            raise usage("--weights, --in-channels, --classes and --stem-width are for a genotype file; a run "
                          "folder records them")
         item = ex.from_run(source, checkpoint, tuple(ops or ()))
     elif source.is_file():
         if weights is None or in_channels is None or classes is None:
-            raise _usage(f"{source}: a genotype file needs --weights STATE.pt --in-channels N --classes K "
+            raise usage(f"{source}: a genotype file needs --weights STATE.pt --in-channels N --classes K "
                          "(or give a `scnas train` run folder)")
         item = ex.from_genotype(source, weights, in_channels=in_channels, num_classes=classes,
                                 stem_width=stem_width, ops=tuple(ops or ()), name=genotype_name)
     else:
-        raise _usage(f"{source}: no such run folder or genotype file")
+        raise usage(f"{source}: no such run folder or genotype file")
     chosen = patch if patch is not None else item.patch
     if chosen is None:
-        raise _usage("--patch D H W is needed for a genotype file (the size the model is checked at, and its "
+        raise usage("--patch D H W is needed for a genotype file (the size the model is checked at, and its "
                      "fixed input size without --dynamic)")
     result = ex.export_network(item.network, chosen, fmt, output, dynamic=dynamic, opset=opset, force=force)
     record = ex.write_record(result, item)

@@ -13,26 +13,21 @@ from pathlib import Path
 
 import typer
 
+from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.cli.options import OPS, signatures
 from scnas_dsl.errors import SpecError, message_for_user
 from scnas_dsl.files import write_text
 from scnas_dsl.model.diagnostics import render_all
 
-USAGE = 2
-
-
-def _usage(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(USAGE)
-
 
 def _existing(path: Path) -> None:
     if not path.exists():
-        raise _usage(f"{path}: no such file")
+        raise usage(f"{path}: no such file")
     if path.is_dir():
-        raise _usage(f"{path}: is a directory; give .scn files")
+        raise usage(f"{path}: is a directory; give .scn files")
 
 
+@user_errors
 def check_cmd(files: list[Path] = typer.Argument(..., help=".scn files to check"),  # noqa: B008
               ops: list[str] | None = OPS) -> None:
     """Check .scn files: 'ok' per file, or every error with its place; warnings are printed too."""
@@ -58,6 +53,7 @@ def check_cmd(files: list[Path] = typer.Argument(..., help=".scn files to check"
         raise typer.Exit(1)
 
 
+@user_errors
 def fmt_cmd(
     file: Path = typer.Argument(..., help="the .scn file to format"),  # noqa: B008
     check: bool = typer.Option(False, "--check", help="exit 1 if the file is not in canonical form"),
@@ -73,14 +69,10 @@ def fmt_cmd(
     from scnas_dsl.loader import load, read_text
 
     if check and write:
-        raise _usage("--check and --write exclude each other")
+        raise usage("--check and --write exclude each other")
     _existing(file)
-    try:
-        text = read_text(file, str(file))
-        formatted = format_text(text, str(file))
-    except SpecError as err:
-        typer.echo(message_for_user(err), err=True)
-        raise typer.Exit(1) from None
+    text = read_text(file, str(file))  # a file that does not parse: its SpecError, exit 1 (user_errors)
+    formatted = format_text(text, str(file))
     try:  # the meaning is check's job: said, not refused
         loaded = load(file)
         if loaded.warnings:
@@ -114,6 +106,7 @@ def fmt_cmd(
     typer.echo(formatted, nl=False)
 
 
+@user_errors
 def draw_cmd(
     file: Path = typer.Argument(..., help="a .scn file with a space or a genotype"),  # noqa: B008
     output: Path = typer.Option(..., "-o", "--output", help="the picture: .png, .svg or .pdf"),  # noqa: B008
@@ -127,9 +120,9 @@ def draw_cmd(
 
     _existing(file)
     if output.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise _usage(f"{output}: the picture must end in .png, .svg or .pdf")
+        raise usage(f"{output}: the picture must end in .png, .svg or .pdf")
     if output.exists() and not force:
-        raise _usage(f"{output} exists already; pass --force to replace it or choose another -o")
+        raise usage(f"{output} exists already; pass --force to replace it or choose another -o")
     chosen_space, chosen = load(file, signatures=signatures(ops)).subject(space, genotype)
     from scnas_dsl.graph.draw import draw_cells
 

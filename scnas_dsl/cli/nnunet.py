@@ -15,17 +15,10 @@ from typing import Any
 
 import typer
 
+from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.cli.options import OPS
-from scnas_dsl.cli.run import user_errors
 from scnas_dsl.errors import CompileError
 from scnas_dsl.files import write_text
-
-USAGE = 2
-
-
-def _usage(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(USAGE)
 
 
 def resolved_configuration(configurations: dict[str, Any], name: str) -> dict[str, Any]:
@@ -34,12 +27,12 @@ def resolved_configuration(configurations: dict[str, Any], name: str) -> dict[st
     chain: list[dict[str, Any]] = []
     while name is not None:
         if name in seen:
-            raise _usage(f"configurations inherit in a circle: {' -> '.join([*seen, name])}")
+            raise usage(f"configurations inherit in a circle: {' -> '.join([*seen, name])}")
         seen.append(name)
         chain.append(configurations[name])
         name = configurations[name].get("inherits_from")
         if name is not None and name not in configurations:
-            raise _usage(f"configuration '{seen[-1]}' inherits from '{name}', which the plans file lacks")
+            raise usage(f"configuration '{seen[-1]}' inherits from '{name}', which the plans file lacks")
     merged: dict[str, Any] = {}
     for config in reversed(chain):
         merged.update(config)
@@ -69,26 +62,26 @@ def export_nnunet_cmd(
 ) -> None:
     """Write -o: the plans of --plans with a configuration that trains GENOTYPE inside nnU-Net v2."""
     if not genotype.is_file():
-        raise _usage(f"no such genotype file: {genotype}")
+        raise usage(f"no such genotype file: {genotype}")
     if not plans.is_file():
-        raise _usage(f"no such plans file: {plans} (nnU-Net writes it to nnUNet_preprocessed/DATASET/ when it "
+        raise usage(f"no such plans file: {plans} (nnU-Net writes it to nnUNet_preprocessed/DATASET/ when it "
                      "plans: nnUNetv2_plan_and_preprocess -d DATASET)")
     if output.resolve() == plans.resolve():
-        raise _usage(f"-o {output} is the plans file itself: write a new file next to it (e.g. nnUNetPlans_scnas.json)")
+        raise usage(f"-o {output} is the plans file itself: write a new file next to it (e.g. nnUNetPlans_scnas.json)")
     if output.exists() and not force:
-        raise _usage(f"{output} exists: use --force to replace it")
+        raise usage(f"{output} exists: use --force to replace it")
     try:
         document = json.loads(plans.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _usage(f"{plans}: not a readable JSON plans file ({err})") from None
+        raise usage(f"{plans}: not a readable JSON plans file ({err})") from None
     configurations = document.get("configurations") if isinstance(document, dict) else None
     if not isinstance(configurations, dict):
-        raise _usage(f"{plans}: not an nnU-Net v2 plans file (no 'configurations')")
+        raise usage(f"{plans}: not an nnU-Net v2 plans file (no 'configurations')")
     if configuration not in configurations:
-        raise _usage(f"{plans} has no configuration '{configuration}'; it has: {', '.join(configurations) or 'none'}")
+        raise usage(f"{plans} has no configuration '{configuration}'; it has: {', '.join(configurations) or 'none'}")
     new_name = name or f"{configuration}_scnas"
     if new_name in configurations and not force:
-        raise _usage(f"{plans} already has a configuration '{new_name}': choose another --name (or --force)")
+        raise usage(f"{plans} already has a configuration '{new_name}': choose another --name (or --force)")
     base = resolved_configuration(configurations, configuration)
 
     from scnas_dsl.integrations.nnunet import NETWORK_CLASS, ScnasNetwork, nnunet_strides, output_levels

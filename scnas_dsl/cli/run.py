@@ -6,15 +6,14 @@ Exit status: 0 success, 1 a problem with the input or the run (message, no trace
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
+from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.cli.options import OPS, SELECT
-from scnas_dsl.errors import ScnasError, message_for_user
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,42 +63,14 @@ def _main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def user_errors(func: F) -> F:
-    """Turn scnas errors into a message and exit status 1 (130 for a stop by signal), never a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from scnas_dsl.stopping import RunInterrupted
-
-        try:
-            return func(*args, **kwargs)
-        except RunInterrupted as err:
-            typer.echo(f"stopped: {err}", err=True)
-            code = 130
-        except ScnasError as err:
-            typer.echo(message_for_user(err), err=True)
-            code = 1
-        except KeyboardInterrupt:  # a second Ctrl-C while a stop was under way: at once, without a new checkpoint
-            typer.echo("stopped at once by a second Ctrl-C: nothing more was saved; a search or training continues "
-                       "from its last checkpoint (checkpoints/last.pt of its run folder) with the same command and "
-                       "--resume", err=True)
-            code = 130
-        # raised outside the handler, so that the error's traceback (and with it the run's frames, its loaders
-        # and their worker processes, which ignore SIGTERM) is released now: the workers end before the
-        # interpreter's exit, which would otherwise wait for them
-        raise typer.Exit(code)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _common(data: str, fold: int | None, out: Path | None, epochs: int | None, batch_size: int | None,
-            patch: tuple[int, int, int] | None, stem_width: int | None, device: str | None,
-            seed: int | None, batches: int | None, spacing: tuple[float, float, float] | None,
-            workers: int | None, no_augment: bool, quiet: bool, median: bool,
-            ops: list[str] | None = None, amp: bool | None = None) -> dict[str, Any]:
+def _common(*, data: str, epochs: int | None, batch_size: int | None, patch: tuple[int, int, int] | None,
+            stem_width: int | None, device: str | None, seed: int | None, batches: int | None,
+            spacing: tuple[float, float, float] | None, workers: int | None, no_augment: bool, quiet: bool,
+            median: bool, ops: list[str] | None = None, amp: bool | None = None, fold: int | None = None,
+            out: Path | None = None) -> dict[str, Any]:
+    """The settings search, train and cv share, as ``resolve_config`` keywords (None: not given)."""
     if median and spacing is not None:
-        typer.echo("error: --spacing and --median-spacing exclude each other", err=True)
-        raise typer.Exit(2)
+        raise usage("--spacing and --median-spacing exclude each other")
     return {"data": data, "fold": fold, "out": str(out) if out else None, "epochs": epochs,
             "batch_size": batch_size, "patch": patch, "stem_width": stem_width, "device": device, "seed": seed,
             "batches_per_epoch": batches, "spacing": "median" if median else spacing, "workers": workers,
@@ -141,8 +112,10 @@ def search_cmd(
                          arch_warmup_epochs=arch_warmup, checkpoint_cells=checkpoint_cells,
                          weight_optimizer={"betas": weight_betas} if weight_betas else None,
                          arch_optimizer={"betas": arch_betas} if arch_betas else None,
-                         **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
-                                   spacing, workers, no_augment, quiet, median, ops, amp))
+                         **_common(data=data, fold=fold, out=out, epochs=epochs, batch_size=batch_size, patch=patch,
+                                   stem_width=stem_width, device=device, seed=seed, batches=batches, spacing=spacing,
+                                   workers=workers, no_augment=no_augment, quiet=quiet, median=median, ops=ops,
+                                   amp=amp))
     result = run_search(cfg, resume=resume, force=force)
     if result is not None and result.genotype_file.exists() and _main_process():
         typer.echo(f"genotype: {result.genotype_file}")
@@ -180,8 +153,10 @@ def train_cmd(
     cfg = resolve_config(TrainConfig, config, genotype=str(genotype), genotype_name=name, val_every=val_every,
                          mirror_validation=mirror, deep_supervision=deep_supervision, compile=compile_network,
                          checkpoint_cells=checkpoint_cells,
-                         **_common(data, fold, out, epochs, batch_size, patch, stem_width, device, seed, batches,
-                                   spacing, workers, no_augment, quiet, median, ops, amp))
+                         **_common(data=data, fold=fold, out=out, epochs=epochs, batch_size=batch_size, patch=patch,
+                                   stem_width=stem_width, device=device, seed=seed, batches=batches, spacing=spacing,
+                                   workers=workers, no_augment=no_augment, quiet=quiet, median=median, ops=ops,
+                                   amp=amp))
     result = run_train(cfg, resume=resume, force=force)
     if result is not None and _main_process():
         dice = "n/a (no validation cases)" if result.best_epoch < 0 else (

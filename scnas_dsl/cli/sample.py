@@ -13,15 +13,8 @@ from typing import Any
 
 import typer
 
-from scnas_dsl.cli.run import user_errors
+from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.errors import ScnasError
-
-USAGE = 2
-
-
-def _usage(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(USAGE)
 
 
 def _table(samples: list[Any]) -> str:
@@ -63,20 +56,20 @@ def sample_cmd(
 
     for path in [space_file] + ([like] if like is not None else []):
         if not path.is_file():
-            raise _usage(f"{path}: no such file")
+            raise usage(f"{path}: no such file")
     if match is not None and like is None:
-        raise _usage(f"--match {match} needs --like GENOTYPE, the genotype to match")
+        raise usage(f"--match {match} needs --like GENOTYPE, the genotype to match")
     if match is not None and match not in ("flops", "params"):
-        raise _usage(f"--match {match}: choose flops or params")
+        raise usage(f"--match {match}: choose flops or params")
     if output.exists() and not output.is_dir():
-        raise _usage(f"{output}: is a file; -o takes a folder")
+        raise usage(f"{output}: is a file; -o takes a folder")
     if n >= 1:
         planned = [output / rg.SPACE_FILE, *(output / f"{name}.scn" for name in rg.sample_names(n, prefix)),
                    output / rg.SUMMARY_FILE]
         existing = [p.name for p in planned if p.exists()]
         if existing and not force:
             more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
-            raise _usage(f"{output}: {', '.join(existing[:3])}{more} exist already; pass --force to overwrite "
+            raise usage(f"{output}: {', '.join(existing[:3])}{more} exist already; pass --force to overwrite "
                          "them, or choose another -o (or --prefix)")
     space = load(space_file).space(space_name)
     like_genotype = None

@@ -8,8 +8,8 @@ from typing import Any
 
 import typer
 
+from scnas_dsl.cli.exits import user_errors
 from scnas_dsl.cli.options import OPS
-from scnas_dsl.cli.run import user_errors
 from scnas_dsl.train.runs import CONFIG
 
 RUN = typer.Argument(..., help="the folder of a search (scnas search --out), finished or not")
