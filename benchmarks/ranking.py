@@ -272,6 +272,23 @@ def folder(bench: sv.Bench) -> Path:
     return out
 
 
+def duplicates(bench: sv.Bench, genotypes: list[dict[str, Any]]) -> dict[str, str]:
+    """Genotypes of the study whose cells are those of an earlier one (name -> the earlier one's name): e.g.
+    ``sampled`` draws its candidates with the search's seed, and the random set can draw the same genotype."""
+    from scnas_dsl.loader import load_text
+
+    seen: list[tuple[Any, str]] = []
+    out = {}
+    for g in genotypes:
+        cells = load_text(g["text"], base_dir=bench.genotypes).genotype(g["name"])[1].cells
+        first = next((name for c, name in seen if c == cells), None)
+        if first is None:
+            seen.append((cells, g["name"]))
+        else:
+            out[g["name"]] = first
+    return out
+
+
 def report(args: argparse.Namespace, recipes: list[dict[str, Any]], searches: dict[str, dict[str, Any]],
            selected: list[dict[str, Any]], genotypes: list[dict[str, Any]], trained: list[dict[str, Any]],
            scores: dict[str, dict[str, Any]], started: float) -> dict[str, Any]:
@@ -284,9 +301,12 @@ def report(args: argparse.Namespace, recipes: list[dict[str, Any]], searches: di
         "selected": [{k: s[k] for k in ("name", "method", "enc_planted", "planted_share", "op_counts",
                                           "self_check", "seconds")} for s in selected],
     }
+    same = duplicates(bench, genotypes)
+    summary["duplicates"] = same
     per: dict[str, list[float]] = {}
     for row in trained:
-        per.setdefault(row["name"], []).append(row["dice"])
+        if row["name"] not in same:  # a genotype drawn twice counts once in the statistics
+            per.setdefault(row["name"], []).append(row["dice"])
     info = {g["name"]: g for g in genotypes}
     flops = {row["name"]: row["flops"] for row in trained}
     shares = {row["name"]: row["planted_share"] for row in trained}
@@ -360,6 +380,8 @@ def print_tables(summary: dict[str, Any]) -> None:
             cells = " | ".join(f"{e['supernet'][s]['dice']:.3f}" if e["supernet"].get(s) else "-" for s in snaps)
             print(f"| {e['name']} | {e['group']} | {e['mean']:.3f} ± {e['std']:.3f} "
                   f"({', '.join(f'{d:.2f}' for d in e['dice'])}) | {e['flops'] / 1e6:.1f} | {cells} |")
+        for name, first in summary["duplicates"].items():
+            print(f"\n{name} is the same genotype as {first}: counted once (as {first})")
         nf = summary["noise_floor"]
         print(f"\nnoise floor: mean per-genotype seed std {nf['mean_seed_std']:.3f} (std of a "
               f"{len(summary['genotypes'][0]['dice'])}-seed mean ~{nf['seed_std_of_mean']:.3f}); std of the "
