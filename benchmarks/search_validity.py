@@ -20,14 +20,26 @@ so an interrupted study continues where it stopped):
    several seeds each; single and full sampling (paper betas); ``run_search(SearchConfig(...))``.
    Reported: the share of live edges whose derived operation is ``maxpool`` against its share among random
    genotypes, ``maxpool`` in the ``enc`` cell, and the softmax(alpha) mass on ``maxpool``.
-4. ``retrain``: every searched genotype, random genotypes matched in FLOPs to the searched genotypes'
-   median (``scnas_dsl.nn.random_genotypes.sample_genotypes``) and the all-``conv3`` baseline, one recipe;
-   score: the validation Dice of the run's last epoch (last weights, no model selection).
-5. ``report``: Dice mean and std per group, each searched genotype's rank among the random ones, one-sided
-   permutation tests (searched > random; paper betas vs (0.9, 0.999)), ``results.json`` and
-   ``search_validity.png`` in the output folder; the tables are printed in Markdown.
+   With ``--arch-warmup N`` each search pauses after its warm-up and keeps a copy of its run folder
+   (``RUN_warmup``, a supernet to score later; benchmarks/ranking.py does).
+4. ``select``: from each pair search's run folder, the genotype of every method of ``--methods`` (alpha,
+   projection, sampled; ``scnas_dsl.train.derive_run.derive``) with its self-check, and whether ``maxpool``
+   lands in the ``enc`` cell.
+5. ``retrain``: the searched genotypes (with ``select``: those of ``--retrain-method``, by default the method
+   with the most searches with ``maxpool`` in ``enc``, chosen before any retraining), random genotypes matched
+   in FLOPs to the searched genotypes' median (``scnas_dsl.nn.random_genotypes.sample_genotypes``), the
+   all-``conv3`` baseline and (``--unet``) specs/baselines/unet3d.scn at the stem width whose MACs match the
+   searched genotypes' median; every seed of ``--retrain-seeds``; one recipe (``--train-epochs``,
+   ``--train-steps``, ``--train-lr``); score: the validation Dice of the run's last epoch (last weights, no model
+   selection), a genotype's Dice the mean over its seeds.
+6. ``report``: Dice mean and std per group, each searched genotype's rank among the random ones, one-sided
+   permutation tests (searched > random, searched > U-Net; paper betas vs (0.9, 0.999)), the noise floor (mean
+   per-genotype seed std against the std of the genotype means), ``results.json`` and ``search_validity.png``
+   in the output folder; the tables are printed in Markdown.
 
-    .venv/bin/python benchmarks/search_validity.py --jobs 2                  # CPU scale, ~20 min on 2 cores
+    .venv/bin/python benchmarks/search_validity.py --jobs 2                  # the earlier run, ~20 min on 2 cores
+    .venv/bin/python benchmarks/search_validity.py --jobs 2 --train-epochs 16 --arch-warmup 4 --search-epochs 12 \
+        --pair-betas standard --single-seeds --full-seeds --retrain-seeds 0 1 2   # issue 18's second run
     .venv/bin/python benchmarks/search_validity.py --quick --out /tmp/sv-q   # smoke run, ~1 min
     .venv/bin/python benchmarks/search_validity.py --device cuda --shape 48 48 48 --patch 48 48 48 \\
         --stem-width 16 --search-epochs 30 --search-steps 50 --train-epochs 30 --pair-seeds 0 1 2 3 4 --random 16
