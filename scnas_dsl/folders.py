@@ -12,13 +12,15 @@ Ground floor: no torch, no other scnas module but the errors.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from scnas_dsl.errors import RunError
 from scnas_dsl.files import write_text
 
 State = Literal["absent", "empty", "ours", "foreign"]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def folder_state(path: Path, marker: str) -> State:
@@ -62,3 +64,90 @@ def replace_folder(path: Path, marker: str, text: str) -> None:
     if state != "absent":
         shutil.rmtree(path)
     mark_folder(path, marker, text)
+
+
+class FolderInUse(RunError):
+    """Another live process holds the folder (``hold_folder``)."""
+
+
+class _Held:
+    """An open, locked lock file (released by :meth:`release`, or by the kernel when the process dies)."""
+
+    def __init__(self, path: Path, handle: int) -> None:
+        self.path, self.handle = path, handle
+
+    def release(self) -> None:
+        if self.handle < 0:
+            return
+        import os
+
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(self.handle)
+        self.handle = -1
+
+    def __enter__(self) -> _Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_path(folder: Path) -> Path:
+    """The lock of ``folder``: a hidden file beside it (``.<name>.scnas-lock``), so that replacing the folder
+    (``--force``) cannot remove the lock of the process that replaces it."""
+    return folder.parent / f".{folder.name}.scnas-lock"
+
+
+def hold_folder(folder: Path, what: str) -> _Held:
+    """Hold ``folder`` for this process until :meth:`_Held.release` (or the process ends, however it ends: the
+    kernel drops the lock of a killed process, so a SIGKILLed run never blocks its own ``--resume``). A second
+    process asking for the same folder is refused at once with the holder's pid and command (:class:`FolderInUse`).
+    ``what`` (e.g. ``scnas search``) is recorded for that message. Without ``fcntl`` (Windows) nothing is locked."""
+    import os
+    import sys
+    import time
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return _Held(lock_path(folder), -1)
+    folder = folder.absolute()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = lock_path(folder)
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(handle, 4096).decode("utf-8", "replace").strip() or "another process"
+        os.close(handle)
+        raise FolderInUse(f"{folder}: in use by {holder}; wait for it to end (or stop it) and run this again; "
+                          "a process that no longer runs does not hold it") from None
+    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)) or what
+    info = f"process {os.getpid()} ({what}: {command}, since {time.strftime('%Y-%m-%d %H:%M:%S')})"
+    os.ftruncate(handle, 0)
+    os.write(handle, info.encode("utf-8"))
+    return _Held(path, handle)
+
+
+def holding(argument: str, what: str) -> Callable[[F], F]:
+    """Decorate a function that writes into the folder given as its argument ``argument`` (a path, or an object
+    with a ``run`` path): it runs holding that folder (:func:`hold_folder`)."""
+    import functools
+    import inspect
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = signature.bind(*args, **kwargs).arguments[argument]
+            folder = Path(getattr(value, "run", value))
+            with hold_folder(folder, what):
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from scnas_dsl.errors import CompileError, RunError, ScnasError
 from scnas_dsl.files import write_text
+from scnas_dsl.folders import holding
 from scnas_dsl.graph.scn_text import genotype_text, space_text
 from scnas_dsl.model import CellSpec, Genotype, SearchSpace
 from scnas_dsl.nn.cost import estimate
@@ -431,6 +432,7 @@ def _remove_earlier_samples(out: Path, kept: set[Path]) -> None:
             path.unlink()
 
 
+@holding("out_dir", "scnas sample")
 def write_samples(space_file_or_space: str | Path | SearchSpace, samples: Sequence[SampledGenotype],
                   out_dir: str | Path, force: bool = False, library: Library | None = None) -> list[Path]:
     """Write ``samples`` into ``out_dir``: ``space.scn`` (the space: the file's own text when it holds only

@@ -51,7 +51,7 @@ from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
 from scnas_dsl.data.splits import FoldSplit, get_fold, load_folds
 from scnas_dsl.errors import RunError
 from scnas_dsl.files import write_text
-from scnas_dsl.folders import folder_state, foreign_folder, mark_folder, read_marker, replace_folder
+from scnas_dsl.folders import folder_state, foreign_folder, holding, mark_folder, read_marker, replace_folder
 from scnas_dsl.stopping import RunInterrupted
 from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.config import CommonConfig, SearchConfig, TrainConfig
@@ -363,6 +363,7 @@ def _prepare_out(out: Path, mode: str, resume: bool, force: bool) -> None:
     mark_folder(out, CV_MARKER, f"scnas cv\n{mode}\n")
 
 
+@holding("out", "scnas cv")
 def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirror: bool = True,
            resume: bool = False, force: bool = False, checkpoint: str = "last",
            search: SearchConfig | None = None, echo: Callable[[str], None] | None = None) -> CVResult:

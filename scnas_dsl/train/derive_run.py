@@ -20,6 +20,7 @@ from typing import Any
 
 from scnas_dsl.errors import CheckpointError, RunError, ScnasError
 from scnas_dsl.files import atomic_write
+from scnas_dsl.folders import holding
 from scnas_dsl.graph.scn_text import genotype_text
 from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype, SearchSpace
@@ -139,6 +140,7 @@ def scorer_for(search: TrainedSearch, settings: SelectionConfig) -> SupernetScor
                           settings.by)
 
 
+@holding("search", "scnas derive")
 def derive(search: TrainedSearch, settings: SelectionConfig, out: Path | None = None, force: bool = False,
            say: Any = None) -> tuple[Selection, dict[str, Any] | None, Path]:
     """Choose the genotype of ``search`` by ``settings`` and write it (default ``RUN/genotype_<method>.scn``,

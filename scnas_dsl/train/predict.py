@@ -39,6 +39,7 @@ from scnas_dsl.data.preprocess import (
 )
 from scnas_dsl.errors import CheckpointError, DataError, RunError
 from scnas_dsl.files import atomic_write
+from scnas_dsl.folders import holding
 from scnas_dsl.loader import load
 from scnas_dsl.nn import build_network
 from scnas_dsl.stopping import RunInterrupted, StopSignal, requested_signal, stop_requested
@@ -267,6 +268,7 @@ def check_output_folder(output: Path, inputs: list[Path]) -> None:
                            "writes into a data set, even with --force. Choose an --output outside it")
 
 
+@holding("output", "scnas predict")
 def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilities: bool = False,
                 mirror: bool = True, device: str = "auto", checkpoint: str = "last", batch_size: int = 2,
                 force: bool = False, progress: bool = True, blend: str | None = None,

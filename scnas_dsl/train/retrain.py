@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from scnas_dsl.data.cache import MANIFEST
 from scnas_dsl.errors import CheckpointError
+from scnas_dsl.folders import hold_folder
 from scnas_dsl.graph.scn_text import genotype_text
 from scnas_dsl.loader import load
 from scnas_dsl.model import Document, SearchSpace
@@ -111,13 +113,14 @@ def run_train(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
     says how to continue: ``resume_hint``, or ``scnas train ... --out RUN --resume``."""
     runtime = setup_runtime(cfg.device, cfg.amp)
     try:
-        return _train(cfg, runtime, resume, force, stop_after_epochs, resume_hint)
+        with ExitStack() as held:  # the run folder, held for the whole job (scnas_dsl.folders.hold_folder)
+            return _train(cfg, runtime, resume, force, stop_after_epochs, resume_hint, held)
     finally:
         runtime.close()
 
 
 def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
-           stop_after_epochs: int | None, resume_hint: str | None) -> TrainResult | None:
+           stop_after_epochs: int | None, resume_hint: str | None, held: ExitStack) -> TrainResult | None:
     extra = load_operations(cfg.ops)  # the installed plugins and --ops: recorded in operations.json
     loaded = load(cfg.genotype, signatures=extra.library.signatures)
     space, genotype = loaded.genotype(cfg.genotype_name)
@@ -125,6 +128,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
                                         any(s.name == space.name for s in loaded.document.spaces))
     cfg = cfg.model_copy(update={"stem_width": width})  # resolved: recorded, compared on --resume
     out = Path(cfg.out) if cfg.out else default_out(cfg, genotype.name)
+    if runtime.is_main:  # one process per run folder: a second one is refused at once, with the holder's pid
+        held.enter_context(hold_folder(out, "scnas train"))
     run = RunFolder(out, writer=runtime.is_main)
     if runtime.is_main:
         run.prepare("train", resume=resume, force=force, create=False)  # refuse early, write nothing yet

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from scnas_dsl.errors import CheckpointError, RunError, ScnasError
+from scnas_dsl.folders import hold_folder
 from scnas_dsl.graph.scn_text import genotype_body, genotype_text, space_text
 from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype, SearchSpace
@@ -141,17 +143,20 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, force: bool = False,
     SIGTERM after saving a checkpoint."""
     runtime = setup_runtime(cfg.device, cfg.amp)
     try:
-        return _search(cfg, runtime, resume, force, stop_after_epochs, on_step)
+        with ExitStack() as held:  # the run folder, held for the whole job (scnas_dsl.folders.hold_folder)
+            return _search(cfg, runtime, resume, force, stop_after_epochs, on_step, held)
     finally:
         runtime.close()
 
 
 def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop_after_epochs: int | None,
-            on_step: StepHook | None) -> SearchResult | None:
+            on_step: StepHook | None, held: ExitStack) -> SearchResult | None:
     extra = load_operations(cfg.ops)  # the installed plugins and --ops: recorded in operations.json
     loaded = load(cfg.spec, signatures=extra.library.signatures)
     space = loaded.space(cfg.space)
     out = Path(cfg.out) if cfg.out else default_out(cfg, space)
+    if runtime.is_main:  # one process per run folder: a second one is refused at once, with the holder's pid
+        held.enter_context(hold_folder(out, "scnas search"))
     run = RunFolder(out, writer=runtime.is_main)
     if runtime.is_main:
         run.prepare("search", resume=resume, force=force, create=False)  # refuse early, write nothing yet
