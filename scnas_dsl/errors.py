@@ -41,3 +41,12 @@ class CheckpointError(ScnasError):
 
 class RunError(ScnasError):
     """A run folder or run configuration problem (exists already, bad settings, NaN loss, ...)."""
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``err``'s message (at most ``limit`` characters), or its type's name when it
+    has none (``EOFError()`` of an empty file): for a message that quotes a library's error."""
+    for line in str(err).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(err).__name__

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scnas_dsl.errors import CheckpointError
+from scnas_dsl.errors import CheckpointError, first_line
 from scnas_dsl.files import atomic_write
 
 
@@ -58,6 +58,17 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: torch.save(state, f), durable=True)
 
 
+def _unreadable(err: BaseException) -> str:
+    """Why a checkpoint could not be read, in words (never torch's advice to load it with ``weights_only=False``,
+    which would run whatever code an untrusted file holds)."""
+    if isinstance(err, EOFError):
+        return "the file is empty or cut short (a copy that did not finish?)"
+    if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+        return ("the file holds objects other than tensors and plain values, which scnas never loads (they could "
+                "run code); it is not a checkpoint scnas wrote")
+    return f"corrupt or not a scnas checkpoint ({first_line(err, 200)})"
+
+
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain types only, onto the CPU)."""
     path = Path(path)
@@ -66,8 +77,8 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise CheckpointError(f"{path}: corrupt or not a scnas checkpoint ({str(err).splitlines()[0]}); "
-                              "delete it to start over, or resume from another checkpoint") from err
+        raise CheckpointError(f"{path}: {_unreadable(err)}; the run cannot continue from it: start it again with "
+                              "--force (replaces the run folder) or put back a copy of the file") from err
     if not isinstance(state, dict) or "kind" not in state:
         raise CheckpointError(f"{path}: not a scnas checkpoint (no 'kind' entry)")
     return state

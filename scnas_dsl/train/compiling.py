@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from scnas_dsl.errors import RunError
+from scnas_dsl.errors import RunError, first_line
 
 #: the exceptions of a compiler that failed (not of the network): anything else is a real error and is raised
 _COMPILER_ERRORS: tuple[type[BaseException], ...] = ()
@@ -95,7 +95,7 @@ def compile_forward(module: nn.Module, probe: torch.Tensor, *, train: bool, what
     except torch.OutOfMemoryError:
         raise  # the network does not fit: compiling is not the problem, and eager would not fit either
     except _compiler_errors() as err:
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         say(f"--compile: torch.compile does not work here for {what} ({type(err).__name__}: {reason}); "
             "running eagerly instead (as without --compile). On the CPU it needs a C++ compiler (gcc or clang), "
             "on a GPU Triton; see docs/training.md.")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scnas_dsl.errors import CheckpointError, RunError, ScnasError
+from scnas_dsl.errors import CheckpointError, RunError, ScnasError, first_line
 from scnas_dsl.files import atomic_write
 from scnas_dsl.folders import holding
 from scnas_dsl.graph.scn_text import genotype_text
@@ -76,7 +76,7 @@ def open_search(run: Path | str, *, data: str | None = None, device: str = "auto
     try:
         cfg = SearchConfig.model_validate(values)
     except ValueError as err:
-        raise RunError(f"{config_path}: settings this scnas cannot read ({str(err).splitlines()[0]})") from err
+        raise RunError(f"{config_path}: settings this scnas cannot read ({first_line(err)})") from err
     extra = load_operations(cfg.ops)
     check_recorded(run, extra)
     loaded = load(run / SPACE, signatures=extra.library.signatures)

@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import torch
 
-from scnas_dsl.errors import CheckpointError, RunError, ScnasError
+from scnas_dsl.errors import CheckpointError, RunError, ScnasError, first_line
 from scnas_dsl.files import write_text
 from scnas_dsl.nn.network import FixedNetwork
 from scnas_dsl.nn.plan import size_problem
@@ -107,7 +107,7 @@ def from_genotype(genotype: Path | str, weights: Path | str, *, in_channels: int
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise CheckpointError(f"{weights}: not a PyTorch state dict ({str(err).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{weights}: not a PyTorch state dict ({first_line(err, 200)})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
@@ -229,7 +229,7 @@ def _export_program(network: torch.nn.Module, example: torch.Tensor, out: Path, 
             program = torch.export.export(network, (example,), dynamic_shapes=shapes)
     except Exception as err:  # noqa: BLE001 - torch.export raises many kinds
         hint = " (try without --dynamic)" if dynamic else ""
-        raise ExportError(f"torch.export cannot export this network{hint}: {str(err).splitlines()[0][:300]}") \
+        raise ExportError(f"torch.export cannot export this network{hint}: {first_line(err, 300)}") \
             from None
     torch.export.save(program, str(out))
     loaded = torch.export.load(str(out)).module()

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from scnas_dsl.errors import RunError
+from scnas_dsl.errors import RunError, first_line
 from scnas_dsl.files import write_text
 from scnas_dsl.folders import folder_state, foreign_folder, read_marker, replace_folder
 
@@ -62,7 +62,7 @@ def read_network(run: Path) -> NetworkRecord:
         raise RunError(f"{run}: not a folder written by `scnas train` (no {NETWORK}); give the --out folder of a "
                        "training run") from err
     except (OSError, ValueError) as err:
-        raise RunError(f"{path}: cannot be read ({str(err).splitlines()[0]}); was the run folder edited?") from err
+        raise RunError(f"{path}: cannot be read ({first_line(err)}); was the run folder edited?") from err
 
 
 def json_safe(value: Any) -> Any:

@@ -229,3 +229,21 @@ def test_resuming_from_a_checkpoint_of_the_other_kind_is_refused(tmp_path) -> No
     assert resume_state(tmp_path, {}, path, "search")["epoch"] == 1
     with pytest.raises(CheckpointError, match=r"last.pt: a 'search' checkpoint, not a training checkpoint"):
         resume_state(tmp_path, {}, path, "train")
+
+
+def test_an_empty_or_hostile_checkpoint_is_a_message_that_does_not_advise_running_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    empty = tmp_path / "last.pt"
+    empty.write_bytes(b"")  # a copy that did not finish: an EOFError without a message (an IndexError before)
+    with pytest.raises(CheckpointError, match=r"last.pt: the file is empty or cut short.*--force") as refused:
+        ckpt.load_checkpoint(empty)
+    assert "--resume" not in str(refused.value)  # no advice that loops back to itself
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (print, ("this would run",))
+
+    hostile = tmp_path / "evil.pt"
+    torch.save({"kind": "train", "x": Payload()}, hostile)
+    with pytest.raises(CheckpointError, match="never loads") as refused:
+        ckpt.load_checkpoint(hostile)
+    assert "weights_only" not in str(refused.value)  # torch's hint to load it anyway is not passed on
