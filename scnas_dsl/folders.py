@@ -151,3 +151,18 @@ def holding(argument: str, what: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def refuse_inputs(outputs: list[Path], inputs: list[Path], option: str = "-o") -> None:
+    """Refuse, whatever the flags, an output that is one of the command's inputs (after resolving links) or an
+    existing file inside an input folder (a run folder's records and weights): ``--force`` replaces earlier
+    outputs, never what the command reads."""
+    resolved = [p.resolve() for p in inputs if p is not None]
+    for output in outputs:
+        target = output.resolve()
+        for source in resolved:
+            inside = source.is_dir() and source in target.parents and target.exists()
+            if target == source or inside:
+                raise RunError(f"{output}: {'is' if target == source else 'is a file of'} {source}, one of this "
+                               f"command's inputs; it is never replaced (not even with --force). Choose another "
+                               f"{option}")

@@ -14,6 +14,7 @@ import typer
 
 from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.cli.options import OPS
+from scnas_dsl.folders import refuse_inputs
 
 
 @user_errors
@@ -42,8 +43,12 @@ def export_cmd(
 
     if fmt not in ex.FORMATS:
         raise usage(f"--format {fmt}: choose onnx or torch-export")
-    if output.exists() and not force:
-        raise usage(f"{output}: exists already; pass --force to overwrite it, or choose another -o")
+    record_path = ex.record_path(output)
+    refuse_inputs([output, record_path], [source, *([weights] if weights is not None else [])])
+    for target in (output, record_path):
+        if target.exists() and not force:
+            raise usage(f"{target}: exists already; pass --force to overwrite it, or choose another -o")
+    ex.check_record_replaceable(record_path)
     if source.is_dir():
         if weights is not None or in_channels is not None or classes is not None or stem_width is not None:
             raise usage("--weights, --in-channels, --classes and --stem-width are for a genotype file; a run "

@@ -19,6 +19,7 @@ from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.cli.options import OPS
 from scnas_dsl.errors import CompileError
 from scnas_dsl.files import write_text
+from scnas_dsl.folders import refuse_inputs
 
 
 def resolved_configuration(configurations: dict[str, Any], name: str) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def export_nnunet_cmd(
                      "plans: nnUNetv2_plan_and_preprocess -d DATASET)")
     if output.resolve() == plans.resolve():
         raise usage(f"-o {output} is the plans file itself: write a new file next to it (e.g. nnUNetPlans_scnas.json)")
+    refuse_inputs([output], [genotype, plans])  # the genotype (and what it imports) are never replaced
     if output.exists() and not force:
         raise usage(f"{output} exists: use --force to replace it")
     try:

@@ -252,6 +252,26 @@ def write_record(result: ExportResult, exportable: Exportable) -> Path:
         "tolerance": TOLERANCE,
         "checks": [{"spatial": list(s), "max_abs_difference": d} for s, d in result.checks],
     }
-    path = result.path.with_name(result.path.name + ".json")
+    path = record_path(result.path)
+    check_record_replaceable(path)
     write_text(path, json.dumps(record, indent=2) + "\n")
     return path
+
+
+def record_path(export: Path) -> Path:
+    """Where the record of ``export`` goes: ``<file>.json`` beside it."""
+    return export.with_name(export.name + ".json")
+
+
+def check_record_replaceable(path: Path) -> None:
+    """An existing file at the record's place is replaced only when it is an earlier export's record: ``-o
+    data/Task02_Heart/dataset`` must not replace the data set's ``dataset.json``, whatever the flags."""
+    if not path.exists():
+        return
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        earlier = None
+    if not (isinstance(earlier, dict) and {"file", "format", "checks"} <= set(earlier)):
+        raise ExportError(f"{path}: the export's record would replace this file, which scnas export did not "
+                          "write; it is never replaced (not even with --force). Choose another -o")

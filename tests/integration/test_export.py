@@ -147,3 +147,33 @@ def test_bad_inputs(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> N
     code, output = _export(str(runs["plain"]), "--format", "onnx", "-o", str(root / "y.onnx"))
     assert code == 1 and "pip install 'scnas_dsl[export]'" in output and "Traceback" not in output
     assert not (root / "x.onnx").exists() and not (root / "y.onnx").exists()
+
+
+def test_force_never_replaces_an_input_or_a_file_export_did_not_write(runs: dict[str, Path]) -> None:
+    run = runs["plain"]
+    weights = (run / "checkpoints" / "last.pt").read_bytes()
+    genotype = (run / "genotype.scn").read_text()
+    for target in (run / "checkpoints" / "last.pt", run / "genotype.scn", run):
+        code, output = _export(str(run), "--format", "onnx", "-o", str(target), "--force")
+        assert code == 1 and "one of this command's inputs" in output and "Traceback" not in output, target
+    assert (run / "checkpoints" / "last.pt").read_bytes() == weights and (run / "genotype.scn").read_text() == genotype
+    # the record (<-o>.json) would replace a data set's dataset.json: refused, with or without --force
+    dataset = runs["root"] / "Task99" / "dataset.json"
+    dataset.parent.mkdir()
+    dataset.write_text('{"name": "mine"}')
+    for force in ([], ["--force"]):
+        code, output = _export(str(run), "--format", "onnx", "-o", str(dataset.with_suffix("")), *force)
+        assert code != 0 and "dataset.json" in output, output
+    assert dataset.read_text() == '{"name": "mine"}' and not dataset.with_suffix("").exists()
+
+
+def test_export_nnunet_never_replaces_its_genotype(runs: dict[str, Path], tmp_path: Path) -> None:
+    genotype = tmp_path / "g.scn"
+    genotype.write_text((runs["plain"] / "genotype.scn").read_text().replace('import "space.scn"', f'import "{runs["plain"] / "space.scn"}"'))
+    plans = tmp_path / "plans.json"
+    plans.write_text('{"configurations": {"3d_fullres": {"patch_size": [16, 16, 16]}}}')
+    before = genotype.read_text()
+    result = CliRunner().invoke(app, ["export-nnunet", str(genotype), "--plans", str(plans), "-o", str(genotype),
+                                      "--force"])
+    assert result.exit_code == 1 and "one of this command's inputs" in result.output
+    assert genotype.read_text() == before
