@@ -37,3 +37,33 @@ def test_a_scnas_error_is_a_message_and_status_1() -> None:
 
     result = CliRunner().invoke(probe, [])
     assert result.exit_code == 1 and result.output == "error: dataset.json: no 'labels' entry; add one\n"
+
+
+def test_a_place_that_cannot_be_written_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import errno
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from scnas_dsl import files
+    from scnas_dsl.cli import app
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    runner = CliRunner()
+    # a path under a file
+    result = runner.invoke(app, ["data", "synth", str(a_file / "Task01"), "--cases", "2", "--shape", "16", "16", "16"])
+    assert result.exit_code == 1 and result.output.startswith("error: ") and "Traceback" not in result.output
+    assert "not a folder" in result.output and a_file.read_text() == "mine"
+
+    # a full disk at the moment a file is renamed into place
+    def full(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(files.os, "replace", full)
+    spec = Path(__file__).resolve().parents[3] / "specs" / "unet4cell.scn"
+    out = tmp_path / "samples"
+    result = runner.invoke(app, ["sample", str(spec), "-n", "2", "-o", str(out), "--patch", "16", "16", "16"])
+    assert result.exit_code == 1 and "No space left on device (the disk is full" in result.output
+    assert "Traceback" not in result.output
+    assert not [p for p in out.rglob("*") if p.is_file()]  # nothing half-written, no temporary file
