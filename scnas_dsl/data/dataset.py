@@ -87,6 +87,23 @@ class Dataset:
         raise DataError(f"{self.root}: no training case {case_id!r}")
 
 
+
+def intensity_problem(data: np.ndarray) -> str | None:
+    """The one rule for image intensities, applied by ``scnas data check`` and by preprocessing alike: scnas
+    computes in float32, so every value must be finite there (a float64 image beyond float32's range, about
+    3.4e38, becomes infinite). None when the image is fine; else what is wrong, with the value range."""
+    if not np.issubdtype(data.dtype, np.floating):
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        as32 = np.asarray(data, dtype=np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(as32)))
+    if not bad:
+        return None
+    finite = data[np.isfinite(data)]
+    span = f"; the finite values run from {finite.min():.3g} to {finite.max():.3g}" if finite.size else ""
+    return (f"{bad} NaN or infinite intensities in float32 (scnas computes in float32, whose largest value is "
+            f"about 3.4e38){span}; fix or rescale the image")
+
 def open_dataset(root: Path | str) -> Dataset:
     """Read ``root/dataset.json`` in either layout.
 
@@ -406,9 +423,9 @@ def check_case(dataset: Dataset, case: Case, labelled: bool = True) -> list[Prob
         if not np.issubdtype(data.dtype, np.number):
             add(path, f"image data type {data.dtype} is not numeric")
             continue
-        bad = int(np.count_nonzero(~np.isfinite(data))) if np.issubdtype(data.dtype, np.floating) else 0
-        if bad:
-            add(path, f"{bad} NaN or infinite intensities; fix or replace the image")
+        problem = intensity_problem(data)
+        if problem is not None:
+            add(path, problem)
         unoriented = orientation_problem(img)
         if unoriented is not None:
             add(path, unoriented)

@@ -29,7 +29,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from scipy import ndimage
 
 from scnas_dsl.data.cache import CaseMeta, Normalization, Preprocessed
-from scnas_dsl.data.dataset import Case, affine_mismatch, load_nifti, orientation_problem
+from scnas_dsl.data.dataset import Case, affine_mismatch, intensity_problem, load_nifti, orientation_problem
 from scnas_dsl.data.names import strip_channel_suffix, strip_nifti_ending
 from scnas_dsl.data.resample import resample_image, resample_label, resample_nearest, separate_axis
 from scnas_dsl.errors import DataError
@@ -43,6 +43,9 @@ def load_channels(image_paths: Sequence[Path], channels: int) -> tuple[np.ndarra
     ref: nib.Nifti1Image | None = None
     for path in image_paths:
         data, img = load_nifti(Path(path))
+        problem = intensity_problem(data)  # check's rule, so that check and preprocess agree
+        if problem is not None:
+            raise DataError(f"{path}: {problem} (`scnas data check` lists every such image)")
         unoriented = orientation_problem(img)
         if unoriented is not None:
             raise DataError(f"{path}: {unoriented}")
@@ -64,8 +67,6 @@ def load_channels(image_paths: Sequence[Path], channels: int) -> tuple[np.ndarra
         raise DataError(f"{image_paths[0]}: {len(arrays)} channel(s), but the data set declares {channels}")
     assert ref is not None  # image_paths is never empty here: channels >= 1
     image = np.stack(arrays)
-    if not np.isfinite(image).all():
-        raise DataError(f"{image_paths[0]}: NaN or infinite intensities; run `scnas data check`")
     return image, ref
 
 
@@ -184,14 +185,19 @@ def _normalize(image: np.ndarray, mask: np.ndarray, norm: Normalization, out: np
             np.clip(channel, norm.lower[c], norm.upper[c], out=target)
             target -= np.float32(norm.mean[c])
             target /= np.float32(max(norm.std[c], 1e-8))
+            mean, std = norm.mean[c], norm.std[c]
         else:
             values = channel[mask]
-            mean = float(values.mean()) if values.size else 0.0
-            std = float(values.std()) if values.size else 1.0
+            # in float64: a float32 sum of squares overflows for intensities above ~1e19 (the image became zeros)
+            mean = float(np.mean(values, dtype=np.float64)) if values.size else 0.0
+            std = float(np.std(values, dtype=np.float64)) if values.size else 1.0
             del values
             np.subtract(channel, np.float32(mean), out=target)
             target /= np.float32(max(std, 1e-8))
             np.copyto(target, 0.0, where=~mask)
+        if not np.isfinite(target).all():  # what the cache must never hold
+            raise DataError(f"channel {c}: normalisation gave NaN or infinite values (mean {mean:.3g}, std "
+                            f"{std:.3g}); the image's intensities are out of range: rescale it")
     return out
 
 

@@ -136,3 +136,38 @@ def test_a_dangling_symlink_is_named_as_such(heart: Path, copy_of, tmp_path: Pat
     image.symlink_to(tmp_path / "gone.nii.gz")
     with pytest.raises(DataError, match=rf"{image}: case heart_001: dangling symbolic link .*gone.nii.gz"):
         _preprocess(root, tmp_path)
+
+
+def test_extreme_intensities_are_normalised_in_float64_or_refused_by_one_rule(heart: Path, tmp_path: Path) -> None:
+    """x1e18 and x3e35 in float32 poisoned the cache (zeros, NaN: the float32 std overflowed) while check said ok;
+    float64 x1e300 (infinite in float32) was refused by preprocess and passed check. Now statistics are float64
+    and check and preprocess share one rule."""
+    import shutil
+
+    from scnas_dsl.data.dataset import check_dataset
+    from scnas_dsl.data.preprocess import Preprocessed
+
+    def copy_of(source: Path, name: str) -> Path:
+        return Path(shutil.copytree(source, tmp_path / name))
+
+    reference = preprocess_dataset(heart, out=tmp_path / "ref", spacing=None, progress=False)
+    for factor in (1e18, 3e35):
+        root = copy_of(heart, f"x{factor:g}")
+        image = sorted((root / "imagesTr").glob("*.nii.gz"))[0]
+        _rewrite(image, lambda a, f=factor: (a.astype(np.float32) * np.float32(f)).astype(np.float32))
+        assert not [p for p in check_dataset(root) if "intensit" in p.message]
+        pre: Preprocessed = preprocess_dataset(root, out=tmp_path / f"pre{factor:g}", spacing=None, progress=False)
+        case = pre.case_ids[0]
+        got, want = pre.load(case)[0], reference.load(case)[0]
+        assert np.isfinite(got).all() and np.abs(got).max() > 0.5  # not zeros, not NaN
+        np.testing.assert_allclose(got, want, atol=1e-3)  # the same standardised image as unscaled
+    root = copy_of(heart, "x1e300")
+    image = sorted((root / "imagesTr").glob("*.nii.gz"))[0]
+    img = nib.load(image)
+    stored = nib.Nifti1Image(np.asarray(img.dataobj).astype(np.float64) * 1e300, img.affine)  # stored as float64
+    stored.header.set_data_dtype(np.float64)
+    nib.save(stored, image)
+    problems = [p for p in check_dataset(root) if "NaN or infinite intensities in float32" in p.message]
+    assert len(problems) == 1 and "e+30" in problems[0].message  # the value range is named
+    with pytest.raises(DataError, match=r"NaN or infinite intensities in float32.*scnas data check"):
+        preprocess_dataset(root, out=tmp_path / "pre_inf", spacing=None, progress=False)
