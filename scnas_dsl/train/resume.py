@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from scnas_dsl.errors import CheckpointError, RunError
+from scnas_dsl.errors import CheckpointError, RunError, first_line
 from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.runs import CONFIG
 
@@ -31,7 +31,14 @@ def check_resumed_settings(run_dir: Path, settings: dict[str, Any]) -> None:
     path = run_dir / CONFIG
     if not path.is_file():
         return
-    before = json.loads(path.read_text())
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path}: cannot be read ({first_line(err)}); the run's settings are lost, so it cannot be "
+                       "resumed: start it again with --force, or put back a copy of the file") from err
+    if not isinstance(before, dict):
+        raise RunError(f"{path}: not the settings of a run (a JSON object is expected); start it again with "
+                       "--force, or put back a copy of the file")
     changed = sorted(k for k, v in settings.items()
                      if k not in RESUMABLE_CHANGES and k in before and json.dumps(before[k]) != json.dumps(v))
     if changed:

@@ -247,3 +247,12 @@ def test_an_empty_or_hostile_checkpoint_is_a_message_that_does_not_advise_runnin
     with pytest.raises(CheckpointError, match="never loads") as refused:
         ckpt.load_checkpoint(hostile)
     assert "weights_only" not in str(refused.value)  # torch's hint to load it anyway is not passed on
+
+
+def test_a_broken_config_json_refuses_the_resume_with_the_file_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from scnas_dsl.train.resume import check_resumed_settings
+
+    for text in ("{not json", "[1, 2]", ""):
+        (tmp_path / "config.json").write_text(text)
+        with pytest.raises(RunError, match=r"config.json: .*--force"):
+            check_resumed_settings(tmp_path, {"seed": 0})
