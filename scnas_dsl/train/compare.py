@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from scnas_dsl.errors import RunError
 from scnas_dsl.files import write_text
 from scnas_dsl.folders import folder_state, foreign_folder, replace_folder
@@ -153,12 +155,18 @@ def read_cv(folder: Path, name: str, checkpoint: str = "last") -> CVRun:
         raise RunError(f"{folder}: has no {path.name}: the cross-validation has not finished (of the {checkpoint} "
                        f"weights); finish it with {resume}")
     try:
-        summary = json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise RunError(f"{path}: cannot be read ({err})") from err
-    if "case_scores" not in summary or "label_names" not in summary:
+    if isinstance(raw, dict) and ("case_scores" not in raw or "label_names" not in raw):
         raise RunError(f"{path}: has no per-case scores (written by an older scnas); score it again with {resume} "
                        "(finished folds are not retrained)")
+    try:
+        summary = _CVSummary.model_validate(raw).model_dump()
+    except ValidationError as err:
+        where = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'the file'}: {e['msg']}" for e in err.errors()[:3])
+        raise RunError(f"{path}: not a cross-validation summary scnas wrote ({where}); score it again with "
+                       f"{resume}") from err
     run, total = summary.get("folds_run", []), summary.get("folds_total", 0)
     if len(run) < total:
         raise RunError(f"{folder}: unfinished, {len(run)} of {total} folds scored "
@@ -168,6 +176,26 @@ def read_cv(folder: Path, name: str, checkpoint: str = "last") -> CVRun:
     fold_of = {str(e["case"]): int(e["fold"]) for e in summary["case_scores"]}
     return CVRun(name=name, folder=folder, labels=labels, scores=scores, fold_of=fold_of, spec=summary.get("spec"),
                  mode=summary.get("mode"), leakage=summary.get("leakage"), settings=summary.get("settings"))
+
+
+class _CaseScore(BaseModel):
+    case: str
+    fold: int
+    dice: dict[str, float | None]
+
+
+class _CVSummary(BaseModel):
+    """``cv_summary.json`` as compare reads it (what it does not use may be anything)."""
+
+    model_config = ConfigDict(extra="allow")
+    label_names: list[str]
+    case_scores: list[_CaseScore]
+    folds_run: list[int] = Field(default_factory=list)
+    folds_total: int = 0
+    spec: str | None = None
+    mode: str | None = None
+    leakage: Any = None
+    settings: Any = None
 
 
 def _check_report_folder(report: Path, force: bool) -> None:

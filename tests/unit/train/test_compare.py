@@ -239,3 +239,24 @@ def test_the_box_plot_draws_each_case_once(tmp_path: Path) -> None:
     fliers = sum(len(line.get_xdata()) for line in axes.lines
                  if line.get_linestyle() == "None" and line.get_marker() != "^")
     assert drawn == 2 * len(CASES) and fliers == 0, (drawn, fliers)
+
+
+def test_a_malformed_cv_summary_names_the_file_and_the_field(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json as _json
+
+    from scnas_dsl.errors import RunError
+    from scnas_dsl.train.compare import read_cv
+    from scnas_dsl.train.cv import CV_MARKER
+
+    folder = tmp_path / "cv"
+    folder.mkdir()
+    (folder / CV_MARKER).write_text("scnas cv\ngenotype\n")
+    good = {"label_names": ["heart"], "folds_run": [0], "folds_total": 1,
+            "case_scores": [{"case": "a", "fold": 0, "dice": {"heart": 0.9}}]}
+    for broken in ([1, 2], {**good, "case_scores": [{"case": "a", "fold": "zero", "dice": {"heart": 0.9}}]},
+                   {**good, "label_names": "heart", "case_scores": 3}):
+        (folder / "cv_summary.json").write_text(_json.dumps(broken))
+        with pytest.raises(RunError, match=r"cv_summary.json: not a cross-validation summary.*(case_scores|label|the file)"):
+            read_cv(folder, "x")
+    (folder / "cv_summary.json").write_text(_json.dumps(good))
+    assert read_cv(folder, "x").fold_of == {"a": 0}
