@@ -28,10 +28,14 @@ def _table(samples: list[Any]) -> str:
                                       enumerate(zip(r, widths, strict=True))) for r in rows)
 
 
+#: the most genotypes one call draws (each is built and costed: about 10 ms apiece on a CPU)
+MAX_SAMPLES = 10_000
+
+
 @user_errors
 def sample_cmd(
     space_file: Path = typer.Argument(..., metavar="SPACE", help="a .scn file with the space"),  # noqa: B008
-    n: int = typer.Option(..., "-n", help="how many genotypes"),
+    n: int = typer.Option(..., "-n", min=1, max=MAX_SAMPLES, help=f"how many genotypes (at most {MAX_SAMPLES})"),
     output: Path = typer.Option(..., "-o", "--output", help="folder for the .scn files and samples.json"),  # noqa: B008
     seed: int = typer.Option(0, "--seed", help="random seed: the same seed gives the same genotypes"),
     like: Path = typer.Option(None, "--like", help="a genotype file whose FLOPs or params to match"),  # noqa: B008

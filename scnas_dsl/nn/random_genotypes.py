@@ -19,6 +19,7 @@ see :class:`CostCounter`.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import statistics
@@ -316,7 +317,7 @@ def sample_genotypes(space: SearchSpace, n: int, *, seed: int = 0, like: Genotyp
                                 f"genotype of '{space.name}' to match, or sample from '{like.space}'")
     if match not in (None, "flops", "params"):
         raise SamplingError(f"match '{match}': choose flops or params")
-    if tolerance < 0:
+    if not math.isfinite(tolerance) or tolerance < 0:  # NaN would match nothing and write a bare NaN as JSON
         raise SamplingError(f"tolerance {tolerance}: a relative tolerance is at least 0 (0.1 is 10%)")
     if not _NAME.fullmatch(name_prefix):
         raise SamplingError(f"name prefix '{name_prefix}': a genotype name starts with a letter or '_' and "

@@ -201,9 +201,14 @@ def _export_onnx(network: torch.nn.Module, example: torch.Tensor, out: Path, dyn
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about the Python shape checks, deprecation notes
         # the TorchScript exporter: the dynamo one needs onnxscript and states no more for these networks
-        torch.onnx.export(network, (example,), str(out), dynamo=False, opset_version=opset,
-                          input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": axes, "logits": axes} if dynamic else None)
+        try:
+            torch.onnx.export(network, (example,), str(out), dynamo=False, opset_version=opset,
+                              input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": axes, "logits": axes} if dynamic else None)
+        except Exception as err:  # noqa: BLE001 - torch's exporter raises many kinds for an opset it cannot use
+            out.unlink(missing_ok=True)
+            raise ExportError(f"--opset {opset}: this torch cannot export the network at that ONNX opset "
+                              f"({first_line(err, 200)}); use the default, {OPSET}, or another from 13 on") from None
     try:
         onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     except Exception as err:  # noqa: BLE001 - onnx raises its own ValidationError and others

@@ -177,3 +177,10 @@ def test_export_nnunet_never_replaces_its_genotype(runs: dict[str, Path], tmp_pa
                                       "--force"])
     assert result.exit_code == 1 and "one of this command's inputs" in result.output
     assert genotype.read_text() == before
+
+
+def test_an_opset_torch_cannot_use_is_a_message(runs: dict[str, Path]) -> None:
+    out = runs["root"] / "opset5.onnx"
+    code, output = _export(str(runs["plain"]), "--format", "onnx", "-o", str(out), "--opset", "5")
+    assert code == 1 and "--opset 5" in output and "Traceback" not in output
+    assert not out.exists()

@@ -298,3 +298,17 @@ def test_a_space_given_as_a_model_is_printed(tmp_path: Path) -> None:
     [path] = write_samples(space, samples, tmp_path)
     assert (tmp_path / "space.scn").read_text() == print_document(m.Document(spaces=(space,)))
     assert load(path).genotype()[1] == samples[0].genotype
+
+
+def test_a_nan_tolerance_is_refused() -> None:
+    import math
+
+    import pytest as _pytest
+
+    from scnas_dsl.nn.random_genotypes import SamplingError, sample_genotypes
+    from tests.unit.nn.spaces import unet_space
+
+    space = unet_space(dims=3, levels=1)
+    like = sample_genotypes(space, 1, patch=(16, 16, 16))[0].genotype
+    with _pytest.raises(SamplingError, match="tolerance nan"):
+        sample_genotypes(space, 2, like=like, tolerance=math.nan, patch=(16, 16, 16))
