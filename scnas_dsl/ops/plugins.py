@@ -75,7 +75,7 @@ def _module_from_file(path: Path) -> ModuleType:
     sys.modules[name] = module  # code generation reads class sources through the module
     try:
         spec.loader.exec_module(module)
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # a module that exits on import must not end scnas silently
         del sys.modules[name]
         raise OperationsError(f"--ops {path}: importing it failed: {type(err).__name__}: {err}") from err
     return module
@@ -93,7 +93,7 @@ def import_module(ref: str) -> ModuleType:
     except ModuleNotFoundError as err:
         raise OperationsError(f"--ops {ref}: no module of that name can be imported ({err}); give an "
                               "installed module name or the path of a .py file") from err
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # a module that exits on import must not end scnas silently
         raise OperationsError(f"--ops {ref}: importing it failed: {type(err).__name__}: {err}") from err
 
 
@@ -106,15 +106,26 @@ def _apply(library: Library, what: Any, origin: str) -> Library:
         register = getattr(what, "register", None)
         pairs = getattr(what, "OPERATIONS", None)
         if register is None and pairs is not None:
-            for signature, factory in pairs:
-                library = library.register(signature, factory)
+            try:
+                for signature, factory in pairs:
+                    library = library.register(signature, factory)
+            except ScnasError as err:  # a name clash, a bad signature: said with the module's name
+                raise OperationsError(f"{origin}: {err}") from err
+            except (TypeError, ValueError, AttributeError) as err:
+                raise OperationsError(f"{origin}: OPERATIONS must be a list of (OpSignature, factory) pairs "
+                                      f"({type(err).__name__}: {err})") from err
             return library
     elif callable(what):
         register = what
     if register is None or not callable(register):
         raise OperationsError(f"{origin}: defines no operations: it needs a function register(library) -> "
                               "Library or a list OPERATIONS of (OpSignature, factory) pairs")
-    result = register(library)
+    try:
+        result = register(library)
+    except ScnasError as err:
+        raise OperationsError(f"{origin}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - a plugin's own bug: named, not a traceback
+        raise OperationsError(f"{origin}: register(library) failed: {type(err).__name__}: {err}") from err
     if not isinstance(result, Library):
         raise OperationsError(f"{origin}: register(library) returned {type(result).__name__}, not the "
                               "extended Library (Library.register returns a new one: return it)")

@@ -143,3 +143,22 @@ def test_an_installed_plugin_adds_operations(tmp_path: Path, files: dict[str, Pa
     done = check(str(site))
     assert done.returncode == 0, done.stderr
     assert "ok" in done.stdout
+
+
+def test_broken_operation_modules_are_named_messages(tmp_path: Path) -> None:
+    """OPERATIONS of the wrong shape, a register() that raises, a module that exits on import: a message that
+    names the module, exit 1 (a traceback, or silence and exit 0, before)."""
+    import subprocess
+    import sys
+
+    spec = Path(__file__).resolve().parents[2] / "specs" / "unet4cell.scn"
+    cases = {"pairs.py": "OPERATIONS = [1, 2]\n",
+             "raises.py": "def register(library):\n    raise KeyError('oops')\n",
+             "exits.py": "import sys\nsys.exit(0)\n"}
+    for name, text in cases.items():
+        module = tmp_path / name
+        module.write_text(text)
+        done = subprocess.run([sys.executable, "-m", "scnas_dsl", "check", str(spec), "--ops", str(module)],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 1, (name, done.stdout, done.stderr)
+        assert str(module) in done.stderr and "Traceback" not in done.stderr, (name, done.stderr)
