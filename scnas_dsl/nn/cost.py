@@ -240,6 +240,7 @@ def estimate(target: SearchSpace | Supernet | FixedNetwork, *, patch: Sequence[i
     if in_channels is None or num_classes is None:
         raise CompileError("estimate needs in_channels and num_classes for a space or genotype")
     shape = (batch_size, in_channels, *(int(s) for s in patch))
+    check_input_size(space, patch)  # before any tensor of that shape is made (a negative size is a message)
 
     with torch.device("meta"):
         if genotype is not None:

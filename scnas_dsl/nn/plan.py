@@ -323,6 +323,8 @@ def size_problem(spatial: Sequence[int], levels: int, dims: int) -> str | None:
         return (f"the network is {dims}D but the input has {len(spatial)} spatial dimensions "
                 f"{tuple(spatial)}: give (B, C, {', '.join('DHW'[3 - dims:])})")
     step = 2**levels
+    if any(size < 1 for size in spatial):
+        return f"patch {tuple(spatial)}: every size must be a positive number of voxels (a multiple of {step})"
     for size in spatial:
         if size < step or size % step:
             lower, upper = max(step, size // step * step), (size // step + 1) * step

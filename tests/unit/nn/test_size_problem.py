@@ -32,3 +32,11 @@ def test_the_forward_refuses_it_before_instance_norm_crashes() -> None:
     with pytest.raises(CompileError, match="one voxel"):
         net(torch.zeros(1, 1, step, step, step))
     assert net(torch.zeros(1, 1, 2 * step, step, step)).shape[2:] == (2 * step, step, step)
+
+
+def test_a_negative_or_zero_size_is_named_without_a_misleading_hint() -> None:
+    from scnas_dsl.nn.plan import size_problem
+
+    for spatial in ((-16, 16, 16), (0, 16, 16)):
+        problem = size_problem(spatial, 3, 3)
+        assert problem is not None and "positive" in problem and "-8" not in problem
