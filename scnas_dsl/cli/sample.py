@@ -35,7 +35,7 @@ MAX_SAMPLES = 10_000
 @user_errors
 def sample_cmd(
     space_file: Path = typer.Argument(..., metavar="SPACE", help="a .scn file with the space"),  # noqa: B008
-    n: int = typer.Option(..., "-n", min=1, max=MAX_SAMPLES, help=f"how many genotypes (at most {MAX_SAMPLES})"),
+    n: int = typer.Option(..., "-n", help=f"how many genotypes (at most {MAX_SAMPLES})"),
     output: Path = typer.Option(..., "-o", "--output", help="folder for the .scn files and samples.json"),  # noqa: B008
     seed: int = typer.Option(0, "--seed", help="random seed: the same seed gives the same genotypes"),
     like: Path = typer.Option(None, "--like", help="a genotype file whose FLOPs or params to match"),  # noqa: B008
@@ -58,6 +58,8 @@ def sample_cmd(
     from scnas_dsl.loader import load
     from scnas_dsl.nn import random_genotypes as rg
 
+    if n > MAX_SAMPLES:  # each genotype is built and costed: 1e8 of them would run silently for days
+        raise usage(f"-n {n}: at most {MAX_SAMPLES:,} genotypes per call")
     for path in [space_file] + ([like] if like is not None else []):
         if not path.is_file():
             raise usage(f"{path}: no such file")
