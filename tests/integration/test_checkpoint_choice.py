@@ -11,14 +11,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from scnas_dsl.cli import app
 from scnas_dsl.train import cv as cv_module
 from scnas_dsl.train.checkpoint import load_checkpoint, save_checkpoint
 from scnas_dsl.train.config import TrainConfig
 from scnas_dsl.train.predict import predict_run
 from scnas_dsl.train.retrain import run_train
+from tests.helpers import invoke
 from tests.integration.tiny_data import heart_cases
 
 pytestmark = pytest.mark.xdist_group("run_cli")
@@ -26,13 +25,6 @@ pytestmark = pytest.mark.xdist_group("run_cli")
 BASELINE = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
 TINY = dict(batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=1, device="cpu", progress=False,
             augment=False)
-
-
-def invoke(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def constant_weights(state: dict, label: int) -> dict:

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from scnas_dsl.cli import app
 from scnas_dsl.loader import load
 from scnas_dsl.stopping import RunInterrupted
 from scnas_dsl.train import cv as cv_module
+from tests.helpers import invoke
 from tests.integration.tiny_data import heart_cases, tiny_space
 
 BASELINES = Path(__file__).resolve().parents[2] / "specs" / "baselines"
@@ -32,13 +31,6 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data, pre_root = heart_cases(root)
     spec = tiny_space(root)
     return {"root": root, "pre": pre_root, "spec": spec}
-
-
-def invoke(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 @pytest.mark.slow

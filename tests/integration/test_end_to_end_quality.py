@@ -13,11 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from scnas_dsl.cli import app
 from scnas_dsl.data.synth import synthesize
 from scnas_dsl.train.demo import small_space
+from tests.helpers import invoke
 
 # A genotype of the demo's kind of space (two levels, two nodes per cell, the paper's operations), written by
 # hand: every cell has convolutions, so the network learns quickly whatever a search would have found.
@@ -41,13 +40,6 @@ genotype handmade of tiny {
   }
 }
 """
-
-
-def invoke(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:

@@ -10,9 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from scnas_dsl.cli import app
 from scnas_dsl.data.preprocess import (
     preprocess_image,
     restore_probabilities,
@@ -22,17 +20,11 @@ from scnas_dsl.train.config import TrainConfig
 from scnas_dsl.train.inference import sliding_window_inference
 from scnas_dsl.train.predict import load_trained, predict_run
 from scnas_dsl.train.retrain import run_train
+from tests.helpers import invoke
 from tests.integration.tiny_data import heart_cases
 
 BASELINE = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
 FLIPS = [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
-
-
-def invoke(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 @pytest.fixture(scope="module")

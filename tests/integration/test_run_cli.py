@@ -11,9 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from scnas_dsl.cli import app
 from scnas_dsl.data.loader import ignore_stop_signals
 from scnas_dsl.data.preprocess import preprocess_dataset
 from scnas_dsl.data.synth import synthesize
@@ -27,6 +25,7 @@ from scnas_dsl.train.config import SearchConfig, TrainConfig
 from scnas_dsl.train.demo import small_space
 from scnas_dsl.train.retrain import run_train
 from scnas_dsl.train.search import run_search
+from tests.helpers import invoke
 
 pytestmark = pytest.mark.xdist_group("run_cli")
 
@@ -45,13 +44,6 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     spec = root / "tiny.scn"
     spec.write_text(TINY_SPACE)
     return {"root": root, "data": data, "pre": pre.root, "spec": spec}
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 @pytest.mark.slow

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from scnas_dsl.cli import app
 from scnas_dsl.graph.printer import print_document
 from scnas_dsl.loader import load
 from scnas_dsl.model import Document, Import
 from scnas_dsl.nn import derive_genotype
 from scnas_dsl.train.demo import small_space
+from tests.helpers import invoke
 
 #: A tiny space of the paper's cells (one level, two nodes, stem width 4), as the trainer's tests use.
 SPACE = "# a tiny space\n" + small_space("tiny", levels=1, ops=("conv3", "dil2", "skip", "none"), stem_width=4)
@@ -33,13 +32,6 @@ def files(tmp_path: Path) -> dict[str, Path]:
     genotype = tmp_path / "found.scn"
     genotype.write_text(print_document(Document(imports=(Import(path="tiny.scn"),), genotypes=(found,))))
     return {"space": space, "genotype": genotype}
-
-
-def invoke(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def test_sample_writes_files_that_check(files: dict[str, Path], tmp_path: Path) -> None:

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 from scipy import stats
-from typer.testing import CliRunner
 
-from scnas_dsl.cli import app
 from scnas_dsl.errors import RunError
 from scnas_dsl.train.compare import compare_runs
+from tests.helpers import invoke
 
 LABELS = ["edema", "enhancing"]
 CASES = [f"case_{i}" for i in range(10)]
@@ -129,13 +128,6 @@ def test_identical_runs_have_no_p_value_and_the_report_files_are_written(tmp_pat
     assert names == [".scnas-compare", "box_edema.png", "box_enhancing.png", "report.csv", "report.json", "report.md"]
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## edema" in md and "mean ± sd over cases" in md and "Wilcoxon" in md
-
-
-def invoke(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def test_refusals_are_messages_without_traceback(tmp_path: Path) -> None:

@@ -6,20 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from scnas_dsl.cli import app
 from scnas_dsl.data.preprocess import preprocess_dataset
 from scnas_dsl.data.synth import synthesize
+from tests.helpers import invoke
 
 BASELINE = Path(__file__).resolve().parents[3] / "specs" / "baselines" / "unet3d.scn"
-
-
-def invoke(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200", "NO_COLOR": "1"})
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def test_cv_help_describes_the_retraining_options() -> None:
