@@ -83,8 +83,9 @@ def _job(args: argparse.Namespace, kind: str, payload: tuple[Any, ...]) -> Any:
         return bench.retrain(*payload)
     if kind == "search":
         return bench.search(*payload)
-    if kind == "select":
-        return bench.select(*payload)
+    if kind == "select":  # (run, ((method, name), ...)): one process per run folder, which derive holds
+        run, wanted = payload
+        return [bench.select(run, method, name) for method, name in wanted]
     if kind == "score":
         return score(bench, *payload)
     raise ValueError(kind)
@@ -171,11 +172,11 @@ def phase_search(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def phase_select(args: argparse.Namespace, searches: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     print("select: the searched genotypes", flush=True)
-    plan = [("pair", "alpha"), ("pair", "projection"), ("fair", "projection"), ("fair", "sampled")]
+    plan = {"pair": ("alpha", "projection"), "fair": ("projection", "sampled")}
     # named as search_validity.py's select phase names them, so that the runs are shared in one --out folder
-    jobs = [(args, "select", (searches[kind]["run"], method, f"{searches[kind]['name']}_{method}"))
-            for kind, method in plan]
-    return run_jobs(args, jobs)
+    jobs = [(args, "select", (searches[kind]["run"], tuple((m, f"{searches[kind]['name']}_{m}") for m in methods)))
+            for kind, methods in plan.items()]
+    return [row for rows in run_jobs(args, jobs) for row in rows]
 
 
 def genotype_set(args: argparse.Namespace, selected: list[dict[str, Any]]) -> list[dict[str, Any]]:

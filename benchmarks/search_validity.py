@@ -532,8 +532,9 @@ def _job(args: argparse.Namespace, kind: str, payload: tuple[Any, ...]) -> dict[
 
     torch.set_num_threads(args.threads)
     bench = Bench(args)
-    if kind == "select":
-        return bench.select(*payload)
+    if kind == "select":  # (run, ((method, name), ...)): one process per run folder, which derive holds
+        run, wanted = payload
+        return [bench.select(run, method, name) for method, name in wanted]
     return bench.search(*payload) if kind == "search" else bench.retrain(*payload)
 
 
@@ -603,8 +604,8 @@ def phase_select(bench: Bench, searches: list[dict[str, Any]]) -> list[dict[str,
     trained supernet for all methods)."""
     print("select", flush=True)
     pairs = [s for s in searches if s["sampling"] == "pair" and s.get("run")]
-    jobs = [("select", (s["run"], m, f"{s['name']}_{m}")) for s in pairs for m in bench.args.methods]
-    rows = run_jobs(bench, jobs)
+    jobs = [("select", (s["run"], tuple((m, f"{s['name']}_{m}") for m in bench.args.methods))) for s in pairs]
+    rows = [row for rows in run_jobs(bench, jobs) for row in rows]
     metas = [s for s in pairs for _ in bench.args.methods]
     return [{**row, "search": s["name"], "sampling": s["sampling"], "betas": s["betas"], "search_seed": s["seed"]}
             for row, s in zip(rows, metas, strict=True)]
