@@ -339,7 +339,9 @@ def missing_file_message(path: Path) -> str | None:
 
 
 def orientation_problem(img: nib.Nifti1Image) -> str | None:
-    """A message when a NIfTI image declares no orientation (``qform_code`` and ``sform_code`` both 0)."""
+    """A message when a NIfTI image's geometry is unusable: no orientation (``qform_code`` and ``sform_code`` both
+    0), or a singular affine (a zero-length axis, two axes along one direction). ``scnas data check``,
+    preprocessing, training and prediction all apply it (one rule)."""
     header = img.header
     if not isinstance(header, nib.Nifti1Header):  # Nifti2Header derives from it; other formats: no codes
         return None
@@ -348,6 +350,12 @@ def orientation_problem(img: nib.Nifti1Image) -> str | None:
             "no orientation (qform_code and sform_code are both 0), so where the voxels lie is unknown; "
             "set the image's qform or sform (for example with nibabel: img.set_sform(affine, code=1))"
         )
+    linear = np.asarray(img.affine, dtype=np.float64)[:3, :3]
+    lengths = np.sqrt((linear**2).sum(0))
+    if not np.isfinite(linear).all() or lengths.min() <= 1e-6 * max(lengths.max(), 1e-12) or \
+            abs(np.linalg.det(linear)) <= 1e-9 * float(np.prod(lengths)):
+        return (f"a singular affine (axis lengths {lengths.round(4).tolist()} mm, or two axes along one direction), "
+                "so the voxel grid has no orientation; fix the image's qform or sform")
     return None
 
 

@@ -45,7 +45,14 @@ from scnas_dsl.data.cache import (
     prepare_out,
     settings_name,
 )
-from scnas_dsl.data.dataset import Case, Dataset, load_header, missing_file_message, open_dataset
+from scnas_dsl.data.dataset import (
+    Case,
+    Dataset,
+    load_header,
+    missing_file_message,
+    open_dataset,
+    orientation_problem,
+)
 from scnas_dsl.data.files import atomic_write, npy, read_json_or_none, write_json
 from scnas_dsl.data.pipeline import (
     canonical_geometry,
@@ -111,6 +118,9 @@ def _fingerprint_case(case: Case, channels: int, is_ct: bool, num_classes: int) 
                 f"{case.images[0]}: case {case.id}: image has shape {img.shape}; expected 3D or 4D "
                 "(channels last)"
             )
+        unusable = orientation_problem(img)  # check's geometry rule, before the geometry is read
+        if unusable is not None:
+            raise DataError(f"{case.images[0]}: {unusable} (`scnas data check` lists every such image)")
         zooms, shape = canonical_geometry(np.asarray(img.affine), img.shape[:3])
         return {"spacing": zooms, "shape": shape, "samples": None}
     image, ref = load_channels(case.images, channels)

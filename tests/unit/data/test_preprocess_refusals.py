@@ -171,3 +171,35 @@ def test_extreme_intensities_are_normalised_in_float64_or_refused_by_one_rule(he
     assert len(problems) == 1 and "e+30" in problems[0].message  # the value range is named
     with pytest.raises(DataError, match=r"NaN or infinite intensities in float32.*scnas data check"):
         preprocess_dataset(root, out=tmp_path / "pre_inf", spacing=None, progress=False)
+
+
+def test_a_singular_affine_is_a_defect_check_and_preprocess_both_name(heart: Path, tmp_path: Path) -> None:
+    """A zero-length axis ended in nibabel's "Unable to find out axis" traceback in preprocess after check said
+    ok."""
+    import shutil
+
+    from scnas_dsl.data.dataset import check_dataset
+
+    for name, change in (("singular", "affine"),):
+        root = Path(shutil.copytree(heart, tmp_path / name))
+        image = sorted((root / "imagesTr").glob("*.nii.gz"))[0]
+        img = nib.load(image)
+        data = np.asarray(img.dataobj)
+        if change == "affine":  # the sform's third row zero: a zero-length axis, no qform
+            header = img.header.copy()
+            header["qform_code"], header["sform_code"] = 0, 1
+            header["srow_z"] = [0.0, 0.0, 0.0, 0.0]
+            out = nib.Nifti1Image(data, None, header)  # no affine given: the header's sform is kept as it is
+        else:
+            header = img.header.copy()
+            header["qform_code"], header["sform_code"] = 0, 1  # the sform is fine: only pixdim lies
+            pixdim = header["pixdim"].copy()
+            pixdim[1] = 0.0
+            header["pixdim"] = pixdim
+            out = nib.Nifti1Image(data, None, header)
+        nib.save(out, image)
+        problems = [p.message for p in check_dataset(root) if p.file == image]
+        expected = "singular affine" if change == "affine" else "voxel size"
+        assert any(expected in m for m in problems), problems
+        with pytest.raises(DataError, match=expected):
+            preprocess_dataset(root, out=tmp_path / f"pre_{name}", spacing=None, progress=False)
