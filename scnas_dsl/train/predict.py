@@ -37,7 +37,7 @@ from scnas_dsl.data.preprocess import (
     restore_probabilities,
     restore_segmentation,
 )
-from scnas_dsl.errors import CheckpointError, DataError, RunError
+from scnas_dsl.errors import CheckpointError, DataError, RunError, first_line
 from scnas_dsl.files import atomic_write
 from scnas_dsl.folders import holding
 from scnas_dsl.loader import load
@@ -149,8 +149,13 @@ def load_trained(run: Path | str, which: str = "last", ops: Sequence[str] = ()) 
     else:  # weights saved after the 0-based epoch "epoch"
         weights = Weights(run=run.resolve(), checkpoint="best", epoch=int(state["epoch"]) + 1,
                           dice=float(state["dice"]))
-    return TrainedModel(network=network, patch=tuple(recipe.patch), pre=Preprocessed(run / PREPROCESSING),
-                        blend=recipe.blend, weights=weights)
+    try:
+        pre = Preprocessed(run / PREPROCESSING)
+    except DataError as err:  # its advice (run `scnas data preprocess`) cannot remake a run's own record
+        raise RunError(f"{run / PREPROCESSING}: the run's record of how its training data was preprocessed cannot "
+                       f"be read ({first_line(err, 200)}); put back a copy of the run folder's {PREPROCESSING}/ "
+                       "or train again: `scnas data preprocess` cannot remake it") from err
+    return TrainedModel(network=network, patch=tuple(recipe.patch), pre=pre, blend=recipe.blend, weights=weights)
 
 
 def group_cases(inputs: list[Path], layout: str, channels: int) -> dict[str, list[Path]]:

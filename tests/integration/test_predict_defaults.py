@@ -171,3 +171,14 @@ def test_checkpoint_cells_option_of_train(trained: dict[str, Path], tmp_path: Pa
         losses[flag], counted[flag] = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["train_loss"], calls[0]
     assert counted["--checkpoint-cells"] > 0 and counted[None] == 0
     assert losses["--checkpoint-cells"] == pytest.approx(losses[None], abs=1e-5)
+
+
+def test_a_damaged_preprocessing_record_of_a_run_says_what_can_repair_it(trained: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    import shutil
+
+    run = Path(shutil.copytree(trained["run"], tmp_path / "run"))
+    (run / "preprocessing" / "preprocessed.json").write_text("{broken")
+    code, output = invoke("predict", run, "--input", trained["raw"] / "imagesTr", "--output", tmp_path / "out")
+    assert code == 1 and "preprocessing" in output and "cannot remake it" in output
+    assert "Traceback" not in output and not (tmp_path / "out").exists()
