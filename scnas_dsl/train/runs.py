@@ -13,9 +13,9 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scnas_dsl.errors import RunError, first_line
 from scnas_dsl.files import write_text
@@ -44,13 +44,13 @@ PREPROCESSING = "preprocessing"  # (train) the preprocessing record, so that pre
 class NetworkRecord(BaseModel):
     """``network.json`` of a training run, read in one place: what prediction and export rebuild."""
 
-    model_config = ConfigDict(extra="allow")
-    in_channels: int
-    num_classes: int
-    stem_width: int
-    patch: list[int]
-    deep_supervision: list[int] | bool | None = None
-    blend: str = "gaussian"  # the sliding windows' weights (the run's setting)
+    model_config = ConfigDict(extra="allow", strict=True)
+    in_channels: int = Field(ge=1)
+    num_classes: int = Field(ge=1)
+    stem_width: int = Field(ge=1)
+    patch: list[Annotated[int, Field(ge=1)]] = Field(min_length=2, max_length=3)
+    deep_supervision: list[Annotated[int, Field(ge=1)]] | bool | None = None
+    blend: Literal["gaussian", "constant"] = "gaussian"  # the sliding windows' weights (the run's setting)
 
 
 def read_network(run: Path) -> NetworkRecord:
@@ -61,6 +61,9 @@ def read_network(run: Path) -> NetworkRecord:
     except FileNotFoundError as err:
         raise RunError(f"{run}: not a folder written by `scnas train` (no {NETWORK}); give the --out folder of a "
                        "training run") from err
+    except ValidationError as err:
+        where = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'the file'}: {e['msg']}" for e in err.errors()[:3])
+        raise RunError(f"{path}: not the record scnas train wrote ({where}); was the run folder edited?") from err
     except (OSError, ValueError) as err:
         raise RunError(f"{path}: cannot be read ({first_line(err)}); was the run folder edited?") from err
 

@@ -1,0 +1,78 @@
+"""Records a run reads, mutated at random (hypothesis): every outcome is success or a scnas error that names the
+file, never a traceback (issue 21, section 6). Bounded: a few dozen examples per record, well under a minute."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scnas_dsl.errors import ScnasError
+from scnas_dsl.train.config import TrainConfig
+from scnas_dsl.train.predict import load_trained
+from scnas_dsl.train.resume import check_resumed_settings
+from scnas_dsl.train.retrain import run_train
+from tests.integration.tiny_data import heart_cases
+
+BASELINE = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True)
+                    | st.text(max_size=8), lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("fuzz")
+    _, pre = heart_cases(root)
+    cfg = TrainConfig(genotype=str(BASELINE), data=str(pre), out=str(root / "run"), epochs=1, val_every=1,
+                      batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=1, device="cpu",
+                      progress=False, augment=False, mirror_validation=False)
+    assert run_train(cfg) is not None
+    return root / "run"
+
+
+def _mutated(run: Path, tmp: Path, name: str, key: str | None, value: Any) -> Path:
+    copy = tmp / "run"
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(run, copy)
+    record = copy / name
+    if key is None:
+        record.write_text(json.dumps(value))
+    else:
+        data = json.loads(record.read_text())
+        data[key] = value
+        record.write_text(json.dumps(data))
+    return copy
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from([None, "in_channels", "num_classes", "stem_width", "patch", "deep_supervision",
+                            "blend"]), value=JSON)
+def test_a_mutated_network_json_is_a_message_naming_it(run: Path, tmp_path: Path, key: str | None,
+                                                       value: Any) -> None:
+    copy = _mutated(run, tmp_path, "network.json", key, value)
+    try:
+        load_trained(copy)
+    except ScnasError as err:
+        assert "network.json" in str(err) or str(copy) in str(err), str(err)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from([None, "seed", "epochs", "batch_size", "patch"]), value=JSON)
+def test_a_mutated_config_json_refuses_a_resume_naming_it(run: Path, tmp_path: Path, key: str | None,
+                                                          value: Any) -> None:
+    copy = _mutated(run, tmp_path, "config.json", key, value)
+    settings_now = json.loads((run / "config.json").read_text())
+    try:
+        check_resumed_settings(copy, settings_now)
+    except ScnasError as err:
+        assert "config.json" in str(err), str(err)
