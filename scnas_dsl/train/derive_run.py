@@ -126,8 +126,13 @@ def _check_split(run: Path, data: DataContext) -> None:
     path = run / SPLIT
     if not path.is_file():
         return
-    split = json.loads(path.read_text())
-    if sorted(split.get("arch_part", [])) != sorted(data.fold.arch_part):
+    try:
+        split = json.loads(path.read_text())
+        arch_part = sorted(str(case) for case in split["arch_part"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RunError(f"{path}: not the split record scnas search wrote ({first_line(err)}); put back a copy "
+                       "of it") from err
+    if arch_part != sorted(data.fold.arch_part):
         raise RunError(f"{path}: the search's architecture part is not the fold's of this data set; give the data "
                        "set the search ran on with --data")
 

@@ -210,3 +210,13 @@ def test_a_fair_search_from_the_command_line_leaves_the_logits_and_chooses_by_sc
     state = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
     for key, alpha in fresh.arch.items():  # the initial logits, untouched by the search
         assert torch.equal(state[f"arch.{key}"], alpha.detach()), key
+
+
+def test_a_broken_split_record_is_a_message(finished: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    run = Path(shutil.copytree(finished["run"], tmp_path / "broken"))
+    for text in ("{broken", "[1]", '{"arch_part": 5}'):
+        (run / "split.json").write_text(text)
+        result = runner.invoke(app, ["rank", str(run), str(run / "genotype.scn")])
+        assert result.exit_code == 1 and "split.json" in result.output and "Traceback" not in result.output
