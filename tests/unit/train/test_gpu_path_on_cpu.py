@@ -111,3 +111,41 @@ def test_no_amp_means_float32_convolutions_on_the_gpu(monkeypatch: pytest.Monkey
         assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cuda.matmul.allow_tf32 is True
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_the_ranks_gpu_is_bound_to_the_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed as dist
+
+    from scnas_dsl.train.device import setup_runtime
+
+    calls: list[dict] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(dist, "new_group", lambda **kwargs: "wait group")
+    for name, value in (("WORLD_SIZE", "4"), ("RANK", "3"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        runtime = setup_runtime("cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    assert calls == [{"backend": "nccl", "device_id": torch.device("cuda", 1)}]
+    assert runtime.device == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])])
+def test_dice_counts_stay_on_the_logits_device_until_read(device: str) -> None:
+    from scnas_dsl.train.search_report import DiceCounts
+
+    counts = DiceCounts(3)
+    logits = torch.zeros(1, 3, 4, 4, 4, device=device)
+    logits[:, 1] = 1.0
+    target = torch.ones(1, 4, 4, 4, dtype=torch.long, device=device)
+    counts.add(logits, target)
+    counts.add(logits, target)
+    assert counts.counts is not None and counts.counts.device.type == device  # no copy to the host per batch
+    assert counts.values() == [128.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # class 1: tp 128; class 2: nothing
