@@ -166,3 +166,23 @@ def refuse_inputs(outputs: list[Path], inputs: list[Path], option: str = "-o") -
                 raise RunError(f"{output}: {'is' if target == source else 'is a file of'} {source}, one of this "
                                f"command's inputs; it is never replaced (not even with --force). Choose another "
                                f"{option}")
+
+
+def data_set_at(path: Path) -> Path | None:
+    """The data set folder at or above ``path`` (resolved), or None: one with a ``dataset.json`` and an
+    ``imagesTr/`` or ``labelsTr/`` folder (the MSD and nnU-Net raw layouts; nnU-Net's preprocessed folders, which
+    hold a ``dataset.json`` but no images, are not data sets here)."""
+    target = path.resolve()
+    for folder in (target, *target.parents):
+        if (folder / "dataset.json").is_file() and ((folder / "imagesTr").is_dir() or (folder / "labelsTr").is_dir()):
+            return folder
+    return None
+
+
+def refuse_data_set(output: Path, option: str = "-o") -> None:
+    """Refuse, whatever the flags, an output inside a data set folder (:func:`data_set_at`): no command writes
+    into a data set."""
+    folder = data_set_at(output)
+    if folder is not None:
+        raise RunError(f"{output}: lies inside the data set {folder} (it has a dataset.json and images); scnas never "
+                       f"writes into a data set, even with --force. Choose {option} outside it")

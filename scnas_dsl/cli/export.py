@@ -14,7 +14,7 @@ import typer
 
 from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.cli.options import OPS
-from scnas_dsl.folders import refuse_inputs
+from scnas_dsl.folders import refuse_data_set, refuse_inputs
 
 
 @user_errors
@@ -45,6 +45,7 @@ def export_cmd(
         raise usage(f"--format {fmt}: choose onnx or torch-export")
     record_path = ex.record_path(output)
     refuse_inputs([output, record_path], [source, *([weights] if weights is not None else [])])
+    refuse_data_set(output)
     for target in (output, record_path):
         if target.exists() and not force:
             raise usage(f"{target}: exists already; pass --force to overwrite it, or choose another -o")

@@ -19,7 +19,7 @@ from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.cli.options import OPS
 from scnas_dsl.errors import CompileError
 from scnas_dsl.files import write_text
-from scnas_dsl.folders import refuse_inputs
+from scnas_dsl.folders import refuse_data_set, refuse_inputs
 
 
 def resolved_configuration(configurations: dict[str, Any], name: str) -> dict[str, Any]:
@@ -70,6 +70,7 @@ def export_nnunet_cmd(
     if output.resolve() == plans.resolve():
         raise usage(f"-o {output} is the plans file itself: write a new file next to it (e.g. nnUNetPlans_scnas.json)")
     refuse_inputs([output], [genotype, plans])  # the genotype (and what it imports) are never replaced
+    refuse_data_set(output)
     if output.exists() and not force:
         raise usage(f"{output} exists: use --force to replace it")
     try:

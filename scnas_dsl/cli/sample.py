@@ -15,6 +15,7 @@ import typer
 
 from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.errors import ScnasError
+from scnas_dsl.folders import refuse_data_set
 
 
 def _table(samples: list[Any]) -> str:
@@ -67,6 +68,7 @@ def sample_cmd(
         raise usage(f"--match {match} needs --like GENOTYPE, the genotype to match")
     if match is not None and match not in ("flops", "params"):
         raise usage(f"--match {match}: choose flops or params")
+    refuse_data_set(output)
     if output.exists() and not output.is_dir():
         raise usage(f"{output}: is a file; -o takes a folder")
     if n >= 1:

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scnas_dsl.errors import RunError
 from scnas_dsl.files import write_text
-from scnas_dsl.folders import folder_state, foreign_folder, replace_folder
+from scnas_dsl.folders import folder_state, foreign_folder, refuse_data_set, replace_folder
 from scnas_dsl.train.cv import CV_MARKER, sample_std, summary_suffix
 from scnas_dsl.train.metrics import nanmean
 from scnas_dsl.train.predict import CHECKPOINTS
@@ -408,6 +408,7 @@ def compare_runs(folders: list[Path], report: Path, names: list[str] | None = No
     names = names or [f.resolve().name for f in folders]
     if len(set(names)) != len(names):
         raise RunError(f"the runs' names are not distinct ({', '.join(names)}); give distinct ones with --names")
+    refuse_data_set(report)
     _check_report_folder(report, force)
     runs = [read_cv(f, n, checkpoint) for f, n in zip(folders, names, strict=True)]
     notes = _check_same(runs)

@@ -39,7 +39,7 @@ from scnas_dsl.data.preprocess import (
 )
 from scnas_dsl.errors import CheckpointError, DataError, RunError, first_line
 from scnas_dsl.files import atomic_write
-from scnas_dsl.folders import holding
+from scnas_dsl.folders import holding, refuse_data_set
 from scnas_dsl.loader import load
 from scnas_dsl.nn import build_network
 from scnas_dsl.stopping import RunInterrupted, StopSignal, requested_signal, stop_requested
@@ -267,10 +267,7 @@ def check_output_folder(output: Path, inputs: list[Path]) -> None:
         if target == folder:
             raise RunError(f"{output}: is the folder of the input images ({source}); write the predictions into "
                            "another folder (--output), outside the data set")
-    for folder in (target, *target.parents):
-        if (folder / "dataset.json").is_file():
-            raise RunError(f"{output}: lies inside the data set {folder} (it has a dataset.json); scnas never "
-                           "writes into a data set, even with --force. Choose an --output outside it")
+    refuse_data_set(output, "an --output")  # the one rule of every command (scnas_dsl.folders)
 
 
 @holding("output", "scnas predict")

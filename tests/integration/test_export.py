@@ -184,3 +184,14 @@ def test_an_opset_torch_cannot_use_is_a_message(runs: dict[str, Path]) -> None:
     code, output = _export(str(runs["plain"]), "--format", "onnx", "-o", str(out), "--opset", "5")
     assert code == 1 and "--opset 5" in output and "Traceback" not in output
     assert not out.exists()
+
+
+def test_no_command_writes_into_a_data_set(runs: dict[str, Path]) -> None:
+    dataset = runs["root"] / "data"  # the generated data set the runs trained on (dataset.json, imagesTr/)
+    assert (dataset / "dataset.json").is_file()
+    code, output = _export(str(runs["plain"]), "--format", "onnx", "-o", str(dataset / "net.onnx"))
+    assert code == 1 and "lies inside the data set" in output and not (dataset / "net.onnx").exists()
+    spec = Path(__file__).resolve().parents[2] / "specs" / "unet4cell.scn"
+    result = CliRunner().invoke(app, ["sample", str(spec), "-n", "1", "-o", str(dataset / "samples")])
+    assert result.exit_code == 1 and "lies inside the data set" in result.output
+    assert not (dataset / "samples").exists()
