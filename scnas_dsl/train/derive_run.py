@@ -176,10 +176,9 @@ def derive(search: TrainedSearch, settings: SelectionConfig, out: Path | None = 
     header = (f"Chosen by `scnas derive --select {settings.method}` from the search in {run} "
               f"({search.epochs_done} epochs done).\n" + (check["text"] + ".\n" if check else "")
               + "Retrain it with: scnas train " + target.name + " --data DATA")
-    text = genotype_text(selection.genotype, header)
-    if target.parent.resolve() != run.resolve():  # the genotype imports the run's space: give it its own path
-        space_path = Path(os.path.relpath(run.resolve() / SPACE, target.parent.resolve()))
-        text = text.replace('import "space.scn"', f'import "{space_path.as_posix()}"', 1)
+    # the genotype imports the run's space, by its path from where the genotype is written
+    space_path = Path(os.path.relpath(run.resolve() / SPACE, target.parent.resolve()))
+    text = genotype_text(selection.genotype, header, space_path.as_posix())
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(target, lambda f: f.write(text), mode="w")
