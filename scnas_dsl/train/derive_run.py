@@ -28,11 +28,11 @@ from scnas_dsl.nn import TemperatureSchedule, build_supernet
 from scnas_dsl.nn.supernet import Supernet
 from scnas_dsl.train.checkpoint import load_checkpoint
 from scnas_dsl.train.config import SearchConfig, SelectionConfig
-from scnas_dsl.train.data_context import DataContext, loader, open_data
+from scnas_dsl.train.data_context import DataContext, open_data
 from scnas_dsl.train.device import Runtime, setup_runtime
 from scnas_dsl.train.loop import adam
 from scnas_dsl.train.runs import CHECKPOINT_DIR, CONFIG, GENOTYPE, LAST, SPACE, SPLIT, RunFolder
-from scnas_dsl.train.selection import Score, Selection, SupernetScorer, score_batches
+from scnas_dsl.train.selection import Score, Selection, SupernetScorer, architecture_scorer
 
 
 @dataclass
@@ -139,10 +139,7 @@ def _check_split(run: Path, data: DataContext) -> None:
 
 def scorer_for(search: TrainedSearch, settings: SelectionConfig) -> SupernetScorer:
     """A scorer on the architecture part's fixed un-augmented batches (the same the search's selection uses)."""
-    source = loader(search.cfg, search.data, search.runtime, search.data.fold.arch_part, search.patch, stream=6,
-                    augment=False, num_batches=settings.score_batches)
-    return SupernetScorer(search.model, score_batches(source, settings.score_batches), search.runtime,
-                          settings.by)
+    return architecture_scorer(search.model, search.cfg, search.data, search.runtime, search.patch, settings)
 
 
 @holding("search", "scnas derive")

@@ -71,9 +71,8 @@ from scnas_dsl.train.search_report import (
 from scnas_dsl.train.selection import (
     CostContext,
     Selection,
-    SupernetScorer,
+    architecture_scorer,
     choose,
-    score_batches,
     select_alpha,
     weight_tuner,
 )
@@ -416,9 +415,7 @@ def select_genotype(model: Supernet, cfg: SearchConfig, runtime: Runtime, data: 
     needs_scores = settings.method != "alpha" or settings.check_samples > 0
     if not needs_scores:
         return select_alpha(model, name), None
-    source = loader(cfg, data, runtime, data.fold.arch_part, patch, stream=6, augment=False,
-                    num_batches=settings.score_batches)
-    scorer = SupernetScorer(model, score_batches(source, settings.score_batches), runtime, settings.by)
+    scorer = architecture_scorer(model, cfg, data, runtime, patch, settings)
     tune = None
     if settings.method == "projection" and settings.tune_steps:
         tuning = optimizer or adam(model.weight_parameters(), cfg.weight_optimizer)

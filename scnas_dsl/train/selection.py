@@ -42,7 +42,8 @@ from scnas_dsl.nn.derive import derive_genotype
 from scnas_dsl.nn.random_genotypes import SamplingError, sample_genotypes
 from scnas_dsl.nn.sampler import EdgeSample
 from scnas_dsl.nn.supernet import Samples, Supernet
-from scnas_dsl.train.config import SelectionConfig
+from scnas_dsl.train.config import CommonConfig, SelectionConfig
+from scnas_dsl.train.data_context import DataContext, loader
 from scnas_dsl.train.device import Runtime
 from scnas_dsl.train.losses import soft_jaccard_loss
 from scnas_dsl.train.search_report import DiceCounts
@@ -106,6 +107,16 @@ class SupernetScorer:
     def score_genotype(self, genotype: Genotype) -> Score:
         """The score of ``genotype``'s architecture (``Supernet.genotype_samples``)."""
         return self.score(self.model.genotype_samples(genotype))
+
+
+def architecture_scorer(model: Supernet, cfg: CommonConfig, data: DataContext, runtime: Runtime, patch: tuple[int, int, int],
+                        settings: SelectionConfig) -> SupernetScorer:
+    """The scorer of a search's supernet: ``settings.score_batches`` fixed un-augmented batches of the fold's
+    architecture part (a loader stream of their own, so scoring never changes the search's batches)."""
+
+    source = loader(cfg, data, runtime, data.fold.arch_part, patch, stream=6, augment=False,
+                    num_batches=settings.score_batches)
+    return SupernetScorer(model, score_batches(source, settings.score_batches), runtime, settings.by)
 
 
 def score_batches(source: Any, count: int) -> list[Batch]:

@@ -73,7 +73,10 @@ def test_each_step_reads_its_part_of_the_fold(finished: dict[str, Path], tmp_pat
         uses.append((kind, origin.get(id(x))))
         return forward(self, x, samples, arch_grad=arch_grad)
 
-    monkeypatch.setattr(search_module, "loader", traced_loader)
+    import scnas_dsl.train.selection as selection_module
+
+    for module in (search_module, selection_module):  # the search's loaders and the selection's scorer
+        monkeypatch.setattr(module, "loader", traced_loader)
     monkeypatch.setattr(Supernet, "forward", traced_forward)
     run_search(_cfg(finished["spec"], finished["pre"], tmp_path / "traced",
                     selection=SelectionConfig(method="sampled", samples=2, score_batches=2, check_samples=2)))

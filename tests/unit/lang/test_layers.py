@@ -20,9 +20,10 @@ LAYERS = [
 ]
 
 
-def _layer(module: str) -> int | None:
+def _layer(module: str, layers: list[tuple[str, ...]] = LAYERS) -> int | None:
+    """The rank of ``module``'s layer in ``layers`` (the longest matching prefix), or None."""
     best: tuple[int, int] | None = None
-    for rank, layer in enumerate(LAYERS):
+    for rank, layer in enumerate(layers):
         for prefix in layer:
             if module == prefix or module.startswith(prefix + "."):
                 if best is None or len(prefix) > best[1]:
@@ -86,13 +87,7 @@ PACKAGE_LAYERS = [
 def _package_layer(module: str) -> int | None:
     if module == "scnas_dsl":  # the package's lazy entry points (scnas_dsl/__init__.py) sit on top
         return len(PACKAGE_LAYERS)
-    best: tuple[int, int] | None = None
-    for rank, layer in enumerate(PACKAGE_LAYERS):
-        for prefix in layer:
-            if module == prefix or module.startswith(prefix + "."):
-                if best is None or len(prefix) > best[1]:
-                    best = (rank, len(prefix))
-    return None if best is None else best[0]
+    return _layer(module, PACKAGE_LAYERS)
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
