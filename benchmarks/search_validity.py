@@ -9,6 +9,16 @@ spatial operation of the network is a searched one; volumes are as large as the 
 border is a peak of the volume. The small space (a one-level U-Net of two-node cells) offers
 ``conv3, dil2, maxpool, avgpool, skip, none`` on every edge.
 
+The second task (``--task context``; everything under ``OUT/context``): white noise, and in each volume
+``--centres`` crosses whose six arm ends, ``--distance`` (6) voxels from the centre along the axes, are raised
+by ``--amplitude`` (3 std); the label is the centre voxel alone, itself plain noise. As many decoy crosses of
+half the distance are unlabelled. Only a receptive field that reaches 6 voxels at full resolution sees the
+evidence: two chained ``dil3 = sep_conv(kernel=3, dilation=3)`` do, in one cell (and express the ideal filter,
+the six arm ends summed, exactly), while two ``conv3`` reach 2 and even four (``enc`` and ``dec``) reach 4.
+One ``dil3`` alone reaches 3, the decoys' distance: the operation pays only chained, in combination. The
+space is the same with ``dil3`` in place of ``dil2``. "Where it pays": ``dil3`` chained in ``enc``
+(``n1 = dil3(n0) + ...`` with ``dil3`` on an edge into ``n0``).
+
 Phases (``--phases``, default all, in this order; a finished run is reused when its settings are unchanged,
 so an interrupted study continues where it stopped):
 
@@ -66,23 +76,42 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PLANTED = "maxpool"
-OPS = ("conv3", "dil2", "maxpool", "avgpool", "skip", "none")
 ZERO = "none"
+OP_DEFS = {"conv3": "conv(kernel=3)", "dil2": "sep_conv(kernel=3, dilation=2)",
+           "dil3": "sep_conv(kernel=3, dilation=3)", "maxpool": "max_pool(kernel=3)",
+           "avgpool": "avg_pool(kernel=3)", "skip": "identity", "none": "zero"}
+# Each task: its planted operation, the operation set of its space (the same shape: six operations, the
+# planted one among them), the other operations of the hand check, and the data set's folder name.
+TASKS: dict[str, dict[str, Any]] = {
+    "peaks": {"planted": "maxpool", "ops": ("conv3", "dil2", "maxpool", "avgpool", "skip", "none"),
+              "check": ("maxpool", "conv3", "avgpool", "dil2", "skip"), "dataset": "Task_PlantedMax"},
+    "context": {"planted": "dil3", "ops": ("conv3", "dil3", "maxpool", "avgpool", "skip", "none"),
+                "check": ("dil3", "conv3", "maxpool", "avgpool", "skip"), "dataset": "Task_PlantedContext"},
+}
+TASK = "peaks"
+PLANTED: str = TASKS[TASK]["planted"]
+OPS: tuple[str, ...] = TASKS[TASK]["ops"]
+
+
+def use_task(name: str) -> None:
+    """Make ``name`` the task of this process (module-wide: its planted operation and operation set)."""
+    global TASK, PLANTED, OPS
+    TASK, PLANTED, OPS = name, TASKS[name]["planted"], TASKS[name]["ops"]
+
+
+def space_text(width: int, stem_kernel: int) -> str:
+    """The study's search space for the current task."""
+    lines = "\n".join(f"    {op} = {OP_DEFS[op]}" for op in OPS)
+    return SPACE_TEXT.format(width=width, stem_kernel=stem_kernel, op_lines=lines)
 SPACE_NAME = "planted"
 BETAS = {"paper": (0.1, 0.001), "standard": (0.9, 0.999)}
 
 SPACE_TEXT = """\
 # The search space of benchmarks/search_validity.py: a one-level U-Net of two-node cells whose edges
-# choose among a small operation set that holds the planted operation (maxpool).
+# choose among a small operation set that holds the planted operation.
 space planted {{
   ops small {{
-    conv3 = conv(kernel=3)
-    dil2 = sep_conv(kernel=3, dilation=2)
-    maxpool = max_pool(kernel=3)
-    avgpool = avg_pool(kernel=3)
-    skip = identity
-    none = zero
+{op_lines}
   }}
 
   cell enc normal {{ nodes 2; inputs 2; ops small }}
@@ -138,9 +167,48 @@ def planted_case(shape: Sequence[int], sigma: float, threshold: float, window: i
     return image, label.astype(np.uint8)
 
 
+def context_case(shape: Sequence[int], distance: int, centres: int, amplitude: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One case of the context task: white noise (standardised), and ``centres`` marked voxels whose six
+    neighbours at ``distance`` along the axes (a cross of arms ``distance`` long) are raised by ``amplitude``;
+    the label is the centre voxel alone. As many decoys, crosses of half the distance, are unlabelled. The
+    centre itself is noise: only the voxels at the arms' ends tell, so an answer needs a receptive field that
+    reaches ``distance`` without blurring the half-distance decoys into it. Centres and decoys keep their
+    arms inside the volume and do not share a voxel with another cross."""
+    field = rng.standard_normal(tuple(shape))
+    field = (field - field.mean()) / field.std()
+    label = np.zeros(tuple(shape), dtype=np.uint8)
+    taken = np.zeros(tuple(shape), dtype=bool)
+    axes = np.eye(3, dtype=int)
+
+    def place(arm: int, marked: bool) -> bool:
+        for _ in range(200):
+            c = np.array([rng.integers(arm, n - arm) for n in shape])
+            points = [tuple(c)] + [tuple(c + sign * arm * axes[i]) for i in range(3) for sign in (-1, 1)]
+            if any(taken[max(q[0] - 1, 0):q[0] + 2, max(q[1] - 1, 0):q[1] + 2, max(q[2] - 1, 0):q[2] + 2].any()
+                   for q in points):
+                continue
+            for q in points:
+                taken[q] = True
+            for q in points[1:]:
+                field[q] += amplitude
+            if marked:
+                label[tuple(c)] = 1
+            return True
+        return False
+
+    for _ in range(centres):
+        place(distance, True)
+        place(max(distance // 2, 1), False)
+    image = (1000.0 + 100.0 * field).astype(np.float32)
+    return image, label
+
+
 def make_dataset(out: Path, cases: int, shape: Sequence[int], sigma: float, threshold: float, window: int,
-                 contrast: float, seed: int) -> Path:
-    """Write the planted data set (Medical Segmentation Decathlon layout, 1 mm isotropic) into ``out``."""
+                 contrast: float, seed: int, task: str = "peaks", distance: int = 6, centres: int = 12,
+                 amplitude: float = 3.0) -> Path:
+    """Write the planted data set of ``task`` (Medical Segmentation Decathlon layout, 1 mm isotropic) into
+    ``out``."""
     import nibabel as nib
 
     for sub in ("imagesTr", "labelsTr"):
@@ -148,22 +216,30 @@ def make_dataset(out: Path, cases: int, shape: Sequence[int], sigma: float, thre
     children = np.random.SeedSequence(seed).spawn(cases)
     training = []
     for index in range(cases):
-        image, label = planted_case(shape, sigma, threshold, window, contrast, np.random.default_rng(children[index]))
+        rng = np.random.default_rng(children[index])
+        if task == "context":
+            image, label = context_case(shape, distance, centres, amplitude, rng)
+        else:
+            image, label = planted_case(shape, sigma, threshold, window, contrast, rng)
         case = f"planted_{index:03d}"
         for folder, data in (("imagesTr", image), ("labelsTr", label)):
             img = nib.Nifti1Image(data, np.eye(4))
             img.header.set_xyzt_units("mm", "sec")
             nib.save(img, out / folder / f"{case}.nii.gz")
         training.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
-    meta = {"name": "PlantedMax", "description": "local maxima of noise (benchmarks/search_validity.py)",
-            "tensorImageSize": "3D", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "peak"},
+    name, what, target = (("PlantedContext", "centres of crosses at a distance in noise", "centre") if task == "context"
+                          else ("PlantedMax", "local maxima of noise", "peak"))
+    meta = {"name": name, "description": f"{what} (benchmarks/search_validity.py)",
+            "tensorImageSize": "3D", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": target},
             "numTraining": cases, "numTest": 0, "training": training, "test": []}
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
 
-def linear_reference(pre_root: Path, cases: list[str], window: int = 3) -> float:
-    """Dice of the best single threshold on centre minus the window's mean (a linear filter)."""
+def linear_reference(pre_root: Path, cases: list[str], window: int = 3, distance: int | None = None) -> float:
+    """Dice of the best single threshold on a linear filter: centre minus the window's mean (the peaks task),
+    or with ``distance`` the sum of the six voxels at that distance along the axes (the context task's ideal
+    filter, which the planted genotype, two chained ``dil3``, can express exactly)."""
     from scipy import ndimage
 
     from scnas_dsl.data.preprocess import Preprocessed
@@ -173,11 +249,21 @@ def linear_reference(pre_root: Path, cases: list[str], window: int = 3) -> float
     for case in cases:
         image, label = pre.load(case, mmap=False)
         x = np.asarray(image[0], dtype=np.float64)
-        scores.append((x - ndimage.uniform_filter(x, window, mode="constant")).ravel())
+        if distance is None:
+            scores.append((x - ndimage.uniform_filter(x, window, mode="constant")).ravel())
+        else:
+            kernel = np.zeros((2 * distance + 1,) * 3)
+            for i in range(3):
+                for end in (0, 2 * distance):
+                    index = [distance] * 3
+                    index[i] = end
+                    kernel[tuple(index)] = 1.0
+            scores.append(ndimage.correlate(x, kernel, mode="constant").ravel())
         labels.append(np.asarray(label).ravel() > 0)
     s, y = np.concatenate(scores), np.concatenate(labels)
     best = 0.0
-    for q in np.linspace(0.80, 0.995, 80):
+    grid = np.linspace(0.80, 0.995, 80) if distance is None else np.linspace(0.99, 0.99999, 200)  # rarer labels
+    for q in grid:
         p = s > np.quantile(s, q)
         best = max(best, 2.0 * float((p & y).sum()) / float(p.sum() + y.sum()))
     return best
@@ -199,20 +285,21 @@ def genotype_text(name: str, cells: dict[str, dict[str, list[tuple[str, str]]]])
 
 
 def hand_genotypes(window: int = 3) -> dict[str, str]:
-    """The planted-op check: one wiring, with ``maxpool`` or another operation P on the same edges of the
-    ``enc`` cell (level 0, and the bridge), the same fixed cells elsewhere, and all-``conv3``. Window 5:
-    ``n0 = P(in0)``, ``n1 = P(n0) + skip(in1)`` (two 3^3 max poolings are a 5^3 one, so with in1 = -x,
-    n1 = max5(x) - x is zero exactly at the peaks); window 3: ``n0 = P(in0) + skip(in1)``, ``n1 = P(n0)``.
-    The other cells: ``red`` and ``exp`` two chained ``conv3``, ``dec`` ``n0 = skip(in1)`` (the encoder's
-    output, summed in), ``n1 = conv3(n0) + skip(in0)``."""
+    """The planted-op check: one wiring, with the task's planted operation or another operation P on the same
+    edges of the ``enc`` cell (level 0, and the bridge), the same fixed cells elsewhere, and all-``conv3``.
+    Window 5 (and always on the context task): ``n0 = P(in0)``, ``n1 = P(n0) + skip(in1)`` (two 3^3 max
+    poolings are a 5^3 one, so with in1 = -x, n1 = max5(x) - x is zero exactly at the peaks; two chained
+    ``dil3`` reach the context task's arms at distance 6, where two ``conv3`` reach 2); window 3:
+    ``n0 = P(in0) + skip(in1)``, ``n1 = P(n0)``. The other cells: ``red`` and ``exp`` two chained ``conv3``,
+    ``dec`` ``n0 = skip(in1)`` (the encoder's output, summed in), ``n1 = conv3(n0) + skip(in0)``."""
     fixed = {
         "red": {"n0": [("conv3", "in1")], "n1": [("conv3", "n0")]},
         "exp": {"n0": [("conv3", "in1")], "n1": [("conv3", "n0")]},
         "dec": {"n0": [("skip", "in1")], "n1": [("conv3", "n0"), ("skip", "in0")]},
     }
     out = {}
-    for op in ("maxpool", "conv3", "avgpool", "dil2", "skip"):
-        if window == 3:
+    for op in TASKS[TASK]["check"]:
+        if window == 3 and TASK == "peaks":
             enc = {"n0": [(op, "in0"), ("skip", "in1")], "n1": [(op, "n0")]}
         else:
             enc = {"n0": [(op, "in0")], "n1": [(op, "n0"), ("skip", "in1")]}
@@ -233,6 +320,16 @@ def op_counts(genotype: Any, cells: Sequence[Any] | None = None) -> dict[str, in
                 if edge.op != ZERO:
                     counts[edge.op] = counts.get(edge.op, 0) + 1
     return counts
+
+
+def enc_chain(genotype: Any) -> bool:
+    """Whether the ``enc`` cell chains the planted operation: ``n1`` takes it from ``n0``, which has it on an
+    edge of its own (the hand genotype's wiring; what the task pays for)."""
+    cell = genotype.cell("enc")
+    if cell is None:
+        return False
+    chosen = cell.chosen()
+    return chosen.get(("n0", "n1")) == PLANTED and any(op == PLANTED for (_, dst), op in chosen.items() if dst == "n0")
 
 
 def planted_share(genotype: Any) -> float:
@@ -258,8 +355,11 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.out = Path(args.out).resolve()
-        self.data = self.out / "data" / "Task_PlantedMax"
+        use_task(getattr(args, "task", "peaks"))
+        # the context task keeps everything (data, runs, results) in its own subfolder: its runs have the same
+        # names as the peaks task's
+        self.out = Path(args.out).resolve() / ("context" if TASK == "context" else "")
+        self.data = self.out / "data" / TASKS[TASK]["dataset"]
         self.pre = self.out / "data" / "preprocessed"
         self.runs = self.out / "runs"
         self.results = self.out / "results"
@@ -267,16 +367,14 @@ class Bench:
         for folder in (self.runs, self.results, self.genotypes):
             folder.mkdir(parents=True, exist_ok=True)
         self.space_file = self.genotypes / "space.scn"
-        text = SPACE_TEXT.format(width=args.stem_width, stem_kernel=args.stem_kernel)
-        write_if_changed(self.space_file, text)
+        write_if_changed(self.space_file, space_text(args.stem_width, args.stem_kernel))
 
     # --- data
     def prepare_data(self) -> None:
         from scnas_dsl.data.preprocess import preprocess_dataset
 
         a = self.args
-        settings = {"cases": a.cases, "shape": list(a.shape), "sigma": a.sigma, "threshold": a.threshold,
-                    "window": a.window, "contrast": a.contrast, "seed": a.data_seed}
+        settings = self._data_key()
         stamp = self.out / "data" / "settings.json"
         if stamp.is_file() and json.loads(stamp.read_text()) == settings and (self.pre / "preprocessed.json").is_file():
             return
@@ -284,7 +382,8 @@ class Bench:
             import shutil
 
             shutil.rmtree(self.out / "data")
-        make_dataset(self.data, a.cases, a.shape, a.sigma, a.threshold, a.window, a.contrast, a.data_seed)
+        make_dataset(self.data, a.cases, a.shape, a.sigma, a.threshold, a.window, a.contrast, a.data_seed,
+                     task=TASK, distance=a.distance, centres=a.centres, amplitude=a.amplitude)
         preprocess_dataset(self.data, out=self.pre, spacing=None, progress=False)
         stamp.write_text(json.dumps(settings))
 
@@ -315,7 +414,11 @@ class Bench:
                 "data": self._data_key()}
 
     def _data_key(self) -> dict[str, Any]:
+        """The data's settings (the peaks task's as before the context task existed, so its runs stay cached)."""
         a = self.args
+        if TASK == "context":
+            return {"task": TASK, "cases": a.cases, "shape": list(a.shape), "distance": a.distance,
+                    "centres": a.centres, "amplitude": a.amplitude, "seed": a.data_seed}
         return {"cases": a.cases, "shape": list(a.shape), "sigma": a.sigma, "threshold": a.threshold,
                 "window": a.window, "contrast": a.contrast, "seed": a.data_seed}
 
@@ -441,12 +544,12 @@ class Bench:
         record = {"settings": settings, "name": gname, "run": str(self.runs / name), "sampling": sampling,
                   "betas": betas, "seed": seed, "warmup_snapshot": str(self.runs / f"{name}_warmup") if a.arch_warmup else None,
                   "genotype_text": text, "planted_share": planted_share(genotype), "op_counts": op_counts(genotype),
-                  "cell_counts": {c.cell: op_counts(genotype, [c]) for c in genotype.cells},
+                  "cell_counts": {c.cell: op_counts(genotype, [c]) for c in genotype.cells}, "enc_chain": enc_chain(genotype),
                   "argmax": argmax_all,
                   "planted_share_all_edges": (nonzero.count(PLANTED) / len(nonzero)) if nonzero else 0.0,
                   "planted_mass": mass, "mean_probabilities": probs, "pruning": result.pruning,
                   "seconds": round(seconds, 1)}
-        print(f"  searched {gname}: maxpool share {record['planted_share']:.2f} of live edges, "
+        print(f"  searched {gname}: {PLANTED} share {record['planted_share']:.2f} of live edges, "
               f"mass {mass:.3f} ({seconds:.0f} s)", flush=True)
         return self._store(name, record)
 
@@ -480,11 +583,11 @@ class Bench:
         counts = {c.cell: op_counts(genotype, [c]) for c in genotype.cells}
         record = {"settings": settings, "name": name, "method": method, "genotype_text": text,
                   "planted_share": planted_share(genotype), "op_counts": op_counts(genotype), "cell_counts": counts,
-                  "enc_planted": counts.get("enc", {}).get(PLANTED, 0),
+                  "enc_planted": counts.get("enc", {}).get(PLANTED, 0), "enc_chain": enc_chain(genotype),
                   "self_check": None if check is None else {k: check[k] for k in ("rank", "of", "by", "score", "text")},
                   "details": {k: v for k, v in selection.details.items() if k in ("changed_from_alpha", "best", "note")},
                   "seconds": round(time.time() - started, 1)}
-        print(f"  selected {name}: maxpool in enc {record['enc_planted']}; "
+        print(f"  selected {name}: {PLANTED} in enc {record['enc_planted']} (chained: {record['enc_chain']}); "
               f"{check['text'] if check else ''} ({record['seconds']:.0f} s)", flush=True)
         return self._store(key, record)
 
@@ -612,14 +715,16 @@ def phase_select(bench: Bench, searches: list[dict[str, Any]]) -> list[dict[str,
 
 
 def best_method(selections: list[dict[str, Any]]) -> str:
-    """The method to retrain, chosen before any retraining: the most searches with maxpool in ``enc``, then the
-    best mean self-check rank, then the order of ``--methods``."""
+    """The method to retrain, chosen before any retraining: the most searches with the planted operation
+    chained in ``enc``, then the most with it anywhere in ``enc``, then the best mean self-check rank, then the
+    order of ``--methods``."""
     methods = list(dict.fromkeys(s["method"] for s in selections))
 
     def key(m: str) -> tuple[float, float]:
         rows = [s for s in selections if s["method"] == m]
         ranks = [s["self_check"]["rank"] for s in rows if s["self_check"]]
-        return (-sum(s["enc_planted"] > 0 for s in rows), statistics.fmean(ranks) if ranks else math.inf)
+        return (-sum(bool(s.get("enc_chain")) for s in rows), -sum(s["enc_planted"] > 0 for s in rows),
+                statistics.fmean(ranks) if ranks else math.inf)
 
     return min(methods, key=key)
 
@@ -676,7 +781,7 @@ def phase_retrain(bench: Bench, searches: list[dict[str, Any]], selections: list
         from scnas_dsl.loader import load_text
         from scnas_dsl.nn.cost import estimate
 
-        space = load_text(SPACE_TEXT.format(width=a.stem_width, stem_kernel=a.stem_kernel)).space(SPACE_NAME)
+        space = load_text(space_text(a.stem_width, a.stem_kernel)).space(SPACE_NAME)
         macs = [estimate(space, genotype=load_text(s["genotype_text"], base_dir=bench.genotypes).genotype(s["name"])[1],
                          patch=tuple(a.patch), in_channels=1, num_classes=2, stem_width=a.stem_width).macs
                 for s in searched_items]
@@ -734,6 +839,7 @@ def selection_stats(selections: list[dict[str, Any]]) -> dict[str, Any]:
     for m in dict.fromkeys(s["method"] for s in selections):
         rows = [s for s in selections if s["method"] == m]
         out[m] = {"searches": len(rows), "enc_planted_searches": sum(s["enc_planted"] > 0 for s in rows),
+                  "enc_chain_searches": sum(bool(s.get("enc_chain")) for s in rows),
                   "enc_planted": [s["enc_planted"] for s in rows],
                   "self_check_ranks": [s["self_check"]["rank"] if s["self_check"] else None for s in rows],
                   "self_check_of": rows[0]["self_check"]["of"] if rows[0]["self_check"] else None,
@@ -750,7 +856,10 @@ def report(bench: Bench, check: list[dict[str, Any]], searches: list[dict[str, A
     if selections:
         summary["selections"] = selections
         summary["selection_stats"] = selection_stats(selections)
-    summary["linear_reference_dice"] = linear_reference(bench.pre, bench.fold().val, a.window)
+    summary["task"] = TASK
+    summary["planted"] = PLANTED
+    summary["linear_reference_dice"] = linear_reference(bench.pre, bench.fold().val, a.window,
+                                                        a.distance if TASK == "context" else None)
     summary["uniform_planted_share"] = uniform_share(bench) if searches else None
     by_kind: dict[str, Any] = {}
     for key in dict.fromkeys((s["sampling"], s["betas"]) for s in searches):
@@ -820,7 +929,9 @@ def _f(pair: Sequence[float]) -> str:
 
 def print_tables(summary: dict[str, Any]) -> None:
     """The tables of docs/benchmarks.md, in Markdown."""
-    print(f"\nlinear reference (centre minus the window's mean, best threshold): Dice "
+    what = ("the six voxels at the arms' distance, summed" if summary.get("task") == "context"
+            else "centre minus the window's mean")
+    print(f"\nlinear reference ({what}, best threshold): Dice "
           f"{summary['linear_reference_dice']:.3f}")
     if summary["check"]:
         print("\n| hand genotype (enc cell) | Dice mean ± std | Dice per seed | MFLOPs | params |\n| --- | --- | --- | --- | --- |")
@@ -828,32 +939,33 @@ def print_tables(summary: dict[str, Any]) -> None:
             print(f"| {r['name']} | {r['mean']:.3f} ± {r['std']:.3f} | {', '.join(f'{d:.3f}' for d in r['dice'])} | "
                   f"{r['flops'] / 1e6:.1f} | {r['params']} |")
     if summary["searches"]:
-        print(f"\nmaxpool share of live edges, uniform random genotypes: {summary['uniform_planted_share']:.3f}")
-        print("\n| search | maxpool share (live edges) | maxpool edges in enc | softmax mass on maxpool | "
+        print(f"\n{PLANTED} share of live edges, uniform random genotypes: {summary['uniform_planted_share']:.3f}")
+        print(f"\n| search | {PLANTED} share (live edges) | {PLANTED} edges in enc | softmax mass on {PLANTED} | "
               "ops of the live edges | seconds |\n| --- | --- | --- | --- | --- | --- |")
         for s in summary["searches"]:
             ops = ", ".join(f"{op} {n}" for op, n in s["op_counts"].items() if n)
             enc = s["cell_counts"]["enc"]
             print(f"| {s['name']} | {s['planted_share']:.2f} | {enc.get(PLANTED, 0)} of {sum(enc.values())} | "
                   f"{s['planted_mass']:.3f} | {ops} | {s['seconds']:.0f} |")
-        print("\n| sampling, betas | searches | maxpool share mean ± std | share > 0.5 | share > uniform | "
+        print(f"\n| sampling, betas | searches | {PLANTED} share mean ± std | share > 0.5 | share > uniform | "
               "last-epoch weight loss | supernet argmax Dice |\n| --- | --- | --- | --- | --- | --- | --- |")
         for kind, st in summary["search_stats"].items():
             print(f"| {kind} | {st['runs']} | {_f(st['planted_share'])} | {st['dominant']} | {st['above_uniform']} | "
                   f"{_f(st['weight_loss'])} | {_f(st['argmax_dice'])} |")
     if summary.get("selection_stats"):
-        print("\n| search | method | maxpool in enc | maxpool share | self-check rank | ops of the live edges |\n"
-              "| --- | --- | --- | --- | --- | --- |")
+        print(f"\n| search | method | {PLANTED} in enc | chained in enc | {PLANTED} share | self-check rank | "
+              "ops of the live edges |\n| --- | --- | --- | --- | --- | --- | --- |")
         for s in summary["selections"]:
             ops = ", ".join(f"{op} {n}" for op, n in s["op_counts"].items() if n)
             enc = s["cell_counts"].get("enc", {})
             chk = f"{s['self_check']['rank']} of {s['self_check']['of']}" if s["self_check"] else "-"
             print(f"| {s['search']} | {s['method']} | {s['enc_planted']} of {sum(enc.values())} | "
-                  f"{s['planted_share']:.2f} | {chk} | {ops} |")
-        print("\n| method | searches with maxpool in enc | self-check ranks | maxpool share mean ± std |\n"
-              "| --- | --- | --- | --- |")
+                  f"{'yes' if s.get('enc_chain') else 'no'} | {s['planted_share']:.2f} | {chk} | {ops} |")
+        print(f"\n| method | searches with {PLANTED} in enc | chained in enc | self-check ranks | "
+              f"{PLANTED} share mean ± std |\n| --- | --- | --- | --- | --- |")
         for m, st in summary["selection_stats"].items():
             print(f"| {m} | {st['enc_planted_searches']} of {st['searches']} | "
+                  f"{st.get('enc_chain_searches', 0)} of {st['searches']} | "
                   f"{', '.join(str(r) for r in st['self_check_ranks'])} (of {st['self_check_of']}) | "
                   f"{_f(st['planted_share'])} |")
     if "group_stats" in summary:
@@ -872,22 +984,26 @@ def print_tables(summary: dict[str, Any]) -> None:
         for g, st in summary["group_stats"].items():
             print(f"| {g} | {st['n']} | {st['mean']:.3f} ± {st['std']:.3f} |")
         n_random = len(summary["groups"]["random"])
-        print("\n| searched genotype | Dice | rank among random | maxpool share | MFLOPs |\n| --- | --- | --- | --- | --- |")
+        print(f"\n| searched genotype | Dice | rank among random | {PLANTED} share | MFLOPs |\n| --- | --- | --- | --- | --- |")
         for r in summary["groups"]["searched"]:
             seeds = f" ({', '.join(f'{d:.3f}' for d in r['dice_seeds'])})" if len(r.get("dice_seeds", [])) > 1 else ""
             print(f"| {r['name']} | {r['dice']:.3f}{seeds} | {summary['ranks'][r['name']]} of {n_random + 1} | "
                   f"{r['planted_share']:.2f} | {r['flops'] / 1e6:.1f} |")
-        print("\n| other genotype | Dice | maxpool share | MFLOPs |\n| --- | --- | --- | --- |")
+        print(f"\n| other genotype | Dice | {PLANTED} share | MFLOPs |\n| --- | --- | --- | --- |")
         for r in summary["groups"]["random"] + summary["groups"]["baseline"] + summary["groups"].get("unet", []):
             seeds = f" ({', '.join(f'{d:.3f}' for d in r['dice_seeds'])})" if len(r.get("dice_seeds", [])) > 1 else ""
             print(f"| {r['name']} | {r['dice']:.3f}{seeds} | {r['planted_share']:.2f} | {r['flops'] / 1e6:.1f} |")
-        print(f"\nFLOP-matched random genotypes, maxpool share: {_f(summary['random_planted_share'])}")
+        print(f"\nFLOP-matched random genotypes, {PLANTED} share: {_f(summary['random_planted_share'])}")
         for key in ("p_searched_gt_random", "p_searched_gt_unet", "p_pair_paper_gt_random", "p_pair_standard_gt_random",
                     "p_pair_standard_gt_paper", "p_pair_paper_gt_standard"):
             if summary.get(key) is not None:
                 print(f"one-sided permutation test {key.removeprefix('p_').replace('_gt_', ' > ')}: p = {summary[key]:.4f}")
     print(f"\nrun time of the runs: {summary['seconds_of_runs'] / 60:.1f} min (this invocation: "
           f"{summary['seconds_this_invocation'] / 60:.1f} min)")
+
+
+def reference_label(summary: dict[str, Any]) -> str:
+    return "ideal cross filter" if summary.get("task") == "context" else "best linear filter"
 
 
 def plot(bench: Bench, summary: dict[str, Any]) -> None:
@@ -904,7 +1020,7 @@ def plot(bench: Bench, summary: dict[str, Any]) -> None:
             if values:
                 ax.hlines(np.mean(values), i - 0.25, i + 0.25, color="k", lw=1)
         ax.set_xticks(range(len(columns)), [c[0] for c in columns], fontsize=7)
-        ax.axhline(summary["linear_reference_dice"], color="gray", ls=":", lw=1, label="best linear filter")
+        ax.axhline(summary["linear_reference_dice"], color="gray", ls=":", lw=1, label=reference_label(summary))
         ax.legend(fontsize=7, loc="lower right")
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
@@ -924,7 +1040,7 @@ def plot(bench: Bench, summary: dict[str, Any]) -> None:
     ax = axes[2]
     searches = summary["searches"]
     selections = summary.get("selections") or []
-    if selections:  # maxpool edges in enc per search and method
+    if selections:  # planted-op edges in enc per search and method
         methods = list(dict.fromkeys(s["method"] for s in selections))
         names = list(dict.fromkeys(s["search"] for s in selections))
         width = 0.8 / len(methods)
@@ -935,7 +1051,7 @@ def plot(bench: Bench, summary: dict[str, Any]) -> None:
         ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=6)
         ax.set_ylim(0, 5)
         ax.legend(fontsize=7)
-        ax.set_title("maxpool edges in the enc cell, per selection method", fontsize=9)
+        ax.set_title(f"{PLANTED} edges in the enc cell, per selection method", fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
     elif searches:
         ax.bar(range(len(searches)), [s["planted_share"] for s in searches], color="tab:blue")
@@ -946,7 +1062,7 @@ def plot(bench: Bench, summary: dict[str, Any]) -> None:
         ax.set_xticks(range(len(searches)), [s["name"].replace("_", "\n") for s in searches], fontsize=6)
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
-        ax.set_title("maxpool share of the derived genotype's live edges", fontsize=9)
+        ax.set_title(f"{PLANTED} share of the derived genotype's live edges", fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(bench.out / "search_validity.png")
@@ -971,6 +1087,9 @@ def build_parser(doc: str | None = None, out: str = "scnas-search-validity",
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run on the CPU")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (separate processes)")
+    p.add_argument("--task", default="peaks", choices=sorted(TASKS),
+                   help="peaks: local maxima of noise (maxpool pays); context: centres of crosses at a distance "
+                        "(dil3 pays, chained)")
     g = p.add_argument_group("data")
     g.add_argument("--cases", type=int, default=30)
     g.add_argument("--shape", type=int, nargs=3, default=[24, 24, 24],
@@ -981,6 +1100,10 @@ def build_parser(doc: str | None = None, out: str = "scnas-search-validity",
     g.add_argument("--contrast", type=float, default=1.0,
                    help="the noise amplitude varies smoothly over each volume by this factor")
     g.add_argument("--data-seed", type=int, default=0)
+    g.add_argument("--distance", type=int, default=6, help="context task: the arms' length (voxels)")
+    g.add_argument("--centres", type=int, default=12, help="context task: marked crosses per case (and as many decoys)")
+    g.add_argument("--amplitude", type=float, default=3.0,
+                   help="context task: how much the arms' ends are raised (in the noise's std)")
     g = p.add_argument_group("networks and training")
     g.add_argument("--patch", type=int, nargs=3, default=[24, 24, 24])
     g.add_argument("--batch-size", type=int, default=2)
