@@ -22,22 +22,20 @@ from scnas_dsl.files import write_text
 from scnas_dsl.folders import refuse_data_set, refuse_inputs
 
 
-def resolved_configuration(configurations: dict[str, Any], name: str) -> dict[str, Any]:
-    """The configuration ``name`` with what it inherits (``inherits_from``) filled in, as nnU-Net resolves it."""
-    seen: list[str] = []
-    chain: list[dict[str, Any]] = []
-    while name is not None:
-        if name in seen:
-            raise usage(f"configurations inherit in a circle: {' -> '.join([*seen, name])}")
-        seen.append(name)
-        chain.append(configurations[name])
-        name = configurations[name].get("inherits_from")
-        if name is not None and name not in configurations:
-            raise usage(f"configuration '{seen[-1]}' inherits from '{name}', which the plans file lacks")
-    merged: dict[str, Any] = {}
-    for config in reversed(chain):
-        merged.update(config)
-    return merged
+def _check_against_median(plans: Any, configuration: str, patch: tuple[int, ...], divisor: int) -> None:
+    """A ``--patch`` larger than the configuration's median image (rounded up to what the network divides by)
+    only trains on padding: refused, naming the largest that is not."""
+    median = plans.resolved(configuration).get("median_image_size_in_voxels")
+    if not isinstance(median, list) or len(median) != len(patch):
+        return  # a plans file without it: nothing to check against
+    try:
+        largest = [-(-int(round(float(m))) // divisor) * divisor for m in median]
+    except (TypeError, ValueError):
+        return
+    if any(p > m for p, m in zip(patch, largest, strict=True)):
+        raise usage(f"--patch {' '.join(map(str, patch))}: larger than the images of configuration "
+                    f"'{configuration}' (median {median}); a patch of at most {' '.join(map(str, largest))} "
+                    f"trains on image, not padding")
 
 
 def _ops_for_plan(ops: list[str] | None) -> list[str]:
@@ -59,6 +57,9 @@ def export_nnunet_cmd(
                                    help="stem width (default: as scnas train: the spec's for a file that defines "
                                         "its network, else the paper's retraining width)"),
     ops: list[str] = OPS,  # noqa: B008
+    patch: tuple[int, int, int] = typer.Option(  # noqa: B008
+        None, "--patch", help="the new configuration's own patch_size D H W (2D: H W of it); default: the one it "
+                              "inherits. It must fit the network and the plan's median image size"),
     force: bool = typer.Option(False, "--force", help="replace -o, or a configuration of that name in it"),
 ) -> None:
     """Write -o: the plans of --plans with a configuration that trains GENOTYPE inside nnU-Net v2."""
@@ -73,19 +74,16 @@ def export_nnunet_cmd(
     refuse_data_set(output)
     if output.exists() and not force:
         raise usage(f"{output} exists: use --force to replace it")
-    try:
-        document = json.loads(plans.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise usage(f"{plans}: not a readable JSON plans file ({err})") from None
-    configurations = document.get("configurations") if isinstance(document, dict) else None
-    if not isinstance(configurations, dict):
-        raise usage(f"{plans}: not an nnU-Net v2 plans file (no 'configurations')")
-    if configuration not in configurations:
-        raise usage(f"{plans} has no configuration '{configuration}'; it has: {', '.join(configurations) or 'none'}")
+    from scnas_dsl.integrations.nnunet_plans import Plans
+
+    plan_file = Plans.read(plans)
+    if configuration not in plan_file.configurations:
+        raise usage(f"{plans} has no configuration '{configuration}'; it has: {', '.join(plan_file.names) or 'none'}")
     new_name = name or f"{configuration}_scnas"
-    if new_name in configurations and not force:
+    if new_name in plan_file.configurations and not force:
         raise usage(f"{plans} already has a configuration '{new_name}': choose another --name (or --force)")
-    base = resolved_configuration(configurations, configuration)
+    planned = plan_file.patch_size(configuration)
+    own_patch = tuple(patch[-len(planned):]) if patch is not None else None  # a 2D configuration: H W
 
     from scnas_dsl.integrations.nnunet import NETWORK_CLASS, ScnasNetwork, nnunet_strides, output_levels
     from scnas_dsl.nn.plan import size_problem
@@ -93,24 +91,27 @@ def export_nnunet_cmd(
     ops_list = _ops_for_plan(ops)
     net = ScnasNetwork(1, 2, str(genotype.resolve()), stem_width=stem_width, genotype_name=genotype_name,
                        ops=ops_list)
-    patch = [int(s) for s in base.get("patch_size", [])]
-    problem = size_problem(tuple(patch), net.plan.levels, net.plan.dims)
-    if problem:
-        raise CompileError(f"configuration '{configuration}' of {plans}: its patch_size: {problem}; "
-                           "set the new configuration's patch_size in -o to one that is")
+    if own_patch is not None:
+        problem = size_problem(own_patch, net.plan.levels, net.plan.dims)
+        if problem:
+            raise usage(f"--patch {' '.join(map(str, own_patch))}: {problem}")
+        _check_against_median(plan_file, configuration, own_patch, 2 ** net.plan.levels)
+    else:
+        problem = size_problem(planned, net.plan.levels, net.plan.dims)
+        if problem:
+            raise CompileError(f"configuration '{configuration}' of {plans}: its patch_size {list(planned)}: "
+                               f"{problem}; give the new configuration its own with --patch")
     levels = output_levels(net)
     arch_kwargs: dict[str, Any] = {"genotype_file": str(genotype.resolve()), "stem_width": net.plan.stem_width,
                                    "genotype_name": net.genotype.name, "ops": ops_list,
                                    "strides": nnunet_strides(levels, net.plan.dims)}
-    out_doc = dict(document)
-    out_doc["plans_name"] = output.stem
-    out_doc["configurations"] = {**configurations, new_name: {
-        "inherits_from": configuration,
-        "architecture": {"network_class_name": NETWORK_CLASS, "arch_kwargs": arch_kwargs, "_kw_requires_import": []},
-    }}
+    architecture = {"network_class_name": NETWORK_CLASS, "arch_kwargs": arch_kwargs, "_kw_requires_import": []}
+    out_doc = plan_file.with_configuration(new_name, configuration, architecture, output.stem,
+                                           patch_size=own_patch)
+    patch_used = list(own_patch) if own_patch is not None else list(planned)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_text(output, json.dumps(out_doc, indent=4) + "\n")
-    typer.echo(f"wrote {output}: configuration '{new_name}' (inherits '{configuration}', patch {patch}) = genotype "
+    typer.echo(f"wrote {output}: configuration '{new_name}' (inherits '{configuration}', patch {patch_used}) = genotype "
                f"{net.genotype.name}, stem width {net.plan.stem_width}, {net.plan.levels} levels, outputs at levels "
                f"{list(levels)} with deep supervision")
     typer.echo(f"train: nnUNetv2_train DATASET {new_name} FOLD -p {output.stem}")

@@ -150,3 +150,17 @@ def test_a_genotype_without_levels_gets_a_head_on_every_decoder_level() -> None:
     network = ScnasNetwork(1, 2, str(example), stem_width=4)
     assert output_levels(network) == (0, 1, 2)
     assert nnunet_strides(output_levels(network), 3) == [[1] * 3, [2] * 3, [2] * 3, [2] * 3]
+
+
+def test_patch_is_the_patch_nnunet_trains_with(tmp_path: Path) -> None:
+    # nnUNetv2_plan_and_preprocess planned 28^3, which the genotype's three down-samplings cannot take
+    plans, out, output, result = _export(tmp_path, [28, 28, 28])
+    assert result.exit_code == 1 and "--patch" in output and not out.exists()  # type: ignore[attr-defined]
+    plans, out, output, result = _export(tmp_path, [28, 28, 28], "--patch", "32", "32", "32")
+    assert result.exit_code == 0, output  # type: ignore[attr-defined]
+    cm = PlansManager(str(out)).get_configuration("3d_fullres_scnas")
+    assert list(cm.patch_size) == [32, 32, 32]
+    assert list(PlansManager(str(out)).get_configuration("3d_fullres").patch_size) == [28, 28, 28]
+    net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs, [], 1, 2,
+                                 deep_supervision=False)
+    assert net(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 2, 32, 32, 32)
