@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from scnas_dsl.cli.exits import usage, user_errors
@@ -139,42 +138,6 @@ def _open_preprocessed(folder: Path, out: Path | None):
     return Preprocessed(found[0])
 
 
-#: Patch at which a spec's memory is measured once; other patches and batches scale from it (see spec_estimator).
-REFERENCE_PATCH = (32, 32, 32)
-
-
-def spec_estimator(spec: Path, in_channels: int, num_classes: int):
-    """The compiler's training-memory estimate for the spec's network, as a ``(patch, batch) -> bytes`` callback.
-
-    One estimate on the meta device at :data:`REFERENCE_PATCH`, batch 1 (a build takes seconds, the plan
-    asks dozens of times): weights, gradients and Adam state stay fixed, activations scale with
-    ``batch * voxels``. A file about a genotype (``Loaded.subject``: one with a genotype, even beside its own
-    space) is its fixed network; a file about a space, the space's supernet with pair sampling.
-    """
-    from scnas_dsl.loader import load
-    from scnas_dsl.nn.cost import estimate
-
-    space, genotype = load(spec).subject()  # the loader's rule: a file with a genotype is about it
-    if space.unet.dims != 3:
-        raise DataError(f"{spec}: a {space.unet.dims}D space cannot be planned for 3D patches")
-    report = estimate(
-        space,
-        patch=REFERENCE_PATCH,
-        batch_size=1,
-        genotype=genotype,
-        in_channels=in_channels,
-        num_classes=num_classes,
-    )
-    step = report.steps["network" if genotype is not None else "pair"]
-    fixed = step.weight_bytes + step.gradient_bytes + step.optimizer_bytes
-    per_voxel = step.activation_bytes / float(np.prod(REFERENCE_PATCH))
-
-    def estimator(patch: tuple[int, ...], batch: int) -> float:
-        return fixed + batch * float(np.prod(patch)) * per_voxel
-
-    return estimator
-
-
 @data_app.command("plan")
 @user_errors
 def plan_cmd(
@@ -199,11 +162,15 @@ def plan_cmd(
     if spec is not None:
         modalities = pre.dataset.modalities if pre is not None else source.modalities  # type: ignore[union-attr]
         labels = pre.dataset.labels if pre is not None else source.labels  # type: ignore[union-attr]
-        estimator = spec_estimator(spec, len(modalities), max(labels) + 1)
         from scnas_dsl.loader import load
         from scnas_dsl.model.wiring import reductions
+        from scnas_dsl.nn.cost import memory_model
 
-        divisor = 2 ** reductions(load(spec).subject()[0])  # the spec's U-Net: the patch divides by this
+        space, genotype = load(spec).subject()  # the loader's rule: a file with a genotype is about it
+        if space.unet.dims != 3:
+            raise DataError(f"{spec}: a {space.unet.dims}D space cannot be planned for 3D patches")
+        estimator = memory_model(space, genotype, len(modalities), max(labels) + 1)
+        divisor = 2 ** reductions(space)  # the spec's U-Net: the patch divides by this
     result = plan(source, memory_gb=memory_gb, spec_estimator=estimator, divisor=divisor)
     # preprocessed: its target against its cases' spacing; raw: what the default 0.7 mm would do
     _note(preprocessed_note(pre) if pre is not None else spacing_note(result.median_spacing, PAPER_SPACING))

@@ -20,7 +20,8 @@ Conventions:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -288,6 +289,31 @@ def estimate(target: SearchSpace | Supernet | FixedNetwork, *, patch: Sequence[i
     arch = sum(p.numel() for p in net.arch_parameters())
     return CostReport("supernet", tuple(patch), batch_size, weights, pair.macs, pair.flops, pair.memory_bytes,
                       cells, steps, arch)
+
+
+#: Patch at which :func:`memory_model` measures a network once; other patches and batches scale from it.
+REFERENCE_PATCH = (32, 32, 32)
+
+
+def memory_model(space: SearchSpace, genotype: Genotype | None, in_channels: int,
+                 num_classes: int) -> Callable[[tuple[int, ...], int], float]:
+    """The training memory of a genotype's fixed network (or, without one, of the space's supernet under pair
+    sampling) as a ``(patch, batch) -> bytes`` callback for ``scnas data plan``.
+
+    One :func:`estimate` on the meta device at :data:`REFERENCE_PATCH`, batch 1 (a build takes seconds, the plan
+    asks dozens of times): weights, gradients and Adam state stay fixed, activations scale with
+    ``batch * voxels``.
+    """
+    report = estimate(space, patch=REFERENCE_PATCH, batch_size=1, genotype=genotype, in_channels=in_channels,
+                      num_classes=num_classes)
+    step = report.steps["network" if genotype is not None else "pair"]
+    fixed = step.weight_bytes + step.gradient_bytes + step.optimizer_bytes
+    per_voxel = step.activation_bytes / float(math.prod(REFERENCE_PATCH))
+
+    def estimator(patch: tuple[int, ...], batch: int) -> float:
+        return fixed + batch * float(math.prod(patch)) * per_voxel
+
+    return estimator
 
 
 def format_bytes(n: int) -> str:
