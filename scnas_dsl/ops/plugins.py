@@ -170,23 +170,41 @@ def _name(ref: str) -> str:
     return Path(ref).stem if ref.endswith(".py") else ref
 
 
+def read_record(path: Path) -> dict[str, list[str]]:
+    """A run folder's ``operations.json`` (:meth:`Operations.record`), checked: an object whose ``modules``,
+    ``plugins`` and ``operations`` are lists of strings (missing ones empty); anything else is an
+    :class:`OperationsError` naming the file and the field."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise OperationsError(f"{path}: cannot be read ({err})") from err
+    if not isinstance(record, dict):
+        raise OperationsError(f"{path}: damaged (a JSON object with modules, plugins and operations is expected); "
+                              "rewrite it or start the run again")
+    out: dict[str, list[str]] = {}
+    for key in ("modules", "plugins", "operations"):
+        value = record.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise OperationsError(f"{path}: damaged ('{key}' must be a list of names, not {json.dumps(value)[:60]}); "
+                                  "rewrite it or start the run again")
+        out[key] = value
+    return out
+
+
 def check_recorded(run: Path, given: Operations) -> None:
     """Refuse, with the ``--ops`` to add, when ``run`` was made with operation modules or plugins that
     ``given`` lacks (compared by module name and by the operations they declare)."""
     path = run / RECORD
     if not path.is_file():
         return
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise OperationsError(f"{path}: cannot be read ({err})") from err
+    record = read_record(path)
     names = set(given.library.signatures.names())
-    lacking_ops = [op for op in record.get("operations", []) if op not in names]
+    lacking_ops = [op for op in record["operations"] if op not in names]
     if not lacking_ops:
         return
     have = {_name(m) for m in given.modules}
-    modules = [m for m in record.get("modules", []) if _name(m) not in have]
-    plugins = [p for p in record.get("plugins", []) if p not in given.plugins]
+    modules = [m for m in record["modules"] if _name(m) not in have]
+    plugins = [p for p in record["plugins"] if p not in given.plugins]
     hints = []
     if modules:
         hints.append("give " + " ".join(f"--ops {m}" for m in modules))

@@ -49,7 +49,7 @@ from scnas_dsl.data.cache import MANIFEST
 from scnas_dsl.data.dataset import open_dataset
 from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
 from scnas_dsl.data.splits import FoldSplit, get_fold, load_folds
-from scnas_dsl.errors import RunError
+from scnas_dsl.errors import RunError, first_line
 from scnas_dsl.files import write_text
 from scnas_dsl.folders import folder_state, foreign_folder, holding, mark_folder, read_marker, replace_folder
 from scnas_dsl.stopping import RunInterrupted
@@ -70,6 +70,7 @@ from scnas_dsl.train.runs import (
     SPACE,
     SPLIT,
     json_safe,
+    read_split,
 )
 from scnas_dsl.train.search import run_search
 
@@ -124,21 +125,21 @@ def search_cases(genotype: Path | str) -> SearchCases | None:
     path = Path(genotype)
     sidecar = path.with_name(path.stem + SEARCH_RECORD)
     run = path.parent
-    try:
-        if sidecar.is_file():
-            record = json.loads(sidecar.read_text())
-        elif (run / MARKER).is_file() and (run / MARKER).read_text().strip() == "search" \
-                and (run / SPLIT).is_file():
-            record = json.loads((run / SPLIT).read_text())
-            config = run / CONFIG
-            record["data"] = json.loads(config.read_text()).get("data") if config.is_file() else None
-            record["search"] = str(run)
-        else:
-            return None
-    except (OSError, json.JSONDecodeError) as err:
-        raise RunError(f"the search record next to {path} cannot be read ({err})") from err
-    seen = frozenset(str(c) for c in [*record.get("weight_part", []), *record.get("arch_part", [])])
-    return SearchCases(run=str(record.get("search", run)), data=record.get("data"), fold=record.get("fold"),
+    if sidecar.is_file():
+        record = read_split(run, sidecar)
+        extra = record.model_extra or {}
+        source, data = extra.get("search", run), extra.get("data")
+    elif read_marker(run, MARKER)[:1] == ["search"] and (run / SPLIT).is_file():
+        record = read_split(run)
+        try:
+            data = json.loads((run / CONFIG).read_text()).get("data") if (run / CONFIG).is_file() else None
+        except (OSError, ValueError, AttributeError) as err:
+            raise RunError(f"{run / CONFIG}: cannot be read ({first_line(err)})") from err
+        source = run
+    else:
+        return None
+    seen = frozenset([*record.weight_part, *record.arch_part])
+    return SearchCases(run=str(source), data=data if isinstance(data, str) else None, fold=record.fold,
                        cases=seen)
 
 
@@ -419,8 +420,8 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
             run_train(cfg, resume=resume and (run_dir / CHECKPOINT_DIR / LAST).is_file(),
                       resume_hint=f"scnas cv ... --out {out} --resume",
                       force=force and run_dir.exists())
-        split = json.loads((run_dir / SPLIT).read_text())
-        images = [p for case in split["val"] for p in dataset.case(case).images]
+        split = read_split(run_dir)
+        images = [p for case in split.val for p in dataset.case(case).images]
         scored = fold_dir / f"validation{suffix}"
         try:
             weights[fold] = predict_run(run_dir, images, scored, mirror=mirror, device=base.device,
@@ -430,7 +431,7 @@ def run_cv(base: TrainConfig, out: Path, folds: list[int] | None = None, *, mirr
             raise RunInterrupted(f"the validation predictions of fold {fold} stopped ({err.done} of {err.total} "
                                  f"case(s) done); continue the cross-validation with scnas cv ... --out {out} "
                                  "--resume") from None
-        pairs = {case: (scored / f"{case}.nii.gz", dataset.case(case).label) for case in split["val"]}
+        pairs = {case: (scored / f"{case}.nii.gz", dataset.case(case).label) for case in split.val}
         results[fold] = evaluate_pairs(pairs, label_names=labels)  # type: ignore[arg-type]
         results[fold].write(scored)
         pairs_all.update(pairs)  # type: ignore[arg-type]
@@ -458,9 +459,9 @@ def _search_fold(search: SearchConfig, out: Path, fold: int, split: FoldSplit, *
         except RunInterrupted as err:
             raise RunInterrupted(f"the search of fold {fold} stopped after saving a checkpoint; continue the "
                                  f"cross-validation with scnas cv ... --out {out} --resume") from err
-    record = json.loads((run / SPLIT).read_text())
-    seen = set(record["weight_part"]) | set(record["arch_part"])
-    if seen & set(split.val) or record.get("fold") != fold:
+    record = read_split(run)
+    seen = set(record.weight_part) | set(record.arch_part)
+    if seen & set(split.val) or record.fold != fold:
         raise RunError(f"{run / 'split.json'}: the search of fold {fold} trained on validation cases of that fold "
                        f"({', '.join(sorted(seen & set(split.val)))}); this is a bug, please report it")
     target = out / "genotypes"
@@ -469,8 +470,8 @@ def _search_fold(search: SearchConfig, out: Path, fold: int, split: FoldSplit, *
     genotype = target / f"fold_{fold}.scn"
     shutil.copyfile(run / GENOTYPE, genotype)
     write_text(target / f"fold_{fold}{SEARCH_RECORD}", json.dumps(
-        {"search": str(run.resolve()), "data": str(Path(search.data).resolve()), "fold": fold, "weight_part": record["weight_part"],
-         "arch_part": record["arch_part"], "val": record.get("val", [])}, indent=1) + "\n")
+        {"search": str(run.resolve()), "data": str(Path(search.data).resolve()), "fold": fold, "weight_part": record.weight_part,
+         "arch_part": record.arch_part, "val": record.val}, indent=1) + "\n")
     return genotype
 
 

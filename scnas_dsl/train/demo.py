@@ -30,7 +30,7 @@ from scnas_dsl.train.config import SearchConfig, TrainConfig
 from scnas_dsl.train.metrics import Evaluation, evaluate_pairs
 from scnas_dsl.train.predict import Weights, predict_run
 from scnas_dsl.train.retrain import run_train
-from scnas_dsl.train.runs import SPACE, SPLIT
+from scnas_dsl.train.runs import SPACE, read_split
 from scnas_dsl.train.search import run_search
 
 #: The paper's eight candidate operations, as .scn operation calls.
@@ -157,9 +157,7 @@ def _run(out: Path, s: DemoSettings, progress: bool, echo: Callable[[str], None]
                                     # saves about 110 s of the demo; the predictions below mirror (the default)
                                     mirror_validation=False, **common))
     assert trained is not None
-    import json
-
-    val = json.loads((out / "train" / SPLIT).read_text())["val"]
+    val = read_split(out / "train").val
     dataset_cases = {c: (data / "imagesTr" / f"{c}.nii.gz", data / "labelsTr" / f"{c}.nii.gz") for c in val}
     echo(f"[5/6] predicting the {len(val)} validation cases of fold 0 on their original grid")
     predictions = out / "predictions"

@@ -31,7 +31,7 @@ from scnas_dsl.train.config import SearchConfig, SelectionConfig
 from scnas_dsl.train.data_context import DataContext, open_data
 from scnas_dsl.train.device import Runtime, setup_runtime
 from scnas_dsl.train.loop import adam
-from scnas_dsl.train.runs import CHECKPOINT_DIR, CONFIG, GENOTYPE, LAST, SPACE, SPLIT, RunFolder
+from scnas_dsl.train.runs import CHECKPOINT_DIR, CONFIG, GENOTYPE, LAST, SPACE, SPLIT, RunFolder, read_split
 from scnas_dsl.train.selection import Score, Selection, SupernetScorer, architecture_scorer
 
 
@@ -126,12 +126,7 @@ def _check_split(run: Path, data: DataContext) -> None:
     path = run / SPLIT
     if not path.is_file():
         return
-    try:
-        split = json.loads(path.read_text())
-        arch_part = sorted(str(case) for case in split["arch_part"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise RunError(f"{path}: not the split record scnas search wrote ({first_line(err)}); put back a copy "
-                       "of it") from err
+    arch_part = sorted(read_split(run).arch_part)
     if arch_part != sorted(data.fold.arch_part):
         raise RunError(f"{path}: the search's architecture part is not the fold's of this data set; give the data "
                        "set the search ran on with --data")

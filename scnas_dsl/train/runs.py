@@ -41,6 +41,11 @@ PLOTS = "plots"
 PREPROCESSING = "preprocessing"  # (train) the preprocessing record, so that predict preprocesses alike
 
 
+def _fields(err: ValidationError) -> str:
+    """The first three problems of a record, each with its field."""
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'the file'}: {e['msg']}" for e in err.errors()[:3])
+
+
 class NetworkRecord(BaseModel):
     """``network.json`` of a training run, read in one place: what prediction and export rebuild."""
 
@@ -62,10 +67,34 @@ def read_network(run: Path) -> NetworkRecord:
         raise RunError(f"{run}: not a folder written by `scnas train` (no {NETWORK}); give the --out folder of a "
                        "training run") from err
     except ValidationError as err:
-        where = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'the file'}: {e['msg']}" for e in err.errors()[:3])
-        raise RunError(f"{path}: not the record scnas train wrote ({where}); was the run folder edited?") from err
+        raise RunError(f"{path}: not the record scnas train wrote ({_fields(err)}); was the run folder edited?") from err
     except (OSError, ValueError) as err:
         raise RunError(f"{path}: cannot be read ({first_line(err)}); was the run folder edited?") from err
+
+
+class SplitRecord(BaseModel):
+    """``split.json`` of a run, read in one place: the fold and its case ids (a search: ``weight_part`` and
+    ``arch_part``, a training: ``train``; both ``val``)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    fold: int | None = None
+    train: list[str] = []
+    val: list[str] = []
+    weight_part: list[str] = []
+    arch_part: list[str] = []
+
+
+def read_split(run: Path, path: Path | None = None) -> SplitRecord:
+    """The run's ``split.json`` (or a copy of it at ``path``), checked: a RunError that names the file when it is
+    missing or broken."""
+    path = path or run / SPLIT
+    try:
+        return SplitRecord.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except ValidationError as err:
+        raise RunError(f"{path}: not the split record scnas wrote ({_fields(err)}); put back a copy of it or run again") \
+            from err
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path}: cannot be read ({first_line(err)}); put back a copy of it or run again") from err
 
 
 def json_safe(value: Any) -> Any:

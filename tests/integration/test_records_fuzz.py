@@ -14,10 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scnas_dsl.errors import ScnasError
+from scnas_dsl.ops.plugins import check_recorded, load_operations
 from scnas_dsl.train.config import TrainConfig
 from scnas_dsl.train.predict import load_trained
 from scnas_dsl.train.resume import check_resumed_settings
 from scnas_dsl.train.retrain import run_train
+from scnas_dsl.train.runs import read_split
 from tests.integration.tiny_data import heart_cases
 
 BASELINE = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
@@ -76,3 +78,37 @@ def test_a_mutated_config_json_refuses_a_resume_naming_it(run: Path, tmp_path: P
         check_resumed_settings(copy, settings_now)
     except ScnasError as err:
         assert "config.json" in str(err), str(err)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from([None, "fold", "train", "val", "weight_part", "arch_part"]), value=JSON)
+def test_a_mutated_split_json_is_a_message_naming_it(run: Path, tmp_path: Path, key: str | None, value: Any) -> None:
+    copy = _mutated(run, tmp_path, "split.json", key, value)
+    try:
+        record = read_split(copy)
+    except ScnasError as err:
+        assert "split.json" in str(err), str(err)
+    else:  # what was read is what the types say
+        assert all(isinstance(c, str) for c in [*record.train, *record.val, *record.weight_part, *record.arch_part])
+        assert record.fold is None or isinstance(record.fold, int)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from([None, "modules", "plugins", "operations"]), value=JSON)
+def test_a_mutated_operations_json_is_a_message_naming_it(run: Path, tmp_path: Path, key: str | None,
+                                                          value: Any) -> None:
+    copy = _mutated(run, tmp_path, "operations.json", key, value)
+    try:
+        check_recorded(copy, load_operations(()))
+    except ScnasError as err:
+        assert "operations.json" in str(err) or str(copy) in str(err), str(err)
+
+
+@pytest.mark.parametrize(("name", "text"), [("split.json", '["train"]'), ("split.json", '{"val": "case_0"}'),
+                                            ("split.json", '{"fold": "0"}'), ("operations.json", '["x"]'),
+                                            ("operations.json", '{"operations": "dil9"}'), ("split.json", "\x00\xff")])
+def test_damaged_records_each_named(run: Path, tmp_path: Path, name: str, text: str) -> None:
+    copy = _mutated(run, tmp_path, name, None, None)
+    (copy / name).write_text(text, encoding="latin-1")
+    with pytest.raises(ScnasError, match=name.replace(".", r"\.")):
+        read_split(copy) if name == "split.json" else check_recorded(copy, load_operations(()))
