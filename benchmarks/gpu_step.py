@@ -5,7 +5,7 @@ mixed precision (on, off) and per-cell checkpointing (on, off) a fresh interpret
 ``--spec`` (default ``specs/unet4cell.scn``; 4 channels in, 4 classes, as BraTS), warms up (every operation of
 every edge once, then one step), times
 ``--steps`` steps, and reports ``torch.cuda.max_memory_allocated`` and the estimate the search's memory check
-uses (``scnas_dsl.train.device.training_memory`` of ``scnas_dsl.nn.cost.estimate`` plus ``step_extras``: the loss's
+uses (``scnas_dsl.training.device.training_memory`` of ``scnas_dsl.nn.cost.estimate`` plus ``step_extras``: the loss's
 tensors). One search step is the
 trainer's: the weight step (forward with detached logits, backward, Adam) on one batch, then the
 architecture step (forward, backward, Adam on the logits) on another, with the trainer's own ``update``.
@@ -37,9 +37,9 @@ def child(args: argparse.Namespace) -> None:
     from scnas_dsl.loader import load
     from scnas_dsl.nn import build_supernet
     from scnas_dsl.nn.cost import estimate
-    from scnas_dsl.train.device import setup_runtime, step_extras, training_memory
-    from scnas_dsl.train.losses import soft_jaccard_loss
-    from scnas_dsl.train.search import update
+    from scnas_dsl.training.device import setup_runtime, step_extras, training_memory
+    from scnas_dsl.training.losses import soft_jaccard_loss
+    from scnas_dsl.training.search import update
 
     runtime = setup_runtime(args.device, amp=args.amp == "on")
     dev = runtime.device

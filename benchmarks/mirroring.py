@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from scnas_dsl.inference.sliding_window import sliding_window_inference, window_starts
 from scnas_dsl.loader import load
 from scnas_dsl.nn import build_network
-from scnas_dsl.train.inference import sliding_window_inference, window_starts
 
 SPEC = Path(__file__).resolve().parents[1] / "specs" / "baselines" / "unet3d.scn"
 

@@ -14,7 +14,7 @@ a finished run is reused when its settings are unchanged, so an interrupted stud
    at the end of its warm-up (``run_search(stop_after_epochs=...)``), a copy of the run folder is kept as the
    warm-up snapshot, and it resumes.
 4. ``select``: the searched genotypes: alpha and projection of the pair search, projection and sampled of the
-   fair search (``scnas_dsl.train.derive_run.derive`` on the run folder, the project's default
+   fair search (``scnas_dsl.training.derive_run.derive`` on the run folder, the project's default
    ``SelectionConfig`` otherwise), with each one's self-check.
 5. ``retrain``: the genotypes (``--uniform`` uniform random, ``--random`` FLOPs-matched random to the searched
    genotypes' median, the searched ones, the hand ``maxpool`` genotype, all-``conv3``), ``--seeds`` seeds each;
@@ -107,7 +107,7 @@ def run_jobs(args: argparse.Namespace, jobs: list[tuple[argparse.Namespace, str,
 
 
 def selection_settings(method: str) -> Any:
-    from scnas_dsl.train.config import SelectionConfig
+    from scnas_dsl.training.config import SelectionConfig
 
     return SelectionConfig(method=method)
 
@@ -115,7 +115,7 @@ def selection_settings(method: str) -> Any:
 def score(bench: sv.Bench, run: str, snapshot: str, genotypes: list[tuple[str, str]]) -> dict[str, Any]:
     """Supernet score (loss, Dice) of each ``(name, text)`` genotype on the search in ``run``, cached."""
     from scnas_dsl.loader import load_text
-    from scnas_dsl.train.derive_run import open_search, rank
+    from scnas_dsl.training.derive_run import open_search, rank
 
     settings = {"run": run, "genotypes": genotypes, "selection": selection_settings("alpha").model_dump(),
                 "stamp": (Path(run) / "checkpoints" / "last.pt").stat().st_mtime}

@@ -33,7 +33,7 @@ so an interrupted study continues where it stopped):
    With ``--arch-warmup N`` each search pauses after its warm-up and keeps a copy of its run folder
    (``RUN_warmup``, a supernet to score later; benchmarks/ranking.py does).
 4. ``select``: from each pair search's run folder, the genotype of every method of ``--methods`` (alpha,
-   projection, sampled; ``scnas_dsl.train.derive_run.derive``) with its self-check, and whether ``maxpool``
+   projection, sampled; ``scnas_dsl.training.derive_run.derive``) with its self-check, and whether ``maxpool``
    lands in the ``enc`` cell.
 5. ``retrain``: the searched genotypes (with ``select``: those of ``--retrain-method``, by default the method
    with the most searches with ``maxpool`` in ``enc``, chosen before any retraining), random genotypes matched
@@ -442,8 +442,8 @@ class Bench:
         ``stem_width`` (default ``--stem-width``): another width, for a baseline matched in MACs."""
         from scnas_dsl.loader import load
         from scnas_dsl.nn.cost import estimate
-        from scnas_dsl.train.config import AdamConfig, PlateauConfig, TrainConfig
-        from scnas_dsl.train.retrain import run_train
+        from scnas_dsl.training.config import AdamConfig, PlateauConfig, TrainConfig
+        from scnas_dsl.training.retrain import run_train
 
         a = self.args
         seed = a.train_seed if seed is None else seed
@@ -492,8 +492,8 @@ class Bench:
         kept as ``RUN_warmup`` (a supernet to score later) and the search resumes."""
         import shutil
 
-        from scnas_dsl.train.config import AdamConfig, SearchConfig, SelectionConfig
-        from scnas_dsl.train.search import run_search
+        from scnas_dsl.training.config import AdamConfig, SearchConfig, SelectionConfig
+        from scnas_dsl.training.search import run_search
 
         a = self.args
         name = self.search_key(sampling, betas, seed)
@@ -561,8 +561,8 @@ class Bench:
         folder's ``space.scn`` (the same space)."""
         from scnas_dsl.graph.printer import print_document
         from scnas_dsl.model import Document, Import
-        from scnas_dsl.train.config import SelectionConfig
-        from scnas_dsl.train.derive_run import derive, open_search
+        from scnas_dsl.training.config import SelectionConfig
+        from scnas_dsl.training.derive_run import derive, open_search
 
         a = self.args
         # fewer batches and draws than the defaults (8, 4): a projection's 20 edges x 6 candidates x draws x

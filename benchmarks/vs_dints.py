@@ -5,7 +5,7 @@ then an architecture step (the same for the architecture parameters on an archit
 
 * **scnas**: ``build_supernet`` of ``specs/unet4cell.scn`` (the paper's 12 cells, ``node_width split``) at
   stem width 8 (widths 8, 16, 32, 64 on levels 0-3), pair sampling (Algorithm 1), the search's own update
-  (``scnas_dsl.train.search.update``: gradients only for the group that steps) with the search's default Adam
+  (``scnas_dsl.training.search.update``: gradients only for the group that steps) with the search's default Adam
   settings (weights lr 0.025 betas (0.9, 0.999), logits lr 0.003 betas (0.5, 0.999)).
 * **DiNTS**: MONAI's ``TopologySearch(channel_mul=0.25, num_blocks=4, num_depths=3, use_downsample=True)``
   inside ``DiNTS`` (widths 8, 16, 32, 64: the 8-wide stems at full resolution, the search space at 1/2, 1/4
@@ -17,7 +17,7 @@ then an architecture step (the same for the architecture parameters on an archit
   ``use_downsample=False``: its cells then run at full resolution as scnas' level-0 cells do (widths 8, 16,
   32 at 1, 1/2, 1/4), where the default runs them at 1/2 to 1/8.
 
-Both use the same loss (scnas' soft Jaccard, ``scnas_dsl.train.losses.soft_jaccard_loss``), patch, batch,
+Both use the same loss (scnas' soft Jaccard, ``scnas_dsl.training.losses.soft_jaccard_loss``), patch, batch,
 4 input channels and 4 classes. Every run is a fresh interpreter; scnas and DiNTS alternate for ``--rounds``
 rounds. Time is the mean wall time of ``--steps`` steps after one warm-up step (each scnas process draws the
 same pairs, its supernet being seeded), also their CPU time (all threads: on a shared machine the less
@@ -56,8 +56,8 @@ def _imports() -> None:
 
     import scnas_dsl.loader  # noqa: F401
     import scnas_dsl.nn  # noqa: F401
-    import scnas_dsl.train.losses  # noqa: F401
-    import scnas_dsl.train.search  # noqa: F401
+    import scnas_dsl.training.losses  # noqa: F401
+    import scnas_dsl.training.search  # noqa: F401
 
 
 def scnas_model(args: argparse.Namespace):  # noqa: ANN201
@@ -89,9 +89,9 @@ def dints_model(args: argparse.Namespace):  # noqa: ANN201
 def _scnas_step(args: argparse.Namespace):  # noqa: ANN202
     import torch
 
-    from scnas_dsl.train.device import Runtime
-    from scnas_dsl.train.losses import soft_jaccard_loss
-    from scnas_dsl.train.search import update
+    from scnas_dsl.training.device import Runtime
+    from scnas_dsl.training.losses import soft_jaccard_loss
+    from scnas_dsl.training.search import update
 
     net = scnas_model(args)
     net.train()
@@ -116,7 +116,7 @@ def _dints_step(args: argparse.Namespace):  # noqa: ANN202
     import torch
     import torch.nn.functional as F
 
-    from scnas_dsl.train.losses import soft_jaccard_loss
+    from scnas_dsl.training.losses import soft_jaccard_loss
 
     net, space = dints_model(args)
     net.train()

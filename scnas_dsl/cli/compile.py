@@ -14,7 +14,7 @@ from scnas_dsl.cli.options import OPS, operations
 from scnas_dsl.errors import ScnasError
 from scnas_dsl.files import write_text
 from scnas_dsl.ops.plugins import check_recorded
-from scnas_dsl.train.runs import GENOTYPE, NETWORK, read_network
+from scnas_dsl.training.runs import GENOTYPE, NETWORK, read_network
 
 
 def _write_new(path: Path, text: str, force: bool) -> None:

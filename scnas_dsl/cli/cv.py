@@ -87,8 +87,8 @@ def cv_cmd(
 ) -> None:
     """Five-fold cross-validation: retrain a genotype on every fold, or (given a space) search, derive and
     retrain on every fold's training cases; predict and evaluate each fold; the paper's Dice table."""
-    from scnas_dsl.train.config import SearchConfig, TrainConfig, resolve_config
-    from scnas_dsl.train.cv import run_cv, summary_suffix
+    from scnas_dsl.studies.cv import run_cv, summary_suffix
+    from scnas_dsl.training.config import SearchConfig, TrainConfig, resolve_config
 
     search_options = {"--search-epochs": search_epochs, "--search-batch-size": search_batch,
                       "--search-patch": search_patch, "--search-stem-width": search_stem,
@@ -140,7 +140,7 @@ def compare_cmd(
 ) -> None:
     """Cross-validations side by side: per label mean and sd, the paired per-case difference to the first run
     with a Wilcoxon signed-rank test, and box plots."""
-    from scnas_dsl.train.compare import compare_runs
+    from scnas_dsl.studies.compare import compare_runs
 
     split = [n.strip() for entry in names or [] for n in entry.split(",") if n.strip()]
     result = compare_runs(runs, report, names=split or None, checkpoint=checkpoint, force=force)

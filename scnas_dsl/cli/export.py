@@ -1,5 +1,5 @@
 """``scnas export SOURCE --format onnx|torch-export -o FILE``: a trained network as a plain model for deployment
-(see ``scnas_dsl.train.export`` and ``docs/deploy.md``).
+(see ``scnas_dsl.deployment.export`` and ``docs/deploy.md``).
 
 SOURCE is a ``scnas train`` run folder, or a genotype file with ``--weights STATE.pt --in-channels N --classes K``.
 Exit status: 0 exported and verified, 1 a problem with the input or the export (message, no traceback), 2 a usage
@@ -39,7 +39,7 @@ def export_cmd(
     """Export a trained network to ONNX or torch.export and verify it against PyTorch on a generated volume.
     The model maps a patch (1, C, D, H, W) to logits (1, K, D, H, W); sliding windows and mirroring stay
     outside (docs/deploy.md)."""
-    from scnas_dsl.train import export as ex
+    from scnas_dsl.deployment import export as ex
 
     if fmt not in ex.FORMATS:
         raise usage(f"--format {fmt}: choose onnx or torch-export")

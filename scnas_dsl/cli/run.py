@@ -104,8 +104,8 @@ def search_cmd(
     checkpoint_cells: bool | None = CHECKPOINT_CELLS,
 ) -> None:
     """Search an architecture: bi-level optimisation with Gumbel-softmax pair sampling (the paper's defaults)."""
-    from scnas_dsl.train.config import SearchConfig, resolve_config
-    from scnas_dsl.train.search import run_search
+    from scnas_dsl.training.config import SearchConfig, resolve_config
+    from scnas_dsl.training.search import run_search
 
     cfg = resolve_config(SearchConfig, config, spec=str(spec), sampling=sampling, space=space,
                          selection={"method": select} if select else None,
@@ -147,8 +147,8 @@ def train_cmd(
     amp: bool | None = AMP,
 ) -> None:
     """Retrain a genotype (or a baseline) from scratch with the paper's optimiser, schedule and stopping rule."""
-    from scnas_dsl.train.config import TrainConfig, resolve_config
-    from scnas_dsl.train.retrain import run_train
+    from scnas_dsl.training.config import TrainConfig, resolve_config
+    from scnas_dsl.training.retrain import run_train
 
     cfg = resolve_config(TrainConfig, config, genotype=str(genotype), genotype_name=name, val_every=val_every,
                          mirror_validation=mirror, deep_supervision=deep_supervision, compile=compile_network,
@@ -188,7 +188,7 @@ def predict_cmd(
     quiet: bool = QUIET, ops: list[str] | None = OPS,
 ) -> None:
     """Segment images with a trained run; label maps on the original grid, one <case>.nii.gz per case."""
-    from scnas_dsl.train.predict import predict_run
+    from scnas_dsl.prediction.predict import predict_run
 
     made = predict_run(run, inputs, output, probabilities=probabilities, mirror=mirror, device=device,
                        checkpoint=checkpoint, batch_size=batch_size, force=force, progress=not quiet, blend=blend,
@@ -207,7 +207,7 @@ def evaluate_cmd(
     out: Path | None = typer.Option(None, "--out", help="folder for dice.csv/dice.json (default: --pred)"),  # noqa: B008
 ) -> None:
     """Dice per label and case (both masks empty: undefined, left out of the mean, as nnU-Net)."""
-    from scnas_dsl.train.metrics import evaluate_folders, label_names_from_dataset
+    from scnas_dsl.evaluation.metrics import evaluate_folders, label_names_from_dataset
 
     if dataset is None and (ref.parent / "dataset.json").is_file():
         dataset = ref.parent  # --ref is a data set's labelsTr: its dataset.json names the labels
@@ -230,7 +230,7 @@ def demo_cmd(
     quiet: bool = QUIET,
 ) -> None:
     """Generate data, search, derive, retrain, predict and evaluate: the whole method in a few minutes."""
-    from scnas_dsl.train.demo import DemoSettings, run_demo
+    from scnas_dsl.studies.demo import DemoSettings, run_demo
 
     result = run_demo(out, DemoSettings.quick() if quick else None, force=force, progress=not quiet,
                       echo=typer.echo, device=device)

@@ -10,7 +10,7 @@ import typer
 
 from scnas_dsl.cli.exits import user_errors
 from scnas_dsl.cli.options import OPS
-from scnas_dsl.train.runs import CONFIG
+from scnas_dsl.training.runs import CONFIG
 
 RUN = typer.Argument(..., help="the folder of a search (scnas search --out), finished or not")
 DATA = typer.Option(None, "--data", help="the search's data set, when it has moved (default: the recorded path)")
@@ -27,7 +27,7 @@ def _settings(run: Path, **given: Any) -> Any:
     from pydantic import ValidationError
 
     from scnas_dsl.errors import RunError
-    from scnas_dsl.train.config import SelectionConfig
+    from scnas_dsl.training.config import SelectionConfig
 
     recorded: dict[str, Any] = {}
     try:
@@ -64,7 +64,7 @@ def derive_cmd(
     ops: list[str] | None = OPS,
 ) -> None:
     """Choose the genotype of a search by another method (its own genotype.scn stays), with the self-check."""
-    from scnas_dsl.train.derive_run import derive, open_search
+    from scnas_dsl.training.derive_run import derive, open_search
 
     settings = _settings(run, method=select, samples=samples, match=match, tune_steps=tune_steps, order=order,
                          draws=draws, check_samples=check_samples, by=by, score_batches=score_batches)
@@ -127,7 +127,7 @@ def rank_cmd(
 
     from scnas_dsl.errors import RunError
     from scnas_dsl.files import atomic_write
-    from scnas_dsl.train.derive_run import check_not_in_run, open_search, rank, rank_table_csv
+    from scnas_dsl.training.derive_run import check_not_in_run, open_search, rank, rank_table_csv
 
     if out is not None:
         if out.suffix not in (".csv", ".json"):

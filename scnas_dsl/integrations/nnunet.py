@@ -71,7 +71,7 @@ class ScnasNetwork(FixedNetwork):
                  strides: Sequence[Sequence[int]] | None = None) -> None:
         from scnas_dsl.loader import load
         from scnas_dsl.ops.plugins import load_operations
-        from scnas_dsl.train.config import retraining_width
+        from scnas_dsl.training.config import retraining_width
 
         extra = load_operations(tuple(ops))
         path = Path(genotype_file)

@@ -1,14 +1,35 @@
-"""The trainer: search, retraining, prediction and evaluation on top of the compiler and the data pipeline.
+"""The old home of the trainer, kept so that imports a user could have written still work.
 
-Public API (see docs/training.md):
-
-* :func:`scnas_dsl.train.search.run_search` and :func:`scnas_dsl.train.retrain.run_train`, configured by
-  :class:`scnas_dsl.train.config.SearchConfig` / :class:`scnas_dsl.train.config.TrainConfig` (the paper's
-  values are the defaults);
-* :func:`scnas_dsl.train.predict.predict_run`, :func:`scnas_dsl.train.metrics.evaluate_folders`;
-* :func:`scnas_dsl.train.losses.soft_jaccard_loss`, :func:`scnas_dsl.train.inference.sliding_window_inference`;
-* :func:`scnas_dsl.train.demo.run_demo` and :func:`scnas_dsl.train.cv.run_cv`.
-
-Only the compiler's public functions build networks here; the trainer never reads a ``.scn`` file itself
-except through :mod:`scnas_dsl.loader`.
+Until the trainer was split into stage folders (``training/``, ``inference/``, ``evaluation/``, ``prediction/``,
+``studies/``, ``deployment/``), this package's docstring named ``scnas_dsl.train.search.run_search`` and its
+neighbours as the public API. Those module paths still import the modules from their new homes, with a
+``DeprecationWarning``; new code imports from ``scnas_dsl`` (docs/python-api.md) or the new folders.
 """
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+
+#: old module name -> its new home (the modules the old docstring and docs named)
+MOVED = {
+    "config": "scnas_dsl.training.config",
+    "search": "scnas_dsl.training.search",
+    "retrain": "scnas_dsl.training.retrain",
+    "losses": "scnas_dsl.training.losses",
+    "derive_run": "scnas_dsl.training.derive_run",
+    "inference": "scnas_dsl.inference.sliding_window",
+    "metrics": "scnas_dsl.evaluation.metrics",
+    "predict": "scnas_dsl.prediction.predict",
+    "cv": "scnas_dsl.studies.cv",
+    "compare": "scnas_dsl.studies.compare",
+    "demo": "scnas_dsl.studies.demo",
+    "export": "scnas_dsl.deployment.export",
+}
+
+warnings.warn("scnas_dsl.train is now scnas_dsl.training (and inference, evaluation, prediction, studies, "
+              "deployment); import from scnas_dsl or the new modules", DeprecationWarning, stacklevel=2)
+for _old, _new in MOVED.items():
+    sys.modules[f"{__name__}.{_old}"] = _module = importlib.import_module(_new)
+    globals()[_old] = _module

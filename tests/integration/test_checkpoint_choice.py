@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from scnas_dsl.train import cv as cv_module
-from scnas_dsl.train.checkpoint import load_checkpoint, save_checkpoint
-from scnas_dsl.train.config import TrainConfig
-from scnas_dsl.train.predict import predict_run
-from scnas_dsl.train.retrain import run_train
+from scnas_dsl.prediction.predict import predict_run
+from scnas_dsl.studies import cv as cv_module
+from scnas_dsl.training.checkpoint import load_checkpoint, save_checkpoint
+from scnas_dsl.training.config import TrainConfig
+from scnas_dsl.training.retrain import run_train
 from tests.helpers import invoke
 from tests.integration.tiny_data import heart_cases
 

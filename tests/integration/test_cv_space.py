@@ -12,7 +12,7 @@ import torch
 
 from scnas_dsl.loader import load
 from scnas_dsl.stopping import RunInterrupted
-from scnas_dsl.train import cv as cv_module
+from scnas_dsl.studies import cv as cv_module
 from tests.helpers import invoke
 from tests.integration.tiny_data import heart_cases, tiny_space
 

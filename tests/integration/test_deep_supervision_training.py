@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from scnas_dsl.cli import app
 from scnas_dsl.loader import load
 from scnas_dsl.nn.network import build_network
-from scnas_dsl.train.checkpoint import load_checkpoint
-from scnas_dsl.train.config import TrainConfig
-from scnas_dsl.train.predict import load_trained
-from scnas_dsl.train.retrain import run_train
+from scnas_dsl.prediction.predict import load_trained
+from scnas_dsl.training.checkpoint import load_checkpoint
+from scnas_dsl.training.config import TrainConfig
+from scnas_dsl.training.retrain import run_train
 from tests.integration.tiny_data import heart_cases
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deep_supervision")]

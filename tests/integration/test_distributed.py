@@ -10,7 +10,7 @@ import torch
 
 from scnas_dsl.data.preprocess import preprocess_dataset
 from scnas_dsl.data.synth import synthesize
-from scnas_dsl.train.demo import small_space
+from scnas_dsl.studies.demo import small_space
 from tests.integration.torchrun import run_ranks
 
 SPACE = small_space("tiny", levels=1, ops=("conv3", "dil2", "maxpool", "skip", "none"), stem_width=4)
@@ -19,8 +19,8 @@ SPACE = small_space("tiny", levels=1, ops=("conv3", "dil2", "maxpool", "skip", "
 SCRIPT = """\
 import os, sys
 import torch
-from scnas_dsl.train.config import SearchConfig
-from scnas_dsl.train.search import run_search
+from scnas_dsl.training.config import SearchConfig
+from scnas_dsl.training.search import run_search
 from scnas_dsl.graph.scn_text import genotype_body
 
 spec, data, out, report = sys.argv[1:5]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from scnas_dsl.data.synth import synthesize
-from scnas_dsl.train.demo import small_space
+from scnas_dsl.studies.demo import small_space
 from tests.helpers import invoke
 
 # A genotype of the demo's kind of space (two levels, two nodes per cell, the paper's operations), written by

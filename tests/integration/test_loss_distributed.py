@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scnas_dsl.train.losses import soft_jaccard_loss
+from scnas_dsl.training.losses import soft_jaccard_loss
 from tests.integration.torchrun import run_ranks
 
 # A tiny 3-class segmentation network, built alike by the test and by every rank.
@@ -26,7 +26,7 @@ SCRIPT = NET + """
 import sys
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from scnas_dsl.train.losses import soft_jaccard_loss
+from scnas_dsl.training.losses import soft_jaccard_loss
 
 case_file, out = sys.argv[1:3]
 dist.init_process_group("gloo")

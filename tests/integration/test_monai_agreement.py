@@ -35,13 +35,13 @@ from monai.metrics import DiceMetric  # noqa: E402
 
 from scnas_dsl.data.pipeline import preprocess_image  # noqa: E402
 from scnas_dsl.data.restore import restore_segmentation  # noqa: E402
+from scnas_dsl.evaluation.metrics import dice_per_label, evaluate_folders  # noqa: E402
+from scnas_dsl.inference.sliding_window import importance_map, sliding_window_inference, window_starts  # noqa: E402
 from scnas_dsl.loader import load  # noqa: E402
 from scnas_dsl.nn import build_network  # noqa: E402
-from scnas_dsl.train.config import TrainConfig  # noqa: E402
-from scnas_dsl.train.inference import importance_map, sliding_window_inference, window_starts  # noqa: E402
-from scnas_dsl.train.metrics import dice_per_label, evaluate_folders  # noqa: E402
-from scnas_dsl.train.predict import load_trained, predict_run  # noqa: E402
-from scnas_dsl.train.retrain import run_train  # noqa: E402
+from scnas_dsl.prediction.predict import load_trained, predict_run  # noqa: E402
+from scnas_dsl.training.config import TrainConfig  # noqa: E402
+from scnas_dsl.training.retrain import run_train  # noqa: E402
 from tests.integration.tiny_data import heart_cases  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -16,10 +16,10 @@ from scnas_dsl.data.preprocess import (
     restore_probabilities,
     restore_segmentation,
 )
-from scnas_dsl.train.config import TrainConfig
-from scnas_dsl.train.inference import sliding_window_inference
-from scnas_dsl.train.predict import load_trained, predict_run
-from scnas_dsl.train.retrain import run_train
+from scnas_dsl.inference.sliding_window import sliding_window_inference
+from scnas_dsl.prediction.predict import load_trained, predict_run
+from scnas_dsl.training.config import TrainConfig
+from scnas_dsl.training.retrain import run_train
 from tests.helpers import invoke
 from tests.integration.tiny_data import heart_cases
 

@@ -52,3 +52,25 @@ def test_the_documented_example_runs_as_written(tmp_path: Path) -> None:
     assert "Supernet" in done.stdout and "self-check: the chosen genotype ranks" in done.stdout
     assert re.search(r"mean foreground Dice \d\.\d{3} over 6 cases", done.stdout)
     assert (tmp_path / "search" / "genotype_sampled.scn").is_file()
+
+
+def test_the_old_trainer_paths_still_import_the_moved_modules() -> None:
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+            "try:\n    import scnas_dsl.train.search\nexcept DeprecationWarning as w: print('warned', w)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "warned" in out and "scnas_dsl.training" in out
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from scnas_dsl.train.config import TrainConfig as Old
+        from scnas_dsl.train.predict import predict_run as old_predict
+    from scnas_dsl.prediction.predict import predict_run
+    from scnas_dsl.training.config import TrainConfig
+
+    assert Old is TrainConfig and old_predict is predict_run
+    assert importlib.import_module("scnas_dsl.train.metrics") is importlib.import_module("scnas_dsl.evaluation.metrics")

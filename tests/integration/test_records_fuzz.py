@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 
 from scnas_dsl.errors import ScnasError
 from scnas_dsl.ops.plugins import check_recorded, load_operations
-from scnas_dsl.train.config import TrainConfig
-from scnas_dsl.train.predict import load_trained
-from scnas_dsl.train.resume import check_resumed_settings
-from scnas_dsl.train.retrain import run_train
-from scnas_dsl.train.runs import read_split
+from scnas_dsl.prediction.predict import load_trained
+from scnas_dsl.training.config import TrainConfig
+from scnas_dsl.training.resume import check_resumed_settings
+from scnas_dsl.training.retrain import run_train
+from scnas_dsl.training.runs import read_split
 from tests.integration.tiny_data import heart_cases
 
 BASELINE = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"

@@ -19,12 +19,12 @@ from scnas_dsl.errors import RunError
 from scnas_dsl.loader import load
 from scnas_dsl.nn import build_supernet
 from scnas_dsl.stopping import RunInterrupted
-from scnas_dsl.train import retrain as retrain_module
-from scnas_dsl.train import search as search_module
-from scnas_dsl.train.config import SearchConfig, TrainConfig
-from scnas_dsl.train.demo import small_space
-from scnas_dsl.train.retrain import run_train
-from scnas_dsl.train.search import run_search
+from scnas_dsl.studies.demo import small_space
+from scnas_dsl.training import retrain as retrain_module
+from scnas_dsl.training import search as search_module
+from scnas_dsl.training.config import SearchConfig, TrainConfig
+from scnas_dsl.training.retrain import run_train
+from scnas_dsl.training.search import run_search
 from tests.helpers import invoke
 
 pytestmark = pytest.mark.xdist_group("run_cli")

@@ -13,7 +13,7 @@ from scnas_dsl.graph.printer import print_document
 from scnas_dsl.loader import load
 from scnas_dsl.model import Document, Import
 from scnas_dsl.nn import derive_genotype
-from scnas_dsl.train.demo import small_space
+from scnas_dsl.studies.demo import small_space
 from tests.helpers import invoke
 
 #: A tiny space of the paper's cells (one level, two nodes, stem width 4), as the trainer's tests use.

@@ -12,12 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import scnas_dsl.train.search as search_module
+import scnas_dsl.training.search as search_module
 from scnas_dsl.cli import app
 from scnas_dsl.nn.supernet import Supernet
-from scnas_dsl.train.config import SearchConfig, SelectionConfig
-from scnas_dsl.train.runs import read_jsonl
-from scnas_dsl.train.search import run_search
+from scnas_dsl.training.config import SearchConfig, SelectionConfig
+from scnas_dsl.training.runs import read_jsonl
+from scnas_dsl.training.search import run_search
 from tests.integration.tiny_data import heart_cases, tiny_space
 
 runner = CliRunner()
@@ -73,7 +73,7 @@ def test_each_step_reads_its_part_of_the_fold(finished: dict[str, Path], tmp_pat
         uses.append((kind, origin.get(id(x))))
         return forward(self, x, samples, arch_grad=arch_grad)
 
-    import scnas_dsl.train.selection as selection_module
+    import scnas_dsl.training.selection as selection_module
 
     for module in (search_module, selection_module):  # the search's loaders and the selection's scorer
         monkeypatch.setattr(module, "loader", traced_loader)
@@ -207,7 +207,7 @@ def test_a_fair_search_from_the_command_line_leaves_the_logits_and_chooses_by_sc
     assert record["method"] == "sampled" and len(record["details"]["scores"]) == 3
     from scnas_dsl.loader import load
     from scnas_dsl.nn import build_supernet
-    from scnas_dsl.train.checkpoint import load_checkpoint
+    from scnas_dsl.training.checkpoint import load_checkpoint
 
     fresh = build_supernet(load(finished["spec"]).space(), in_channels=1, num_classes=2, stem_width=4, seed=0)
     state = load_checkpoint(out / "checkpoints" / "last.pt")["model"]

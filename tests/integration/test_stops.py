@@ -20,12 +20,12 @@ from filelock import FileLock
 
 from scnas_dsl.data import preprocess as preprocess_module
 from scnas_dsl.data.synth import synthesize
+from scnas_dsl.prediction import predict as predict_module
+from scnas_dsl.prediction.predict import predict_run
 from scnas_dsl.stopping import RunInterrupted
-from scnas_dsl.train import predict as predict_module
-from scnas_dsl.train.config import SearchConfig, TrainConfig
-from scnas_dsl.train.predict import predict_run
-from scnas_dsl.train.retrain import run_train
-from scnas_dsl.train.search import run_search
+from scnas_dsl.training.config import SearchConfig, TrainConfig
+from scnas_dsl.training.retrain import run_train
+from scnas_dsl.training.search import run_search
 from tests.integration.test_predict_defaults import invoke
 from tests.integration.tiny_data import heart_cases, tiny_space
 from tests.integration.torchrun import run_ranks
@@ -245,9 +245,9 @@ def test_search_with_workers_stopped_by_sigterm_to_its_process_group(workspace: 
 SCRIPT = """\
 import json, os, signal, sys
 import torch.distributed as dist
-from scnas_dsl.train import retrain as retrain_module
-from scnas_dsl.train.config import TrainConfig
-from scnas_dsl.train.retrain import run_train
+from scnas_dsl.training import retrain as retrain_module
+from scnas_dsl.training.config import TrainConfig
+from scnas_dsl.training.retrain import run_train
 from scnas_dsl.stopping import RunInterrupted
 
 spec, data, root = sys.argv[1:4]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from scnas_dsl.data.preprocess import preprocess_dataset
 from scnas_dsl.data.synth import synthesize
-from scnas_dsl.train.demo import small_space
+from scnas_dsl.studies.demo import small_space
 
 
 def heart_cases(root: Path, spacing: tuple[float, float, float] | None = None) -> tuple[Path, Path]:

@@ -12,8 +12,8 @@ from scnas_dsl.data.files import atomic_write, read_json_or_none, write_json
 from scnas_dsl.data.names import strip_channel_suffix, strip_nifti_ending
 from scnas_dsl.data.pipeline import _case_id_of
 from scnas_dsl.errors import DataError
-from scnas_dsl.train.metrics import case_id_of
-from scnas_dsl.train.predict import group_cases
+from scnas_dsl.evaluation.metrics import case_id_of
+from scnas_dsl.prediction.predict import group_cases
 
 
 def _left(folder: Path) -> list[str]:

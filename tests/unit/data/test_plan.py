@@ -68,7 +68,7 @@ def test_training_defaults_to_the_patch_data_plan_recommends(brain_msd: Path, tm
     """One patch rule: with memory to spare, `scnas data plan` and `scnas train`'s default agree (training takes
     the median over the fold's training cases; here both take every case)."""
     from scnas_dsl.data.plan import default_patch
-    from scnas_dsl.train.data_context import default_patch as training_default
+    from scnas_dsl.training.data_context import default_patch as training_default
 
     pre = preprocess_dataset(brain_msd, out=tmp_path / "pre", spacing=None, progress=False)
     recommended = plan(pre, memory_gb=1e6).patch_size

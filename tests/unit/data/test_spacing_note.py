@@ -12,9 +12,9 @@ import torch
 
 from scnas_dsl.data.resample import spacing_note
 from scnas_dsl.data.synth import synthesize
-from scnas_dsl.train.config import SearchConfig
-from scnas_dsl.train.data_context import open_data
-from scnas_dsl.train.device import Runtime
+from scnas_dsl.training.config import SearchConfig
+from scnas_dsl.training.data_context import open_data
+from scnas_dsl.training.device import Runtime
 
 
 def test_the_note_says_how_many_more_voxels_and_names_median_spacing() -> None:

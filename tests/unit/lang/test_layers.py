@@ -73,14 +73,18 @@ def test_front_end_imports_only_its_own_layer_and_those_below(path: Path) -> Non
 
 
 #: the whole package, lowest first (docs/architecture.md): the front end above, then the operation library, the
-#: compiler, the data pipeline, the trainer, the command line and the package's entry points
+#: compiler, the data pipeline, the pipeline's stages (inference and evaluation below training; prediction, the
+#: studies and deployment above it), the command line (and the old trainer path) and the package's entry points
 PACKAGE_LAYERS = [
     *LAYERS,
     ("scnas_dsl.ops",),
     ("scnas_dsl.nn",),
     ("scnas_dsl.data",),
-    ("scnas_dsl.train", "scnas_dsl.integrations"),
-    ("scnas_dsl.cli", "scnas_dsl.__main__"),
+    ("scnas_dsl.inference", "scnas_dsl.evaluation"),
+    ("scnas_dsl.training", "scnas_dsl.integrations"),
+    ("scnas_dsl.prediction",),
+    ("scnas_dsl.studies", "scnas_dsl.deployment"),
+    ("scnas_dsl.cli", "scnas_dsl.__main__", "scnas_dsl.train"),
 ]
 
 

@@ -18,7 +18,7 @@ from scnas_dsl.nn.cost import estimate
 from scnas_dsl.nn.network import build_network
 from scnas_dsl.nn.plan import build_plan
 from scnas_dsl.ops.library import AttentionGate
-from scnas_dsl.train.losses import deep_supervision_loss, deep_supervision_weights, soft_jaccard_loss
+from scnas_dsl.training.losses import deep_supervision_loss, deep_supervision_weights, soft_jaccard_loss
 
 ROOT = Path(__file__).resolve().parents[3]
 PAPER_BASELINE = ROOT / "specs" / "baselines" / "uresnet_paper.scn"

@@ -291,9 +291,9 @@ def test_auto_checkpointing_is_chosen_only_when_it_alone_fits(monkeypatch, capsy
 
     from scnas_dsl.errors import RunError
     from scnas_dsl.nn import cost
-    from scnas_dsl.train import search
-    from scnas_dsl.train.config import SearchConfig
-    from scnas_dsl.train.device import Runtime, training_memory
+    from scnas_dsl.training import search
+    from scnas_dsl.training.config import SearchConfig
+    from scnas_dsl.training.device import Runtime, training_memory
 
     net = supernet(levels=1, nodes=1)
     runtime = Runtime(device=torch.device("cuda", 0))
@@ -307,7 +307,7 @@ def test_auto_checkpointing_is_chosen_only_when_it_alone_fits(monkeypatch, capsy
     total = [0]
     # the budget is the GPU's free memory less a margin, and the need counts the loss's tensors too (both
     # tested in test_runs_checkpoints): here the decision alone, on the estimate's figures
-    from scnas_dsl.train import device
+    from scnas_dsl.training import device
 
     monkeypatch.setattr(device, "gpu_budget", lambda _runtime: (total[0], total[0]))
     monkeypatch.setattr(device, "step_extras", lambda *_a: 0)

@@ -1,0 +1,55 @@
+"""Resuming a run: the settings must be the run's, the checkpoint of the right kind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from scnas_dsl.errors import CheckpointError, RunError, first_line
+from scnas_dsl.training.checkpoint import load_checkpoint
+from scnas_dsl.training.runs import CONFIG
+
+#: settings that may change when a run is resumed (they do not change what the run computes, or extend it)
+RESUMABLE_CHANGES = {"out", "device", "workers", "progress", "epochs", "data", "compile", "augment_on", "checkpoint_cells",
+                     "selection"}
+
+
+def resume_state(run_dir: Path, settings: dict[str, Any], ckpt_path: Path, kind: str) -> dict[str, Any]:
+    """The checkpoint to resume from: the settings must match the run's (``check_resumed_settings``) and the
+    checkpoint must be of this ``kind`` ("search" or "train")."""
+    check_resumed_settings(run_dir, settings)
+    state = load_checkpoint(ckpt_path)
+    if state["kind"] != kind:
+        what = {"search": "a search", "train": "a training"}.get(kind, f"a '{kind}'")
+        raise CheckpointError(f"{ckpt_path}: a '{state['kind']}' checkpoint, not {what} checkpoint")
+    return state
+
+
+def check_resumed_settings(run_dir: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume a run with other settings than it started with (the result would be neither run)."""
+    path = run_dir / CONFIG
+    if not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path}: cannot be read ({first_line(err)}); the run's settings are lost, so it cannot be "
+                       "resumed: start it again with --force, or put back a copy of the file") from err
+    if not isinstance(before, dict):
+        raise RunError(f"{path}: not the settings of a run (a JSON object is expected); start it again with "
+                       "--force, or put back a copy of the file")
+    changed = sorted(k for k, v in settings.items()
+                     if k not in RESUMABLE_CHANGES and k in before and json.dumps(before[k]) != json.dumps(v))
+    if changed:
+        details = "; ".join(f"{k}: {before[k]!r} -> {settings[k]!r}" for k in changed)
+        raise RunError(f"{path}: the run was started with other settings ({details}); resume with the same "
+                       f"settings (only {_changeable()} may change) or start a new run")
+
+
+def _changeable() -> str:
+    """The settings of :data:`RESUMABLE_CHANGES` as options: ``--epochs, --device, ...``."""
+    names = {"progress": "--quiet", "data": "--data (the same data elsewhere)",
+             "augment_on": "augment_on (in --config)",
+             "selection": "--select"}
+    return ", ".join(names.get(k, "--" + k.replace("_", "-")) for k in sorted(RESUMABLE_CHANGES) if k != "out")
