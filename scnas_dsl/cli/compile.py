@@ -13,8 +13,7 @@ from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.cli.options import OPS, operations
 from scnas_dsl.errors import ScnasError
 from scnas_dsl.files import write_text
-from scnas_dsl.ops.plugins import check_recorded
-from scnas_dsl.training.runs import GENOTYPE, NETWORK, read_network
+from scnas_dsl.training.runs import trained_network
 
 
 def _write_new(path: Path, text: str, force: bool) -> None:
@@ -90,12 +89,7 @@ def compile_cmd(
         raise usage(f"{file}: no such file")
     extra = operations(ops)
     if file.is_dir():  # a training run: compile the network it trained, as scnas predict rebuilds it
-        if not (file / NETWORK).is_file() or not (file / GENOTYPE).is_file():
-            raise usage(f"{file}: a folder, but not a run folder of scnas train (no {NETWORK} and "
-                         f"{GENOTYPE}); give a .scn file or the --out folder of a training run")
-        recipe = read_network(file)  # the run folder's one reader of network.json
-        check_recorded(file, extra)
-        file = file / GENOTYPE
+        file, recipe = trained_network(file, extra)
         in_channels = in_channels or recipe.in_channels
         classes = classes or recipe.num_classes
         stem_width = stem_width or recipe.stem_width

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scnas_dsl.errors import RunError, first_line
 from scnas_dsl.files import write_text
 from scnas_dsl.folders import folder_state, foreign_folder, read_marker, replace_folder
+from scnas_dsl.ops.plugins import Operations, check_recorded
 
 MARKER = ".scnas-run"
 
@@ -70,6 +71,17 @@ def read_network(run: Path) -> NetworkRecord:
         raise RunError(f"{path}: not the record scnas train wrote ({_fields(err)}); was the run folder edited?") from err
     except (OSError, ValueError) as err:
         raise RunError(f"{path}: cannot be read ({first_line(err)}); was the run folder edited?") from err
+
+
+def trained_network(run: Path, operations: Operations) -> tuple[Path, NetworkRecord]:
+    """What a training run trained, as prediction rebuilds it: its genotype file and ``network.json``. A folder
+    that is not a training run, or one made with operations that ``operations`` lacks, is a RunError."""
+    if not (run / NETWORK).is_file() or not (run / GENOTYPE).is_file():
+        raise RunError(f"{run}: a folder, but not a run folder of scnas train (no {NETWORK} and {GENOTYPE}); give "
+                       "a .scn file or the --out folder of a training run")
+    recipe = read_network(run)
+    check_recorded(run, operations)
+    return run / GENOTYPE, recipe
 
 
 class SplitRecord(BaseModel):

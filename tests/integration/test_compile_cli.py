@@ -131,3 +131,12 @@ def test_a_space_labels_its_per_cell_costs_as_the_full_supernets() -> None:
     genotype = Path(__file__).resolve().parents[2] / "specs" / "genotypes" / "example.scn"
     out = CliRunner().invoke(app, ["compile", str(genotype), "--patch", "32", "32", "32"]).output
     assert "  per cell:" in out and "full supernet" not in out and "pair step" not in out
+
+
+def test_a_folder_that_is_not_a_training_run_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "genotype.scn").write_text("# not a run\n")  # a genotype file alone does not make a run folder
+    result = CliRunner().invoke(app, ["compile", str(folder)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{folder}: a folder, but not a run folder of scnas train" in result.output
