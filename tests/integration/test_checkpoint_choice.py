@@ -17,8 +17,7 @@ from scnas_dsl.studies import cv as cv_module
 from scnas_dsl.training.checkpoint import load_checkpoint, save_checkpoint
 from scnas_dsl.training.config import TrainConfig
 from scnas_dsl.training.retrain import run_train
-from tests.helpers import invoke
-from tests.integration.tiny_data import heart_cases
+from tests.helpers import heart_cases, invoke
 
 pytestmark = pytest.mark.xdist_group("run_cli")
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from scnas_dsl.cli import app
 from scnas_dsl.errors import ScnasError, message_for_user
-from tests.integration.tiny_data import heart_cases
+from tests.helpers import heart_cases
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("custom_ops")]
 

@@ -13,8 +13,7 @@ import torch
 from scnas_dsl.loader import load
 from scnas_dsl.stopping import RunInterrupted
 from scnas_dsl.studies import cv as cv_module
-from tests.helpers import invoke
-from tests.integration.tiny_data import heart_cases, tiny_space
+from tests.helpers import heart_cases, invoke, tiny_space
 
 BASELINES = Path(__file__).resolve().parents[2] / "specs" / "baselines"
 TRAIN = ["--epochs", "1", "--stem-width", "4", "--patch", "16", "16", "16", "--batch-size", "2",

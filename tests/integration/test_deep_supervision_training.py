@@ -18,7 +18,7 @@ from scnas_dsl.prediction.predict import load_trained
 from scnas_dsl.training.checkpoint import load_checkpoint
 from scnas_dsl.training.config import TrainConfig
 from scnas_dsl.training.retrain import run_train
-from tests.integration.tiny_data import heart_cases
+from tests.helpers import heart_cases
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deep_supervision")]
 

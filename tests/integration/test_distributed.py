@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from scnas_dsl.data.preprocess import preprocess_dataset
-from scnas_dsl.data.synth import synthesize
 from scnas_dsl.studies.demo import small_space
+from tests.helpers import generated_set
 from tests.integration.torchrun import run_ranks
 
 SPACE = small_space("tiny", levels=1, ops=("conv3", "dil2", "maxpool", "skip", "none"), stem_width=4)
@@ -36,12 +35,11 @@ torch.save(result.logits, os.path.join(report, f"rank{os.environ['RANK']}.pt"))
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_search_one_architecture(tmp_path: Path) -> None:
-    data = synthesize(tmp_path / "data", "heart", cases=6, shape=(24, 24, 24), seed=0)
-    pre = preprocess_dataset(data, out=tmp_path / "pre", spacing=None, progress=False)
+    _, pre = generated_set(tmp_path, "heart", cases=6)
     (tmp_path / "tiny.scn").write_text(SPACE)
     report = tmp_path / "report"
     report.mkdir()
-    run_ranks([str(tmp_path / "tiny.scn"), str(pre.root), str(tmp_path / "run"), str(report)], tmp_path, SCRIPT)
+    run_ranks([str(tmp_path / "tiny.scn"), str(pre), str(tmp_path / "run"), str(report)], tmp_path, SCRIPT)
     rank0, rank1 = (report / "rank0.scn").read_text(), (report / "rank1.scn").read_text()
     assert rank0 == rank1  # every rank sampled the same architectures and averaged the same gradients
     logits0 = torch.load(report / "rank0.pt", weights_only=True)
@@ -58,7 +56,7 @@ def test_two_processes_search_one_architecture(tmp_path: Path) -> None:
 
     # retraining the genotype with DDP through the command line: one report, one run folder
     done = run_ranks(["-m", "scnas_dsl", "train",
-                      str(tmp_path / "run" / "genotype.scn"), "--data", str(pre.root), "--out",
+                      str(tmp_path / "run" / "genotype.scn"), "--data", str(pre), "--out",
                       str(tmp_path / "train"), "--epochs", "2", "--batch-size", "2", "--patch", "16", "16", "16",
                       "--stem-width", "4", "--batches-per-epoch", "2", "--val-every", "1", "--device", "cpu",
                       "--quiet"], tmp_path)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import scnas_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"
 
 
 def scnas(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "scnas_dsl", *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+    return scnas_process(*args, cwd=cwd, timeout=120)
 
 
 def test_check_ok_errors_and_usage(tmp_path: Path) -> None:

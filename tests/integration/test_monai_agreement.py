@@ -42,7 +42,7 @@ from scnas_dsl.nn import build_network  # noqa: E402
 from scnas_dsl.prediction.predict import load_trained, predict_run  # noqa: E402
 from scnas_dsl.training.config import TrainConfig  # noqa: E402
 from scnas_dsl.training.retrain import run_train  # noqa: E402
-from tests.integration.tiny_data import heart_cases  # noqa: E402
+from tests.helpers import heart_cases  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

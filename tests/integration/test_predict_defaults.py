@@ -20,8 +20,7 @@ from scnas_dsl.inference.sliding_window import sliding_window_inference
 from scnas_dsl.prediction.predict import load_trained, predict_run
 from scnas_dsl.training.config import TrainConfig
 from scnas_dsl.training.retrain import run_train
-from tests.helpers import invoke
-from tests.integration.tiny_data import heart_cases
+from tests.helpers import heart_cases, invoke
 
 BASELINE = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
 FLIPS = [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]

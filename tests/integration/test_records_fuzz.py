@@ -20,7 +20,7 @@ from scnas_dsl.training.config import TrainConfig
 from scnas_dsl.training.resume import check_resumed_settings
 from scnas_dsl.training.retrain import run_train
 from scnas_dsl.training.runs import read_split
-from tests.integration.tiny_data import heart_cases
+from tests.helpers import heart_cases
 
 BASELINE = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from scnas_dsl.data.loader import ignore_stop_signals
-from scnas_dsl.data.preprocess import preprocess_dataset
 from scnas_dsl.data.synth import synthesize
 from scnas_dsl.errors import RunError
 from scnas_dsl.loader import load
@@ -25,7 +24,7 @@ from scnas_dsl.training import search as search_module
 from scnas_dsl.training.config import SearchConfig, TrainConfig
 from scnas_dsl.training.retrain import run_train
 from scnas_dsl.training.search import run_search
-from tests.helpers import invoke
+from tests.helpers import generated_set, invoke
 
 pytestmark = pytest.mark.xdist_group("run_cli")
 
@@ -39,11 +38,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Generated heart-like data (6 cases, 24^3), preprocessed once at its own voxel size, and the space."""
     torch.set_num_threads(1)  # tiny tensors: threads only cost, and other tests share the cores
     root = tmp_path_factory.mktemp("run_cli")
-    data = synthesize(root / "data", "heart", cases=6, shape=(24, 24, 24), seed=0)
-    pre = preprocess_dataset(data, out=root / "pre", spacing=None, progress=False)
+    data, pre = generated_set(root, "heart", cases=6)
     spec = root / "tiny.scn"
     spec.write_text(TINY_SPACE)
-    return {"root": root, "data": data, "pre": pre.root, "spec": spec}
+    return {"root": root, "data": data, "pre": pre, "spec": spec}
 
 
 @pytest.mark.slow

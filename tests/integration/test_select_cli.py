@@ -18,7 +18,7 @@ from scnas_dsl.nn.supernet import Supernet
 from scnas_dsl.training.config import SearchConfig, SelectionConfig
 from scnas_dsl.training.runs import read_jsonl
 from scnas_dsl.training.search import run_search
-from tests.integration.tiny_data import heart_cases, tiny_space
+from tests.helpers import heart_cases, tiny_space
 
 runner = CliRunner()
 

@@ -26,8 +26,7 @@ from scnas_dsl.stopping import RunInterrupted
 from scnas_dsl.training.config import SearchConfig, TrainConfig
 from scnas_dsl.training.retrain import run_train
 from scnas_dsl.training.search import run_search
-from tests.integration.test_predict_defaults import invoke
-from tests.integration.tiny_data import heart_cases, tiny_space
+from tests.helpers import heart_cases, invoke, tiny_space
 from tests.integration.torchrun import run_ranks
 
 BASELINE = Path(__file__).resolve().parents[2] / "specs" / "baselines" / "unet3d.scn"

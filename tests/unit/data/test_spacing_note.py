@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from scnas_dsl.data.synth import synthesize
 from scnas_dsl.training.config import SearchConfig
 from scnas_dsl.training.data_context import open_data
 from scnas_dsl.training.device import Runtime
+from tests.helpers import scnas_process
 
 
 def test_the_note_says_how_many_more_voxels_and_names_median_spacing() -> None:
@@ -34,9 +33,7 @@ def heart(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _scnas(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SCNAS_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "scnas_dsl", "data", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
+    return scnas_process("data", *args, env={"SCNAS_CACHE": str(cache)})
 
 
 def test_plan_and_preprocess_print_the_note(heart: Path, tmp_path: Path) -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from scnas_dsl.data.preprocess import preprocess_dataset
-from scnas_dsl.data.synth import synthesize
-from tests.helpers import invoke
+from tests.helpers import generated_set, invoke
 
 BASELINE = Path(__file__).resolve().parents[3] / "specs" / "baselines" / "unet3d.scn"
 
@@ -29,9 +27,8 @@ def test_a_refused_cv_leaves_no_out_folder(tmp_path: Path) -> None:
     code, output = invoke("cv", BASELINE, "--data", tmp_path / "nothing", "--out", out)
     assert code == 1 and "no such data set folder" in output, output
     assert not out.exists()
-    data = synthesize(tmp_path / "data", "heart", cases=5, shape=(16, 16, 16), seed=0)
-    pre = preprocess_dataset(data, out=tmp_path / "pre", spacing=None, progress=False)
-    code, output = invoke("cv", BASELINE, "--data", pre.root, "--out", out, "--fold", "7", "--quiet")
+    _, pre = generated_set(tmp_path, "heart", size=16)
+    code, output = invoke("cv", BASELINE, "--data", pre, "--out", out, "--fold", "7", "--quiet")
     assert code == 1 and "fold(s) 7 do not exist" in output, output
     assert not out.exists()  # so the corrected command runs without --force
 

@@ -7,8 +7,6 @@ import pytest
 import torch
 
 from scnas_dsl.data.loader import default_workers
-from scnas_dsl.data.preprocess import preprocess_dataset
-from scnas_dsl.data.synth import synthesize
 from scnas_dsl.training.config import SearchConfig
 from scnas_dsl.training.data_context import (
     augments_on_device,
@@ -19,6 +17,7 @@ from scnas_dsl.training.data_context import (
 )
 from scnas_dsl.training.device import Runtime
 from scnas_dsl.training.losses import deep_supervision_loss, soft_jaccard_loss
+from tests.helpers import generated_set
 
 CPU = Runtime(device=torch.device("cpu"))
 GPU = Runtime(device=torch.device("cuda", 0))  # only its description: nothing here runs on it
@@ -27,9 +26,8 @@ GPU = Runtime(device=torch.device("cuda", 0))  # only its description: nothing h
 @pytest.fixture(scope="module")
 def run_data(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("device_batches")
-    data = synthesize(root / "data", "brain", cases=5, shape=(20, 20, 20), seed=2)
-    pre = preprocess_dataset(data, out=root / "pre", spacing=None, progress=False)
-    cfg = SearchConfig(spec="unused.scn", data=str(pre.root), batch_size=2, patch=(16, 16, 16), stem_width=4,
+    _, pre = generated_set(root, "brain", size=20, seed=2)
+    cfg = SearchConfig(spec="unused.scn", data=str(pre), batch_size=2, patch=(16, 16, 16), stem_width=4,
                        batches_per_epoch=3, progress=False)
     return cfg, open_data(cfg, CPU)
 

@@ -9,6 +9,7 @@ import torch
 from scnas_dsl.training import checkpoint
 from scnas_dsl.training.device import Runtime, load_scaler_state
 from scnas_dsl.training.search import update
+from tests.helpers import generated_set
 
 
 def _enabled_scaler() -> torch.amp.GradScaler:
@@ -61,8 +62,6 @@ def test_the_other_ranks_wait_for_the_data_preparation_on_a_long_timeout_group(
 
     import torch.distributed as dist
 
-    from scnas_dsl.data.preprocess import preprocess_dataset
-    from scnas_dsl.data.synth import synthesize
     from scnas_dsl.errors import RunError
     from scnas_dsl.training import data_context
     from scnas_dsl.training.config import SearchConfig
@@ -83,16 +82,15 @@ def test_the_other_ranks_wait_for_the_data_preparation_on_a_long_timeout_group(
         setup_runtime("cpu")
 
     # open_data: rank 1 receives rank 0's prepared folder on that group
-    pre = preprocess_dataset(synthesize(tmp_path / "data", "heart", cases=5, shape=(16, 16, 16), seed=0),
-                             out=tmp_path / "pre", spacing=None, progress=False)
+    _, pre = generated_set(tmp_path, "heart", size=16)
     groups: list[object] = []
 
     def broadcast(objects: list, src: int = 0, group: object = None) -> None:  # noqa: ANN001
         groups.append(group)
-        objects[0] = str(pre.root)
+        objects[0] = str(pre)
 
     monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
-    cfg = SearchConfig(spec="s.scn", data=str(pre.root), progress=False)
+    cfg = SearchConfig(spec="s.scn", data=str(pre), progress=False)
     data_context.open_data(cfg, runtime)
     assert groups == ["the wait group"]
 

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from scnas_dsl.data.preprocess import preprocess_dataset
-from scnas_dsl.data.synth import synthesize
 from scnas_dsl.evaluation.metrics import dice_per_label
 from scnas_dsl.nn import build_supernet
 from scnas_dsl.training.config import SearchConfig
@@ -26,6 +24,7 @@ from scnas_dsl.training.search_report import (
     edge_table,
     parameter_free_share,
 )
+from tests.helpers import generated_set
 from tests.unit.nn.spaces import unet_space
 
 PROBS = {
@@ -60,9 +59,8 @@ def test_the_supernet_knows_its_parameter_free_operations() -> None:
 def search_data(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("gap")
-    data = synthesize(root / "data", "heart", cases=5, shape=(20, 20, 20), seed=1)
-    pre = preprocess_dataset(data, out=root / "pre", spacing=None, progress=False)
-    cfg = SearchConfig(spec="unused.scn", data=str(pre.root), batch_size=2, patch=(16, 16, 16), stem_width=4,
+    _, pre = generated_set(root, "heart", size=20, seed=1)
+    cfg = SearchConfig(spec="unused.scn", data=str(pre), batch_size=2, patch=(16, 16, 16), stem_width=4,
                        progress=False, augment=False)
     runtime = Runtime(device=torch.device("cpu"))
     ctx = open_data(cfg, runtime)

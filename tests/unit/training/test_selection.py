@@ -9,8 +9,6 @@ import math
 import pytest
 import torch
 
-from scnas_dsl.data.preprocess import preprocess_dataset
-from scnas_dsl.data.synth import synthesize
 from scnas_dsl.nn import build_supernet
 from scnas_dsl.nn.supernet import Samples, Supernet
 from scnas_dsl.training.config import SearchConfig, SelectionConfig
@@ -26,6 +24,7 @@ from scnas_dsl.training.selection import (
     select_sampled,
     self_check,
 )
+from tests.helpers import generated_set
 from tests.unit.nn.spaces import unet_space
 
 SHAPE = (16, 16, 16)
@@ -147,9 +146,8 @@ def test_the_self_check_scores_the_chosen_genotype_itself() -> None:
 def batches(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("select")
-    data = synthesize(root / "data", "heart", cases=5, shape=(20, 20, 20), seed=1)
-    pre = preprocess_dataset(data, out=root / "pre", spacing=None, progress=False)
-    cfg = SearchConfig(spec="unused.scn", data=str(pre.root), batch_size=2, patch=SHAPE, stem_width=4,
+    _, pre = generated_set(root, "heart", size=20, seed=1)
+    cfg = SearchConfig(spec="unused.scn", data=str(pre), batch_size=2, patch=SHAPE, stem_width=4,
                        progress=False)
     runtime = Runtime(device=torch.device("cpu"))
     ctx = open_data(cfg, runtime)
