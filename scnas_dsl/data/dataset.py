@@ -340,7 +340,8 @@ def missing_file_message(path: Path) -> str | None:
 
 def orientation_problem(img: nib.Nifti1Image) -> str | None:
     """A message when a NIfTI image's geometry is unusable: no orientation (``qform_code`` and ``sform_code`` both
-    0), or a singular affine (a zero-length axis, two axes along one direction). ``scnas data check``,
+    0), a zero voxel size in the header where the qform gives the geometry (pixdim, which nibabel would read as
+    1 mm), or a singular affine (a zero-length axis, two axes along one direction). ``scnas data check``,
     preprocessing, training and prediction all apply it (one rule)."""
     header = img.header
     if not isinstance(header, nib.Nifti1Header):  # Nifti2Header derives from it; other formats: no codes
@@ -350,6 +351,11 @@ def orientation_problem(img: nib.Nifti1Image) -> str | None:
             "no orientation (qform_code and sform_code are both 0), so where the voxels lie is unknown; "
             "set the image's qform or sform (for example with nibabel: img.set_sform(affine, code=1))"
         )
+    if int(header["sform_code"]) == 0:  # the geometry is the qform's, whose voxel size is pixdim
+        stored = _stored_voxel_size(img)
+        if stored is not None and (not np.isfinite(stored).all() or (stored == 0).any()):
+            return (f"voxel size {stored.tolist()} mm in the header (pixdim), which nibabel silently reads as 1 mm "
+                    "along a zero axis; set the voxel size (pixdim) or an sform with the real spacing")
     linear = np.asarray(img.affine, dtype=np.float64)[:3, :3]
     lengths = np.sqrt((linear**2).sum(0))
     if not np.isfinite(linear).all() or lengths.min() <= 1e-6 * max(lengths.max(), 1e-12) or \
@@ -357,6 +363,22 @@ def orientation_problem(img: nib.Nifti1Image) -> str | None:
         return (f"a singular affine (axis lengths {lengths.round(4).tolist()} mm, or two axes along one direction), "
                 "so the voxel grid has no orientation; fix the image's qform or sform")
     return None
+
+
+def _stored_voxel_size(img: nib.Nifti1Image) -> np.ndarray | None:
+    """The voxel size (pixdim 1-3) as the file stores it: nibabel's loading replaces a zero by 1 (with only a log
+    message), so the header is read again from the file, unchecked. None for an image not read from a file."""
+    from nibabel.openers import ImageOpener
+
+    path = img.get_filename()
+    if not path:
+        return None
+    try:
+        with ImageOpener(path) as f:
+            raw = type(img.header).from_fileobj(f, check=False)
+    except Exception:  # noqa: BLE001 - the header was read once already; the caller's rules still apply
+        return None
+    return np.asarray(raw["pixdim"][1:4], dtype=np.float64)
 
 
 def affine_mismatch(affine: np.ndarray, ref_affine: np.ndarray, ref_path: Path) -> str | None:

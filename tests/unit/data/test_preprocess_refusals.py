@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -173,14 +174,25 @@ def test_extreme_intensities_are_normalised_in_float64_or_refused_by_one_rule(he
         preprocess_dataset(root, out=tmp_path / "pre_inf", spacing=None, progress=False)
 
 
+def _zero_pixdim(path: Path, axis: int) -> None:
+    """Set pixdim[axis] of a .nii.gz file to 0 in its stored NIfTI-1 header (pixdim: 8 float32 at byte 76)."""
+    import gzip
+    import struct
+
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    endian = "<" if struct.unpack("<i", raw[:4])[0] == 348 else ">"
+    raw[76 + 4 * axis:80 + 4 * axis] = struct.pack(f"{endian}f", 0.0)
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
 def test_a_singular_affine_is_a_defect_check_and_preprocess_both_name(heart: Path, tmp_path: Path) -> None:
     """A zero-length axis ended in nibabel's "Unable to find out axis" traceback in preprocess after check said
-    ok."""
+    ok; a zero voxel size in the header (pixdim, where the qform gives the geometry) silently became 1 mm."""
     import shutil
 
     from scnas_dsl.data.dataset import check_dataset
 
-    for name, change in (("singular", "affine"),):
+    for name, change in (("singular", "affine"), ("pixdim", "pixdim")):
         root = Path(shutil.copytree(heart, tmp_path / name))
         image = sorted((root / "imagesTr").glob("*.nii.gz"))[0]
         img = nib.load(image)
@@ -190,16 +202,16 @@ def test_a_singular_affine_is_a_defect_check_and_preprocess_both_name(heart: Pat
             header["qform_code"], header["sform_code"] = 0, 1
             header["srow_z"] = [0.0, 0.0, 0.0, 0.0]
             out = nib.Nifti1Image(data, None, header)  # no affine given: the header's sform is kept as it is
-        else:
-            header = img.header.copy()
-            header["qform_code"], header["sform_code"] = 0, 1  # the sform is fine: only pixdim lies
-            pixdim = header["pixdim"].copy()
-            pixdim[1] = 0.0
-            header["pixdim"] = pixdim
-            out = nib.Nifti1Image(data, None, header)
+        else:  # the geometry is the qform's, and its voxel size along x is 0 in the file
+            out = nib.Nifti1Image(data, img.affine)
+            out.set_qform(img.affine, code=1)
+            out.set_sform(None, code=0)
         nib.save(out, image)
+        if change == "pixdim":  # nibabel replaces a zero pixdim by 1 on every write: patch the stored bytes
+            _zero_pixdim(image, axis=1)
+            assert nib.load(image).header.get_zooms()[0] == 1.0  # what a reader that trusts nibabel sees
         problems = [p.message for p in check_dataset(root) if p.file == image]
-        expected = "singular affine" if change == "affine" else "voxel size"
+        expected = "singular affine" if change == "affine" else "voxel size [0.0, 1.25, 2.0] mm in the header (pixdim)"
         assert any(expected in m for m in problems), problems
-        with pytest.raises(DataError, match=expected):
+        with pytest.raises(DataError, match=re.escape(expected)):
             preprocess_dataset(root, out=tmp_path / f"pre_{name}", spacing=None, progress=False)
