@@ -316,8 +316,15 @@ def _cases_from_folder(
 
 
 def load_header(path: Path) -> nib.Nifti1Image:
-    """Open a NIfTI file lazily (header now, data on access)."""
-    return cast(nib.Nifti1Image, nib.load(str(path)))
+    """Open a NIfTI file lazily (header now, data on access); DataError naming the file when its header cannot
+    be read (nibabel raises many kinds for bad files: an unknown data type code, a broken dim, ...)."""
+    try:
+        return cast(nib.Nifti1Image, nib.load(str(path)))
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise DataError(f"{path}: truncated or corrupt gzip stream ({err}); copy the file again") from err
+    except Exception as err:  # noqa: BLE001 - ImageFileError, HeaderDataError, ValueError, OSError, ...
+        raise DataError(f"{path}: cannot be read as NIfTI ({type(err).__name__}: {err}); run `scnas data check`") \
+            from err
 
 
 def missing_file_message(path: Path) -> str | None:
@@ -400,7 +407,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image] | str:
     if missing is not None:
         return missing
     try:
-        img = load_header(path)
+        img = cast(nib.Nifti1Image, nib.load(str(path)))
         if 0 in img.shape:
             return f"image has an empty dimension (shape {img.shape})"
         data = np.asanyarray(img.dataobj)
@@ -526,7 +533,7 @@ def _check_label_values(dataset: Dataset, case: Case, label: np.ndarray) -> list
                 )
             )
             label = label[~fractional]  # the whole values are still checked below
-    values = np.unique(label).astype(np.int64).tolist()
+    values = [int(v) if abs(v) < 2**62 else v for v in np.unique(label).tolist()]  # 1e30 is named as 1e30
     undeclared = [v for v in values if v not in dataset.labels]
     if undeclared:
         problems.append(

@@ -120,8 +120,8 @@ def load_label(
         if (data != np.round(data)).any():
             raise DataError(f"{where}: non-integer label values; labels must be whole numbers; {check}")
     if data.min(initial=0) < 0 or data.max(initial=0) >= num_classes:
-        undeclared = np.unique(data[(data < 0) | (data >= num_classes)]).astype(np.int64).tolist()
-        shown = ", ".join(map(str, undeclared[:10])) + (" ..." if len(undeclared) > 10 else "")
+        undeclared = np.unique(data[(data < 0) | (data >= num_classes)]).tolist()  # as stored: 1e30 stays 1e30
+        shown = ", ".join(f"{v:g}" for v in undeclared[:10]) + (" ..." if len(undeclared) > 10 else "")
         raise DataError(
             f"{where}: label values {shown} are not declared in dataset.json (declared: 0 to "
             f"{num_classes - 1}); fix the label file or declare the values in dataset.json; {check}"

@@ -106,12 +106,7 @@ def _fingerprint(
         return shapes, spacings, intensity, {k: n / total for k, n in sorted(counts.items())}
     shapes, spacings = [], []
     for case in source.cases:
-        try:
-            img = load_header(case.images[0])
-        except Exception as err:  # nibabel raises several kinds for unreadable files
-            raise DataError(
-                f"{case.images[0]}: case {case.id}: cannot be read ({err}); run `scnas data check`"
-            ) from err
+        img = load_header(case.images[0])  # a DataError naming the file when it cannot be read
         spacing, shape = canonical_geometry(np.asarray(img.affine), img.shape[:3])
         shapes.append(shape)
         spacings.append(spacing)

@@ -194,8 +194,8 @@ class _CVSummary(BaseModel):
     folds_total: int = 0
     spec: str | None = None
     mode: str | None = None
-    leakage: Any = None
-    settings: Any = None
+    leakage: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = None
 
 
 def _check_report_folder(report: Path, force: bool) -> None:

@@ -81,4 +81,32 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
                               "--force (replaces the run folder) or put back a copy of the file") from err
     if not isinstance(state, dict) or "kind" not in state:
         raise CheckpointError(f"{path}: not a scnas checkpoint (no 'kind' entry)")
+    problem = _header_problem(state)
+    if problem:
+        raise CheckpointError(f"{path}: not a checkpoint scnas wrote ({problem}); start the run again with --force "
+                              "or put back a copy of the file")
     return state
+
+
+#: the entries every checkpoint of a kind has (the last state of a training or a search; best weights)
+REQUIRED = {"train": ("epoch", "step", "model"), "search": ("epoch", "step", "model"),
+            "weights": ("epoch", "dice", "model")}
+
+
+def _header_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's plain entries (the kind, the counters, the score), or None; the tensors
+    are checked where they are loaded into a network."""
+    if not isinstance(state["kind"], str):
+        return f"'kind' is {state['kind']!r}, not a name"
+    lacking = [key for key in REQUIRED.get(state["kind"], ()) if key not in state]
+    if lacking:
+        return f"a '{state['kind']}' checkpoint without {', '.join(repr(k) for k in lacking)}"
+    for key in ("epoch", "step"):
+        if key in state and (not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0):
+            return f"'{key}' is {state[key]!r}, not a count"
+    if "dice" in state and (not isinstance(state["dice"], (int, float)) or isinstance(state["dice"], bool)):
+        return f"'dice' is {state['dice']!r}, not a score"  # NaN is one: no validation case scored it
+    for key in ("model", "best", "sums"):
+        if key in state and not isinstance(state[key], dict):
+            return f"'{key}' is a {type(state[key]).__name__}, not a mapping"
+    return None

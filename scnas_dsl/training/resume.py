@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +55,17 @@ def _changeable() -> str:
              "augment_on": "augment_on (in --config)",
              "selection": "--select"}
     return ", ".join(names.get(k, "--" + k.replace("_", "-")) for k in sorted(RESUMABLE_CHANGES) if k != "out")
+
+
+@contextmanager
+def restoring(ckpt_path: Path, what: str) -> Iterator[None]:
+    """While a job restores its state from ``ckpt_path`` (weights, optimisers, schedules, random states,
+    counters), any error of a state that does not fit ``what`` is one CheckpointError naming the file."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
+        raise CheckpointError(f"{ckpt_path}: does not fit {what} ({first_line(err, 200)}); was the spec, the genotype "
+                              "or the stem width changed, or the file edited? Start the run again with --force or put "
+                              "back a copy of the file") from err

@@ -22,7 +22,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from scnas_dsl.data.cache import MANIFEST
-from scnas_dsl.errors import CheckpointError
 from scnas_dsl.evaluation.metrics import dice_per_label, nanmean
 from scnas_dsl.folders import hold_folder
 from scnas_dsl.graph.scn_text import genotype_text
@@ -48,7 +47,7 @@ from scnas_dsl.training.device import Runtime, load_scaler_state, settle_checkpo
 from scnas_dsl.training.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.training.losses import deep_supervision_loss, soft_jaccard_loss
 from scnas_dsl.training.plots import plot_train
-from scnas_dsl.training.resume import resume_state
+from scnas_dsl.training.resume import restoring, resume_state
 from scnas_dsl.training.runs import (
     BEST,
     CONFIG,
@@ -219,20 +218,17 @@ class _TrainJob:
 
     def resume(self, state: dict[str, Any]) -> LoopState:
         """Load a training checkpoint; the loop state to continue from."""
-        try:
+        with restoring(self.ckpt_path, "this network"):
             self.net.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise CheckpointError(f"{self.ckpt_path}: does not fit this network ({str(err)[:200]}); was the "
-                                  "genotype or the stem width changed?") from err
-        self.sched.load_state_dict(state["scheduler"])
-        load_scaler_state(self.scaler, state["scaler"])
-        restore_rng(state["rng"])
-        self.best = dict(state["best"])
-        epoch = int(state["epoch"])
+            self.sched.load_state_dict(state["scheduler"])
+            load_scaler_state(self.scaler, state["scaler"])
+            restore_rng(state["rng"])
+            self.best = {"dice": float(state["best"]["dice"]), "epoch": int(state["best"]["epoch"])}
+            epoch, step = int(state["epoch"]), int(state["step"])
+            sums = {k: float(v) for k, v in state.get("sums", {"train_loss": float(state.get("loss_sum", 0.0))}).items()}
         self.run.truncate_jsonl(METRICS, epoch)
-        sums = state.get("sums", {"train_loss": float(state.get("loss_sum", 0.0))})
-        return LoopState(epoch, int(state["step"]), dict(sums))
+        return LoopState(epoch, step, sums)
 
     def batches(self, epoch: int, skip: int) -> Iterable[Any]:
         return epoch_batches(self.train_loader, epoch, skip)

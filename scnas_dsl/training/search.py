@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from scnas_dsl.errors import CheckpointError, RunError, ScnasError
+from scnas_dsl.errors import RunError, ScnasError
 from scnas_dsl.folders import hold_folder
 from scnas_dsl.graph.scn_text import genotype_body, genotype_text, space_text
 from scnas_dsl.loader import load
@@ -45,7 +45,7 @@ from scnas_dsl.training.device import Runtime, load_scaler_state, settle_checkpo
 from scnas_dsl.training.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.training.losses import soft_jaccard_loss
 from scnas_dsl.training.plots import plot_search, plot_search_progress
-from scnas_dsl.training.resume import resume_state
+from scnas_dsl.training.resume import restoring, resume_state
 from scnas_dsl.training.runs import (
     ALPHAS,
     CONFIG,
@@ -229,23 +229,21 @@ class _SearchJob:
 
     def resume(self, state: dict[str, Any]) -> LoopState:
         """Load a search checkpoint; the loop state to continue from."""
-        try:
+        with restoring(self.ckpt_path, "this search's network"):
             self.model.load_state_dict(state["model"])
             self.model.load_sampler_state_dict(state["sampler"])
             self.w_opt.load_state_dict(state["weight_optimizer"])
             self.a_opt.load_state_dict(state["arch_optimizer"])
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise CheckpointError(f"{self.ckpt_path}: does not fit this search's network ({str(err)[:200]}); "
-                                  "was the spec or the stem width changed?") from err
-        self.w_sched.load_state_dict(state["weight_scheduler"])
-        self.a_sched.load_state_dict(state["arch_scheduler"])
-        load_scaler_state(self.w_scaler, state["weight_scaler"])
-        load_scaler_state(self.a_scaler, state["arch_scaler"])
-        restore_rng(state["rng"])
-        epoch = int(state["epoch"])
+            self.w_sched.load_state_dict(state["weight_scheduler"])
+            self.a_sched.load_state_dict(state["arch_scheduler"])
+            load_scaler_state(self.w_scaler, state["weight_scaler"])
+            load_scaler_state(self.a_scaler, state["arch_scaler"])
+            restore_rng(state["rng"])
+            epoch, step = int(state["epoch"]), int(state["step"])
+            sums = {k: float(v) for k, v in state["sums"].items()}
         self.run.truncate_jsonl(METRICS, epoch)
         self.run.truncate_jsonl(ALPHAS, epoch)
-        return LoopState(epoch, int(state["step"]), dict(state["sums"]))
+        return LoopState(epoch, step, sums)
 
     def start_choices(self) -> None:
         """The choices the first reported epoch is compared with: the last record's, or the current logits'."""

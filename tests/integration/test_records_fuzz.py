@@ -112,3 +112,107 @@ def test_damaged_records_each_named(run: Path, tmp_path: Path, name: str, text: 
     (copy / name).write_text(text, encoding="latin-1")
     with pytest.raises(ScnasError, match=name.replace(".", r"\.")):
         read_split(copy) if name == "split.json" else check_recorded(copy, load_operations(()))
+
+
+HEADER = st.sampled_from(["kind", "epoch", "step", "dice", "best", "sums", "model", "scheduler", "optimizer", "rng",
+                          "scaler"])
+
+
+def _mutated_checkpoint(run: Path, tmp: Path, which: str, key: str, value: Any) -> Path:
+    copy = _mutated(run, tmp, "network.json", None, json.loads((run / "network.json").read_text()))
+    path = copy / "checkpoints" / f"{which}.pt"
+    state = torch.load(path, weights_only=True)
+    if value is _MISSING:
+        state.pop(key, None)
+    else:
+        state[key] = value
+    torch.save(state, path)
+    return copy
+
+
+_MISSING = object()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=HEADER, value=JSON | st.just(_MISSING), which=st.sampled_from(["last", "best"]))
+def test_a_mutated_checkpoint_header_is_a_message_naming_it(run: Path, tmp_path: Path, key: str, value: Any,
+                                                            which: str) -> None:
+    copy = _mutated_checkpoint(run, tmp_path, which, key, value)
+    if not (copy / "checkpoints" / f"{which}.pt").is_file():
+        return
+    try:
+        load_trained(copy, which)  # predict and export read it so
+    except ScnasError as err:
+        assert f"{which}.pt" in str(err), str(err)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=HEADER, value=JSON | st.just(_MISSING))
+def test_a_resume_from_a_mutated_checkpoint_is_a_message_naming_it(run: Path, tmp_path: Path, key: str,
+                                                                   value: Any) -> None:
+    copy = _mutated_checkpoint(run, tmp_path, "last", key, value)
+    cfg = TrainConfig.model_validate({**json.loads((copy / "config.json").read_text()), "out": str(copy),
+                                      "epochs": 2})
+    try:
+        run_train(cfg, resume=True)
+    except ScnasError as err:
+        assert "last.pt" in str(err) or "config.json" in str(err), str(err)
+
+
+def _plans_document() -> dict[str, Any]:
+    return {"plans_name": "nnUNetPlans", "configurations": {
+        "3d_fullres": {"patch_size": [32, 32, 32], "median_image_size_in_voxels": [40, 40, 40], "batch_size": 2},
+        "3d_lowres": {"inherits_from": "3d_fullres", "patch_size": [16, 16, 16]}}}
+
+
+@settings(max_examples=60, deadline=None)
+@given(where=st.sampled_from([None, "configurations", "3d_fullres", "3d_lowres"]),
+       key=st.sampled_from(["patch_size", "inherits_from", "median_image_size_in_voxels", "architecture"]),
+       value=JSON)
+def test_mutated_plans_are_a_message_naming_the_file(where: str | None, key: str, value: Any) -> None:
+    import tempfile
+
+    from scnas_dsl.integrations.nnunet_plans import Plans
+
+    document: Any = _plans_document()
+    if where is None:
+        document = value
+    elif where == "configurations":
+        document["configurations"] = value
+    else:
+        document["configurations"][where][key] = value
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "nnUNetPlans.json"
+        path.write_text(json.dumps(document))
+        try:
+            plans = Plans.read(path)
+            for name in plans.names:
+                plans.patch_size(name)
+        except ScnasError as err:
+            assert str(path) in str(err), str(err)
+
+
+@settings(max_examples=60, deadline=None)
+@given(key=st.sampled_from([None, "label_names", "case_scores", "folds_run", "folds_total", "settings", "mode",
+                            "leakage", "spec"]), value=JSON)
+def test_a_mutated_cv_summary_is_a_message_naming_it(key: str | None, value: Any) -> None:
+    import tempfile
+
+    from scnas_dsl.studies.compare import compare_runs
+    from tests.unit.studies.test_compare import fake_cv, other_scores, reference_scores
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        ref = fake_cv(root / "ref", reference_scores())
+        other = fake_cv(root / "run", other_scores())
+        summary = other / "cv_summary.json"
+        if key is None:
+            summary.write_text(json.dumps(value))
+        else:
+            data = json.loads(summary.read_text())
+            data[key] = value
+            summary.write_text(json.dumps(data))
+        try:
+            compare_runs([ref, other], root / "report")
+        except ScnasError as err:
+            assert "cv_summary.json" in str(err) or str(other) in str(err), str(err)
