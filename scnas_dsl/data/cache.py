@@ -18,12 +18,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import nibabel as nib
 import numpy as np
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from scnas_dsl.data.dataset import Case, Dataset, missing_file_message
 from scnas_dsl.data.files import read_json_or_none, write_json
@@ -112,6 +112,21 @@ class DatasetInfo(BaseModel):
         return max(self.labels) + 1
 
 
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class _Manifest(BaseModel):
+    """``preprocessed.json`` as :class:`Preprocessed` reads it (one typed reader; a bad field is named)."""
+
+    model_config = ConfigDict(extra="allow")
+    dataset: DatasetInfo
+    normalization: Normalization
+    spacing: tuple[Positive, Positive, Positive]
+    case_ids: list[str]
+    settings_key: str
+    cases: dict[str, dict[str, Any]]
+
+
 class Preprocessed:
     """A preprocessed data set on disk (made by :func:`scnas_dsl.data.preprocess.preprocess_dataset`)."""
 
@@ -119,13 +134,15 @@ class Preprocessed:
         self.root = Path(root)
         manifest_path = self.root / MANIFEST
         try:
-            manifest = json.loads(manifest_path.read_text())
-            self.dataset = DatasetInfo.model_validate(manifest["dataset"])
-            self.normalization = Normalization.model_validate(manifest["normalization"])
-            self.spacing: tuple[float, float, float] = tuple(manifest["spacing"])  # type: ignore[assignment]
-            self.case_ids: list[str] = list(manifest["case_ids"])
-            self.settings_key: str = manifest["settings_key"]
-            self._summaries: dict[str, dict[str, Any]] = manifest["cases"]
+            manifest = _Manifest.model_validate(json.loads(manifest_path.read_text()))
+            if set(manifest.case_ids) - set(manifest.cases):
+                raise ValueError(f"case_ids without a record: {sorted(set(manifest.case_ids) - set(manifest.cases))[:3]}")
+            self.dataset = manifest.dataset
+            self.normalization = manifest.normalization
+            self.spacing: tuple[float, float, float] = manifest.spacing
+            self.case_ids: list[str] = list(manifest.case_ids)
+            self.settings_key: str = manifest.settings_key
+            self._summaries: dict[str, dict[str, Any]] = manifest.cases
         except (
             OSError,
             ValueError,

@@ -216,3 +216,19 @@ def test_a_mutated_cv_summary_is_a_message_naming_it(key: str | None, value: Any
             compare_runs([ref, other], root / "report")
         except ScnasError as err:
             assert "cv_summary.json" in str(err) or str(other) in str(err), str(err)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from([None, "dataset", "normalization", "spacing", "case_ids", "settings_key", "cases"]),
+       value=JSON)
+def test_a_mutated_preprocessing_manifest_is_a_message_naming_it(run: Path, tmp_path: Path, key: str | None,
+                                                                 value: Any) -> None:
+    from scnas_dsl.data.preprocess import Preprocessed
+
+    copy = _mutated(run, tmp_path, "preprocessing/preprocessed.json", key, value)
+    try:
+        pre = Preprocessed(copy / "preprocessing")
+        for case in pre.case_ids:
+            pre.meta(case)
+    except ScnasError as err:
+        assert "preprocessed.json" in str(err) or "preprocessing" in str(err), str(err)
