@@ -14,6 +14,7 @@ from scnas_dsl.cli.run import (
     DATA,
     DEEP,
     DEVICE,
+    LOG,
     MEDIAN,
     NO_AUG,
     RUN_QUIET,
@@ -67,7 +68,7 @@ def cv_cmd(
                                                                    "retraining (default: 10)"),
     deep_supervision: bool | None = DEEP,
     ops: list[str] | None = OPS,
-    amp: bool | None = AMP,
+    amp: bool | None = AMP, log: str | None = LOG,
     checkpoint: str = typer.Option("last", "--checkpoint",
                                    help="weights scored: last (default, as the paper) or best (chosen on the "
                                         "validation cases scored: optimistic)"),
@@ -103,7 +104,7 @@ def cv_cmd(
                          deep_supervision=deep_supervision,
                          **_common(data=data, epochs=epochs, batch_size=batch_size, patch=patch, stem_width=stem_width,
                                    device=device, seed=seed, batches=batches, spacing=spacing, workers=workers,
-                                   no_augment=no_augment, quiet=quiet, median=median, ops=ops, amp=amp))
+                                   no_augment=no_augment, quiet=quiet, median=median, ops=ops, amp=amp, log=log))
     search = None
     if is_space:
         search = resolve_config(SearchConfig, search_config, spec=str(spec), space=space, sampling=sampling,
@@ -111,7 +112,7 @@ def cv_cmd(
                                 **_common(data=data, epochs=search_epochs, batch_size=search_batch, patch=search_patch,
                                           stem_width=search_stem, device=device, seed=seed, batches=search_batches,
                                           spacing=spacing, workers=workers, no_augment=no_augment, quiet=quiet,
-                                          median=median, ops=ops, amp=amp))
+                                          median=median, ops=ops, amp=amp, log=log))
     result = run_cv(cfg, out, folds or None, mirror=mirror, resume=resume, force=force, checkpoint=checkpoint,
                     search=search, echo=lambda line: typer.echo(line, err=True))
     typer.echo("mean Dice (%) per label")

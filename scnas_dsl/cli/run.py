@@ -46,6 +46,9 @@ CHECKPOINT_CELLS = typer.Option(
 COMPILE = typer.Option(None, "--compile/--no-compile",
                        help="torch.compile the network (faster steps on a GPU after minutes of compiling; on the "
                             "CPU compiling alone takes minutes); runs eagerly with a note where it cannot compile")
+LOG = typer.Option(None, "--log", metavar="TRACKERS",
+                   help="experiment trackers besides the run's own files: tensorboard, wandb or both, comma-separated "
+                        "(RUN/tensorboard, RUN/wandb offline; pip install 'scnas_dsl[tracking]')")
 AMP = typer.Option(None, "--amp/--no-amp",
                    help="mixed precision on CUDA (default on: bf16 where the GPU computes it natively, else fp16 "
                         "with a gradient scaler); --no-amp trains in float32. No effect on the CPU")
@@ -67,7 +70,7 @@ def _common(*, data: str, epochs: int | None, batch_size: int | None, patch: tup
             stem_width: int | None, device: str | None, seed: int | None, batches: int | None,
             spacing: tuple[float, float, float] | None, workers: int | None, no_augment: bool, quiet: bool,
             median: bool, ops: list[str] | None = None, amp: bool | None = None, fold: int | None = None,
-            out: Path | None = None) -> dict[str, Any]:
+            out: Path | None = None, log: str | None = None) -> dict[str, Any]:
     """The settings search, train and cv share, as ``resolve_config`` keywords (None: not given)."""
     if median and spacing is not None:
         raise usage("--spacing and --median-spacing exclude each other")
@@ -75,7 +78,7 @@ def _common(*, data: str, epochs: int | None, batch_size: int | None, patch: tup
             "batch_size": batch_size, "patch": patch, "stem_width": stem_width, "device": device, "seed": seed,
             "batches_per_epoch": batches, "spacing": "median" if median else spacing, "workers": workers,
             "augment": False if no_augment else None, "progress": False if quiet else None,
-            "ops": tuple(ops) if ops else None, "amp": amp}
+            "ops": tuple(ops) if ops else None, "amp": amp, "log": log}
 
 
 @user_errors
@@ -101,7 +104,7 @@ def search_cmd(
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
     no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN, ops: list[str] | None = OPS,
     amp: bool | None = AMP,
-    checkpoint_cells: bool | None = CHECKPOINT_CELLS,
+    checkpoint_cells: bool | None = CHECKPOINT_CELLS, log: str | None = LOG,
 ) -> None:
     """Search an architecture: bi-level optimisation with Gumbel-softmax pair sampling (the paper's defaults)."""
     from scnas_dsl.training.config import SearchConfig, resolve_config
@@ -115,7 +118,7 @@ def search_cmd(
                          **_common(data=data, fold=fold, out=out, epochs=epochs, batch_size=batch_size, patch=patch,
                                    stem_width=stem_width, device=device, seed=seed, batches=batches, spacing=spacing,
                                    workers=workers, no_augment=no_augment, quiet=quiet, median=median, ops=ops,
-                                   amp=amp))
+                                   amp=amp, log=log))
     result = run_search(cfg, resume=resume, force=force)
     if result is not None and result.genotype_file.exists() and _main_process():
         typer.echo(f"genotype: {result.genotype_file}")
@@ -144,7 +147,7 @@ def train_cmd(
     config: Path | None = CONFIG, batches: int | None = BATCHES,
     spacing: tuple[float, float, float] | None = SPACING, workers: int | None = WORKERS,
     no_augment: bool = NO_AUG, quiet: bool = RUN_QUIET, median: bool = MEDIAN, ops: list[str] | None = OPS,
-    amp: bool | None = AMP,
+    amp: bool | None = AMP, log: str | None = LOG,
 ) -> None:
     """Retrain a genotype (or a baseline) from scratch with the paper's optimiser, schedule and stopping rule."""
     from scnas_dsl.training.config import TrainConfig, resolve_config
@@ -156,7 +159,7 @@ def train_cmd(
                          **_common(data=data, fold=fold, out=out, epochs=epochs, batch_size=batch_size, patch=patch,
                                    stem_width=stem_width, device=device, seed=seed, batches=batches, spacing=spacing,
                                    workers=workers, no_augment=no_augment, quiet=quiet, median=median, ops=ops,
-                                   amp=amp))
+                                   amp=amp, log=log))
     result = run_train(cfg, resume=resume, force=force)
     if result is not None and _main_process():
         dice = "n/a (no validation cases)" if result.best_epoch < 0 else (

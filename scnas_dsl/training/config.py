@@ -97,6 +97,15 @@ class CommonConfig(BaseModel):
     progress: bool = True
     #: operation modules (``--ops``: importable names or .py paths) besides the installed plugins
     ops: tuple[str, ...] = ()
+    #: experiment trackers besides the run's own files (``--log tensorboard,wandb``; training/tracking.py)
+    log: tuple[str, ...] = ()
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> Any:
+        from scnas_dsl.training.tracking import parse_trackers
+
+        return parse_trackers(v)
 
     @field_validator("spacing", mode="before")
     @classmethod

@@ -4,7 +4,7 @@ One loop runs the steps of every epoch and does, the same way for both jobs: the
 SIGTERM: a checkpoint of the last finished step, then :class:`RunInterrupted`), the NaN check, the progress
 bar inside an epoch (only on a terminal), one report line per epoch (on the terminal unless quiet, and always
 in the run's ``log.txt``; no carriage returns, so a log file stays readable), the record in ``metrics.jsonl``
-with the elapsed time and an estimate for the whole run, the plots redrawn after every epoch (an interrupted
+with the elapsed time and an estimate for the whole run (and in the trackers of ``--log``: ``tracking.py``), the plots redrawn after every epoch (an interrupted
 run has them; when drawing would take more than a tenth of the run's time, every few epochs and always at the
 end), the checkpoint after every epoch, and the early stops (``stop_after_epochs``, or a reason the
 job gives, such as retraining's learning-rate floor).
@@ -33,6 +33,7 @@ from scnas_dsl.stopping import RunInterrupted, StopSignal
 from scnas_dsl.training.config import AdamConfig, PlateauConfig
 from scnas_dsl.training.device import Runtime
 from scnas_dsl.training.runs import LOG, METRICS, RunFolder, read_jsonl
+from scnas_dsl.training.tracking import Tracking
 
 
 @dataclass
@@ -141,7 +142,7 @@ class EpochLoop:
 
     def __init__(self, *, kind: str, run: RunFolder, runtime: Runtime, epochs: int, steps: int,
                  resume_hint: str, checkpoint_path: Any, echo: bool = True,
-                 stop_after_epochs: int | None = None) -> None:
+                 stop_after_epochs: int | None = None, tracking: Tracking | None = None) -> None:
         self.kind = kind
         self.run = run
         self.runtime = runtime
@@ -152,6 +153,8 @@ class EpochLoop:
         self.echo = echo and runtime.is_main
         self.stop_after_epochs = stop_after_epochs
         self._plotted_at, self._plot_seconds = time.monotonic(), 0.0
+        #: the optional trackers (TensorBoard, W&B): each epoch's record goes to them too
+        self.tracking = tracking or Tracking((), run.path, kind=kind, settings={}, start_epoch=0)
 
     def say(self, line: str, terminal: bool = True) -> None:
         """One line of the run's report: on the terminal (rank 0, unless quiet) and in ``log.txt``."""
@@ -223,6 +226,7 @@ class EpochLoop:
                 record = {"epoch": epoch, **means, **end.record, "seconds": round(seconds, 3),
                           "elapsed": round(elapsed, 3), "estimated_total": round(total, 3)}
                 self.run.append_jsonl(METRICS, record)
+                self.tracking.epoch(epoch, record)
                 self.say(f"{self.kind} epoch {epoch + 1}/{self.epochs} | {end.summary} | {seconds:.1f} s | "
                          f"elapsed {clock(elapsed)} | whole run ~{clock(total)}")
                 state.epoch, state.step = epoch + 1, 0

@@ -14,7 +14,7 @@ from scnas_dsl.training.runs import CONFIG
 
 #: settings that may change when a run is resumed (they do not change what the run computes, or extend it)
 RESUMABLE_CHANGES = {"out", "device", "workers", "progress", "epochs", "data", "compile", "augment_on", "checkpoint_cells",
-                     "selection"}
+                     "selection", "log"}
 
 
 def resume_state(run_dir: Path, settings: dict[str, Any], ckpt_path: Path, kind: str) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def _changeable() -> str:
     """The settings of :data:`RESUMABLE_CHANGES` as options: ``--epochs, --device, ...``."""
     names = {"progress": "--quiet", "data": "--data (the same data elsewhere)",
              "augment_on": "augment_on (in --config)",
-             "selection": "--select"}
+             "selection": "--select", "log": "--log"}
     return ", ".join(names.get(k, "--" + k.replace("_", "-")) for k in sorted(RESUMABLE_CHANGES) if k != "out")
 
 

@@ -62,6 +62,7 @@ from scnas_dsl.training.runs import (
     RunFolder,
     environment,
 )
+from scnas_dsl.training.tracking import Tracking
 
 
 @dataclass
@@ -163,10 +164,13 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     else:
         _write_run_files(run, cfg, space, genotype, data, patch, runtime, out, net.plan.deep_supervision)
         run.write_json(OPERATIONS_RECORD, extra.record())
+    tracking = Tracking(cfg.log, out, kind="train", settings=cfg.model_dump(mode="json"), start_epoch=state.epoch,
+                        enabled=runtime.is_main)
+    held.callback(tracking.close)
     loop = EpochLoop(kind="train", run=run, runtime=runtime, epochs=cfg.epochs, steps=cfg.batches_per_epoch,
                      resume_hint=resume_hint or f"scnas train ... --out {out} --resume",
                      checkpoint_path=job.ckpt_path,
-                     echo=cfg.progress, stop_after_epochs=stop_after_epochs)
+                     echo=cfg.progress, stop_after_epochs=stop_after_epochs, tracking=tracking)
     details = f"{adam_text(cfg.optimizer)}; {len(data.fold.val)} validation case(s)"
     if net.plan.deep_supervision:
         details += f"; deep supervision at levels 0, {', '.join(map(str, net.plan.deep_supervision))}"

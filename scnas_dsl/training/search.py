@@ -44,7 +44,7 @@ from scnas_dsl.training.data_context import (
 from scnas_dsl.training.device import Runtime, load_scaler_state, settle_checkpointing, setup_runtime
 from scnas_dsl.training.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.training.losses import soft_jaccard_loss
-from scnas_dsl.training.plots import plot_search, plot_search_progress
+from scnas_dsl.training.plots import plot_search, plot_search_progress, probability_figure
 from scnas_dsl.training.resume import restoring, resume_state
 from scnas_dsl.training.runs import (
     ALPHAS,
@@ -76,6 +76,7 @@ from scnas_dsl.training.selection import (
     select_alpha,
     weight_tuner,
 )
+from scnas_dsl.training.tracking import Tracking
 
 StepHook = Callable[[int, int], None]
 
@@ -194,9 +195,13 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
             torch.distributed.broadcast(tensor, src=0)
     job.start_choices()
 
+    tracking = Tracking(cfg.log, out, kind="search", settings=cfg.model_dump(mode="json"), start_epoch=state.epoch,
+                        enabled=runtime.is_main)
+    held.callback(tracking.close)
+    job.tracking = tracking
     loop = EpochLoop(kind="search", run=run, runtime=runtime, epochs=cfg.epochs, steps=cfg.batches_per_epoch,
                      resume_hint=f"scnas search ... --out {out} --resume", checkpoint_path=job.ckpt_path,
-                     echo=cfg.progress, stop_after_epochs=stop_after_epochs)
+                     echo=cfg.progress, stop_after_epochs=stop_after_epochs, tracking=tracking)
     loop.announce(space.name, cfg, patch, state, resume, f"{cfg.sampling} sampling; weights "
                   f"{adam_text(cfg.weight_optimizer)}; logits {adam_text(cfg.arch_optimizer)}")
     end = loop.run_job(job, state)
@@ -213,6 +218,7 @@ class _SearchJob:
                  patch: tuple[int, int, int], on_step: StepHook | None) -> None:
         self.model, self.cfg, self.runtime, self.run, self.on_step = model, cfg, runtime, run, on_step
         self.data, self.patch = data, patch
+        self.tracking = Tracking((), run.path, kind="search", settings={}, start_epoch=0)  # set by _search
         self.weights, self.logits = model.weight_parameters(), model.arch_parameters()
         self.w_opt, self.a_opt = adam(self.weights, cfg.weight_optimizer), adam(self.logits, cfg.arch_optimizer)
         self.w_sched, self.a_sched = plateau(self.w_opt, cfg.plateau), plateau(self.a_opt, cfg.plateau)
@@ -318,6 +324,9 @@ class _SearchJob:
             "epoch": epoch, "temperature": model.temperature,
             "logits": {k: a.detach().cpu().tolist() for k, a in model.arch.items()},
             "probabilities": probabilities})
+        if self.tracking.active:  # the heat maps of softmax(alpha), as plots/probabilities.png draws them
+            self.tracking.figure(epoch, "alpha", probability_figure(
+                probabilities, f"epoch {epoch + 1}, temperature {model.temperature:.3g}"))
         summary = (f"{'warm-up (weights only) | ' if self.warming else ''}"
                    f"loss weights {fmt(means['weight_loss'])} arch {fmt(means['arch_loss'])} | "
                    f"tau {model.temperature:.3g} | lr {lr_of(self.w_opt):.3g}/{lr_of(self.a_opt):.3g} | "
@@ -377,6 +386,9 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
               + "Retrain it with: scnas train genotype.scn --data DATA")
     target = run.write_text(GENOTYPE, genotype_text(genotype, header))
     write_selection_record(run, selection, check, epochs_done)
+    if check is not None:  # the self-check's rank, at the last epoch's step
+        loop.tracking.amend(epochs_done - 1, {"self_check": {k: check[k] for k in ("rank", "of", "score")
+                                                             if isinstance(check.get(k), (int, float))}})
     if check is not None:
         loop.say(check["text"])
     if run.writer:
