@@ -116,10 +116,7 @@ class Tracking:
     def epoch(self, epoch: int, record: dict[str, Any]) -> None:
         """The numbers of an epoch's record, at step ``epoch``."""
         values = scalars(record)
-        if self._tb is not None:
-            for name, value in values.items():
-                self._tb.add_scalar(name, value, epoch)
-            self._tb.flush()
+        self._tensorboard(epoch, values)
         if self._wandb is not None and epoch > self._wandb_last:
             from scnas_dsl.files import write_text
 
@@ -130,13 +127,16 @@ class Tracking:
     def amend(self, epoch: int, record: dict[str, Any]) -> None:
         """Numbers added to epoch ``epoch``'s record after it was logged (the search's self-check)."""
         values = scalars(record)
+        self._tensorboard(epoch, values)
+        if self._wandb is not None:
+            for name, value in values.items():  # a logged step cannot take more values: the summary keeps them
+                self._wandb.summary[name] = value
+
+    def _tensorboard(self, epoch: int, values: dict[str, float]) -> None:
         if self._tb is not None:
             for name, value in values.items():
                 self._tb.add_scalar(name, value, epoch)
             self._tb.flush()
-        if self._wandb is not None:
-            for name, value in values.items():  # a logged step cannot take more values: the summary keeps them
-                self._wandb.summary[name] = value
 
     def figure(self, epoch: int, tag: str, figure: Any) -> None:
         """A matplotlib figure as an image at step ``epoch`` (only rendered when a tracker is on)."""
