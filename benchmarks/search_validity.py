@@ -620,10 +620,12 @@ def rank_among(value: float, others: Sequence[float]) -> int:
     return 1 + sum(o > value for o in others)
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    if not values:
+def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample std of the known values (None and NaN left out); NaN when none is known."""
+    known = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not known:
         return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(known), (statistics.stdev(known) if len(known) > 1 else 0.0)
 
 
 # ------------------------------------------------------------------------------------------------ phases
@@ -876,8 +878,8 @@ def report(bench: Bench, check: list[dict[str, Any]], searches: list[dict[str, A
                                                         "mean_entropy", "parameter_free_share")}
     for kind, st in by_kind.items():
         runs = [s for s in searches if f"{s['sampling']} {s['betas']}" == kind]
-        st["weight_loss"] = mean_std([s["last_epoch"]["weight_loss"] or float("nan") for s in runs])
-        st["argmax_dice"] = mean_std([s["last_epoch"]["argmax_dice"] or float("nan") for s in runs])
+        st["weight_loss"] = mean_std([s["last_epoch"]["weight_loss"] for s in runs])
+        st["argmax_dice"] = mean_std([s["last_epoch"]["argmax_dice"] for s in runs])  # 0.0 is a value
     summary["search_stats"] = by_kind
     if groups:
         extra = {k: groups.pop(k) for k in ("method", "unet_match", "seeds") if k in groups}
