@@ -45,7 +45,7 @@ from scnas_dsl.inference.sliding_window import InferenceStopped, sliding_window_
 from scnas_dsl.loader import load
 from scnas_dsl.nn import build_network
 from scnas_dsl.stopping import RunInterrupted, StopSignal, requested_signal, stop_requested
-from scnas_dsl.training.checkpoint import load_checkpoint
+from scnas_dsl.training.checkpoint import load_checkpoint, require
 from scnas_dsl.training.device import setup_runtime
 from scnas_dsl.training.loop import progress_bar
 from scnas_dsl.training.runs import CHECKPOINT_DIR, GENOTYPE, PREPROCESSING, read_network
@@ -140,6 +140,7 @@ def load_trained(run: Path | str, which: str = "last", ops: Sequence[str] = ()) 
     if state["kind"] != _KINDS[which]:
         raise CheckpointError(f"{path}: a '{state['kind']}' checkpoint, not the {which} weights of a training "
                               f"run ('{_KINDS[which]}')")
+    require(path, state, ("model", "epoch", "step") if which == "last" else ("model", "epoch", "dice"))
     try:
         network.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as err:

@@ -88,19 +88,11 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     return state
 
 
-#: the entries every checkpoint of a kind has (the last state of a training or a search; best weights)
-REQUIRED = {"train": ("epoch", "step", "model"), "search": ("epoch", "step", "model"),
-            "weights": ("epoch", "dice", "model")}
-
-
 def _header_problem(state: dict[str, Any]) -> str | None:
     """What is wrong with a checkpoint's plain entries (the kind, the counters, the score), or None; the tensors
     are checked where they are loaded into a network."""
     if not isinstance(state["kind"], str):
         return f"'kind' is {state['kind']!r}, not a name"
-    lacking = [key for key in REQUIRED.get(state["kind"], ()) if key not in state]
-    if lacking:
-        return f"a '{state['kind']}' checkpoint without {', '.join(repr(k) for k in lacking)}"
     for key in ("epoch", "step"):
         if key in state and (not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0):
             return f"'{key}' is {state[key]!r}, not a count"
@@ -110,3 +102,12 @@ def _header_problem(state: dict[str, Any]) -> str | None:
         if key in state and not isinstance(state[key], dict):
             return f"'{key}' is a {type(state[key]).__name__}, not a mapping"
     return None
+
+
+def require(path: Path, state: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Refuse, naming the file, a checkpoint that lacks one of the entries ``keys`` its reader needs (a resume
+    reads its own inside ``resume.restoring``)."""
+    lacking = [key for key in keys if key not in state]
+    if lacking:
+        raise CheckpointError(f"{path}: not a checkpoint scnas wrote (a '{state['kind']}' checkpoint without "
+                              f"{', '.join(repr(k) for k in lacking)}); put back a copy of the file or train again")
