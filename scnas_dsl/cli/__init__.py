@@ -19,6 +19,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help: click wraps the descriptions and never cuts an option's name or default, at any width (rich's
+    # panels cut them with an ellipsis at 80 columns)
+    rich_markup_mode=None,
 )
 
 

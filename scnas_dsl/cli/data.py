@@ -19,6 +19,7 @@ data_app = typer.Typer(
     name="data",
     help="Medical Segmentation Decathlon data: check, preprocess, plan, splits, synth.",
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help, as the main app's
 )
 
 
