@@ -41,24 +41,48 @@ class DataContext:
     label_names: dict[int, str]
 
 
+def node_of(runtime: Runtime) -> str:
+    """Which machine a rank runs on: torchrun's node rank (``GROUP_RANK``), else the host name."""
+    import socket
+
+    return os.environ.get("GROUP_RANK") or socket.gethostname()
+
+
 def open_data(cfg: CommonConfig, runtime: Runtime) -> DataContext:
     """The preprocessed data (``cfg.data`` is a data set folder, preprocessed here into the cache, or an
-    already preprocessed folder) and fold ``cfg.fold``. Rank 0 preprocesses; the other ranks wait for it."""
-    root: list[Any] = [None]
-    if runtime.is_main:
+    already preprocessed folder) and fold ``cfg.fold``.
+
+    Under ``torchrun`` the data is prepared once per node, by its local rank 0 (a node's cache may be its own
+    disk; on a file system the nodes share, the cache's lock lets one of them do the work and the others find it
+    done), while the node's other ranks wait; then every rank opens its node's copy. Nodes whose copies differ
+    (another data set or other settings) are refused."""
+    prepares = not runtime.distributed or runtime.local_rank == 0
+    root, key = None, None
+    if prepares:
         source = Path(cfg.data)
         if (source / MANIFEST).is_file():
             pre = Preprocessed(source)
         else:
-            pre = preprocess_dataset(source, spacing=cfg.spacing, progress=cfg.progress)
+            pre = preprocess_dataset(source, spacing=cfg.spacing, progress=cfg.progress and runtime.is_main)
         note = preprocessed_note(pre)  # a target much finer than the data: say what it costs
-        if note is not None:
+        if note is not None and runtime.is_main:
             print(note, file=sys.stderr)
         get_fold(pre, cfg.fold, cfg.splits_seed)  # records the search split on disk once
-        root[0] = str(pre.root)
-    if runtime.distributed:  # the others wait for rank 0's preparation on the long-timeout group
-        dist.broadcast_object_list(root, src=0, group=runtime.wait_group)
-    pre = Preprocessed(Path(root[0]))
+        root, key = str(pre.root), pre.settings_key
+    if runtime.distributed:  # the others wait for their node's preparation on the long-timeout group
+        node = node_of(runtime)
+        every: list[Any] = [None] * runtime.world_size
+        dist.all_gather_object(every, (node, runtime.local_rank, root, key), group=runtime.wait_group)
+        prepared = {entry[0]: (entry[2], entry[3]) for entry in every if entry[1] == 0}
+        if node not in prepared:
+            raise RunError(f"node {node} has no local rank 0 to prepare its data (LOCAL_RANK, GROUP_RANK of torchrun)")
+        if len({k for _, k in prepared.values()}) > 1:
+            copies = "; ".join(f"node {n}: {r}" for n, (r, _) in sorted(prepared.items()))
+            raise RunError(f"the nodes prepared different data ({copies}): give every node the same data set and "
+                           "settings (the same --data contents, --spacing, scnas version)")
+        root = prepared[node][0]
+    assert root is not None
+    pre = Preprocessed(Path(root))
     fold = get_fold(pre, cfg.fold, cfg.splits_seed)
     labels = dict(pre.dataset.labels)
     return DataContext(pre=pre, fold=fold, in_channels=len(pre.dataset.modalities),

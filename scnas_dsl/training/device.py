@@ -30,7 +30,7 @@ class Runtime:
     #: autocast dtype on CUDA, None for full precision
     amp_dtype: torch.dtype | None = None
     owns_group: bool = False
-    #: a gloo group with a long timeout on which the other ranks wait for rank 0's data preparation
+    #: a gloo group with a long timeout on which the other ranks wait for their node's data preparation
     wait_group: Any = None
 
     @property
@@ -155,8 +155,8 @@ def setup_runtime(device: str = "auto", amp: bool = True) -> Runtime:
                    owns_group=owns, wait_group=wait_group)
 
 
-#: how long the other processes of a ``torchrun`` job wait for rank 0's data preparation, in minutes (the
-#: environment variable ``SCNAS_WAIT_MINUTES`` changes it)
+#: how long the other processes of a ``torchrun`` job wait for their node's data preparation (by its local rank 0),
+#: in minutes (the environment variable ``SCNAS_WAIT_MINUTES`` changes it)
 WAIT_MINUTES = 24 * 60
 
 

@@ -64,3 +64,89 @@ def test_two_processes_search_one_architecture(tmp_path: Path) -> None:
     records = (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in records] == [0, 1]
     assert (tmp_path / "train" / "checkpoints" / "best.pt").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _private_mounts_work(folder: Path) -> bool:
+    """Whether this machine lets a process mount a private tmpfs (``unshare --mount``, as root)."""
+    import shutil
+    import subprocess
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([unshare, "--mount", "sh", "-c", f"mount -t tmpfs tmpfs '{folder}' && touch '{folder}/x'"],
+                          capture_output=True, text=True, check=False)
+    return done.returncode == 0 and not (folder / "x").exists()  # mounted, and private to that process
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_nodes_each_preparing_its_own_cache_search_as_one_node_does(tmp_path: Path) -> None:
+    """``torchrun --nnodes 2`` (c10d rendezvous on localhost, gloo), one process per node, each node's cache on
+    its own disk: a private tmpfs at the same SCNAS_CACHE path per node where the machine allows it (node-local
+    disks), else another path per node. Every node prepares the raw data itself (local rank 0); the search ends
+    with one genotype, the same as one node with two processes (the same global batch and ranks)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from scnas_dsl.data.synth import synthesize
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this Python")
+    raw = synthesize(tmp_path / "data", "heart", cases=6, shape=(24, 24, 24), seed=0)
+    (tmp_path / "tiny.scn").write_text(SPACE)
+    (tmp_path / "rank_script.py").write_text(SCRIPT)
+    for name in ("one_node", "two_nodes"):
+        (tmp_path / name).mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    # the reference: one node, two processes, its own cache
+    subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--standalone", str(tmp_path / "rank_script.py"), str(tmp_path / "tiny.scn"),
+         str(raw), str(tmp_path / "run_one"), str(tmp_path / "one_node")],
+        env={**env, "SCNAS_CACHE": str(tmp_path / "cache_one")}, cwd=tmp_path, capture_output=True, text=True,
+        timeout=600, check=True)
+
+    private = _private_mounts_work(tmp_path / "probe")
+    port = _free_port()
+    nodes = []
+    for node in (0, 1):
+        cache = tmp_path / ("cache_node" if private else f"cache_node{node}")
+        cache.mkdir(exist_ok=True)
+        command = [torchrun, "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "scnas-test",
+                   str(tmp_path / "rank_script.py"), str(tmp_path / "tiny.scn"), str(raw), str(tmp_path / "run_two"),
+                   str(tmp_path / "two_nodes")]
+        if private:  # the same path on every node, a disk of its own
+            command = ["unshare", "--mount", "sh", "-c",
+                       f"mount -t tmpfs tmpfs '{cache}' && exec \"$@\"", "node", *command]
+        nodes.append(subprocess.Popen(command, env={**env, "SCNAS_CACHE": str(cache)}, cwd=tmp_path,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in nodes]
+    for p, (_, err) in zip(nodes, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+
+    one = [(tmp_path / "one_node" / f"rank{r}.scn").read_text() for r in (0, 1)]
+    two = [(tmp_path / "two_nodes" / f"rank{r}.scn").read_text() for r in (0, 1)]
+    assert one[0] == one[1] == two[0] == two[1]
+    reference = torch.load(tmp_path / "one_node" / "rank0.pt", weights_only=True)
+    for r in (0, 1):
+        logits = torch.load(tmp_path / "two_nodes" / f"rank{r}.pt", weights_only=True)
+        assert all(torch.allclose(logits[k], reference[k], atol=1e-6) for k in reference)
+    records = [json.loads(r) for r in (tmp_path / "run_two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]  # one writer
+    if not private:  # each node prepared its own copy, in its own cache
+        assert any((tmp_path / "cache_node1").rglob("preprocessed.json"))
+        assert any((tmp_path / "cache_node0").rglob("preprocessed.json"))

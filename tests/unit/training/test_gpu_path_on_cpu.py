@@ -81,17 +81,22 @@ def test_the_other_ranks_wait_for_the_data_preparation_on_a_long_timeout_group(
     with pytest.raises(RunError, match="SCNAS_WAIT_MINUTES='soon'"):
         setup_runtime("cpu")
 
-    # open_data: rank 1 receives rank 0's prepared folder on that group
+    # open_data: rank 1 (local rank 1 of node 0) waits on that group for its node's local rank 0
     _, pre = generated_set(tmp_path, "heart", size=16)
     groups: list[object] = []
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("GROUP_RANK", "0")
+    monkeypatch.delenv("SCNAS_WAIT_MINUTES")
+    runtime = setup_runtime("cpu")
+    from scnas_dsl.data.preprocess import Preprocessed
 
-    def broadcast(objects: list, src: int = 0, group: object = None) -> None:  # noqa: ANN001
+    def gather(objects: list, mine: object, group: object = None) -> None:  # noqa: ANN001
         groups.append(group)
-        objects[0] = str(pre)
+        objects[:] = [("0", 0, str(pre), Preprocessed(pre).settings_key), mine]
 
-    monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
-    cfg = SearchConfig(spec="s.scn", data=str(pre), progress=False)
-    data_context.open_data(cfg, runtime)
+    monkeypatch.setattr(dist, "all_gather_object", gather)
+    cfg = SearchConfig(spec="s.scn", data=str(tmp_path / "not read by this rank"), progress=False)
+    assert data_context.open_data(cfg, runtime).pre.root == pre
     assert groups == ["the wait group"]
 
 
