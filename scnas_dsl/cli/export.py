@@ -1,5 +1,6 @@
 """``scnas export SOURCE --format onnx|torch-export -o FILE``: a trained network as a plain model for deployment
-(see ``scnas_dsl.deployment.export`` and ``docs/deploy.md``).
+(see ``scnas_dsl.deployment.export`` and ``docs/deploy.md``); ``--format monai-bundle -o DIR``: a run folder as a
+MONAI bundle (``scnas_dsl.deployment.monai_bundle``).
 
 SOURCE is a ``scnas train`` run folder, or a genotype file with ``--weights STATE.pt --in-channels N --classes K``.
 Exit status: 0 exported and verified, 1 a problem with the input or the export (message, no traceback), 2 a usage
@@ -21,8 +22,9 @@ from scnas_dsl.folders import refuse_data_set, refuse_inputs
 def export_cmd(
     source: Path = typer.Argument(..., metavar="RUN|GENOTYPE",  # noqa: B008
                                   help="a `scnas train` run folder, or a genotype .scn file with --weights"),
-    fmt: str = typer.Option(..., "--format", "-f", help="onnx or torch-export"),
-    output: Path = typer.Option(..., "-o", "--output", help="file to write (.onnx or .pt2)"),  # noqa: B008
+    fmt: str = typer.Option(..., "--format", "-f", help="onnx, torch-export or monai-bundle (a run folder's)"),
+    output: Path = typer.Option(..., "-o", "--output",  # noqa: B008
+                                help="file to write (.onnx or .pt2), or the bundle's folder"),
     patch: tuple[int, int, int] = typer.Option(  # noqa: B008
         None, "--patch", help="input patch D H W (default: the run's training patch); multiples of 2^levels"),
     dynamic: bool = typer.Option(False, "--dynamic", help="free spatial sizes (multiples of 2^levels)"),
@@ -41,8 +43,12 @@ def export_cmd(
     outside (docs/deploy.md)."""
     from scnas_dsl.deployment import export as ex
 
+    if fmt == "monai-bundle":
+        _bundle(source, output, checkpoint=checkpoint, force=force, ops=tuple(ops or ()),
+                genotype_options=[weights, in_channels, classes, stem_width, patch, genotype_name])
+        return
     if fmt not in ex.FORMATS:
-        raise usage(f"--format {fmt}: choose onnx or torch-export")
+        raise usage(f"--format {fmt}: choose onnx, torch-export or monai-bundle")
     record_path = ex.record_path(output)
     refuse_inputs([output, record_path], [source, *([weights] if weights is not None else [])])
     refuse_data_set(output)
@@ -78,6 +84,28 @@ def export_cmd(
         typer.echo(f"  {runner} vs PyTorch at {'x'.join(map(str, spatial))}: max abs difference {diff:.3g} "
                    f"(tolerance {ex.TOLERANCE:g})")
     typer.echo(f"  record: {record}")
+
+
+def _bundle(source: Path, output: Path, *, checkpoint: str, force: bool, ops: tuple[str, ...],
+            genotype_options: list[object]) -> None:
+    """``--format monai-bundle``: a run folder's network, weights, preprocessing and windows as a MONAI bundle."""
+    from scnas_dsl.deployment.monai_bundle import write_bundle
+
+    if not source.is_dir():
+        raise usage(f"{source}: --format monai-bundle takes a `scnas train` run folder (its preprocessing and patch "
+                     "go into the bundle's inference config)")
+    if any(option is not None for option in genotype_options):
+        raise usage("--weights, --in-channels, --classes, --stem-width, --patch and --genotype are not for a bundle: "
+                     "the run folder records them")
+    refuse_inputs([output], [source])
+    refuse_data_set(output)
+    result = write_bundle(source, output, which=checkpoint, ops=ops, force=force)
+    spacing = " x ".join(f"{s:g}" for s in result.spacing) + " mm" if result.spacing else "the images' own"
+    typer.echo(f"wrote the MONAI bundle {output}: network, weights, inference config (patch "
+               f"{'x'.join(map(str, result.patch))}, spacing {spacing}, {result.normalization} normalisation); the "
+               f"bundle's network against the run's: max abs difference {result.max_difference:.3g}")
+    typer.echo(f"run it (from {output}): python -m monai.bundle run --config_file configs/inference.json "
+               "--meta_file configs/metadata.json --dataset_dir DATA --output_dir OUT")
 
 
 def register(app: typer.Typer) -> None:
