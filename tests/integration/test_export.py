@@ -136,7 +136,7 @@ def test_bad_inputs(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> N
                            "16", "16")
     assert code == 1 and "not divisible by 8" in output
     code, output = _export(str(runs["plain"]), "--format", "tflite", "-o", str(root / "x.onnx"))
-    assert code == 2 and "choose onnx or torch-export" in output
+    assert code == 2 and "choose onnx, torch-export or monai-bundle" in output
     existing = root / "exists.onnx"
     existing.write_text("")
     code, output = _export(str(runs["plain"]), "--format", "onnx", "-o", str(existing))
