@@ -41,7 +41,7 @@ class DataContext:
     label_names: dict[int, str]
 
 
-def node_of(runtime: Runtime) -> str:
+def node_of() -> str:
     """Which machine a rank runs on: torchrun's node rank (``GROUP_RANK``), else the host name."""
     import socket
 
@@ -57,22 +57,33 @@ def open_data(cfg: CommonConfig, runtime: Runtime) -> DataContext:
     done), while the node's other ranks wait; then every rank opens its node's copy. Nodes whose copies differ
     (another data set or other settings) are refused."""
     prepares = not runtime.distributed or runtime.local_rank == 0
-    root, key = None, None
+    root, key, failure = None, None, None
     if prepares:
-        source = Path(cfg.data)
-        if (source / MANIFEST).is_file():
-            pre = Preprocessed(source)
-        else:
-            pre = preprocess_dataset(source, spacing=cfg.spacing, progress=cfg.progress and runtime.is_main)
-        note = preprocessed_note(pre)  # a target much finer than the data: say what it costs
-        if note is not None and runtime.is_main:
-            print(note, file=sys.stderr)
-        get_fold(pre, cfg.fold, cfg.splits_seed)  # records the search split on disk once
-        root, key = str(pre.root), pre.settings_key
+        try:
+            source = Path(cfg.data)
+            if (source / MANIFEST).is_file():
+                pre = Preprocessed(source)
+            else:
+                pre = preprocess_dataset(source, spacing=cfg.spacing, progress=cfg.progress and runtime.is_main)
+            note = preprocessed_note(pre)  # a target much finer than the data: say what it costs
+            if note is not None and runtime.is_main:
+                print(note, file=sys.stderr)
+            get_fold(pre, cfg.fold, cfg.splits_seed)  # records the search split on disk once
+            root, key = str(pre.root), pre.settings_key
+        except Exception as err:
+            if not runtime.distributed:
+                raise
+            failure = err  # told to every rank below, so that none waits for a preparation that ended
     if runtime.distributed:  # the others wait for their node's preparation on the long-timeout group
-        node = node_of(runtime)
+        node = node_of()
         every: list[Any] = [None] * runtime.world_size
-        dist.all_gather_object(every, (node, runtime.local_rank, root, key), group=runtime.wait_group)
+        dist.all_gather_object(every, (node, runtime.local_rank, root, key, None if failure is None else str(failure)),
+                               group=runtime.wait_group)
+        if failure is not None:
+            raise failure
+        failed = [(entry[0], entry[4]) for entry in every if entry[4] is not None]
+        if failed:
+            raise RunError(f"the data preparation of node {failed[0][0]} failed: {failed[0][1]}")
         prepared = {entry[0]: (entry[2], entry[3]) for entry in every if entry[1] == 0}
         if node not in prepared:
             raise RunError(f"node {node} has no local rank 0 to prepare its data (LOCAL_RANK, GROUP_RANK of torchrun)")

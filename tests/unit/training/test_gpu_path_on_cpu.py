@@ -92,12 +92,20 @@ def test_the_other_ranks_wait_for_the_data_preparation_on_a_long_timeout_group(
 
     def gather(objects: list, mine: object, group: object = None) -> None:  # noqa: ANN001
         groups.append(group)
-        objects[:] = [("0", 0, str(pre), Preprocessed(pre).settings_key), mine]
+        objects[:] = [("0", 0, str(pre), Preprocessed(pre).settings_key, None), mine]
 
     monkeypatch.setattr(dist, "all_gather_object", gather)
     cfg = SearchConfig(spec="s.scn", data=str(tmp_path / "not read by this rank"), progress=False)
     assert data_context.open_data(cfg, runtime).pre.root == pre
     assert groups == ["the wait group"]
+
+    # a node whose preparation failed tells every rank at once (none waits for a day)
+    def failed(objects: list, mine: object, group: object = None) -> None:  # noqa: ANN001
+        objects[:] = [("0", 0, None, None, "no such data set folder: /data/x"), mine]
+
+    monkeypatch.setattr(dist, "all_gather_object", failed)
+    with pytest.raises(RunError, match="the data preparation of node 0 failed: no such data set folder"):
+        data_context.open_data(cfg, runtime)
 
 
 def test_no_amp_means_float32_convolutions_on_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
