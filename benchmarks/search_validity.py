@@ -665,6 +665,7 @@ def search_plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     plan = [("pair", betas, s) for betas in args.pair_betas for s in args.pair_seeds]
     plan += [("single", "paper", s) for s in args.single_seeds]
     plan += [("full", "paper", s) for s in args.full_seeds]
+    plan += [("fair", "standard", s) for s in getattr(args, "fair_seeds", [])]
     return plan
 
 
@@ -705,13 +706,17 @@ def random_samples(bench: Bench, searches: list[dict[str, Any]]) -> list[tuple[s
 
 
 def phase_select(bench: Bench, searches: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every method of ``--methods`` derives a genotype from each pair search's run folder (the same
-    trained supernet for all methods)."""
+    """Every method of ``--methods`` derives a genotype from each pair (and fair) search's run folder (the same
+    trained supernet for all methods; a fair search trains no logits, so alpha is left out for it)."""
     print("select", flush=True)
-    pairs = [s for s in searches if s["sampling"] == "pair" and s.get("run")]
-    jobs = [("select", (s["run"], tuple((m, f"{s['name']}_{m}") for m in bench.args.methods))) for s in pairs]
+    pairs = [s for s in searches if s["sampling"] in ("pair", "fair") and s.get("run")]
+
+    def methods(search: dict[str, Any]) -> list[str]:
+        return [m for m in bench.args.methods if not (search["sampling"] == "fair" and m == "alpha")]
+
+    jobs = [("select", (s["run"], tuple((m, f"{s['name']}_{m}") for m in methods(s)))) for s in pairs]
     rows = [row for rows in run_jobs(bench, jobs) for row in rows]
-    metas = [s for s in pairs for _ in bench.args.methods]
+    metas = [s for s in pairs for _ in methods(s)]
     return [{**row, "search": s["name"], "sampling": s["sampling"], "betas": s["betas"], "search_seed": s["seed"]}
             for row, s in zip(rows, metas, strict=True)]
 
@@ -771,7 +776,7 @@ def phase_retrain(bench: Bench, searches: list[dict[str, Any]], selections: list
     if selections:
         method = best_method(selections) if a.retrain_method == "best" else a.retrain_method
         searched_items = [s for s in selections if s["method"] == method]
-        searched_items += [{**s, "search_seed": s["seed"]} for s in searches if s["sampling"] != "pair"]
+        searched_items += [{**s, "search_seed": s["seed"]} for s in searches if s["sampling"] not in ("pair", "fair")]
     else:
         searched_items = [{**s, "search_seed": s["seed"]} for s in searches]
     randoms = random_samples(bench, searched_items)
@@ -1129,6 +1134,9 @@ def build_parser(doc: str | None = None, out: str = "scnas-search-validity",
     g.add_argument("--pair-betas", nargs="*", default=["paper", "standard"], choices=sorted(BETAS))
     g.add_argument("--single-seeds", type=int, nargs="*", default=[0])
     g.add_argument("--full-seeds", type=int, nargs="*", default=[0])
+    g.add_argument("--fair-seeds", type=int, nargs="*", default=[],
+                   help="searches with fair sampling of the weights (FairNAS; no logits: selected by projection "
+                        "and sampled only)")
     g.add_argument("--random", type=int, default=8, help="random FLOP-matched genotypes to retrain")
     g.add_argument("--random-seed", type=int, default=0)
     g.add_argument("--tolerance", type=float, default=0.1, help="relative FLOP tolerance of the random genotypes")
