@@ -93,6 +93,13 @@ def test_search_train_predict_record_and_need_the_module(files: dict[str, Path])
     code, out = cli("compile", run, "--ops", EXAMPLE, "--emit", "torch", "-o", root / "run_net.py", "--patch",
                     "16", "16", "16")
     assert code == 0, out
+    # a MONAI bundle of the run: the operation's code goes into the bundle's standalone network source
+    code, out = cli("export", run, "--format", "monai-bundle", "-o", root / "bundle")
+    assert code == 1 and f"--ops {EXAMPLE}" in out and not (root / "bundle").exists()
+    code, out = cli("export", run, "--format", "monai-bundle", "-o", root / "bundle", "--ops", EXAMPLE)
+    assert code == 0 and "max abs difference" in out, out
+    source = (root / "bundle" / "scripts" / "network.py").read_text()
+    assert "class SEConv" in source and "custom_operation" not in source  # inlined: the bundle needs no --ops
     # cross-validation of the genotype (one fold): the module reaches the check, the retraining and predict
     code, out = cli("cv", files["geno"], "--out", root / "cv", "--fold", "0", "--no-mirror", *tiny[:-1])
     assert code == 1 and "se_conv" in out
