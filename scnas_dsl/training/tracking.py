@@ -22,6 +22,7 @@ Only the main process of a ``torchrun`` job logs.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import uuid
@@ -53,6 +54,10 @@ def parse_trackers(value: Any) -> tuple[str, ...]:
             raise ValueError(f"unknown tracker {item!r}: choose from {', '.join(TRACKERS)} (comma-separated)")
         if name not in names:
             names.append(name)
+    for name in names:  # before the run starts: a missing package is a message, not a half-made run folder
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise ValueError(f"--log {name} needs the {TRACKERS[name]} package: pip install 'scnas_dsl[tracking]' "
+                             f"(or pip install {TRACKERS[name]}), or leave {name} out")
     return tuple(names)
 
 

@@ -26,6 +26,19 @@ def test_tracker_names_are_checked() -> None:
         parse_trackers("tensorboard,mlflow")
 
 
+def test_a_tracker_that_is_not_installed_is_refused_before_the_run_starts(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    baseline = Path(__file__).resolve().parents[3] / "specs" / "baselines" / "unet3d.scn"
+    code, output = invoke("train", baseline, "--data", tmp_path / "data", "--out",
+                          tmp_path / "run", "--log", "wandb")
+    assert code != 0 and "--log wandb needs the wandb package" in output and "scnas_dsl[tracking]" in output
+    assert not (tmp_path / "run").exists()
+
+
 def test_scalars_are_the_records_numbers() -> None:
     record = {"epoch": 3, "weight_loss": 0.5, "warm_up": True, "edges": {"enc": [1, 2]}, "genotype": "x",
               "self_check": {"rank": 2, "of": 21, "text": "ranks 2"}, "argmax_dice": float("nan"), "n": 4}
