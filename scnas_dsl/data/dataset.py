@@ -320,11 +320,15 @@ def load_header(path: Path) -> nib.Nifti1Image:
     be read (nibabel raises many kinds for bad files: an unknown data type code, a broken dim, ...)."""
     try:
         return cast(nib.Nifti1Image, nib.load(str(path)))
-    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise DataError(f"{path}: truncated or corrupt gzip stream ({err}); copy the file again") from err
     except Exception as err:  # noqa: BLE001 - ImageFileError, HeaderDataError, ValueError, OSError, ...
-        raise DataError(f"{path}: cannot be read as NIfTI ({type(err).__name__}: {err}); run `scnas data check`") \
-            from err
+        raise DataError(f"{path}: {_unreadable(err)}; run `scnas data check`") from err
+
+
+def _unreadable(err: BaseException) -> str:
+    """Why nibabel could not read a file, in words (without the path)."""
+    if isinstance(err, (EOFError, zlib.error, gzip.BadGzipFile)):
+        return f"truncated or corrupt gzip stream ({err}); copy the file again"
+    return f"cannot be read as NIfTI ({type(err).__name__}: {err})"
 
 
 def missing_file_message(path: Path) -> str | None:
@@ -411,10 +415,8 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image] | str:
         if 0 in img.shape:
             return f"image has an empty dimension (shape {img.shape})"
         data = np.asanyarray(img.dataobj)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        return f"truncated or corrupt gzip stream ({err}); copy the file again"
     except Exception as err:  # nibabel raises many kinds (ImageFileError, ValueError, OSError) for bad files
-        return f"cannot be read as NIfTI ({type(err).__name__}: {err})"
+        return _unreadable(err)
     return data, img
 
 

@@ -138,9 +138,10 @@ def check_patch(network: FixedNetwork, patch: Sequence[int]) -> tuple[int, ...]:
     return spatial
 
 
-def _volume(network: FixedNetwork, spatial: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+def probe_volume(in_channels: int, spatial: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """The seeded random input every export is checked on: (1, in_channels, *spatial)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn((1, network.in_channels, *spatial), generator=generator)
+    return torch.randn((1, in_channels, *spatial), generator=generator)
 
 
 def _second_size(spatial: tuple[int, ...], levels: int) -> tuple[int, ...]:
@@ -172,13 +173,13 @@ def export_network(network: FixedNetwork, patch: Sequence[int], fmt: str, out: P
     sizes = [spatial] + ([_second_size(spatial, levels)] if dynamic else [])
     result = ExportResult(path=out, format=fmt, patch=spatial, dynamic=dynamic,
                           opset=opset if fmt == "onnx" else None)
-    example = _volume(network, spatial)
+    example = probe_volume(network.in_channels, spatial)
     if fmt == "onnx":
         run = _export_onnx(network, example, out, dynamic, opset)
     else:
         run = _export_program(network, example, out, dynamic, levels)
     for size in sizes:
-        x = _volume(network, size, seed=len(result.checks))
+        x = probe_volume(network.in_channels, size, seed=len(result.checks))
         with torch.no_grad():
             expected = network(x)
         got = run(x)

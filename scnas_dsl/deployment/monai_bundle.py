@@ -266,7 +266,7 @@ def _check(bundle: Path, network: torch.nn.Module, in_channels: int, num_classes
     patch: the largest absolute difference of the logits (an ExportError beyond :data:`TOLERANCE`)."""
     import importlib.util
 
-    from scnas_dsl.deployment.export import ExportError
+    from scnas_dsl.deployment.export import ExportError, probe_volume
 
     spec = importlib.util.spec_from_file_location(f"_scnas_bundle_{os.getpid()}", bundle / "scripts" / "network.py")
     assert spec is not None and spec.loader is not None
@@ -274,7 +274,7 @@ def _check(bundle: Path, network: torch.nn.Module, in_channels: int, num_classes
     spec.loader.exec_module(module)
     rebuilt = module.Network(in_channels=in_channels, num_classes=num_classes, stem_width=stem_width).eval()
     rebuilt.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
-    x = torch.randn(1, in_channels, *patch, generator=torch.Generator().manual_seed(0))
+    x = probe_volume(in_channels, patch)  # the input every export is checked on
     with torch.no_grad():
         difference = float((rebuilt(x) - network(x)).abs().max())
     if not difference <= TOLERANCE:

@@ -20,6 +20,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -155,6 +156,18 @@ class EpochLoop:
         self._plotted_at, self._plot_seconds = time.monotonic(), 0.0
         #: the optional trackers (TensorBoard, W&B): each epoch's record goes to them too
         self.tracking = tracking or Tracking((), run.path, kind=kind, settings={}, start_epoch=0)
+
+    @classmethod
+    def for_run(cls, kind: str, cfg: Any, run: RunFolder, runtime: Runtime, state: LoopState, held: ExitStack, *,
+                resume_hint: str, checkpoint_path: Any, stop_after_epochs: int | None = None) -> EpochLoop:
+        """The loop of a job configured by ``cfg`` (epochs, steps, progress, the trackers of ``--log``), resuming
+        at ``state``; its trackers close when ``held`` does (only the main process logs)."""
+        tracking = Tracking(cfg.log, run.path, kind=kind, settings=cfg.model_dump(mode="json"),
+                            start_epoch=state.epoch, enabled=runtime.is_main)
+        held.callback(tracking.close)
+        return cls(kind=kind, run=run, runtime=runtime, epochs=cfg.epochs, steps=cfg.batches_per_epoch,
+                   resume_hint=resume_hint, checkpoint_path=checkpoint_path, echo=cfg.progress,
+                   stop_after_epochs=stop_after_epochs, tracking=tracking)
 
     def say(self, line: str, terminal: bool = True) -> None:
         """One line of the run's report: on the terminal (rank 0, unless quiet) and in ``log.txt``."""

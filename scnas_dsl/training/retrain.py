@@ -23,7 +23,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from scnas_dsl.data.cache import MANIFEST
 from scnas_dsl.evaluation.metrics import dice_per_label, nanmean
-from scnas_dsl.folders import hold_folder
 from scnas_dsl.graph.scn_text import genotype_text
 from scnas_dsl.inference.sliding_window import InferenceStopped, sliding_window_inference
 from scnas_dsl.loader import load
@@ -62,7 +61,6 @@ from scnas_dsl.training.runs import (
     RunFolder,
     environment,
 )
-from scnas_dsl.training.tracking import Tracking
 
 
 @dataclass
@@ -128,11 +126,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
                                         any(s.name == space.name for s in loaded.document.spaces))
     cfg = cfg.model_copy(update={"stem_width": width})  # resolved: recorded, compared on --resume
     out = Path(cfg.out) if cfg.out else default_out(cfg, genotype.name)
-    if runtime.is_main:  # one process per run folder: a second one is refused at once, with the holder's pid
-        held.enter_context(hold_folder(out, "scnas train"))
-    run = RunFolder(out, writer=runtime.is_main)
-    if runtime.is_main:
-        run.prepare("train", resume=resume, force=force, create=False)  # refuse early, write nothing yet
+    run = RunFolder.held_for(out, "train", command="scnas train", writer=runtime.is_main, held=held, resume=resume,
+                             force=force)
     data = open_data(cfg, runtime)
     patch = patch_for(cfg, data, space)
     torch.manual_seed(cfg.seed)
@@ -164,13 +159,9 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     else:
         _write_run_files(run, cfg, space, genotype, data, patch, runtime, out, net.plan.deep_supervision)
         run.write_json(OPERATIONS_RECORD, extra.record())
-    tracking = Tracking(cfg.log, out, kind="train", settings=cfg.model_dump(mode="json"), start_epoch=state.epoch,
-                        enabled=runtime.is_main)
-    held.callback(tracking.close)
-    loop = EpochLoop(kind="train", run=run, runtime=runtime, epochs=cfg.epochs, steps=cfg.batches_per_epoch,
-                     resume_hint=resume_hint or f"scnas train ... --out {out} --resume",
-                     checkpoint_path=job.ckpt_path,
-                     echo=cfg.progress, stop_after_epochs=stop_after_epochs, tracking=tracking)
+    loop = EpochLoop.for_run("train", cfg, run, runtime, state, held,
+                             resume_hint=resume_hint or f"scnas train ... --out {out} --resume",
+                             checkpoint_path=job.ckpt_path, stop_after_epochs=stop_after_epochs)
     details = f"{adam_text(cfg.optimizer)}; {len(data.fold.val)} validation case(s)"
     if net.plan.deep_supervision:
         details += f"; deep supervision at levels 0, {', '.join(map(str, net.plan.deep_supervision))}"

@@ -12,6 +12,7 @@ import math
 import platform
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scnas_dsl.errors import RunError, first_line
 from scnas_dsl.files import write_text
-from scnas_dsl.folders import folder_state, foreign_folder, read_marker, replace_folder
+from scnas_dsl.folders import folder_state, foreign_folder, hold_folder, read_marker, replace_folder
 from scnas_dsl.ops.plugins import Operations, check_recorded
 
 MARKER = ".scnas-run"
@@ -138,6 +139,19 @@ class RunFolder:
     def plots(self) -> Path:
         """The folder of the run's pictures."""
         return self.path / PLOTS
+
+    @classmethod
+    def held_for(cls, path: Path, kind: str, *, command: str, writer: bool, held: ExitStack, resume: bool,
+                 force: bool) -> RunFolder:
+        """The run folder of a job: held by this process until ``held`` closes (``hold_folder``: a second process
+        is refused at once, with this one's pid) and checked for ``kind``, ``resume`` and ``force`` before anything
+        is written (``prepare(create=False)``); only the writer (rank 0) holds and checks it."""
+        if writer:
+            held.enter_context(hold_folder(path, command))
+        run = cls(path, writer=writer)
+        if writer:
+            run.prepare(kind, resume=resume, force=force, create=False)  # refuse early, write nothing yet
+        return run
 
     def prepare(self, kind: str, resume: bool, force: bool, create: bool = True) -> None:
         """Create the folder, or check that it may be used: ``resume`` needs a run of the same ``kind``;

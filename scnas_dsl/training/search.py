@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from scnas_dsl.errors import RunError, ScnasError
-from scnas_dsl.folders import hold_folder
 from scnas_dsl.graph.scn_text import genotype_body, genotype_text, space_text
 from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype, SearchSpace
@@ -155,11 +154,8 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
     loaded = load(cfg.spec, signatures=extra.library.signatures)
     space = loaded.space(cfg.space)
     out = Path(cfg.out) if cfg.out else default_out(cfg, space)
-    if runtime.is_main:  # one process per run folder: a second one is refused at once, with the holder's pid
-        held.enter_context(hold_folder(out, "scnas search"))
-    run = RunFolder(out, writer=runtime.is_main)
-    if runtime.is_main:
-        run.prepare("search", resume=resume, force=force, create=False)  # refuse early, write nothing yet
+    run = RunFolder.held_for(out, "search", command="scnas search", writer=runtime.is_main, held=held, resume=resume,
+                             force=force)
     data = open_data(cfg, runtime)
     patch = patch_for(cfg, data, space)
     if cfg.arch_warmup_epochs >= cfg.epochs:
@@ -195,13 +191,10 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
             torch.distributed.broadcast(tensor, src=0)
     job.start_choices()
 
-    tracking = Tracking(cfg.log, out, kind="search", settings=cfg.model_dump(mode="json"), start_epoch=state.epoch,
-                        enabled=runtime.is_main)
-    held.callback(tracking.close)
-    job.tracking = tracking
-    loop = EpochLoop(kind="search", run=run, runtime=runtime, epochs=cfg.epochs, steps=cfg.batches_per_epoch,
-                     resume_hint=f"scnas search ... --out {out} --resume", checkpoint_path=job.ckpt_path,
-                     echo=cfg.progress, stop_after_epochs=stop_after_epochs, tracking=tracking)
+    loop = EpochLoop.for_run("search", cfg, run, runtime, state, held,
+                             resume_hint=f"scnas search ... --out {out} --resume", checkpoint_path=job.ckpt_path,
+                             stop_after_epochs=stop_after_epochs)
+    job.tracking = loop.tracking  # the alpha heat maps go to the run's trackers too
     loop.announce(space.name, cfg, patch, state, resume, f"{cfg.sampling} sampling; weights "
                   f"{adam_text(cfg.weight_optimizer)}; logits {adam_text(cfg.arch_optimizer)}")
     end = loop.run_job(job, state)

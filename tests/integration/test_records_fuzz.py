@@ -41,18 +41,28 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run"
 
 
-def _mutated(run: Path, tmp: Path, name: str, key: str | None, value: Any) -> Path:
+def _copy(run: Path, tmp: Path) -> Path:
+    """A fresh copy of the run folder, to damage."""
     copy = tmp / "run"
     if copy.exists():
         shutil.rmtree(copy)
     shutil.copytree(run, copy)
-    record = copy / name
+    return copy
+
+
+def _mutate_json(record: Path, key: str | None, value: Any) -> None:
+    """The JSON file ``record`` with ``key`` set to ``value`` (``key`` None: the whole file is ``value``)."""
     if key is None:
         record.write_text(json.dumps(value))
     else:
         data = json.loads(record.read_text())
         data[key] = value
         record.write_text(json.dumps(data))
+
+
+def _mutated(run: Path, tmp: Path, name: str, key: str | None, value: Any) -> Path:
+    copy = _copy(run, tmp)
+    _mutate_json(copy / name, key, value)
     return copy
 
 
@@ -119,7 +129,7 @@ HEADER = st.sampled_from(["kind", "epoch", "step", "dice", "best", "sums", "mode
 
 
 def _mutated_checkpoint(run: Path, tmp: Path, which: str, key: str, value: Any) -> Path:
-    copy = _mutated(run, tmp, "network.json", None, json.loads((run / "network.json").read_text()))
+    copy = _copy(run, tmp)
     path = copy / "checkpoints" / f"{which}.pt"
     state = torch.load(path, weights_only=True)
     if value is _MISSING:
@@ -205,13 +215,7 @@ def test_a_mutated_cv_summary_is_a_message_naming_it(key: str | None, value: Any
         root = Path(folder)
         ref = fake_cv(root / "ref", reference_scores())
         other = fake_cv(root / "run", other_scores())
-        summary = other / "cv_summary.json"
-        if key is None:
-            summary.write_text(json.dumps(value))
-        else:
-            data = json.loads(summary.read_text())
-            data[key] = value
-            summary.write_text(json.dumps(data))
+        _mutate_json(other / "cv_summary.json", key, value)
         try:
             compare_runs([ref, other], root / "report")
         except ScnasError as err:
