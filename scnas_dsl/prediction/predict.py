@@ -48,7 +48,7 @@ from scnas_dsl.stopping import RunInterrupted, StopSignal, requested_signal, sto
 from scnas_dsl.training.checkpoint import load_checkpoint, require
 from scnas_dsl.training.device import setup_runtime
 from scnas_dsl.training.loop import progress_bar
-from scnas_dsl.training.runs import CHECKPOINT_DIR, GENOTYPE, PREPROCESSING, read_network
+from scnas_dsl.training.runs import CHECKPOINT_DIR, GENOTYPE, NETWORK, PREPROCESSING, read_network
 
 #: The checkpoints a training run keeps, the default first.
 CHECKPOINTS = ("last", "best")
@@ -129,10 +129,6 @@ def load_trained(run: Path | str, which: str = "last", ops: Sequence[str] = ()) 
     extra = load_operations(ops)
     check_recorded(run, extra)
     space, genotype = load(run / GENOTYPE, signatures=extra.library.signatures).genotype()
-    # the heads the run trained with (deep supervision), so that its weights load; prediction uses level 0 only
-    network = build_network(space, genotype, in_channels=recipe.in_channels, num_classes=recipe.num_classes,
-                            stem_width=recipe.stem_width, deep_supervision=recipe.deep_supervision,
-                            library=extra.library)
     path = run / CHECKPOINT_DIR / f"{which}.pt"
     if not path.is_file():
         raise _missing_checkpoint(run, which, path)
@@ -141,10 +137,28 @@ def load_trained(run: Path | str, which: str = "last", ops: Sequence[str] = ()) 
         raise CheckpointError(f"{path}: a '{state['kind']}' checkpoint, not the {which} weights of a training "
                               f"run ('{_KINDS[which]}')")
     require(path, state, ("model", "epoch", "step") if which == "last" else ("model", "epoch", "dice"))
+
+    # the heads the run trained with (deep supervision), so that its weights load; prediction uses level 0 only
+    def build() -> torch.nn.Module:
+        return build_network(space, genotype, in_channels=recipe.in_channels, num_classes=recipe.num_classes,
+                             stem_width=recipe.stem_width, deep_supervision=recipe.deep_supervision,
+                             library=extra.library)
+
+    # first on the meta device (no memory): a network.json edited to a width the weights do not have is a
+    # message, not the allocation of a network that may not fit in memory
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    model_state = state["model"]
+    problem = _mismatch(shapes, model_state)
+    if problem:
+        raise CheckpointError(f"{path}: does not fit the network of {run / GENOTYPE} and {run / NETWORK} "
+                              f"({problem}); was network.json edited? Put back the run folder's copy, or train "
+                              "again")
+    network = build()
     try:
-        network.load_state_dict(state["model"])
+        network.load_state_dict(model_state)
     except (RuntimeError, KeyError) as err:
-        raise CheckpointError(f"{path}: does not fit the network of {run / 'genotype.scn'} ({str(err)[:200]})") from err
+        raise CheckpointError(f"{path}: does not fit the network of {run / GENOTYPE} ({str(err)[:200]})") from err
     if which == "last":  # a training state: "epoch" epochs done, then "step" steps of the next one
         weights = Weights(run=run.resolve(), checkpoint="last", epoch=int(state["epoch"]), step=int(state["step"]))
     else:  # weights saved after the 0-based epoch "epoch"
@@ -157,6 +171,23 @@ def load_trained(run: Path | str, which: str = "last", ops: Sequence[str] = ()) 
                        f"be read ({first_line(err, 200)}); put back a copy of the run folder's {PREPROCESSING}/ "
                        "or train again: `scnas data preprocess` cannot remake it") from err
     return TrainedModel(network=network, patch=tuple(recipe.patch), pre=pre, blend=recipe.blend, weights=weights)
+
+
+def _mismatch(shapes: dict[str, tuple[int, ...]], weights: Any) -> str | None:
+    """The first difference between a network's parameter shapes and a checkpoint's weights, in words (None:
+    they fit)."""
+    if not isinstance(weights, dict):
+        return f"its weights are a {type(weights).__name__}, not a state dict"
+    for key, shape in shapes.items():
+        if key not in weights:
+            return f"no weights for {key}"
+        value = weights[key]
+        if not isinstance(value, torch.Tensor):
+            return f"{key} is a {type(value).__name__}, not a tensor"
+        if tuple(value.shape) != shape:
+            return f"{key} has shape {list(value.shape)}, the network needs {list(shape)}"
+    extra = sorted(str(k) for k in set(weights) - set(shapes))
+    return f"unexpected weights {', '.join(extra[:3])}" if extra else None
 
 
 def group_cases(inputs: list[Path], layout: str, channels: int) -> dict[str, list[Path]]:

@@ -78,6 +78,29 @@ def test_a_mutated_network_json_is_a_message_naming_it(run: Path, tmp_path: Path
         assert "network.json" in str(err) or str(copy) in str(err), str(err)
 
 
+@pytest.mark.parametrize("width", [5, 10**6])
+def test_a_network_json_edited_to_another_width_is_refused_before_the_network_is_built(
+        run: Path, tmp_path: Path, width: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A width the weights do not have is a message naming network.json; the network is only built on the meta
+    device (a width of a million would need terabytes: building it for real is the hole this closes)."""
+    import scnas_dsl.prediction.predict as predict
+
+    copy = _mutated(run, tmp_path, "network.json", "stem_width", width)
+    devices: list[str] = []
+    real = predict.build_network
+
+    def spy(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        net = real(*args, **kwargs)
+        devices.append(next(net.parameters()).device.type)
+        return net
+
+    monkeypatch.setattr(predict, "build_network", spy)
+    with pytest.raises(ScnasError) as err:
+        load_trained(copy)
+    assert "network.json" in str(err.value) and "shape" in str(err.value), str(err.value)
+    assert devices == ["meta"]
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from([None, "seed", "epochs", "batch_size", "patch"]), value=JSON)
 def test_a_mutated_config_json_refuses_a_resume_naming_it(run: Path, tmp_path: Path, key: str | None,
