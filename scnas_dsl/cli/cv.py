@@ -83,6 +83,9 @@ def cv_cmd(
     select: str | None = typer.Option(None, "--select", help="(space) how each fold's search chooses its genotype: "
                                       "alpha (the paper's, default), projection or sampled (as scnas search)"),
     space: str | None = typer.Option(None, "--space", help="(space) which space of the file (default: the only one)"),
+    budget: list[str] | None = typer.Option(  # noqa: B008
+        None, "--budget", help="(space) limits on each fold's genotype, as scnas search --budget: flops=40G, "
+        "params=5M, memory=12GB"),
     search_config: Path | None = typer.Option(  # noqa: B008
         None, "--search-config", help="(space) search settings file (.json, .toml, .yaml) as scnas search --config"),
 ) -> None:
@@ -93,7 +96,7 @@ def cv_cmd(
 
     search_options = {"--search-epochs": search_epochs, "--search-batch-size": search_batch,
                       "--search-patch": search_patch, "--search-stem-width": search_stem,
-                      "--search-batches-per-epoch": search_batches, "--sampling": sampling, "--space": space, "--select": select,
+                      "--search-batches-per-epoch": search_batches, "--sampling": sampling, "--space": space, "--select": select, "--budget": budget,
                       "--search-config": search_config}
     is_space = _is_space(spec, ops)
     given = [k for k, v in search_options.items() if v is not None]
@@ -108,7 +111,7 @@ def cv_cmd(
     search = None
     if is_space:
         search = resolve_config(SearchConfig, search_config, spec=str(spec), space=space, sampling=sampling,
-                                selection={"method": select} if select else None,
+                                selection={"method": select} if select else None, budget=budget or None,
                                 **_common(data=data, epochs=search_epochs, batch_size=search_batch, patch=search_patch,
                                           stem_width=search_stem, device=device, seed=seed, batches=search_batches,
                                           spacing=spacing, workers=workers, no_augment=no_augment, quiet=quiet,

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import typer
 
 from scnas_dsl.cli.exits import usage, user_errors
-from scnas_dsl.cli.options import OPS, SELECT
+from scnas_dsl.cli.options import BUDGET, OPS, SELECT
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,7 +90,7 @@ def search_cmd(
     sampling: str | None = typer.Option(
         None, "--sampling", help="pair (the paper), single, full, or fair (FairNAS: trains the weights only, every "
         "candidate equally often; needs --select projection or sampled)"),
-    select: str | None = SELECT,
+    select: str | None = SELECT, budget: list[str] | None = BUDGET,
     space: str | None = typer.Option(None, "--space", help="which space of the file (default: the only one)"),
     arch_warmup: int | None = typer.Option(
         None, "--arch-warmup", help="epochs that train only the weights before the logits learn (default: 0, "
@@ -111,7 +111,7 @@ def search_cmd(
     from scnas_dsl.training.search import run_search
 
     cfg = resolve_config(SearchConfig, config, spec=str(spec), sampling=sampling, space=space,
-                         selection={"method": select} if select else None,
+                         selection={"method": select} if select else None, budget=budget or None,
                          arch_warmup_epochs=arch_warmup, checkpoint_cells=checkpoint_cells,
                          weight_optimizer={"betas": weight_betas} if weight_betas else None,
                          arch_optimizer={"betas": arch_betas} if arch_betas else None,
@@ -126,6 +126,10 @@ def search_cmd(
             typer.echo(f"  {line}")
         if result.self_check is not None:
             typer.echo(result.self_check["text"])
+        if result.budget is not None:
+            typer.echo(result.budget["text"])
+            for line in result.budget["gave_up"]:
+                typer.echo(f"  gave up: {line}")
         typer.echo(f"plots: {result.run / 'plots'}")
         typer.echo(f"next: scnas train {result.genotype_file} --data {data}")
 

@@ -165,6 +165,56 @@ class SelectionConfig(BaseModel):
     temperature: float = Field(default=1.0, gt=0)
 
 
+class BudgetConfig(BaseModel):
+    """A search's budget (``--budget flops=40G,params=5M,memory=12GB``): limits on the chosen genotype's FLOPs (one
+    forward pass of one sample at the search's patch), parameters and training memory (a step of the search's
+    batch), measured as ``scnas compile`` measures them at stem width ``width`` (None: the search's). The search
+    adds ``weight * sum max(0, expected / limit - 1)`` to its architecture loss; the weight grows linearly from
+    0 over the first ``ramp`` share of the architecture epochs (``scnas_dsl.nn.budget``, docs/training.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    flops: float | None = None
+    params: float | None = None
+    memory: float | None = None
+    width: int | None = Field(default=None, ge=1)
+    weight: float = Field(default=1.0, ge=0)
+    ramp: float = Field(default=0.25, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, data: Any) -> Any:
+        from scnas_dsl.nn.budget import METRICS, parse_budget, parse_quantity
+
+        if isinstance(data, (str, list, tuple)):
+            data = parse_budget(data if isinstance(data, str) else [str(d) for d in data])
+        if not isinstance(data, dict):
+            return data
+        known = (*METRICS, "width", "weight", "ramp")
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            raise ValueError(f"unknown budget key '{unknown[0]}': limit flops, params or memory (e.g. flops=40G, "
+                             "params=5M, memory=12GB); width, weight and ramp set how")
+        out = dict(data)
+        for metric in METRICS:
+            if out.get(metric) is not None:
+                out[metric] = parse_quantity(metric, out[metric])
+        if all(out.get(m) is None for m in METRICS):
+            raise ValueError("a budget needs a limit: flops, params or memory (e.g. flops=40G)")
+        for key in ("width", "weight", "ramp"):  # "68" from the command line is the number 68
+            value = out.get(key)
+            if isinstance(value, str):
+                try:
+                    out[key] = int(value) if key == "width" else float(value)
+                except ValueError:
+                    raise ValueError(f"budget {key}={value}: not a number") from None
+        return out
+
+    def limits(self) -> dict[str, float]:
+        """metric -> limit, for the limited metrics."""
+        return {m: v for m, v in (("flops", self.flops), ("params", self.params), ("memory", self.memory))
+                if v is not None}
+
+
 class SearchConfig(CommonConfig):
     """``scnas search``: the bi-level search with the paper's settings as defaults."""
 
@@ -189,6 +239,8 @@ class SearchConfig(CommonConfig):
     gap_batches: int = Field(default=4, ge=0)
     #: how the genotype is chosen at the end and the self-check (``--select``; the paper's ``alpha`` by default)
     selection: SelectionConfig = SelectionConfig()
+    #: a limit on the chosen genotype's FLOPs, parameters or training memory (``--budget``); None: no limit
+    budget: BudgetConfig | None = None
 
     @model_validator(mode="after")
     def _fair_needs_scores(self) -> SearchConfig:

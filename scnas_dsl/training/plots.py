@@ -141,11 +141,38 @@ def plot_search_progress(run: RunFolder) -> list[Path]:
                              "parameter_free_share": "parameter-free choices",
                              "changed_share": "edges that changed their choice"}, "share", ylim=(0.0, 1.0))
     out.append(_save(figure, run.plots / "entropy.png"))
+    budget = plot_budget(records, run.plots / "budget.png")
+    if budget is not None:
+        out.append(budget)
     if alphas:
         last = alphas[-1]
         out.append(plot_probabilities(last["probabilities"], run.plots / "probabilities.png",
                                       f"epoch {last['epoch'] + 1}, temperature {last['temperature']:.3g}"))
     return out
+
+
+def plot_budget(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """budget.png of a search with ``--budget``: per limited metric, the expected cost under the logits and the
+    exact cost of the most likely genotype against the limit, as a share of it (None: no budget recorded)."""
+    budgeted = [r for r in records if isinstance(r.get("budget"), dict)]
+    if not budgeted:
+        return None
+    metrics = [m for m in ("flops", "params", "memory") if isinstance(budgeted[-1]["budget"].get(m), dict)]
+    rows = []
+    for r in budgeted:
+        row: dict[str, Any] = {"epoch": r["epoch"]}
+        for m in metrics:
+            entry = r["budget"].get(m) or {}
+            if entry.get("limit"):
+                row[f"{m}_expected"] = entry["expected"] / entry["limit"]
+                row[f"{m}_argmax"] = entry["argmax"] / entry["limit"]
+        rows.append(row)
+    keys = {}
+    for m in metrics:
+        keys[f"{m}_expected"] = f"{m}: expected under the logits"
+        keys[f"{m}_argmax"] = f"{m}: most likely genotype"
+    return plot_curves(rows, keys, "cost / budget", path, reference=(1.0, "budget"),
+                       title="cost against the budget (1 = the limit; the penalty acts above it)")
 
 
 def plot_search(run: RunFolder, space: SearchSpace, genotype: Genotype) -> list[Path]:

@@ -30,6 +30,7 @@ from scnas_dsl.nn import TemperatureSchedule, build_supernet
 from scnas_dsl.nn.supernet import Supernet
 from scnas_dsl.ops.plugins import RECORD as OPERATIONS_RECORD
 from scnas_dsl.ops.plugins import load_operations
+from scnas_dsl.training.budgeting import SearchBudget, budget_line, search_budget
 from scnas_dsl.training.checkpoint import capture_rng, restore_rng, save_checkpoint
 from scnas_dsl.training.config import SearchConfig, SelectionConfig
 from scnas_dsl.training.data_context import (
@@ -72,6 +73,7 @@ from scnas_dsl.training.selection import (
     Selection,
     architecture_scorer,
     choose,
+    fit_to_budget,
     select_alpha,
     weight_tuner,
 )
@@ -92,6 +94,8 @@ class SearchResult:
     logits: dict[str, torch.Tensor]
     #: the self-check (``scnas_dsl.training.selection.self_check``), None when switched off
     self_check: dict[str, Any] | None = None
+    #: the budget's record (limits, the genotype's costs, what was given up), None without ``--budget``
+    budget: dict[str, Any] | None = None
 
 
 def default_out(cfg: SearchConfig, space: SearchSpace) -> Path:
@@ -168,11 +172,14 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
                            stem_width=cfg.stem_width, sampling=cfg.sampling, temperature=schedule, seed=cfg.seed,
                            library=extra.library)
     _check_memory(model, runtime, patch, cfg)
+    budget = search_budget(cfg, space, patch, data.in_channels, data.num_classes, extra.library)
+    if budget is not None and not resume:  # an impossible budget is refused before anything is written
+        budget.check_reachable()
     if runtime.is_main:  # everything checked: now the folder is made (or replaced, with --force)
         run.prepare("search", resume=resume, force=force)
     runtime.barrier()
     model.to(runtime.device)
-    job = _SearchJob(model, cfg, runtime, run, data, patch, on_step)
+    job = _SearchJob(model, cfg, runtime, run, data, patch, on_step, budget)
     state = LoopState()
     if resume:
         state = job.resume(resume_state(out, {**cfg.model_dump(mode="json"), "patch": list(patch)},
@@ -208,8 +215,10 @@ class _SearchJob:
     schedules and the search's own report at the end of each epoch, its checkpoint and plots."""
 
     def __init__(self, model: Supernet, cfg: SearchConfig, runtime: Runtime, run: RunFolder, data: DataContext,
-                 patch: tuple[int, int, int], on_step: StepHook | None) -> None:
+                 patch: tuple[int, int, int], on_step: StepHook | None, budget: SearchBudget | None = None) -> None:
         self.model, self.cfg, self.runtime, self.run, self.on_step = model, cfg, runtime, run, on_step
+        self.budget = budget
+        self.epoch = 0
         self.data, self.patch = data, patch
         self.tracking = Tracking((), run.path, kind="search", settings={}, start_epoch=0)  # set by _search
         self.weights, self.logits = model.weight_parameters(), model.arch_parameters()
@@ -258,6 +267,7 @@ class _SearchJob:
 
     def begin_epoch(self, epoch: int, first: int) -> None:
         self.model.train()
+        self.epoch = epoch
         warmup = self.cfg.arch_warmup_epochs
         self.warming = epoch < warmup  # only the weights learn; the temperature anneals after the warm-up
         self.model.set_progress(max(epoch - warmup, 0) / max(self.cfg.epochs - warmup - 1, 1))
@@ -277,11 +287,17 @@ class _SearchJob:
         # during a warm-up the architecture part's loss is only reported: no graph, the logits stay
         with torch.set_grad_enabled(self.learns_logits()), runtime.autocast():
             loss_a = soft_jaccard_loss(model(xa), ya, reduce_over_ranks=True)
+        out = {"weight_loss": loss_w.detach(), "arch_loss": loss_a.detach()}
         if self.learns_logits():
+            # the budget's penalty (zero inside the budget): the same on every rank, as the logits are
+            extra = self.budget.penalty(model, epoch) if self.budget is not None else None
+            if extra is not None:
+                out["budget_penalty"] = extra.detach()
+                loss_a = loss_a + extra.to(loss_a.device)
             update(self.logits, self.a_opt, self.a_scaler, loss_a, runtime)
         if self.on_step is not None:
             self.on_step(epoch, step)
-        return {"weight_loss": loss_w.detach(), "arch_loss": loss_a.detach()}
+        return out
 
     def learns_logits(self) -> bool:
         """Whether this step updates alpha: not during a warm-up, never with fair sampling (it trains the
@@ -311,6 +327,9 @@ class _SearchJob:
         }
         if self.gap_loader is not None:
             record.update(discretisation_gap(model, self.gap_loader, self.runtime, self.cfg.seed * 7919 + epoch))
+        budget_summary = ""
+        if self.budget is not None:
+            record["budget"], budget_summary = self.budget.record(model, epoch)
         record.update(edges=edges, sample_counts=model.sample_counts(), genotype=genotype_body(genotype),
                       pruned=pruning)
         self.run.append_jsonl(ALPHAS, {
@@ -330,6 +349,8 @@ class _SearchJob:
             summary += (f" | gap loss {fmt(record['sampled_loss'])} -> {fmt(record['argmax_loss'])}, "
                         f"Dice {fmt(record['sampled_dice'], 3)} -> {fmt(record['argmax_dice'], 3)} "
                         "(sampled -> argmax)")
+        if budget_summary:
+            summary += f" | {budget_summary}"
         return EpochEnd(record, summary)
 
     def save(self, state: LoopState) -> None:
@@ -368,14 +389,14 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
     model, run, cfg = job.model, job.run, job.cfg
     name = f"{space.name}_fold{cfg.fold}".replace("-", "_")
     selection, check = select_genotype(model, cfg, job.runtime, job.data, job.patch, name,
-                                       optimizer=job.w_opt, say=loop.say)
+                                       optimizer=job.w_opt, say=loop.say, budget=job.budget)
     genotype = selection.genotype
     method = {"alpha": "the largest logit on each edge (the paper's)",
               "projection": "projection (edge by edge, the candidate whose presence scores best on the supernet)",
               "sampled": "the best of random genotypes scored on the supernet"}[selection.method]
     header = (f"Found by `scnas search` on {Path(cfg.data).name}, fold {cfg.fold}, {cfg.epochs} epochs, "
               f"{cfg.sampling} sampling, seed {cfg.seed}; chosen by {method}.\n"
-              + (check["text"] + ".\n" if check else "")
+              + (check["text"] + ".\n" if check else "") + budget_line(selection)
               + "Retrain it with: scnas train genotype.scn --data DATA")
     target = run.write_text(GENOTYPE, genotype_text(genotype, header))
     write_selection_record(run, selection, check, epochs_done)
@@ -384,6 +405,8 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
                                                              if isinstance(check.get(k), (int, float))}})
     if check is not None:
         loop.say(check["text"])
+    if "budget" in selection.details:
+        loop.say(selection.details["budget"]["text"])
     if run.writer:
         try:
             load(target, signatures=model.library.signatures).genotype(name)
@@ -391,7 +414,8 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
             raise ScnasError(f"{target}: the written genotype does not load back ({err}); please report this") from err
         plot_search(run, space, genotype)
     return SearchResult(run=run.path, genotype=genotype, genotype_file=target, pruning=selection.pruning,
-                        logits={k: a.detach().cpu().clone() for k, a in model.arch.items()}, self_check=check)
+                        logits={k: a.detach().cpu().clone() for k, a in model.arch.items()}, self_check=check,
+                        budget=selection.details.get("budget"))
 
 
 def write_selection_record(run: RunFolder, selection: Selection, check: dict[str, Any] | None, epochs_done: int,
@@ -403,21 +427,23 @@ def write_selection_record(run: RunFolder, selection: Selection, check: dict[str
     run.write_json(name, record)
     if name == SELECTION:
         run.amend_last_jsonl(METRICS, {
-            "selection": selection.method,
+            "selection": selection.method, "budget_result": selection.details.get("budget"),
             "self_check": None if check is None else {k: v for k, v in check.items() if k != "random_scores"}})
 
 
 def select_genotype(model: Supernet, cfg: SearchConfig, runtime: Runtime, data: DataContext,
                     patch: tuple[int, int, int], name: str, *, optimizer: torch.optim.Optimizer | None = None,
-                    settings: SelectionConfig | None = None, say: Callable[..., None] | None = None
-                    ) -> tuple[Selection, dict[str, Any] | None]:
+                    settings: SelectionConfig | None = None, say: Callable[..., None] | None = None,
+                    budget: SearchBudget | None = None) -> tuple[Selection, dict[str, Any] | None]:
     """The genotype of a trained supernet by ``settings`` (default: the run's ``cfg.selection``) and its
     self-check, scored on the fold's architecture part; a projection fine-tunes with ``optimizer`` (default: a
     new Adam of the run's weight settings) and undoes it afterwards."""
     settings = settings or cfg.selection
+    if budget is None:  # the run's own budget (``scnas derive`` and ``scnas select`` respect it too)
+        budget = search_budget(cfg, model.space, patch, model.in_channels, model.num_classes, model.library)
     needs_scores = settings.method != "alpha" or settings.check_samples > 0
     if not needs_scores:
-        return select_alpha(model, name), None
+        return fit_to_budget(model, select_alpha(model, name), budget), None
     scorer = architecture_scorer(model, cfg, data, runtime, patch, settings)
     tune = None
     if settings.method == "projection" and settings.tune_steps:
@@ -435,7 +461,7 @@ def select_genotype(model: Supernet, cfg: SearchConfig, runtime: Runtime, data: 
     cost = CostContext(patch=tuple(patch), in_channels=model.in_channels, num_classes=model.num_classes,
                        stem_width=model.plan.stem_width)
     try:
-        return choose(model, scorer, settings, seed=cfg.seed, cost=cost, name=name, tune=tune,
+        return choose(model, scorer, settings, seed=cfg.seed, cost=cost, name=name, tune=tune, budget=budget,
                       progress=(lambda line: say(line, False)) if say is not None else None)
     finally:
         if tune is not None:

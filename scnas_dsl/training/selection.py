@@ -42,6 +42,7 @@ from scnas_dsl.nn.derive import derive_genotype
 from scnas_dsl.nn.random_genotypes import SamplingError, sample_genotypes
 from scnas_dsl.nn.sampler import EdgeSample
 from scnas_dsl.nn.supernet import Samples, Supernet
+from scnas_dsl.training.budgeting import SearchBudget
 from scnas_dsl.training.config import CommonConfig, SelectionConfig
 from scnas_dsl.training.data_context import DataContext, loader
 from scnas_dsl.training.device import Runtime
@@ -180,12 +181,18 @@ def select_alpha(model: Supernet, name: str) -> Selection:
 
 
 def select_sampled(model: Supernet, scorer: SupernetScorer, settings: SelectionConfig, seed: int,
-                   cost: CostContext, name: str) -> Selection:
-    """The best of ``settings.samples`` random genotypes on the supernet."""
+                   cost: CostContext, name: str, budget: SearchBudget | None = None) -> Selection:
+    """The best of ``settings.samples`` random genotypes on the supernet (with a budget: the best of those
+    within it, when any is)."""
     like = model.derive(name="alpha")[0] if settings.match == "flops" else None
     candidates, note = _random(model, settings.samples, seed, cost, like, "sampled")
     scored = [(g, scorer.score_genotype(g)) for g in candidates]
-    best_index = max(range(len(scored)), key=lambda i: scored[i][1].key(settings.by))
+    allowed = list(range(len(scored)))
+    if budget is not None:
+        within = [i for i in allowed
+                  if all(budget.costs.exact(scored[i][0])[m] <= lim for m, lim in budget.limits.items())]
+        allowed = within or allowed
+    best_index = max(allowed, key=lambda i: scored[i][1].key(settings.by))
     best = scored[best_index][0]
     genotype = Genotype(name=name, space=best.space, cells=best.cells)
     details: dict[str, Any] = {
@@ -336,11 +343,42 @@ def weight_tuner(model: Supernet, optimizer: torch.optim.Optimizer, batches: Ite
     return tune
 
 
+def _preference(model: Supernet, selection: Selection, by: str) -> dict[str, torch.Tensor]:
+    """What the selection method prefers on every edge, larger better, ``(E, O)`` per structure key: the logits
+    (alpha, sampled), or a projection's scores on the edges it decided (its logits, scaled far below any score
+    difference, break ties and fill the rest)."""
+    logits = {k: a.detach().cpu().double() for k, a in model.arch.items()}
+    if selection.method != "projection":
+        return logits
+    table = {k: 1e-9 * v for k, v in logits.items()}
+    for row_record in selection.details.get("edges", []):
+        key = row_record["cell"]
+        src, dst = row_record["edge"].split("->")
+        row = model.edge_lists[key].index((src, dst))
+        for op, score in row_record["scores"].items():
+            value = Score(float(score["loss"]), float(score["dice"])).key(by)[0]
+            table[key][row, model.op_names[key].index(op)] += value
+    return table
+
+
+def fit_to_budget(model: Supernet, selection: Selection, budget: SearchBudget | None, by: str = "dice"
+                  ) -> Selection:
+    """``selection`` with its genotype within ``budget`` (unchanged without one, or when it is within): one edge
+    at a time, the change that gives up the least of what the method preferred per unit of cost saved
+    (``CostModel.fit``). The record (costs, limits, what was given up) goes to ``details["budget"]``."""
+    if budget is None:
+        return selection
+    fitted = budget.fit(selection.genotype, _preference(model, selection, by), selection.genotype.name)
+    return Selection(selection.method, fitted["genotype"], selection.pruning,
+                     {**selection.details, "budget": fitted["record"]})
+
+
 def choose(model: Supernet, scorer: SupernetScorer, settings: SelectionConfig, *, seed: int, cost: CostContext,
            name: str, tune: Callable[[Callable[[], Samples]], None] | None = None,
-           progress: Callable[[str], None] | None = None) -> tuple[Selection, dict[str, Any] | None]:
-    """The genotype by ``settings.method`` and its self-check (on the weights the search left: a projection's
-    fine-tuning is undone before the check, and afterwards)."""
+           progress: Callable[[str], None] | None = None, budget: SearchBudget | None = None
+           ) -> tuple[Selection, dict[str, Any] | None]:
+    """The genotype by ``settings.method``, fitted into ``budget`` (:func:`fit_to_budget`), and its self-check
+    (on the weights the search left: a projection's fine-tuning is undone before the check, and afterwards)."""
     if settings.method == "alpha" and model.sampling == "fair":
         raise RunError("the logits of a search with fair sampling are not trained: choose the genotype with "
                        "--select projection or --select sampled")
@@ -348,12 +386,13 @@ def choose(model: Supernet, scorer: SupernetScorer, settings: SelectionConfig, *
     if settings.method == "alpha":
         selection = select_alpha(model, name)
     elif settings.method == "sampled":
-        selection = select_sampled(model, scorer, settings, seed, cost, name)
+        selection = select_sampled(model, scorer, settings, seed, cost, name, budget)
     elif settings.method == "projection":
         selection = select_projection(model, scorer, settings, seed, name, tune, progress)
     else:
         raise RunError(f"unknown selection method '{settings.method}': use alpha, projection or sampled")
     if kept is not None:
         model.load_state_dict(kept)
+    selection = fit_to_budget(model, selection, budget, settings.by)
     check = self_check(model, scorer, selection.genotype, settings, seed, cost)
     return selection, check

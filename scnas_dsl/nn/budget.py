@@ -1,0 +1,373 @@
+"""Search under a budget: a limit on FLOPs, parameters or training memory, the architecture's expected cost
+under the logits (differentiable in alpha), the penalty the search adds to its architecture loss, and fitting a
+chosen genotype into the limit.
+
+Every cost is the one ``scnas compile`` reports (:func:`scnas_dsl.nn.cost.estimate`): FLOPs of one forward pass
+of one sample at the patch, parameters, and the memory of a training step of ``batch_size`` samples, of the
+genotype's fixed network at the budget's stem width, with the spec's deep-supervision heads.
+
+**Expected cost.** Per edge, the probabilities of its candidate operations times their exact cost at that
+edge's shape, summed over the network, taken around the current most likely genotype ``g*`` (the largest logit
+on every edge, derived as ``scnas search`` derives it)::
+
+    E(alpha) = C(g*) + sum_edges sum_ops (softmax(alpha)[e, o] - [o chosen in g*]) * c[e, o]
+
+``C(g*)`` is the exact cost of ``g*``; ``c[e, o]`` is the cost of operation ``o`` alone at edge ``e`` of every
+cell instance of the edge's structure, at the widths, strides and sizes of ``g*``'s network (a zero costs
+nothing; an edge from or into a node that ``g*`` prunes costs nothing: changing it alone changes nothing). So
+``E`` equals the exact cost when alpha is one-hot (its ``g*`` is that genotype and the sum is zero), and its
+gradient is the cost of each operation where it would run. What the linear term leaves out (a node pruned or
+revived changes the widths of a ``node_width split`` cell, the projections a used input needs) is in ``C(g*)``
+as soon as the most likely genotype changes. Memory per operation is its weights with their gradients and Adam
+state plus the activations it keeps for backward at the batch (activations shared between operations are
+counted for each: the linear term's one approximation; ``C(g*)`` counts them once).
+
+**Penalty.** ``weight * sum_limits max(0, E / limit - 1)``: zero inside the budget, the relative overshoot
+outside it (docs/training.md: the weight and its schedule).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from scnas_dsl.errors import CompileError
+from scnas_dsl.model import Genotype, SearchSpace
+from scnas_dsl.nn.cost import FLOAT_BYTES, estimate
+from scnas_dsl.nn.derive import derive_genotype
+from scnas_dsl.nn.plan import build_plan, zero_op_names
+from scnas_dsl.ops.library import Library, default_library
+
+#: what a budget can limit, in the order reports show them
+METRICS: tuple[str, ...] = ("flops", "params", "memory")
+
+_SCALE = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_BYTES = {"B": 1.0, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+          "KIB": 2.0**10, "MIB": 2.0**20, "GIB": 2.0**30, "TIB": 2.0**40}
+_QUANTITY = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+#: Adam keeps two tensors per weight, and each weight has a gradient: 4 tensors of its size in a training step
+_BYTES_PER_WEIGHT = 4 * FLOAT_BYTES
+
+
+def parse_quantity(metric: str, text: str | float | int) -> float:
+    """``"40G"`` -> 4e10 FLOPs, ``"5M"`` -> 5e6 parameters, ``"12GB"`` -> 1.2e10 bytes (``"12GiB"``: 12 * 2**30).
+    A plain number is taken as it is. ValueError with what to write otherwise."""
+    units = ("B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (of 1024)" if metric == "memory"
+             else "K, M, G or T (powers of 1000)")
+    if isinstance(text, bool):
+        raise ValueError(f"{metric}: give a number with a unit, e.g. {_EXAMPLE[metric]}")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        match = _QUANTITY.match(str(text))
+        if match is None:
+            raise ValueError(f"{metric}={text}: not a number with a unit; write e.g. {_EXAMPLE[metric]} (units: "
+                             f"{units})")
+        number, unit = float(match.group(1)), match.group(2).upper()
+        table = _BYTES if metric == "memory" else _SCALE
+        if metric == "flops" and unit.endswith("FLOPS"):
+            unit = unit[:-5]
+        if metric == "memory" and unit == "":
+            unit = "B"
+        if unit not in table:
+            raise ValueError(f"{metric}={text}: unknown unit '{match.group(2)}'; use {units}")
+        value = number * table[unit]
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{metric}={text}: a budget must be a positive number, e.g. {_EXAMPLE[metric]}")
+    return value
+
+
+_EXAMPLE = {"flops": "flops=40G", "params": "params=5M", "memory": "memory=12GB"}
+
+
+def parse_budget(text: str | Sequence[str]) -> dict[str, str]:
+    """``"flops=40G,params=5M"`` (or several such strings, as a repeated option gives them) -> ``{"flops": "40G",
+    "params": "5M"}``; the keys are checked by the settings' model. ValueError on a piece without ``=``."""
+    items = [text] if isinstance(text, str) else list(text)
+    out: dict[str, str] = {}
+    for item in items:
+        for piece in (p.strip() for p in item.split(",")):
+            if not piece:
+                continue
+            key, sep, value = piece.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise ValueError(f"'{piece}': write KEY=VALUE, e.g. flops=40G, params=5M or memory=12GB")
+            key = key.strip().lower()
+            if key in out:
+                raise ValueError(f"'{key}' is given twice")
+            out[key] = value.strip()
+    if not out:
+        raise ValueError("an empty budget: write e.g. --budget flops=40G")
+    return out
+
+
+def format_quantity(metric: str, value: float) -> str:
+    """``4e10`` FLOPs -> ``'40.0 GFLOPs'``, parameters -> ``'5.00 M params'``, bytes -> ``'11.2 GiB'``."""
+    if metric == "memory":
+        from scnas_dsl.nn.cost import format_bytes
+        return format_bytes(int(value))
+    unit = next((u for u in ("T", "G", "M", "K") if abs(value) >= _SCALE[u]), "")
+    scaled = value / _SCALE[unit]
+    if metric == "flops":
+        return f"{scaled:.3g} {unit}FLOPs"
+    return f"{scaled:.3g}{(' ' + unit) if unit else ''} params"
+
+
+Costs = dict[str, float]
+"""metric -> value (FLOPs, parameters, bytes)."""
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A genotype fitted into a budget: the genotype, its exact costs, whether it is within every limit, and
+    the operations given up for it (one line each)."""
+
+    genotype: Genotype
+    costs: Costs
+    within: bool
+    gave_up: list[str]
+
+
+def _genotype_key(genotype: Genotype) -> tuple[Any, ...]:
+    return tuple((c.cell, tuple(sorted(c.chosen().items()))) for c in genotype.cells)
+
+
+class CostModel:
+    """Exact costs of a space's genotypes and the expected cost of the architecture under its logits.
+
+    ``patch``: the spatial size; ``batch_size``: the training step's batch (memory); ``stem_width``: the width the
+    costs are measured at (None: the space's). Exact costs and the operations' costs are cached."""
+
+    def __init__(self, space: SearchSpace, *, patch: Sequence[int], batch_size: int, in_channels: int,
+                 num_classes: int, stem_width: int | None = None, library: Library | None = None) -> None:
+        self.space = space
+        self.patch = tuple(int(p) for p in patch)
+        self.batch_size = batch_size
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.stem_width = stem_width
+        self.library = library or default_library()
+        self._exact: dict[tuple[Any, ...], Costs] = {}
+        self._ops: dict[tuple[Any, ...], Costs] = {}
+        self._tables: dict[tuple[Any, ...], dict[str, dict[str, torch.Tensor]]] = {}
+        self.keys = space.structure_keys()
+        specs = dict(space.instances())
+        self.specs = {k: (specs[k] if k in specs else space.cell(k)) for k in self.keys}
+        self.op_names = {k: space.opset(s.ops).names() for k, s in self.specs.items()}  # type: ignore[union-attr]
+        self.edges = {k: s.edge_list() for k, s in self.specs.items()}  # type: ignore[union-attr]
+        self.zeros = {k: zero_op_names(space, s) for k, s in self.specs.items()}  # type: ignore[arg-type]
+
+    # exact ------------------------------------------------------------------------------------------
+    def exact(self, genotype: Genotype) -> Costs:
+        """FLOPs, parameters and training memory of ``genotype``'s network, as ``scnas compile`` counts them."""
+        key = _genotype_key(genotype)
+        if key not in self._exact:
+            report = estimate(self.space, patch=self.patch, batch_size=self.batch_size, genotype=genotype,
+                              in_channels=self.in_channels, num_classes=self.num_classes,
+                              stem_width=self.stem_width, library=self.library)
+            self._exact[key] = {"flops": float(report.flops), "params": float(report.params),
+                                "memory": float(report.memory_bytes)}
+        return self._exact[key]
+
+    # the operations' costs at a genotype's shapes ----------------------------------------------------
+    def _op_cost(self, key: str, op: str, width: int, stride: int, spatial: tuple[int, ...]) -> Costs:
+        cache = (key, op, width, stride, spatial)
+        if cache not in self._ops:
+            call = self.space.opset(self.specs[key].ops).get(op).call  # type: ignore[union-attr]
+            dims = self.space.unet.dims
+            saved: dict[int, int] = {}
+            keep: list[torch.Tensor] = []
+            with torch.device("meta"):
+                module = self.library.build(call.kind, call.kwargs(), width, width, stride, dims)
+                x = torch.empty(self.batch_size, width, *spatial, requires_grad=True)
+            params = {p.untyped_storage()._cdata for p in module.parameters()}
+
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                storage = t.untyped_storage()
+                if storage._cdata not in params and storage._cdata not in saved:
+                    saved[storage._cdata] = storage.nbytes()
+                    keep.append(t)
+                return t
+
+            counter = FlopCounterMode(display=False)
+            with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                module(x)
+            weights = sum(p.numel() for p in module.parameters())
+            self._ops[cache] = {"flops": float(counter.get_total_flops() // self.batch_size),
+                                "params": float(weights),
+                                "memory": float(sum(saved.values()) + _BYTES_PER_WEIGHT * weights)}
+        return self._ops[cache]
+
+    def tables(self, genotype: Genotype) -> dict[str, dict[str, torch.Tensor]]:
+        """metric -> structure key -> ``(E, O)`` costs of every candidate on every edge, summed over the key's
+        cell instances, at the widths, strides and sizes of ``genotype``'s network (module docstring)."""
+        plan = build_plan(self.space, stem_width=self.stem_width, genotype=genotype)
+        shape = tuple((cp.width, cp.work_level, tuple(cp.nodes)) for cp in plan.cells)
+        if shape in self._tables:
+            return self._tables[shape]
+        out = {m: {k: torch.zeros(len(self.edges[k]), len(self.op_names[k]), dtype=torch.float64)
+                   for k in self.keys} for m in METRICS}
+        for cp in plan.cells:
+            alive = set(cp.spec.input_names()) | set(cp.nodes)
+            spatial = tuple(-(-p // 2**cp.work_level) for p in self.patch)
+            for row, (src, dst) in enumerate(self.edges[cp.key]):
+                if src not in alive or dst not in alive:
+                    continue  # changing this edge alone changes nothing: a pruned node's edge
+                for col, op in enumerate(self.op_names[cp.key]):
+                    if op in self.zeros[cp.key]:
+                        continue
+                    cost = self._op_cost(cp.key, op, cp.width, cp.stride(src), spatial)
+                    for m in METRICS:
+                        out[m][cp.key][row, col] += cost[m]
+        self._tables[shape] = out
+        return out
+
+    # the expected cost ------------------------------------------------------------------------------
+    def anchor(self, alphas: Mapping[str, torch.Tensor]) -> Genotype:
+        """The most likely genotype under ``alphas``, derived as the search derives it."""
+        return derive_genotype(self.space, {k: a.detach() for k, a in alphas.items()}, "anchor")[0]
+
+    def chosen_columns(self, genotype: Genotype, alphas: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """structure key -> ``(E,)`` the column ``genotype`` chose on each edge: its operation, a zero where it
+        cut the edge, the largest logit where it pruned the edge (a dead node's edge)."""
+        out = {}
+        for key in self.keys:
+            chosen = genotype.cell(key).chosen()  # type: ignore[union-attr]
+            names = self.op_names[key]
+            argmax = alphas[key].detach().cpu().argmax(dim=1).tolist()
+            # an edge the genotype does not hold was cut (its largest logit is a zero) or pruned (a dead
+            # node's edge, whose cost row is zero): the largest logit either way
+            cols = [names.index(chosen[edge]) if edge in chosen else argmax[row]
+                    for row, edge in enumerate(self.edges[key])]
+            out[key] = torch.tensor(cols, dtype=torch.long)
+        return out
+
+    def expected(self, alphas: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Genotype]:
+        """metric -> expected cost (a scalar tensor, differentiable in ``alphas``), and the genotype it is
+        taken around (module docstring)."""
+        anchor = self.anchor(alphas)
+        exact = self.exact(anchor)
+        tables = self.tables(anchor)
+        columns = self.chosen_columns(anchor, alphas)
+        out: dict[str, torch.Tensor] = {}
+        for m in METRICS:
+            total: torch.Tensor | None = None
+            for key in self.keys:
+                alpha = alphas[key]
+                p = torch.softmax(alpha.double(), dim=-1)
+                onehot = torch.zeros_like(p)
+                onehot[torch.arange(p.shape[0]), columns[key].to(p.device)] = 1.0
+                term = ((p - onehot) * tables[m][key].to(p.device)).sum()
+                total = term if total is None else total + term
+            assert total is not None
+            out[m] = total + exact[m]
+        return out, anchor
+
+    # fitting a genotype into a budget ---------------------------------------------------------------
+    def fit(self, genotype: Genotype, preference: Mapping[str, torch.Tensor], limits: Mapping[str, float],
+            name: str | None = None, exhaust: bool = False) -> Fitted:
+        """``genotype`` changed one edge at a time until its exact costs are within ``limits``: each change puts
+        on an edge a cheaper candidate, the one giving up the least ``preference`` (``(E, O)`` per structure key,
+        larger is better: the selection method's own scores) per unit of cost saved; a change that does not
+        lower the exact cost is not taken. ``exhaust``: go on while anything lowers the cost (the cheapest
+        genotype this search finds)."""
+        pref = {k: torch.nan_to_num(preference[k].detach().cpu().double(), nan=-1e9, posinf=1e9, neginf=-1e9)
+                for k in self.keys}
+        current = genotype
+        costs = self.exact(current)
+        gave_up: list[str] = []
+        refused: set[tuple[str, int, int]] = set()
+        for _ in range(sum(len(e) * len(self.op_names[k]) for k, e in self.edges.items())):
+            over = {m: costs[m] / lim for m, lim in limits.items() if costs[m] > lim or exhaust}
+            if not over:
+                break
+            tables = self.tables(current)
+            columns = self.chosen_columns(current, pref)
+            best: tuple[float, str, int, int] | None = None
+            for key in self.keys:
+                for row, col in enumerate(columns[key].tolist()):
+                    for other in range(len(self.op_names[key])):
+                        if other == col or (key, row, other) in refused:
+                            continue
+                        saving = sum((float(tables[m][key][row, col]) - float(tables[m][key][row, other]))
+                                     / limits[m] for m in over)
+                        if saving <= 0:
+                            continue
+                        loss = max(float(pref[key][row, col] - pref[key][row, other]), 0.0)
+                        ratio = loss / saving
+                        if best is None or ratio < best[0]:
+                            best = (ratio, key, row, other)
+            if best is None:
+                break
+            _, key, row, other = best
+            table = {k: v.clone() for k, v in pref.items()}
+            for k in self.keys:  # the current choices, then the change
+                for r, c in enumerate(columns[k].tolist()):
+                    table[k][r, c] += 1e12
+            table[key][row, other] += 4e12
+            candidate = derive_genotype(self.space, table, name or genotype.name)[0]
+            new = self.exact(candidate)
+            if sum(new[m] / limits[m] for m in over) >= sum(costs[m] / limits[m] for m in over):
+                refused.add((key, row, other))
+                continue
+            src, dst = self.edges[key][row]
+            names = self.op_names[key]
+            was = names[columns[key][row]]
+            gave_up.append(f"{key} {src}->{dst}: {was} -> {names[other]} ("
+                           + ", ".join(f"{m} {format_quantity(m, costs[m])} -> {format_quantity(m, new[m])}"
+                                       for m in over) + ")")
+            current, costs = candidate, new
+            refused.clear()
+        within = all(costs[m] <= lim for m, lim in limits.items())
+        return Fitted(current, costs, within, gave_up)
+
+    def cheapest(self, limits: Mapping[str, float]) -> Fitted:
+        """The cheapest genotype this model finds in the limited metrics: from the cheapest operation on every
+        edge, edges cut while that lowers the exact cost. An upper bound of the space's minimum."""
+        start_pref: dict[str, torch.Tensor] = {}
+        full = build_plan(self.space, stem_width=self.stem_width)
+        for key in self.keys:
+            table = torch.zeros(len(self.edges[key]), len(self.op_names[key]), dtype=torch.float64)
+            for cp in (c for c in full.cells if c.key == key):
+                spatial = tuple(-(-p // 2**cp.work_level) for p in self.patch)
+                for row, (src, _dst) in enumerate(self.edges[key]):
+                    for col, op in enumerate(self.op_names[key]):
+                        if op in self.zeros[key]:
+                            continue
+                        cost = self._op_cost(key, op, cp.width, cp.stride(src), spatial)
+                        table[row, col] -= sum(cost[m] / lim for m, lim in limits.items())
+            start_pref[key] = table
+        start = derive_genotype(self.space, start_pref, "cheapest")[0]
+        zero = {k: torch.zeros_like(v) for k, v in start_pref.items()}
+        return self.fit(start, zero, limits, "cheapest", exhaust=True)
+
+
+def penalty(expected: Mapping[str, torch.Tensor], limits: Mapping[str, float], weight: float) -> torch.Tensor:
+    """``weight * sum max(0, expected / limit - 1)`` over the limited metrics: zero inside the budget."""
+    terms = [torch.relu(expected[m] / float(lim) - 1.0) for m, lim in limits.items()]
+    return weight * torch.stack(terms).sum()
+
+
+def describe_costs(costs: Costs, limits: Mapping[str, float]) -> str:
+    """``'flops 38.2 GFLOPs of 40 GFLOPs (96%)'``, one item per limited metric."""
+    return "; ".join(f"{m} {format_quantity(m, costs[m])} of {format_quantity(m, lim)} "
+                     f"({100 * costs[m] / lim:.0f}%)" for m, lim in limits.items())
+
+
+def check_reachable(model: CostModel, limits: Mapping[str, float], where: str) -> None:
+    """A CompileError when the cheapest genotype found is above a limit: the budget cannot be met."""
+    cheapest = model.cheapest(limits)
+    short = [m for m, lim in limits.items() if cheapest.costs[m] > lim]
+    if short:
+        raise CompileError(
+            f"{where}: the budget {', '.join(f'{m}={format_quantity(m, limits[m])}' for m in short)} is below the "
+            f"cheapest genotype of the space ({', '.join(format_quantity(m, cheapest.costs[m]) for m in short)} at "
+            f"patch {model.patch}, batch {model.batch_size}, stem width {model.stem_width}); raise the budget, or "
+            "search at a smaller patch, batch or --stem-width")
+

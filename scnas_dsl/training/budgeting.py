@@ -1,0 +1,109 @@
+"""A search's budget in the run: the cost model at the search's patch and batch, the penalty's weight over the
+epochs, the per-epoch record, and the chosen genotype fitted into the limits (``scnas_dsl.nn.budget`` holds the
+cost model itself; docs/training.md explains the settings)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from scnas_dsl.model import Genotype, SearchSpace
+from scnas_dsl.nn.budget import CostModel, check_reachable, describe_costs, format_quantity, penalty
+from scnas_dsl.nn.supernet import Supernet
+from scnas_dsl.ops.library import Library
+from scnas_dsl.training.config import BudgetConfig, SearchConfig
+
+
+@dataclass
+class SearchBudget:
+    """The budget of one search: its settings, the limits and the cost model."""
+
+    settings: BudgetConfig
+    costs: CostModel
+    epochs: int  # the search's epochs
+    warmup: int  # epochs before the logits learn
+
+    @property
+    def limits(self) -> dict[str, float]:
+        return self.settings.limits()
+
+    def where(self) -> str:
+        """What the costs are measured at, in words."""
+        return (f"stem width {self.costs.stem_width}, patch {'x'.join(map(str, self.costs.patch))}, "
+                f"batch {self.costs.batch_size}")
+
+    def check_reachable(self) -> None:
+        """A CompileError naming the cheapest genotype's cost when a limit is below it."""
+        check_reachable(self.costs, self.limits, "--budget")
+
+    def weight_at(self, epoch: int) -> float:
+        """The penalty's weight in ``epoch`` (0-based): 0 in the warm-up, then growing linearly to the full
+        weight over the first ``ramp`` share of the architecture epochs (reached in the ramp's last epoch)."""
+        if epoch < self.warmup:
+            return 0.0
+        ramp_epochs = math.ceil(self.settings.ramp * (self.epochs - self.warmup))
+        if ramp_epochs <= 1:
+            return self.settings.weight
+        return self.settings.weight * min(1.0, (epoch - self.warmup + 1) / ramp_epochs)
+
+    def penalty(self, model: Supernet, epoch: int) -> torch.Tensor | None:
+        """The penalty on the supernet's logits in ``epoch`` (None with weight 0: nothing to add)."""
+        weight = self.weight_at(epoch)
+        if weight <= 0:
+            return None
+        expected, _ = self.costs.expected(dict(model.arch.items()))
+        return penalty(expected, self.limits, weight).float()
+
+    def record(self, model: Supernet, epoch: int) -> tuple[dict[str, Any], str]:
+        """The epoch's record (per limited metric: the limit, the expected cost under the logits and the exact
+        cost of the most likely genotype; the penalty's weight) and a summary for the epoch line."""
+        with torch.no_grad():
+            expected, anchor = self.costs.expected({k: a.detach().cpu() for k, a in model.arch.items()})
+        exact = self.costs.exact(anchor)
+        record: dict[str, Any] = {"weight": self.weight_at(epoch)}
+        for m, lim in self.limits.items():
+            record[m] = {"limit": lim, "expected": float(expected[m]), "argmax": exact[m]}
+        summary = " ".join(f"{m} {format_quantity(m, float(expected[m]))} (argmax "
+                           f"{format_quantity(m, exact[m])}) of {format_quantity(m, lim)}"
+                           for m, lim in self.limits.items())
+        return record, summary
+
+    def fit(self, genotype: Genotype, preference: dict[str, torch.Tensor], name: str) -> dict[str, Any]:
+        """``genotype`` fitted into the limits (``CostModel.fit``) with the record the selection keeps."""
+        before = self.costs.exact(genotype)
+        fitted = self.costs.fit(genotype, preference, self.limits, name)
+        return {"genotype": fitted.genotype, "record": {
+            "limits": self.limits, "measured_at": self.where(), "costs": fitted.costs, "within": fitted.within,
+            "costs_before": before, "gave_up": fitted.gave_up, "text": self.text(fitted.costs, fitted.within,
+                                                                                 fitted.gave_up)}}
+
+    def text(self, costs: dict[str, float], within: bool, gave_up: list[str]) -> str:
+        """One line for the report and the genotype file's header."""
+        line = f"budget: {describe_costs(costs, self.limits)} at {self.where()}"
+        if gave_up:
+            line += f"; fitted by giving up {len(gave_up)} choice(s) (selection.json)"
+        if not within:
+            line += "; NOT within the budget: no cheaper change was found"
+        return line
+
+
+def search_budget(cfg: SearchConfig, space: SearchSpace, patch: tuple[int, ...], in_channels: int,
+                  num_classes: int, library: Library) -> SearchBudget | None:
+    """The budget of a search as configured (None without ``--budget``)."""
+    if cfg.budget is None:
+        return None
+    costs = CostModel(space, patch=patch, batch_size=cfg.batch_size, in_channels=in_channels,
+                      num_classes=num_classes, stem_width=cfg.budget.width or cfg.stem_width, library=library)
+    return SearchBudget(cfg.budget, costs, cfg.epochs, cfg.arch_warmup_epochs)
+
+
+def budget_line(selection: Any) -> str:
+    """The budget's line for a genotype file's header ('' without a budget), with the command that reports the
+    same costs."""
+    record = selection.details.get("budget") if hasattr(selection, "details") else None
+    if not record:
+        return ""
+    return record["text"] + ".\n"
