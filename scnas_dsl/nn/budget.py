@@ -233,19 +233,16 @@ class CostModel:
         """The most likely genotype under ``alphas``, derived as the search derives it."""
         return derive_genotype(self.space, {k: a.detach() for k, a in alphas.items()}, "anchor")[0]
 
-    def chosen_columns(self, genotype: Genotype, alphas: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """structure key -> ``(E,)`` the column ``genotype`` chose on each edge: its operation, a zero where it
-        cut the edge, the largest logit where it pruned the edge (a dead node's edge)."""
+    def chosen_columns(self, genotype: Genotype) -> dict[str, torch.Tensor]:
+        """structure key -> ``(E,)`` the column ``genotype`` chose on each edge: its operation, or a zero where the
+        genotype does not hold the edge (cut, or pruned: a dead node's edge, whose cost row is zero anyway)."""
         out = {}
         for key in self.keys:
             chosen = genotype.cell(key).chosen()  # type: ignore[union-attr]
             names = self.op_names[key]
-            argmax = alphas[key].detach().cpu().argmax(dim=1).tolist()
-            # an edge the genotype does not hold was cut (its largest logit is a zero) or pruned (a dead
-            # node's edge, whose cost row is zero): the largest logit either way
-            cols = [names.index(chosen[edge]) if edge in chosen else argmax[row]
-                    for row, edge in enumerate(self.edges[key])]
-            out[key] = torch.tensor(cols, dtype=torch.long)
+            zero = next((i for i, n in enumerate(names) if n in self.zeros[key]), 0)
+            out[key] = torch.tensor([names.index(chosen[edge]) if edge in chosen else zero
+                                     for edge in self.edges[key]], dtype=torch.long)
         return out
 
     def expected(self, alphas: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Genotype]:
@@ -254,7 +251,7 @@ class CostModel:
         anchor = self.anchor(alphas)
         exact = self.exact(anchor)
         tables = self.tables(anchor)
-        columns = self.chosen_columns(anchor, alphas)
+        columns = self.chosen_columns(anchor)
         out: dict[str, torch.Tensor] = {}
         for m in METRICS:
             total: torch.Tensor | None = None
@@ -288,7 +285,7 @@ class CostModel:
             if not over:
                 break
             tables = self.tables(current)
-            columns = self.chosen_columns(current, pref)
+            columns = self.chosen_columns(current)
             best: tuple[float, str, int, int] | None = None
             for key in self.keys:
                 for row, col in enumerate(columns[key].tolist()):
