@@ -49,6 +49,8 @@ def budget_search(bench: sv.Bench, seed: int, flops: float | None, weight: float
 
     a = bench.args
     tag = "none" if flops is None else f"{flops / 1e6:.1f}M"
+    if flops is not None and (weight, ramp) != (1.0, 0.25):  # the defaults' runs keep their names
+        tag += f"_w{weight:g}_r{ramp:g}"
     name = f"budget_{tag}_s{seed}".replace(".", "p")
     settings = {"seed": seed, "flops": flops, "weight": weight, "ramp": ramp, "epochs": a.search_epochs,
                 "steps": a.search_steps, "batch": a.batch_size, "patch": list(a.patch), "stem_width": a.stem_width,
