@@ -80,9 +80,16 @@ class SearchBudget:
             "costs_before": before, "gave_up": fitted.gave_up, "text": self.text(fitted.costs, fitted.within,
                                                                                  fitted.gave_up)}}
 
+    def command(self) -> str:
+        """The ``scnas compile`` call that counts a genotype file of this search as the budget does."""
+        width = f" --stem-width {self.costs.stem_width}" if self.settings.width is not None else ""
+        return (f"scnas compile genotype.scn --patch {' '.join(map(str, self.costs.patch))} "
+                f"--batch-size {self.costs.batch_size} --in-channels {self.costs.in_channels} "
+                f"--classes {self.costs.num_classes}{width}")
+
     def text(self, costs: dict[str, float], within: bool, gave_up: list[str]) -> str:
         """One line for the report and the genotype file's header."""
-        line = f"budget: {describe_costs(costs, self.limits)} at {self.where()}"
+        line = f"budget: {describe_costs(costs, self.limits)} at {self.where()} (`{self.command()}` counts the same)"
         if gave_up:
             line += f"; fitted by giving up {len(gave_up)} choice(s) (selection.json)"
         if not within:

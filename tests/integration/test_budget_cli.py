@@ -67,6 +67,13 @@ def test_a_budgeted_search_chooses_a_genotype_within_the_budget_and_reports_it(
         assert (record["budget_penalty"] >= 0) if weight else ("budget_penalty" not in record)
     result = records[-1]["budget_result"]
     assert result["within"] and result["costs"]["flops"] == _flops(run / "genotype.scn")
+    command = header.split("budget:")[1].split("`")[1].split()  # the compile call the header names counts exactly the same
+    assert command[:3] == ["scnas", "compile", "genotype.scn"]
+    code, counted = invoke("compile", run / "genotype.scn", *command[3:], "--json")
+    assert code == 0, counted
+    compiled = json.loads(counted)
+    assert (compiled["flops"], compiled["params"], compiled["memory_bytes"]) == tuple(
+        result["costs"][m] for m in ("flops", "params", "memory"))
     if weight == 0:  # the logits knew nothing of the budget: the fitting gave up choices, each line says which
         assert result["costs_before"]["flops"] > limit and result["gave_up"], result
         assert all(" -> " in line and "flops" in line for line in result["gave_up"])
