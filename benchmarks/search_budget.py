@@ -48,6 +48,8 @@ def budget_search(bench: sv.Bench, seed: int, flops: float | None, weight: float
     from scnas_dsl.training.search import run_search
 
     a = bench.args
+    if flops is None:  # no penalty: the unbudgeted runs are the same whatever the penalty settings
+        weight, ramp = 1.0, 0.25
     tag = "none" if flops is None else f"{flops / 1e6:.1f}M"
     if flops is not None and (weight, ramp) != (1.0, 0.25):  # the defaults' runs keep their names
         tag += f"_w{weight:g}_r{ramp:g}"
