@@ -1,0 +1,46 @@
+"""The budget's settings (``BudgetConfig``): from the command line's strings, a config file's table or string, and
+the schedule of the penalty's weight (``SearchBudget.weight_at``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scnas_dsl.errors import RunError
+from scnas_dsl.training.budgeting import SearchBudget
+from scnas_dsl.training.config import BudgetConfig, SearchConfig, resolve_config
+
+
+@pytest.mark.parametrize("given", [
+    {"budget": {"flops": "40G", "memory": "12GiB", "weight": 0.5}},
+    {"budget": "flops=40G,memory=12GiB,weight=0.5"},
+    {"budget": {"flops": 4e10, "memory": 12 * 2**30, "weight": "0.5"}}])
+def test_a_config_file_gives_the_budget_as_a_table_or_a_string(tmp_path: Path, given: dict[str, object]) -> None:
+    file = tmp_path / "search.json"
+    file.write_text(json.dumps(given))
+    cfg = resolve_config(SearchConfig, file, spec="s.scn", data="d")
+    assert cfg.budget is not None and cfg.budget.limits() == {"flops": 4e10, "memory": 12 * 2**30}
+    assert (cfg.budget.weight, cfg.budget.ramp, cfg.budget.width) == (0.5, 0.25, None)
+    # the command line's --budget replaces the file's
+    cli = resolve_config(SearchConfig, file, spec="s.scn", data="d", budget=["params=5M"])
+    assert cli.budget is not None and cli.budget.limits() == {"params": 5e6}
+
+
+def test_a_bad_budget_in_a_config_file_names_the_file_and_the_key(tmp_path: Path) -> None:
+    file = tmp_path / "search.json"
+    file.write_text(json.dumps({"budget": {"flops": "40G", "latency": "3ms"}}))
+    with pytest.raises(RunError, match=r"search\.json.*unknown budget key 'latency'"):
+        resolve_config(SearchConfig, file, spec="s.scn", data="d")
+
+
+def test_the_weight_ramps_up_after_the_warm_up() -> None:
+    budget = SearchBudget(BudgetConfig(flops=1e9, weight=2.0, ramp=0.25), costs=None, epochs=42,  # type: ignore[arg-type]
+                          warmup=2)
+    weights = [budget.weight_at(e) for e in range(42)]
+    assert weights[:2] == [0.0, 0.0]  # the warm-up: the logits do not learn
+    assert weights[2] == pytest.approx(0.2) and weights[11] == 2.0 and weights[-1] == 2.0  # 10 ramp epochs
+    assert all(b >= a for a, b in zip(weights, weights[1:], strict=False))
+    flat = SearchBudget(BudgetConfig(flops=1e9, ramp=0), costs=None, epochs=5, warmup=0)  # type: ignore[arg-type]
+    assert [flat.weight_at(e) for e in range(5)] == [1.0] * 5
