@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds_std = [statistics.stdev(v) for v in dice.values() if len(v) > 1]
     out = {"reference_flops": reference, "levels": summary, "args": vars(args),
            "noise_floor": statistics.fmean(seeds_std) if seeds_std else None,
+           "noise_floor_median": statistics.median(seeds_std) if seeds_std else None,
            "seconds": round(time.time() - started, 1)}
     (bench.out / "results.json").write_text(json.dumps(out, indent=1) + "\n")
     print_tables(out)
@@ -277,13 +278,14 @@ def plot(bench: sv.Bench, out: dict[str, Any]) -> None:
             ax.axvline(level["budget"] / 1e6, color=c, linestyle="--", linewidth=1)
     ax.set_xlabel("MFLOPs of the genotype (forward, one sample)")
     ax.set_ylabel("retrained validation Dice")
-    ax.set_title("search under a FLOPs budget: searched (o) vs FLOPs-matched random (x); dashed: budgets",
-                 fontsize=9)
+    weight = out["args"].get("budget_weight", 1.0)
+    ax.set_title(f"FLOPs budget (penalty weight {weight:g}): searched (o); random (x): FLOPs-matched without a "
+                 "budget,\nfitted into it with one; dashed: the budgets", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     FigureCanvasAgg(figure)
     figure.tight_layout()
-    figure.savefig(bench.out / "search_budget.png", dpi=110)
+    figure.savefig(bench.out / f"search_budget_w{weight:g}.png", dpi=110)
 
 
 if __name__ == "__main__":
