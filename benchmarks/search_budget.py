@@ -16,7 +16,8 @@ It reuses benchmarks/search_validity.py's planted task, space, data, search and 
    per level.
 4. ``report``: tables in Markdown, ``results.json`` and ``search_budget.png`` in the output folder.
 
-    .venv/bin/python benchmarks/search_budget.py --jobs 2                   # the study in docs/benchmarks.md
+    .venv/bin/python benchmarks/search_budget.py --jobs 2 --retrain-seeds 0 1 --random 4                    # weight 0.1
+    .venv/bin/python benchmarks/search_budget.py --jobs 2 --retrain-seeds 0 1 --random 4 --budget-weight 1  # the other arm
     .venv/bin/python benchmarks/search_budget.py --quick --out /tmp/sb-q    # smoke run, ~2 min
 """
 
@@ -51,7 +52,7 @@ def budget_search(bench: sv.Bench, seed: int, flops: float | None, weight: float
     if flops is None:  # no penalty: the unbudgeted runs are the same whatever the penalty settings
         weight, ramp = 1.0, 0.25
     tag = "none" if flops is None else f"{flops / 1e6:.1f}M"
-    if flops is not None and (weight, ramp) != (1.0, 0.25):  # the defaults' runs keep their names
+    if flops is not None and (weight, ramp) != (1.0, 0.25):  # the first arm's runs (weight 1) keep their names
         tag += f"_w{weight:g}_r{ramp:g}"
     name = f"budget_{tag}_s{seed}".replace(".", "p")
     settings = {"seed": seed, "flops": flops, "weight": weight, "ramp": ramp, "epochs": a.search_epochs,
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--fractions", type=float, nargs="+", default=[0.75, 0.5, 0.25],
                    help="budgets as fractions of the unbudgeted genotypes' median FLOPs")
     g.add_argument("--betas", default="standard", choices=sorted(sv.BETAS), help="the searches' weight-Adam betas")
-    g.add_argument("--budget-weight", type=float, default=1.0)
+    g.add_argument("--budget-weight", type=float, default=0.1, help="the penalty's weight (scnas' default)")
     g.add_argument("--budget-ramp", type=float, default=0.25)
     g.add_argument("--max-draws", type=int, default=4000, help="random draws to find FLOPs-matched genotypes")
     args = p.parse_args(argv)

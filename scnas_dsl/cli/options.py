@@ -32,8 +32,8 @@ BUDGET = typer.Option(
     None, "--budget",
     help="limits on the chosen genotype: flops=40G (one forward pass of one sample at the patch), params=5M, "
          "memory=12GB (a training step at the search's batch; GiB for powers of 1024), comma-separated or "
-         "repeated; width=68 measures them at another stem width, weight=1 and ramp=0.25 set the penalty "
-         "(docs/training.md)")
+         "repeated; width=68 measures them at another stem width, weight=0.1 and ramp=0.25 (the defaults) set "
+         "the penalty (docs/training.md)")
 SELECT = typer.Option(
     None, "--select",
     help="how the genotype is chosen at the end of the search: alpha (the paper's: the largest logit on each edge; "

@@ -43,4 +43,4 @@ def test_the_weight_ramps_up_after_the_warm_up() -> None:
     assert weights[2] == pytest.approx(0.2) and weights[11] == 2.0 and weights[-1] == 2.0  # 10 ramp epochs
     assert all(b >= a for a, b in zip(weights, weights[1:], strict=False))
     flat = SearchBudget(BudgetConfig(flops=1e9, ramp=0), costs=None, epochs=5, warmup=0)  # type: ignore[arg-type]
-    assert [flat.weight_at(e) for e in range(5)] == [1.0] * 5
+    assert [flat.weight_at(e) for e in range(5)] == [0.1] * 5  # the default weight, at once
