@@ -107,10 +107,7 @@ def search_budget(cfg: SearchConfig, space: SearchSpace, patch: tuple[int, ...],
     return SearchBudget(cfg.budget, costs, cfg.epochs, cfg.arch_warmup_epochs)
 
 
-def budget_line(selection: Any) -> str:
-    """The budget's line for a genotype file's header ('' without a budget), with the command that reports the
-    same costs."""
-    record = selection.details.get("budget") if hasattr(selection, "details") else None
-    if not record:
-        return ""
-    return record["text"] + ".\n"
+def budget_line(details: dict[str, Any]) -> str:
+    """The budget's line for a genotype file's header, from a selection's ``details`` ('' without a budget)."""
+    record = details.get("budget")
+    return record["text"] + ".\n" if record else ""

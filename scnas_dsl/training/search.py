@@ -218,7 +218,6 @@ class _SearchJob:
                  patch: tuple[int, int, int], on_step: StepHook | None, budget: SearchBudget | None = None) -> None:
         self.model, self.cfg, self.runtime, self.run, self.on_step = model, cfg, runtime, run, on_step
         self.budget = budget
-        self.epoch = 0
         self.data, self.patch = data, patch
         self.tracking = Tracking((), run.path, kind="search", settings={}, start_epoch=0)  # set by _search
         self.weights, self.logits = model.weight_parameters(), model.arch_parameters()
@@ -267,7 +266,6 @@ class _SearchJob:
 
     def begin_epoch(self, epoch: int, first: int) -> None:
         self.model.train()
-        self.epoch = epoch
         warmup = self.cfg.arch_warmup_epochs
         self.warming = epoch < warmup  # only the weights learn; the temperature anneals after the warm-up
         self.model.set_progress(max(epoch - warmup, 0) / max(self.cfg.epochs - warmup - 1, 1))
@@ -396,7 +394,7 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
               "sampled": "the best of random genotypes scored on the supernet"}[selection.method]
     header = (f"Found by `scnas search` on {Path(cfg.data).name}, fold {cfg.fold}, {cfg.epochs} epochs, "
               f"{cfg.sampling} sampling, seed {cfg.seed}; chosen by {method}.\n"
-              + (check["text"] + ".\n" if check else "") + budget_line(selection)
+              + (check["text"] + ".\n" if check else "") + budget_line(selection.details)
               + "Retrain it with: scnas train genotype.scn --data DATA")
     target = run.write_text(GENOTYPE, genotype_text(genotype, header))
     write_selection_record(run, selection, check, epochs_done)
@@ -439,7 +437,7 @@ def select_genotype(model: Supernet, cfg: SearchConfig, runtime: Runtime, data: 
     self-check, scored on the fold's architecture part; a projection fine-tunes with ``optimizer`` (default: a
     new Adam of the run's weight settings) and undoes it afterwards."""
     settings = settings or cfg.selection
-    if budget is None:  # the run's own budget (``scnas derive`` and ``scnas select`` respect it too)
+    if budget is None:  # the run's own budget (``scnas derive`` keeps it too)
         budget = search_budget(cfg, model.space, patch, model.in_channels, model.num_classes, model.library)
     needs_scores = settings.method != "alpha" or settings.check_samples > 0
     if not needs_scores:

@@ -87,6 +87,7 @@ def test_a_budgeted_search_chooses_a_genotype_within_the_budget_and_reports_it(
                               "--device", "cpu", "--score-batches", "1")
         assert code == 0, output
         assert _flops(run / "genotype_sampled.scn") <= limit
+        assert "budget: flops" in (run / "genotype_sampled.scn").read_text().split("import")[0]
 
 
 @pytest.mark.parametrize("budget, words", [
