@@ -362,9 +362,12 @@ def check_reachable(model: CostModel, limits: Mapping[str, float], where: str) -
     cheapest = model.cheapest(limits)
     short = [m for m, lim in limits.items() if cheapest.costs[m] > lim]
     if short:
+        # what each limited quantity depends on: parameters on the width only, FLOPs on the patch too, memory also
+        # on the batch
+        levers = {"params": "--stem-width", "flops": "patch or --stem-width",
+                  "memory": "patch, batch or --stem-width"}
         raise CompileError(
-            f"{where}: the budget {', '.join(f'{m}={format_quantity(m, limits[m])}' for m in short)} is below the "
-            f"cheapest genotype of the space ({', '.join(format_quantity(m, cheapest.costs[m]) for m in short)} at "
-            f"patch {model.patch}, batch {model.batch_size}, stem width {model.stem_width}); raise the budget, or "
-            "search at a smaller patch, batch or --stem-width")
-
+            f"{where}: " + "; ".join(f"the {m} limit of {format_quantity(m, limits[m])} is below the cheapest genotype "
+                                     f"of the space ({format_quantity(m, cheapest.costs[m])})" for m in short)
+            + f", at patch {'x'.join(map(str, model.patch))}, batch {model.batch_size}, stem width "
+            f"{model.stem_width}: raise the budget, or search at a smaller {levers[short[0]]}")
