@@ -126,8 +126,8 @@ def search_cmd(
             typer.echo(f"  {line}")
         if result.self_check is not None:
             typer.echo(result.self_check["text"])
-        if result.budget is not None:
-            typer.echo(result.budget["text"])
+        if result.budget is not None and result.budget_report:
+            typer.echo(result.budget_report)
             for line in result.budget["gave_up"]:
                 typer.echo(f"  gave up: {line}")
         typer.echo(f"plots: {result.run / 'plots'}")

@@ -49,7 +49,7 @@ def derive_cmd(
         None, "-o", "--out", help="the genotype file to write (default: RUN/genotype_<method>.scn)"),
     force: bool = typer.Option(False, "--force", help="replace an earlier derived genotype file"),
     samples: int | None = typer.Option(None, "--samples", help="sampled: random genotypes scored (default: 32)"),
-    match: str | None = typer.Option(None, "--match", help="sampled: none (default) or flops (within 10%% of the "
+    match: str | None = typer.Option(None, "--match", help="sampled: none (default) or flops (within 10% of the "
                                                           "alpha genotype's FLOPs)"),
     tune_steps: int | None = typer.Option(None, "--tune-steps",
                                           help="projection: weight steps after each edge's decision (default: 5)"),
@@ -78,6 +78,13 @@ def derive_cmd(
                    "edges chose another operation than alpha's largest logit")
     if check is not None:
         typer.echo(check["text"])
+    from scnas_dsl.training.budgeting import budget_line
+
+    report = budget_line(selection.details, target.name, f"selection_{selection.method}.json")
+    if report:  # the search's budget, kept by every method
+        typer.echo(report)
+        for line in selection.details["budget"]["gave_up"]:
+            typer.echo(f"  gave up: {line}")
     typer.echo(f"record: {run / f'selection_{selection.method}.json'}")
 
 

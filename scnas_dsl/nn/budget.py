@@ -72,15 +72,15 @@ def parse_quantity(metric: str, text: str | float | int) -> float:
                              f"{units})")
         number, unit = float(match.group(1)), match.group(2).upper()
         table = _BYTES if metric == "memory" else _SCALE
-        if metric == "flops" and unit.endswith("FLOPS"):
-            unit = unit[:-5]
+        if metric == "flops" and unit.endswith(("FLOPS", "FLOP")):
+            unit = unit[:-5] if unit.endswith("FLOPS") else unit[:-4]
         if metric == "memory" and unit == "":
             unit = "B"
         if unit not in table:
             raise ValueError(f"{metric}={text}: unknown unit '{match.group(2)}'; use {units}")
         value = number * table[unit]
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{metric}={text}: a budget must be a positive number, e.g. {_EXAMPLE[metric]}")
+        raise ValueError(f"{metric}={text}: a budget must be a positive, finite number, e.g. {_EXAMPLE[metric]}")
     return value
 
 
@@ -109,12 +109,11 @@ def parse_budget(text: str | Sequence[str]) -> dict[str, str]:
 
 
 def format_quantity(metric: str, value: float) -> str:
-    """``4e10`` FLOPs -> ``'40.0 GFLOPs'``, parameters -> ``'5.00 M params'``, bytes -> ``'11.2 GiB'``."""
-    if metric == "memory":
-        from scnas_dsl.nn.cost import format_bytes
-        return format_bytes(int(value))
+    """``4e10`` FLOPs -> ``'40 GFLOPs'``, ``5e6`` parameters -> ``'5 M params'``, ``1.2e10`` bytes -> ``'12 GB'``."""
     unit = next((u for u in ("T", "G", "M", "K") if abs(value) >= _SCALE[u]), "")
     scaled = value / _SCALE[unit]
+    if metric == "memory":  # powers of 1000, as a budget is written (12GB); docs/training.md
+        return f"{scaled:.3g} {unit}B"
     if metric == "flops":
         return f"{scaled:.3g} {unit}FLOPs"
     return f"{scaled:.3g}{(' ' + unit) if unit else ''} params"
@@ -196,8 +195,8 @@ class CostModel:
                 return t
 
             counter = FlopCounterMode(display=False)
-            with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                module(x)
+            with torch.enable_grad(), counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                module(x)  # autograd on whatever the caller's mode: the activations a training step keeps
             weights = sum(p.numel() for p in module.parameters())
             self._ops[cache] = {"flops": float(counter.get_total_flops() // self.batch_size),
                                 "params": float(weights),
@@ -324,9 +323,13 @@ class CostModel:
         within = all(costs[m] <= lim for m, lim in limits.items())
         return Fitted(current, costs, within, gave_up)
 
-    def cheapest(self, limits: Mapping[str, float]) -> Fitted:
-        """The cheapest genotype this model finds in the limited metrics: from the cheapest operation on every
-        edge, edges cut while that lowers the exact cost. An upper bound of the space's minimum."""
+    def cheapest(self, limits: Mapping[str, float], starts: int = 3) -> Fitted:
+        """The cheapest genotype this model finds in the limited metrics (their sum, each relative to its limit):
+        edges changed while that lowers the exact cost (:meth:`fit`), from the cheapest operation on every edge
+        and from ``starts`` random genotypes (seeded); the best of these descents. An upper bound of the space's
+        minimum: a greedy descent can stop above it."""
+        from scnas_dsl.nn.random_genotypes import draw_genotypes
+
         start_pref: dict[str, torch.Tensor] = {}
         full = build_plan(self.space, stem_width=self.stem_width)
         for key in self.keys:
@@ -340,9 +343,11 @@ class CostModel:
                         cost = self._op_cost(key, op, cp.width, cp.stride(src), spatial)
                         table[row, col] -= sum(cost[m] / lim for m, lim in limits.items())
             start_pref[key] = table
-        start = derive_genotype(self.space, start_pref, "cheapest")[0]
         zero = {k: torch.zeros_like(v) for k, v in start_pref.items()}
-        return self.fit(start, zero, limits, "cheapest", exhaust=True)
+        stream = draw_genotypes(self.space, seed=0, name="cheapest")
+        candidates = [derive_genotype(self.space, start_pref, "cheapest")[0], *(next(stream) for _ in range(starts))]
+        found = [self.fit(g, zero, limits, "cheapest", exhaust=True) for g in candidates]
+        return min(found, key=lambda f: sum(f.costs[m] / lim for m, lim in limits.items()))
 
 
 def penalty(expected: Mapping[str, torch.Tensor], limits: Mapping[str, float], weight: float) -> torch.Tensor:
@@ -364,8 +369,7 @@ def check_reachable(model: CostModel, limits: Mapping[str, float], where: str) -
     if short:
         # what each limited quantity depends on: parameters on the width only, FLOPs on the patch too, memory also
         # on the batch
-        levers = {"params": "--stem-width", "flops": "patch or --stem-width",
-                  "memory": "patch, batch or --stem-width"}
+        levers = {"params": "stem width", "flops": "patch or stem width", "memory": "patch, batch or stem width"}
         raise CompileError(
             f"{where}: " + "; ".join(f"the {m} limit of {format_quantity(m, limits[m])} is below the cheapest genotype "
                                      f"of the space ({format_quantity(m, cheapest.costs[m])})" for m in short)

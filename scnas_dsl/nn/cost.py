@@ -141,8 +141,8 @@ def _measure(model: UNetBase, x: torch.Tensor, count_flops: bool = True) -> _Mea
     counter: Any = contextlib.nullcontext()
     if count_flops:  # depth=None: FLOPs of every module, not only the top few levels
         counter = FlopCounterMode(display=False, depth=None)  # type: ignore[arg-type]
-    try:
-        with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    try:  # with autograd on whatever the caller's mode: under no_grad nothing is saved for backward
+        with torch.enable_grad(), counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(x)
     finally:
         for h in handles:

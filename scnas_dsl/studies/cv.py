@@ -49,7 +49,7 @@ from scnas_dsl.data.cache import MANIFEST
 from scnas_dsl.data.dataset import open_dataset
 from scnas_dsl.data.preprocess import Preprocessed, preprocess_dataset
 from scnas_dsl.data.splits import FoldSplit, get_fold, load_folds
-from scnas_dsl.errors import RunError, first_line
+from scnas_dsl.errors import RunError, ScnasError, first_line
 from scnas_dsl.evaluation.metrics import Evaluation, evaluate_pairs, nanmean
 from scnas_dsl.files import write_text
 from scnas_dsl.folders import folder_state, foreign_folder, holding, mark_folder, read_marker, replace_folder
@@ -459,6 +459,11 @@ def _search_fold(search: SearchConfig, out: Path, fold: int, split: FoldSplit, *
         except RunInterrupted as err:
             raise RunInterrupted(f"the search of fold {fold} stopped after saving a checkpoint; continue the "
                                  f"cross-validation with scnas cv ... --out {out} --resume") from err
+        except ScnasError:  # refused before it wrote anything (an impossible --budget, say): no empty folders
+            for folder in (run, run.parent):  # left behind, so that the corrected command starts afresh
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            raise
     record = read_split(run)
     seen = set(record.weight_part) | set(record.arch_part)
     if seen & set(split.val) or record.fold != fold:

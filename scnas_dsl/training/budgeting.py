@@ -25,6 +25,7 @@ class SearchBudget:
     costs: CostModel
     epochs: int  # the search's epochs
     warmup: int  # epochs before the logits learn
+    learns: bool = True  # False with fair sampling: the logits never learn, the budget acts by the fitting alone
 
     @property
     def limits(self) -> dict[str, float]:
@@ -42,7 +43,7 @@ class SearchBudget:
     def weight_at(self, epoch: int) -> float:
         """The penalty's weight in ``epoch`` (0-based): 0 in the warm-up, then growing linearly to the full
         weight over the first ``ramp`` share of the architecture epochs (reached in the ramp's last epoch)."""
-        if epoch < self.warmup:
+        if epoch < self.warmup or not self.learns:
             return 0.0
         ramp_epochs = math.ceil(self.settings.ramp * (self.epochs - self.warmup))
         if ramp_epochs <= 1:
@@ -66,7 +67,7 @@ class SearchBudget:
         record: dict[str, Any] = {"weight": self.weight_at(epoch)}
         for m, lim in self.limits.items():
             record[m] = {"limit": lim, "expected": float(expected[m]), "argmax": exact[m]}
-        summary = " ".join(f"{m} {format_quantity(m, float(expected[m]))} (argmax "
+        summary = "; ".join(f"{m} {format_quantity(m, float(expected[m]))} (argmax "
                            f"{format_quantity(m, exact[m])}) of {format_quantity(m, lim)}"
                            for m, lim in self.limits.items())
         return record, summary
@@ -77,24 +78,24 @@ class SearchBudget:
         fitted = self.costs.fit(genotype, preference, self.limits, name)
         return {"genotype": fitted.genotype, "record": {
             "limits": self.limits, "measured_at": self.where(), "costs": fitted.costs, "within": fitted.within,
-            "costs_before": before, "gave_up": fitted.gave_up, "text": self.text(fitted.costs, fitted.within,
-                                                                                 fitted.gave_up)}}
+            "costs_before": before, "gave_up": fitted.gave_up, "compile_options": self.compile_options(),
+            "text": budget_text(self.limits, self.where(), fitted.costs, fitted.within, len(fitted.gave_up))}}
 
-    def command(self) -> str:
-        """The ``scnas compile`` call that counts a genotype file of this search as the budget does."""
-        width = f" --stem-width {self.costs.stem_width}" if self.settings.width is not None else ""
-        return (f"scnas compile genotype.scn --patch {' '.join(map(str, self.costs.patch))} "
-                f"--batch-size {self.costs.batch_size} --in-channels {self.costs.in_channels} "
-                f"--classes {self.costs.num_classes}{width}")
+    def compile_options(self) -> str:
+        """The options of the ``scnas compile`` call that counts a genotype of this search as the budget does."""
+        return (f"--patch {' '.join(map(str, self.costs.patch))} --batch-size {self.costs.batch_size} "
+                f"--in-channels {self.costs.in_channels} --classes {self.costs.num_classes} "
+                f"--stem-width {self.costs.stem_width}")
 
-    def text(self, costs: dict[str, float], within: bool, gave_up: list[str]) -> str:
-        """One line for the report and the genotype file's header."""
-        line = f"budget: {describe_costs(costs, self.limits)} at {self.where()} (`{self.command()}` counts the same)"
-        if gave_up:
-            line += f"; fitted by giving up {len(gave_up)} choice(s) (selection.json)"
-        if not within:
-            line += "; NOT within the budget: no cheaper change was found"
-        return line
+
+def budget_text(limits: dict[str, float], where: str, costs: dict[str, float], within: bool, gave_up: int) -> str:
+    """The budget's result in one line (without the file names: :func:`budget_line` adds them)."""
+    line = f"budget: {describe_costs(costs, limits)} at {where}"
+    if gave_up:
+        line += f"; fitted by giving up {gave_up} choice(s)"
+    if not within:
+        line += "; NOT within the budget: no cheaper change was found"
+    return line
 
 
 def search_budget(cfg: SearchConfig, space: SearchSpace, patch: tuple[int, ...], in_channels: int,
@@ -104,10 +105,17 @@ def search_budget(cfg: SearchConfig, space: SearchSpace, patch: tuple[int, ...],
         return None
     costs = CostModel(space, patch=patch, batch_size=cfg.batch_size, in_channels=in_channels,
                       num_classes=num_classes, stem_width=cfg.budget.width or cfg.stem_width, library=library)
-    return SearchBudget(cfg.budget, costs, cfg.epochs, cfg.arch_warmup_epochs)
+    return SearchBudget(cfg.budget, costs, cfg.epochs, cfg.arch_warmup_epochs, learns=cfg.sampling != "fair")
 
 
-def budget_line(details: dict[str, Any]) -> str:
-    """The budget's line for a genotype file's header, from a selection's ``details`` ('' without a budget)."""
+def budget_line(details: dict[str, Any], genotype_file: str, record_file: str) -> str:
+    """The budget's line for the report and a genotype file's header, from a selection's ``details`` ('' without a
+    budget): the result, where the choices given up are listed, and the ``scnas compile`` call that counts the
+    genotype file as the budget does."""
     record = details.get("budget")
-    return record["text"] + ".\n" if record else ""
+    if not record:
+        return ""
+    text = record["text"]
+    if record["gave_up"]:
+        text += f" (listed in {record_file})"
+    return f"{text}; `scnas compile {genotype_file} {record['compile_options']}` counts the same"

@@ -188,14 +188,17 @@ class BudgetConfig(BaseModel):
 
         if isinstance(data, (str, list, tuple)):
             data = parse_budget(data if isinstance(data, str) else [str(d) for d in data])
-        if not isinstance(data, dict):
+        if isinstance(data, BudgetConfig):
             return data
+        if not isinstance(data, dict):
+            raise ValueError(f"a budget is KEY=VALUE text or a table of them (e.g. flops=40G or {{flops = \"40G\"}}), "
+                             f"not {data!r}")
+        out = {str(k).lower(): v for k, v in data.items()}
         known = (*METRICS, "width", "weight", "ramp")
-        unknown = [k for k in data if k not in known]
+        unknown = [k for k in out if k not in known]
         if unknown:
-            raise ValueError(f"unknown budget key '{unknown[0]}': limit flops, params or memory (e.g. flops=40G, "
-                             "params=5M, memory=12GB); width, weight and ramp set how")
-        out = dict(data)
+            raise ValueError(f"unknown budget key '{unknown[0]}': the limits are flops, params and memory (e.g. "
+                             "flops=40G, params=5M, memory=12GB), the other keys width, weight and ramp")
         for metric in METRICS:
             if out.get(metric) is not None:
                 out[metric] = parse_quantity(metric, out[metric])
@@ -207,7 +210,8 @@ class BudgetConfig(BaseModel):
                 try:
                     out[key] = int(value) if key == "width" else float(value)
                 except ValueError:
-                    raise ValueError(f"budget {key}={value}: not a number") from None
+                    kind = "a whole number of channels" if key == "width" else "a number"
+                    raise ValueError(f"budget {key}={value}: not {kind}") from None
         return out
 
     def limits(self) -> dict[str, float]:
@@ -335,10 +339,16 @@ def resolve_config(kind: type[CommonConfig], file: Path | None, **cli: Any) -> A
     try:
         return kind.model_validate(values)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'settings'}: {e['msg']}"
-                             for e in err.errors())
-        where = f" (from {file})" if file is not None else ""
-        raise RunError(f"invalid settings{where}: {problems}") from err
+        cli_keys = {k for k, v in cli.items() if v is not None}
+        problems = []
+        for e in err.errors():
+            where = ".".join(str(x) for x in e["loc"]) or "settings"
+            message = str(e["msg"]).removeprefix("Value error, ")
+            # name where the bad value came from: the command line wins over the file for a key both give
+            origin = "" if file is None else (" (from the command line)" if e["loc"] and e["loc"][0] in cli_keys
+                                              else f" (from {file})")
+            problems.append(f"{where}{origin}: {message}")
+        raise RunError(f"invalid settings: {'; '.join(problems)}") from err
 
 
 #: the paper's retraining width: about the FLOPs of its 3D U-ResNet baseline at 32

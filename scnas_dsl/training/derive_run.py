@@ -175,9 +175,11 @@ def derive(search: TrainedSearch, settings: SelectionConfig, out: Path | None = 
     name = f"{search.space.name}_fold{search.cfg.fold}_{settings.method}".replace("-", "_")
     selection, check = select_genotype(search.model, search.cfg, search.runtime, search.data, search.patch, name,
                                        optimizer=optimizer, settings=settings, say=say)
+    report = budget_line(selection.details, target.name, f"selection_{settings.method}.json")
+    budget_header = report + ".\n" if report else ""
     header = (f"Chosen by `scnas derive --select {settings.method}` from the search in {run} "
               f"({search.epochs_done} epochs done).\n" + (check["text"] + ".\n" if check else "")
-              + budget_line(selection.details) + "Retrain it with: scnas train " + target.name + " --data DATA")
+              + budget_header + "Retrain it with: scnas train " + target.name + " --data DATA")
     # the genotype imports the run's space, by its path from where the genotype is written
     space_path = Path(os.path.relpath(run.resolve() / SPACE, target.parent.resolve()))
     text = genotype_text(selection.genotype, header, space_path.as_posix())

@@ -96,6 +96,8 @@ class SearchResult:
     self_check: dict[str, Any] | None = None
     #: the budget's record (limits, the genotype's costs, what was given up), None without ``--budget``
     budget: dict[str, Any] | None = None
+    #: the budget's line of the report (as in ``genotype.scn``'s header), None without ``--budget``
+    budget_report: str | None = None
 
 
 def default_out(cfg: SearchConfig, space: SearchSpace) -> Path:
@@ -389,12 +391,13 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
     selection, check = select_genotype(model, cfg, job.runtime, job.data, job.patch, name,
                                        optimizer=job.w_opt, say=loop.say, budget=job.budget)
     genotype = selection.genotype
+    budget_report = budget_line(selection.details, GENOTYPE, SELECTION)
     method = {"alpha": "the largest logit on each edge (the paper's)",
               "projection": "projection (edge by edge, the candidate whose presence scores best on the supernet)",
               "sampled": "the best of random genotypes scored on the supernet"}[selection.method]
     header = (f"Found by `scnas search` on {Path(cfg.data).name}, fold {cfg.fold}, {cfg.epochs} epochs, "
               f"{cfg.sampling} sampling, seed {cfg.seed}; chosen by {method}.\n"
-              + (check["text"] + ".\n" if check else "") + budget_line(selection.details)
+              + (check["text"] + ".\n" if check else "") + (budget_report + ".\n" if budget_report else "")
               + "Retrain it with: scnas train genotype.scn --data DATA")
     target = run.write_text(GENOTYPE, genotype_text(genotype, header))
     write_selection_record(run, selection, check, epochs_done)
@@ -403,8 +406,8 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
                                                              if isinstance(check.get(k), (int, float))}})
     if check is not None:
         loop.say(check["text"])
-    if "budget" in selection.details:
-        loop.say(selection.details["budget"]["text"])
+    if budget_report:
+        loop.say(budget_report)
     if run.writer:
         try:
             load(target, signatures=model.library.signatures).genotype(name)
@@ -413,7 +416,7 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
         plot_search(run, space, genotype)
     return SearchResult(run=run.path, genotype=genotype, genotype_file=target, pruning=selection.pruning,
                         logits={k: a.detach().cpu().clone() for k, a in model.arch.items()}, self_check=check,
-                        budget=selection.details.get("budget"))
+                        budget=selection.details.get("budget"), budget_report=budget_report or None)
 
 
 def write_selection_record(run: RunFolder, selection: Selection, check: dict[str, Any] | None, epochs_done: int,

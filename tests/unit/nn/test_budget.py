@@ -165,7 +165,7 @@ def test_a_budget_below_the_cheapest_genotype_is_refused_with_its_cost() -> None
     assert cheapest.costs["flops"] > 0
     with pytest.raises(CompileError, match=r"below the cheapest genotype of the space \(.*FLOPs") as err:
         check_reachable(model, {"flops": 0.5 * cheapest.costs["flops"]}, "--budget")
-    assert "the flops limit of" in str(err.value) and "patch or --stem-width" in str(err.value)
+    assert "the flops limit of" in str(err.value) and "smaller patch or stem width" in str(err.value)
     check_reachable(model, {"flops": cheapest.costs["flops"]}, "--budget")  # reachable: no error
     any_genotype = _genotypes(model, 1, seed=0)[0]
     assert cheapest.costs["flops"] <= model.exact(any_genotype)["flops"]
@@ -185,3 +185,22 @@ def test_quantities_with_units(metric: str, text: str, value: float) -> None:
 def test_bad_quantities_say_what_to_write(metric: str, text: str, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         parse_quantity(metric, text)
+
+
+def test_costs_counted_under_no_grad_are_a_training_steps() -> None:
+    """The per-epoch report counts under ``torch.no_grad``: the memory must still be a training step's (autograd's
+    saved activations), not the weights alone (a defect a review found: the report then cached the wrong cost)."""
+    from scnas_dsl.nn.cost import estimate
+
+    model = _model("tiny_by_level.scn", (8, 8, 8))
+    genotype = _genotypes(model, 1, seed=3)[0]
+    with torch.no_grad():
+        under = model.exact(genotype)
+        table = model.tables(genotype)["memory"]
+        report = estimate(model.space, patch=(8, 8, 8), batch_size=2, genotype=genotype, in_channels=2,
+                          num_classes=3, stem_width=8)
+    fresh = _model("tiny_by_level.scn", (8, 8, 8))
+    assert under == fresh.exact(genotype) and report.memory_bytes == under["memory"]
+    again = fresh.tables(genotype)["memory"]
+    assert all(torch.equal(table[k], again[k]) for k in model.keys)
+    assert report.steps["network"].activation_bytes > 0

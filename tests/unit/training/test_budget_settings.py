@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from scnas_dsl.errors import RunError
+from scnas_dsl.ops.library import default_library
 from scnas_dsl.training.budgeting import SearchBudget
 from scnas_dsl.training.config import BudgetConfig, SearchConfig, resolve_config
 
@@ -44,3 +45,22 @@ def test_the_weight_ramps_up_after_the_warm_up() -> None:
     assert all(b >= a for a, b in zip(weights, weights[1:], strict=False))
     flat = SearchBudget(BudgetConfig(flops=1e9, ramp=0), costs=None, epochs=5, warmup=0)  # type: ignore[arg-type]
     assert [flat.weight_at(e) for e in range(5)] == [0.1] * 5  # the default weight, at once
+
+
+def test_with_fair_sampling_the_budget_acts_by_the_fitting_alone() -> None:
+    """Fair sampling trains no logits: no penalty (and its record says weight 0), only the chosen genotype's fitting."""
+    from scnas_dsl.training.budgeting import search_budget
+
+    cfg = SearchConfig(spec="s.scn", data="d", sampling="fair", selection={"method": "sampled"},
+                       budget="flops=1G,weight=1,ramp=0")
+    space = _tiny_space()
+    budget = search_budget(cfg, space, (8, 8, 8), 1, 2, default_library())
+    assert budget is not None and not budget.learns and budget.weight_at(3) == 0.0
+    paired = search_budget(cfg.model_copy(update={"sampling": "pair"}), space, (8, 8, 8), 1, 2, default_library())
+    assert paired is not None and paired.weight_at(3) == 1.0
+
+
+def _tiny_space():  # type: ignore[no-untyped-def]
+    from scnas_dsl.loader import load
+
+    return load(Path(__file__).resolve().parents[3] / "specs" / "tiny_by_level.scn").space()
