@@ -121,3 +121,20 @@ def test_cv_of_a_space_hands_the_budget_to_every_fold_search(workspace: dict[str
     code, output = invoke("cv", baseline, "--data", workspace["pre"], "--out", tmp_path / "cv2", "--budget",
                           "flops=1G")
     assert code != 0 and "--budget" in output and "genotype" in output, output
+
+
+def test_cv_refusing_an_impossible_budget_leaves_a_folder_the_corrected_command_can_use(
+        workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "cv"
+    options = ["--data", workspace["pre"], "--out", out, "--fold", "0", "--device", "cpu", "--search-patch", "16", "16",
+               "16", "--search-stem-width", "4", "--search-batch-size", "2"]
+    code, output = invoke("cv", workspace["spec"], *options, "--budget", "flops=1")
+    assert code != 0 and "below the cheapest genotype" in output, output
+    assert sorted(p.name for p in out.iterdir()) == [".scnas-cv"]  # no empty fold folder left behind
+
+    def search(cfg, **kwargs):  # type: ignore[no-untyped-def]
+        raise RunInterrupted("stopped by SIGINT; continue with scnas cv ... --resume")
+
+    monkeypatch.setattr(cv_module, "run_search", search)  # the corrected command gets past the folder's check
+    code, output = invoke("cv", workspace["spec"], *options, "--budget", "flops=1G")
+    assert code == 130, output
