@@ -323,11 +323,12 @@ class CostModel:
         within = all(costs[m] <= lim for m, lim in limits.items())
         return Fitted(current, costs, within, gave_up)
 
-    def cheapest(self, limits: Mapping[str, float], starts: int = 3) -> Fitted:
+    def cheapest(self, limits: Mapping[str, float], starts: int = 3, enough: bool = False) -> Fitted:
         """The cheapest genotype this model finds in the limited metrics (their sum, each relative to its limit):
         edges changed while that lowers the exact cost (:meth:`fit`), from the cheapest operation on every edge
         and from ``starts`` random genotypes (seeded); the best of these descents. An upper bound of the space's
-        minimum: a greedy descent can stop above it."""
+        minimum: a greedy descent can stop above it. ``enough``: stop at the first genotype within ``limits``
+        (all the impossible-budget check needs)."""
         from scnas_dsl.nn.random_genotypes import draw_genotypes
 
         start_pref: dict[str, torch.Tensor] = {}
@@ -346,7 +347,11 @@ class CostModel:
         zero = {k: torch.zeros_like(v) for k, v in start_pref.items()}
         stream = draw_genotypes(self.space, seed=0, name="cheapest")
         candidates = [derive_genotype(self.space, start_pref, "cheapest")[0], *(next(stream) for _ in range(starts))]
-        found = [self.fit(g, zero, limits, "cheapest", exhaust=True) for g in candidates]
+        found = []
+        for genotype in candidates:
+            found.append(self.fit(genotype, zero, limits, "cheapest", exhaust=not enough))
+            if enough and found[-1].within:
+                break
         return min(found, key=lambda f: sum(f.costs[m] / lim for m, lim in limits.items()))
 
 
@@ -364,7 +369,7 @@ def describe_costs(costs: Costs, limits: Mapping[str, float]) -> str:
 
 def check_reachable(model: CostModel, limits: Mapping[str, float], where: str) -> None:
     """A CompileError when the cheapest genotype found is above a limit: the budget cannot be met."""
-    cheapest = model.cheapest(limits)
+    cheapest = model.cheapest(limits, enough=True)
     short = [m for m, lim in limits.items() if cheapest.costs[m] > lim]
     if short:
         # what each limited quantity depends on: parameters on the width only, FLOPs on the patch too, memory also
