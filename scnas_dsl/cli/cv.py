@@ -96,8 +96,8 @@ def cv_cmd(
 
     search_options = {"--search-epochs": search_epochs, "--search-batch-size": search_batch,
                       "--search-patch": search_patch, "--search-stem-width": search_stem,
-                      "--search-batches-per-epoch": search_batches, "--sampling": sampling, "--space": space, "--select": select, "--budget": budget,
-                      "--search-config": search_config}
+                      "--search-batches-per-epoch": search_batches, "--sampling": sampling, "--space": space,
+                      "--select": select, "--budget": budget, "--search-config": search_config}
     is_space = _is_space(spec, ops)
     given = [k for k, v in search_options.items() if v is not None]
     if given and not is_space:

@@ -28,6 +28,7 @@ def signatures(ops: list[str] | None) -> Signatures:
 
     return load_signatures(tuple(ops or ()))
 
+
 BUDGET = typer.Option(
     None, "--budget",
     help="limits on the chosen genotype: flops=40G (one forward pass of one sample at the patch), params=5M, "
