@@ -128,10 +128,12 @@ def random_like(bench: sv.Bench, text: str, name: str, n: int, seed: int) -> lis
             for s in samples]
 
 
-def random_within(bench: sv.Bench, budget: float, n: int, seed: int, prefix: str) -> list[tuple[str, str]]:
+def random_within(bench: sv.Bench, budget: float, n: int, seed: int, prefix: str, floor: float = 0.0
+                  ) -> list[tuple[str, str]]:
     """``n`` distinct random genotypes fitted into a FLOPs budget: each drawn genotype over the budget goes
     through the same fitting as a search's choice (``CostModel.fit``) with random preferences, so the baseline
-    is "random search under the same budget" (drawn genotypes below the budget are rare at 50% and 25%)."""
+    is "random search under the same budget" (drawn genotypes below the budget are rare at 50% and 25%).
+    ``floor``: keep only genotypes of at least these FLOPs (with ``budget``, a FLOPs-matched band)."""
     import torch
 
     from scnas_dsl.graph.printer import print_document
@@ -152,7 +154,7 @@ def random_within(bench: sv.Bench, budget: float, n: int, seed: int, prefix: str
                                     dtype=torch.float64) for k in costs.keys}
         name = f"{prefix}_{len(out):03d}"
         fitted = costs.fit(drawn.model_copy(update={"name": name}), preference, {"flops": budget}, name)
-        if not fitted.within or fitted.genotype.cells in seen:
+        if not fitted.within or fitted.costs["flops"] < floor or fitted.genotype.cells in seen:
             continue
         seen.add(fitted.genotype.cells)
         out.append((name, print_document(Document(imports=(Import(path="space.scn"),), genotypes=(fitted.genotype,)))))
@@ -176,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--budget-weight", type=float, default=0.1, help="the penalty's weight (scnas' default)")
     g.add_argument("--budget-ramp", type=float, default=0.25)
     g.add_argument("--max-draws", type=int, default=4000, help="random draws to find FLOPs-matched genotypes")
+    g.add_argument("--matched", type=int, default=0,
+                   help="also, per budget level, this many random genotypes within --tolerance of the median searched "
+                        "genotype's FLOPs (drawn, then fitted into that band)")
     args = p.parse_args(argv)
     if args.quick:
         sv.quick_sizes(args)
@@ -211,6 +216,13 @@ def main(argv: list[str] | None = None) -> None:
         jobs += [("train", (s["name"], s["genotype_text"], seed)) for s in level["searches"]
                  for seed in args.retrain_seeds]
         jobs += [("train", (n, t, seed)) for n, t in level["random"] for seed in args.retrain_seeds]
+        level["matched"] = []
+        if args.matched and level["budget"] is not None:  # within --tolerance of the median searched genotype
+            target = float(mid["flops"])
+            level["matched"] = random_within(bench, (1 + args.tolerance) * target, args.matched,
+                                             args.random_seed + 100 + i, f"matched_{int(100 * level['fraction'])}",
+                                             floor=(1 - args.tolerance) * target)
+            jobs += [("train", (n, t, seed)) for n, t in level["matched"] for seed in args.retrain_seeds]
     trained = run_jobs(args, jobs)
     dice: dict[str, list[float]] = {}
     flops: dict[str, float] = {}
@@ -231,7 +243,13 @@ def main(argv: list[str] | None = None) -> None:
                          for s in level["searches"]],
             "random": [{"name": n, "flops": flops[n], "dice": statistics.fmean(dice[n])} for n, _ in level["random"]],
             "searched_mean": sv.mean_std(searched), "random_mean": sv.mean_std(random_),
-            "p_searched_gt_random": sv.permutation_test(searched, random_)})
+            "p_searched_gt_random": sv.permutation_test(searched, random_),
+            "matched": [{"name": n, "flops": flops[n], "dice": statistics.fmean(dice[n]), "dice_seeds": dice[n]}
+                        for n, _ in level["matched"]]})
+        matched = [statistics.fmean(dice[n]) for n, _ in level["matched"]]
+        if matched:
+            summary[-1].update(matched_mean=sv.mean_std(matched),
+                               p_searched_gt_matched=sv.permutation_test(searched, matched))
     seeds_std = [statistics.stdev(v) for v in dice.values() if len(v) > 1]
     out = {"reference_flops": reference, "levels": summary, "args": vars(args),
            "noise_floor": statistics.fmean(seeds_std) if seeds_std else None,
@@ -259,6 +277,16 @@ def print_tables(out: dict[str, Any]) -> None:
         sm, rm = level["searched_mean"], level["random_mean"]
         print(f"| {label} | {sm[0]:.3f} ± {sm[1]:.3f} | {rm[0]:.3f} ± {rm[1]:.3f} ({len(level['random'])}) | "
               f"{level['p_searched_gt_random']:.3f} |")
+    if any(level.get("matched") for level in out["levels"]):
+        print("\n| budget | searched Dice | FLOPs-matched random Dice (mean ± sd, n; MFLOPs) | p (searched > matched) |")
+        print("| --- | --- | --- | --- |")
+        for level in out["levels"]:
+            if not level.get("matched"):
+                continue
+            sm, mm = level["searched_mean"], level["matched_mean"]
+            band = [m["flops"] / 1e6 for m in level["matched"]]
+            print(f"| {level['fraction']:.0%} | {sm[0]:.3f} ± {sm[1]:.3f} | {mm[0]:.3f} ± {mm[1]:.3f} "
+                  f"({len(band)}; {min(band):.1f}-{max(band):.1f}) | {level['p_searched_gt_matched']:.3f} |")
 
 
 def plot(bench: sv.Bench, out: dict[str, Any]) -> None:
