@@ -52,6 +52,8 @@ _BYTES = {"B": 1.0, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
           "KIB": 2.0**10, "MIB": 2.0**20, "GIB": 2.0**30, "TIB": 2.0**40}
 _QUANTITY = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
+_EXAMPLE = {"flops": "flops=40G", "params": "params=5M", "memory": "memory=12GB"}
+
 #: Adam keeps two tensors per weight, and each weight has a gradient: 4 tensors of its size in a training step
 _BYTES_PER_WEIGHT = 4 * FLOAT_BYTES
 
@@ -82,9 +84,6 @@ def parse_quantity(metric: str, text: str | float | int) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{metric}={text}: a budget must be a positive, finite number, e.g. {_EXAMPLE[metric]}")
     return value
-
-
-_EXAMPLE = {"flops": "flops=40G", "params": "params=5M", "memory": "memory=12GB"}
 
 
 def parse_budget(text: str | Sequence[str]) -> dict[str, str]:
