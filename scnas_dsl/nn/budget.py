@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from scnas_dsl.errors import CompileError
 from scnas_dsl.model import Genotype, SearchSpace
-from scnas_dsl.nn.cost import FLOAT_BYTES, estimate
+from scnas_dsl.nn.cost import FLOAT_BYTES, SavedForBackward, estimate
 from scnas_dsl.nn.derive import derive_genotype
 from scnas_dsl.nn.plan import build_plan, zero_op_names
 from scnas_dsl.ops.library import Library, default_library
@@ -179,27 +179,17 @@ class CostModel:
         if cache not in self._ops:
             call = self.space.opset(self.specs[key].ops).get(op).call  # type: ignore[union-attr]
             dims = self.space.unet.dims
-            saved: dict[int, int] = {}
-            keep: list[torch.Tensor] = []
             with torch.device("meta"):
                 module = self.library.build(call.kind, call.kwargs(), width, width, stride, dims)
                 x = torch.empty(self.batch_size, width, *spatial, requires_grad=True)
-            params = {p.untyped_storage()._cdata for p in module.parameters()}
-
-            def pack(t: torch.Tensor) -> torch.Tensor:
-                storage = t.untyped_storage()
-                if storage._cdata not in params and storage._cdata not in saved:
-                    saved[storage._cdata] = storage.nbytes()
-                    keep.append(t)
-                return t
-
+            saved = SavedForBackward(module)  # the activations this operation keeps in a training step
             counter = FlopCounterMode(display=False)
-            with torch.enable_grad(), counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                module(x)  # autograd on whatever the caller's mode: the activations a training step keeps
+            with counter, saved.recording():
+                module(x)
             weights = sum(p.numel() for p in module.parameters())
             self._ops[cache] = {"flops": float(counter.get_total_flops() // self.batch_size),
                                 "params": float(weights),
-                                "memory": float(sum(saved.values()) + _BYTES_PER_WEIGHT * weights)}
+                                "memory": float(saved.bytes + _BYTES_PER_WEIGHT * weights)}
         return self._ops[cache]
 
     def tables(self, genotype: Genotype) -> dict[str, dict[str, torch.Tensor]]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -105,33 +105,53 @@ class _Measured:
     checkpointed: int  # the same with per-cell checkpointing
 
 
+class SavedForBackward:
+    """The unique storages autograd saves for backward during a forward (parameters excluded): the activations a
+    training step keeps. ``with saved.recording(): module(x)`` records them (autograd on, whatever the caller's
+    mode: under no_grad nothing would be saved); ``owner`` tags what is recorded from now on (the cell running)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.params = {p.untyped_storage()._cdata for p in module.parameters()}
+        self.saved: dict[int, tuple[int, Any]] = {}  # storage -> (bytes, the owner when it was first saved)
+        self.keep: list[torch.Tensor] = []  # keeps the storages alive, so that an id cannot be reused
+        self.owner: Any = None
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage._cdata not in self.params and storage._cdata not in self.saved:
+            self.saved[storage._cdata] = (storage.nbytes(), self.owner)
+            self.keep.append(t)
+        return t
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+            yield
+
+    @property
+    def bytes(self) -> int:
+        return sum(n for n, _ in self.saved.values())
+
+
 def _measure(model: UNetBase, x: torch.Tensor, count_flops: bool = True) -> _Measured:
     """FLOPs (total and per module name) and the bytes saved for backward, without and with per-cell
     checkpointing, of one forward on the meta device. Without ``count_flops`` only the saved bytes are
     measured (much faster: no module tracking)."""
-    params = {p.untyped_storage()._cdata for p in model.parameters()}
-    saved: dict[int, tuple[int, int | None]] = {}  # storage -> (bytes, the cell saving it first or None)
+    recorder = SavedForBackward(model)
+    saved = recorder.saved  # storage -> (bytes, the cell saving it first or None)
     boundary: dict[int, int] = {}  # storages of the cells' inputs and outputs (kept with checkpointing)
-    keep: list[torch.Tensor] = []
-    current: list[int | None] = [None]
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage._cdata not in params and storage._cdata not in saved:
-            saved[storage._cdata] = (storage.nbytes(), current[0])
-            keep.append(t)  # keeps the storage alive, so its id cannot be reused by another tensor
-        return t
+    keep = recorder.keep
 
     def enter(index: int) -> Any:
         def hook(_module: Any, inputs: Any) -> None:
-            current[0] = index
+            recorder.owner = index
             for t in _tensors(inputs):
                 boundary[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
                 keep.append(t)
         return hook
 
     def leave(_module: Any, _inputs: Any, output: Any) -> None:
-        current[0] = None
+        recorder.owner = None
         for t in _tensors(output):
             boundary[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
             keep.append(t)
@@ -141,8 +161,8 @@ def _measure(model: UNetBase, x: torch.Tensor, count_flops: bool = True) -> _Mea
     counter: Any = contextlib.nullcontext()
     if count_flops:  # depth=None: FLOPs of every module, not only the top few levels
         counter = FlopCounterMode(display=False, depth=None)  # type: ignore[arg-type]
-    try:  # with autograd on whatever the caller's mode: under no_grad nothing is saved for backward
-        with torch.enable_grad(), counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    try:
+        with counter, recorder.recording():
             out = model(x)
     finally:
         for h in handles:
@@ -150,7 +170,7 @@ def _measure(model: UNetBase, x: torch.Tensor, count_flops: bool = True) -> _Mea
     # the logits (of every deep-supervision head too) and their gradients live through the loss computation
     outputs = out if isinstance(out, list) else [out]
     logits = sum(2 * y.numel() * y.element_size() for y in outputs)
-    activation = sum(n for n, _ in saved.values()) + logits
+    activation = recorder.bytes + logits
     # checkpointed: what is saved outside the cells, the cells' inputs and outputs, and one cell's own
     # activations at a time (its recomputation in the backward)
     outside = {k: n for k, (n, cell) in saved.items() if cell is None} | boundary
