@@ -192,9 +192,10 @@ class CostModel:
                                 "memory": float(saved.bytes + _BYTES_PER_WEIGHT * weights)}
         return self._ops[cache]
 
-    def tables(self, genotype: Genotype) -> dict[str, dict[str, torch.Tensor]]:
+    def tables(self, genotype: Genotype | None) -> dict[str, dict[str, torch.Tensor]]:
         """metric -> structure key -> ``(E, O)`` costs of every candidate on every edge, summed over the key's
-        cell instances, at the widths, strides and sizes of ``genotype``'s network (module docstring)."""
+        cell instances, at the widths, strides and sizes of ``genotype``'s network (module docstring); None: the
+        supernet's (every node alive)."""
         plan = build_plan(self.space, stem_width=self.stem_width, genotype=genotype)
         shape = tuple((cp.width, cp.work_level, tuple(cp.nodes)) for cp in plan.cells)
         if shape in self._tables:
@@ -240,18 +241,15 @@ class CostModel:
         exact = self.exact(anchor)
         tables = self.tables(anchor)
         columns = self.chosen_columns(anchor)
-        out: dict[str, torch.Tensor] = {}
-        for m in METRICS:
-            total: torch.Tensor | None = None
-            for key in self.keys:
-                alpha = alphas[key]
-                p = torch.softmax(alpha.double(), dim=-1)
-                onehot = torch.zeros_like(p)
-                onehot[torch.arange(p.shape[0]), columns[key].to(p.device)] = 1.0
-                term = ((p - onehot) * tables[m][key].to(p.device)).sum()
-                total = term if total is None else total + term
-            assert total is not None
-            out[m] = total + exact[m]
+        # per structure key, the probabilities minus the anchor's one-hot choices: the same for every metric
+        shift = {}
+        for key in self.keys:
+            p = torch.softmax(alphas[key].double(), dim=-1)
+            onehot = torch.zeros_like(p)
+            onehot[torch.arange(p.shape[0]), columns[key].to(p.device)] = 1.0
+            shift[key] = p - onehot
+        out = {m: exact[m] + torch.stack([(shift[k] * tables[m][k].to(shift[k].device)).sum() for k in self.keys]).sum()
+               for m in METRICS}
         return out, anchor
 
     # fitting a genotype into a budget ---------------------------------------------------------------
@@ -320,19 +318,8 @@ class CostModel:
         (all the impossible-budget check needs)."""
         from scnas_dsl.nn.random_genotypes import draw_genotypes
 
-        start_pref: dict[str, torch.Tensor] = {}
-        full = build_plan(self.space, stem_width=self.stem_width)
-        for key in self.keys:
-            table = torch.zeros(len(self.edges[key]), len(self.op_names[key]), dtype=torch.float64)
-            for cp in (c for c in full.cells if c.key == key):
-                spatial = tuple(-(-p // 2**cp.work_level) for p in self.patch)
-                for row, (src, _dst) in enumerate(self.edges[key]):
-                    for col, op in enumerate(self.op_names[key]):
-                        if op in self.zeros[key]:
-                            continue
-                        cost = self._op_cost(key, op, cp.width, cp.stride(src), spatial)
-                        table[row, col] -= sum(cost[m] / lim for m, lim in limits.items())
-            start_pref[key] = table
+        full = self.tables(None)  # every candidate's cost in the supernet: the cheapest start is their minimum
+        start_pref = {k: -torch.stack([full[m][k] / lim for m, lim in limits.items()]).sum(dim=0) for k in self.keys}
         zero = {k: torch.zeros_like(v) for k, v in start_pref.items()}
         stream = draw_genotypes(self.space, seed=0, name="cheapest")
         candidates = [derive_genotype(self.space, start_pref, "cheapest")[0], *(next(stream) for _ in range(starts))]
