@@ -10,6 +10,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+#: ``scnas search`` / ``train`` options of the integration tests' tiny runs (width 4, patch 16^3, two steps)
+TINY = ["--stem-width", "4", "--patch", "16", "16", "16", "--batch-size", "2", "--batches-per-epoch", "2",
+        "--device", "cpu", "--quiet", "--no-augment"]
+
 
 def invoke(*args: object) -> tuple[int, str]:
     """Run ``scnas ARGS`` in this process: (exit status, output). An exception other than the command's exit (a

@@ -15,12 +15,10 @@ from scnas_dsl.nn.budget import CostModel
 from scnas_dsl.nn.cost import estimate
 from scnas_dsl.stopping import RunInterrupted
 from scnas_dsl.studies import cv as cv_module
-from tests.helpers import heart_cases, invoke, tiny_space
+from tests.helpers import TINY, heart_cases, invoke, tiny_space
 
 pytestmark = pytest.mark.xdist_group("budget_cli")
 
-TINY = ["--stem-width", "4", "--patch", "16", "16", "16", "--batch-size", "2", "--batches-per-epoch", "2",
-        "--device", "cpu", "--quiet", "--no-augment"]
 
 
 @pytest.fixture(scope="module")

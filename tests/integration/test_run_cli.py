@@ -24,13 +24,11 @@ from scnas_dsl.training import search as search_module
 from scnas_dsl.training.config import SearchConfig, TrainConfig
 from scnas_dsl.training.retrain import run_train
 from scnas_dsl.training.search import run_search
-from tests.helpers import generated_set, invoke
+from tests.helpers import TINY, generated_set, invoke
 
 pytestmark = pytest.mark.xdist_group("run_cli")
 
 TINY_SPACE = small_space("tiny", levels=1, ops=("conv3", "dil2", "maxpool", "skip", "none"), stem_width=4)
-TINY = ["--stem-width", "4", "--patch", "16", "16", "16", "--batch-size", "2", "--batches-per-epoch", "2",
-        "--device", "cpu", "--quiet", "--no-augment"]
 
 
 @pytest.fixture(scope="module")
