@@ -13,7 +13,7 @@ from scnas_dsl.cli.exits import usage, user_errors
 from scnas_dsl.cli.options import OPS, operations
 from scnas_dsl.errors import ScnasError
 from scnas_dsl.files import write_text
-from scnas_dsl.training.runs import trained_network
+from scnas_dsl.training.runs import GENOTYPE, NETWORK, trained_network
 
 
 def _write_new(path: Path, text: str, force: bool) -> None:
@@ -88,7 +88,9 @@ def compile_cmd(
     if not file.exists():
         raise usage(f"{file}: no such file")
     extra = operations(ops)
+    blame = str(file)  # what an error of the count names: the file, or a run folder's two records
     if file.is_dir():  # a training run: compile the network it trained, as scnas predict rebuilds it
+        blame = f"{file / NETWORK} with {file / GENOTYPE}"
         file, recipe = trained_network(file, extra)
         in_channels = in_channels or recipe.in_channels
         classes = classes or recipe.num_classes
@@ -119,7 +121,7 @@ def compile_cmd(
                           in_channels=in_channels, num_classes=classes, stem_width=stem_width,
                           deep_supervision=deep_supervision, library=extra.library)
     except ScnasError as err:
-        raise ScnasError(f"{file}: {err}") from err
+        raise ScnasError(f"{blame}: {err}") from err
     summary = summarize(space, genotype)
     if emit is not None:
         from scnas_dsl.nn.codegen import emit_torch

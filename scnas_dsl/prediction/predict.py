@@ -37,7 +37,7 @@ from scnas_dsl.data.preprocess import (
     restore_probabilities,
     restore_segmentation,
 )
-from scnas_dsl.errors import CheckpointError, DataError, RunError, first_line
+from scnas_dsl.errors import CheckpointError, CompileError, DataError, RunError, first_line
 from scnas_dsl.evaluation.metrics import case_id_of
 from scnas_dsl.files import atomic_write
 from scnas_dsl.folders import holding, refuse_data_set
@@ -146,8 +146,12 @@ def load_trained(run: Path | str, which: str = "last", ops: Sequence[str] = ()) 
 
     # first on the meta device (no memory): a network.json edited to a width the weights do not have is a
     # message, not the allocation of a network that may not fit in memory
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    except CompileError as err:  # e.g. deep supervision at a level the genotype's decoder does not have
+        raise RunError(f"{run / NETWORK}: does not describe a network of {run / GENOTYPE} ({first_line(err, 200)}); "
+                       "was network.json edited? Put back the run folder's copy, or train again") from err
     model_state = state["model"]
     problem = _mismatch(shapes, model_state)
     if problem:
