@@ -44,9 +44,19 @@ def check_resumed_settings(run_dir: Path, settings: dict[str, Any]) -> None:
     changed = sorted(k for k, v in settings.items()
                      if k not in RESUMABLE_CHANGES and k in before and json.dumps(before[k]) != json.dumps(v))
     if changed:
-        details = "; ".join(f"{k}: {before[k]!r} -> {settings[k]!r}" for k in changed)
+        details = "; ".join(d for k in changed for d in _differences(k, before[k], settings[k]))
         raise RunError(f"{path}: the run was started with other settings ({details}); resume with the same "
                        f"settings (only {_changeable()} may change) or start a new run")
+
+
+def _differences(name: str, before: Any, now: Any) -> list[str]:
+    """``name: before -> now`` for a changed setting; of a table (a budget, the selection's settings) only the
+    entries that changed, as ``name.key``."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        keys = sorted(set(before) | set(now), key=str)
+        return [d for k in keys if json.dumps(before.get(k)) != json.dumps(now.get(k))
+                for d in _differences(f"{name}.{k}", before.get(k), now.get(k))]
+    return [f"{name}: {before!r} -> {now!r}"]
 
 
 def _changeable() -> str:

@@ -185,6 +185,13 @@ def test_resuming_with_other_settings_is_refused(tmp_path) -> None:  # type: ign
     # the advice names every setting that may change, as the check allows them
     for option in ("--epochs", "--workers", "--compile", "--checkpoint-cells", "--quiet", "augment_on"):
         assert option in str(refused.value)
+    # a table names only what changed in it
+    budget = {"flops": 4e7, "params": None, "weight": 0.1}
+    (tmp_path / "config.json").write_text(json.dumps({"seed": 0, "budget": budget}))
+    with pytest.raises(RunError) as refused:
+        check_resumed_settings(tmp_path, {"seed": 0, "budget": {**budget, "flops": 2e7, "memory": 1e9}})
+    assert "budget.flops: 40000000.0 -> 20000000.0; budget.memory: None -> 1000000000.0)" in str(refused.value)
+    assert "weight" not in str(refused.value).split("(only")[0]
     (tmp_path / "config.json").write_text(json.dumps({"compile": False, "checkpoint_cells": "auto", "augment_on": "auto"}))
     check_resumed_settings(tmp_path, {"compile": True, "checkpoint_cells": True, "augment_on": "device"})
 
