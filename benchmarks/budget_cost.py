@@ -13,6 +13,10 @@ Measured, each the median of ``--repeats``:
   usual step);
 * ``table``: the operations' costs at a new genotype's widths.
 
+``--self-check``: also the self-check's draws of 20 random genotypes within 10% of the FLOPs of the cheapest genotype
+(rare in any space), once as ``scnas sample --match`` draws (all 4000 draws) and once stopping when hopeless, as
+the self-check does.
+
     .venv/bin/python benchmarks/budget_cost.py
     .venv/bin/python benchmarks/budget_cost.py --spec specs/unet4cell.scn --patch 96 96 96 --batch 2
 """
@@ -37,6 +41,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--width", type=int, default=48)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--self-check", action="store_true", help="also time the self-check's draws (minutes)")
     args = p.parse_args()
 
     import torch
@@ -81,6 +86,25 @@ def main() -> None:
     for name, values in times.items():
         print(f"  {name:9s} {statistics.median(values):8.3f} s")
     print(f"  expected / exact: {statistics.median(times['expected']) / statistics.median(times['exact']):.3f}")
+    if args.self_check:
+        _self_check(space, model(), args)
+
+
+def _self_check(space, costs, args) -> None:  # type: ignore[no-untyped-def]
+    """The self-check's FLOPs-matched draws for the cheapest genotype, without and with the early stop."""
+    from scnas_dsl.nn.random_genotypes import SamplingError, sample_genotypes
+
+    cheapest = costs.cheapest({"flops": 1.0}).genotype
+    for early in (False, True):
+        started = time.perf_counter()
+        try:
+            sample_genotypes(space, 20, like=cheapest, match="flops", patch=tuple(args.patch), in_channels=4,
+                             num_classes=4, stem_width=args.width, seed=1, give_up_early=early)
+            outcome = "found 20"
+        except SamplingError as err:
+            outcome = str(err).split(" with ")[0]
+        print(f"  self-check draws, {'stopping when hopeless' if early else 'all draws':22s} "
+              f"{time.perf_counter() - started:8.1f} s ({outcome})")
 
 
 if __name__ == "__main__":

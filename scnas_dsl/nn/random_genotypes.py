@@ -297,7 +297,7 @@ def sample_genotypes(space: SearchSpace, n: int, *, seed: int = 0, like: Genotyp
                      match: Match | None = None, tolerance: float = 0.1, patch: Sequence[int] | None = None,
                      in_channels: int = 1, num_classes: int = 2, stem_width: int | None = None,
                      max_draws: int | None = None, name_prefix: str = "random", unique: bool = True,
-                     library: Library | None = None) -> list[SampledGenotype]:
+                     library: Library | None = None, give_up_early: bool = False) -> list[SampledGenotype]:
     """``n`` random valid genotypes of ``space``, named ``{name_prefix}_000``, ``..._001``, ...
 
     ``like`` with ``match`` ("flops", the default when ``like`` is given, or "params"): keep only genotypes
@@ -305,6 +305,8 @@ def sample_genotypes(space: SearchSpace, n: int, *, seed: int = 0, like: Genotyp
     dimension), ``in_channels``, ``num_classes`` and ``stem_width`` (default: the space's) fix the networks
     costs are counted on. ``unique``: no two samples are the same architecture. At most ``max_draws``
     (default ``200 * n``) genotypes are drawn; SamplingError says why when ``n`` are not found.
+    ``give_up_early`` (when matching): stop as soon as even an optimistic acceptance rate cannot find ``n`` in
+    the draws left (:func:`_hopeless`); a caller with a fallback need not wait for all ``max_draws``.
     """
     if n < 1:
         raise SamplingError(f"n={n}: ask for at least one genotype")
@@ -348,7 +350,11 @@ def sample_genotypes(space: SearchSpace, n: int, *, seed: int = 0, like: Genotyp
     costs: dict[Any, tuple[int, int]] = {}  # (FLOPs, params) by cells: a repeated draw is not costed again
     values: list[int] = []  # the matched quantity of every costed draw, for the error message
     since, duplicates = 0, 0
-    for _ in range(max_draws):
+    stopped: int | None = None  # draws made when the rest were judged hopeless
+    for drawn in range(max_draws):
+        if give_up_early and match is not None and _hopeless(len(samples), drawn, max_draws, n):
+            stopped = drawn
+            break
         genotype = next(stream)
         since += 1
         if unique and genotype.cells in seen:
@@ -368,13 +374,30 @@ def sample_genotypes(space: SearchSpace, n: int, *, seed: int = 0, like: Genotyp
         since = 0
         if len(samples) == n:
             return samples
-    raise SamplingError(_shortfall(space, settings, len(samples), n, values, duplicates))
+    raise SamplingError(_shortfall(space, settings, len(samples), n, values, duplicates, stopped))
 
 
-def _shortfall(space: SearchSpace, s: SampleSettings, found: int, n: int, values: list[int], duplicates: int
-               ) -> str:
-    """Why ``n`` samples were not found in ``s.max_draws`` draws, and what to change."""
+#: Draws before :func:`_hopeless` judges an acceptance rate.
+HOPELESS_AFTER = 100
+
+
+def _hopeless(found: int, drawn: int, max_draws: int, n: int) -> bool:
+    """Whether ``n`` samples are out of reach: ``found`` in ``drawn`` draws, and even the rate
+    ``(found + 3) / drawn`` (with no acceptance at all, the 95% upper bound of the rule of three) would not
+    bring the rest in the ``max_draws - drawn`` draws left. Never before :data:`HOPELESS_AFTER` draws."""
+    if drawn < HOPELESS_AFTER:
+        return False
+    return found + (found + 3) / drawn * (max_draws - drawn) < n
+
+
+def _shortfall(space: SearchSpace, s: SampleSettings, found: int, n: int, values: list[int], duplicates: int,
+               stopped: int | None = None) -> str:
+    """Why ``n`` samples were not found in ``s.max_draws`` draws (or in ``stopped``, judged hopeless), and what
+    to change."""
     head = f"found {found} of {n} genotypes of space '{space.name}' in {s.max_draws} draws"
+    if stopped is not None:
+        head = (f"found {found} of {n} genotypes of space '{space.name}' in {stopped} draws (stopped there: at "
+                f"that rate, {s.max_draws} draws would not find {n})")
     if s.match is None or s.target is None or s.tolerance is None:
         return (f"{head}: the other draws repeated earlier samples; the space has few distinct valid "
                 "architectures: ask for fewer, or allow duplicates (--allow-duplicates)")

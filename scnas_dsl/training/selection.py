@@ -164,7 +164,8 @@ def _random(model: Supernet, n: int, seed: int, cost: CostContext, like: Genotyp
     note = None
     if like is not None:
         try:
-            return [s.genotype for s in sample_genotypes(model.space, n, like=like, match="flops", **kwargs)], None
+            return [s.genotype for s in sample_genotypes(model.space, n, like=like, match="flops",
+                                                         give_up_early=True, **kwargs)], None
         except SamplingError as err:
             note = f"no {n} genotypes within 10% of the FLOPs of '{like.name}' ({err}); unmatched ones instead"
     try:

@@ -7,6 +7,7 @@ import itertools
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -312,3 +313,31 @@ def test_a_nan_tolerance_is_refused() -> None:
     like = sample_genotypes(space, 1, patch=(16, 16, 16))[0].genotype
     with _pytest.raises(SamplingError, match="tolerance nan"):
         sample_genotypes(space, 2, like=like, tolerance=math.nan, patch=(16, 16, 16))
+
+
+def test_hopeless_needs_even_an_optimistic_rate_to_fall_short() -> None:
+    from scnas_dsl.nn.random_genotypes import _hopeless
+
+    assert not _hopeless(0, 99, 4000, 20)  # too few draws to judge
+    assert not _hopeless(0, 500, 4000, 20)  # 3/500 of 3500 draws left is 21: still within reach
+    assert _hopeless(0, 530, 4000, 20)
+    assert not _hopeless(19, 3000, 4000, 20)  # 22/3000 of 1000 draws left is 7
+    assert _hopeless(1, 3000, 4000, 20)
+    assert not _hopeless(10, 1000, 4000, 20)  # at its own rate, 30 more in the 3000 left
+
+
+def test_giving_up_early_stops_a_hopeless_match_and_keeps_a_reachable_one() -> None:
+    space = unet_space(nodes=2, dims=2, width=4, levels=1, ops=SMALL)
+    conv = m.ChosenEdge(op="conv3", src="in0"), m.ChosenEdge(op="conv3", src="in1")
+    largest = m.Genotype(name="largest", space=space.name, cells=tuple(  # conv3 everywhere: one of its kind
+        m.CellChoice(cell=key, nodes=(m.NodeChoice(node="n0", edges=conv), m.NodeChoice(
+            node="n1", edges=(*conv, m.ChosenEdge(op="conv3", src="n0"))))) for key in space.structure_keys()))
+    with pytest.raises(SamplingError) as info:
+        sample_genotypes(space, 3, like=largest, match="params", tolerance=0.0, max_draws=2000, patch=(16, 16),
+                         give_up_early=True)
+    assert "found 0 of 3" in str(info.value) or "found 1 of 3" in str(info.value)
+    drawn = int(str(info.value).split(" draws")[0].rsplit(" ", 1)[1])
+    assert 100 <= drawn < 2000 and "stopped there: at that rate, 2000 draws would not find 3" in str(info.value)
+    kwargs: dict[str, Any] = {"like": _like(space), "match": "flops", "patch": (16, 16), "seed": 3}
+    assert ([s.genotype for s in sample_genotypes(space, 4, give_up_early=True, **kwargs)]
+            == [s.genotype for s in sample_genotypes(space, 4, **kwargs)])
