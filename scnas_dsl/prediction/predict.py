@@ -43,7 +43,7 @@ from scnas_dsl.files import atomic_write
 from scnas_dsl.folders import holding, refuse_data_set
 from scnas_dsl.inference.sliding_window import InferenceStopped, sliding_window_inference
 from scnas_dsl.loader import load
-from scnas_dsl.nn import build_network
+from scnas_dsl.nn import build_network, check_input_size
 from scnas_dsl.stopping import RunInterrupted, StopSignal, requested_signal, stop_requested
 from scnas_dsl.training.checkpoint import load_checkpoint, require
 from scnas_dsl.training.device import setup_runtime
@@ -147,6 +147,7 @@ def load_trained(run: Path | str, which: str = "last", ops: Sequence[str] = ()) 
     # first on the meta device (no memory): a network.json edited to a width the weights do not have is a
     # message, not the allocation of a network that may not fit in memory
     try:
+        check_input_size(space, recipe.patch)  # the windows prediction cuts must go through the network
         with torch.device("meta"):
             shapes = {k: tuple(v.shape) for k, v in build().state_dict().items()}
     except CompileError as err:  # e.g. deep supervision at a level the genotype's decoder does not have
