@@ -78,6 +78,11 @@ def sliding_window_inference(model: nn.Module, image: torch.Tensor, patch_size: 
     ``fixed_batch``: the last, smaller batch of windows is padded to ``batch_size`` with copies of its first
     window (their outputs are dropped), so that every call has one shape: a compiled model is not compiled
     again for the last batch (minutes with inductor).
+
+    The image and the blended probabilities are kept on ``device``; when that runs out of memory (a large
+    case on a GPU: the probabilities are classes x voxels), the case is done again with them in CPU memory and
+    only the windows on the device, as nnU-Net v2 falls back (:func:`on_device_or_cpu`). An out-of-memory
+    error of the windows themselves is the caller's.
     """
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -87,6 +92,36 @@ def sliding_window_inference(model: nn.Module, image: torch.Tensor, patch_size: 
     dims = len(patch_size)
     if image.dim() != dims + 1:
         raise ValueError(f"image of shape {tuple(image.shape)}: expected (C, {', '.join('DHW'[3 - dims:])})")
+
+    def run(store: torch.device) -> torch.Tensor:
+        return _windows(model, image, tuple(patch_size), overlap=overlap, blend=blend,
+                        flips=_mirror_sets(dims, mirror, mirror_axes), batch_size=batch_size, device=device,
+                        store=store, autocast_dtype=autocast_dtype, should_stop=should_stop,
+                        fixed_batch=fixed_batch)
+
+    return on_device_or_cpu(run, device)
+
+
+def on_device_or_cpu(run: Callable[[torch.device], torch.Tensor], device: torch.device) -> torch.Tensor:
+    """``run(device)``; if that runs out of memory on a device other than the CPU, ``run(cpu)`` (the device's
+    cache emptied first). Out of memory on the CPU, or again with CPU storage, is raised."""
+    if device.type == "cpu":
+        return run(device)
+    try:
+        return run(device)
+    except torch.OutOfMemoryError:
+        pass  # leave the except block first: its traceback holds the failed call's tensors
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return run(torch.device("cpu"))
+
+
+def _windows(model: nn.Module, image: torch.Tensor, patch_size: tuple[int, ...], *, overlap: float, blend: Blend,
+             flips: list[tuple[int, ...]], batch_size: int, device: torch.device, store: torch.device,
+             autocast_dtype: torch.dtype | None, should_stop: Callable[[], bool] | None,
+             fixed_batch: bool) -> torch.Tensor:
+    """The sliding window of :func:`sliding_window_inference`, the model run on ``device``, the image and the
+    blended probabilities kept on ``store``."""
     spatial = tuple(image.shape[1:])
     pads = [max(p - s, 0) for s, p in zip(spatial, patch_size, strict=True)]
     if any(pads):
@@ -98,20 +133,19 @@ def sliding_window_inference(model: nn.Module, image: torch.Tensor, patch_size: 
     padded = tuple(image.shape[1:])
     starts = [window_starts(s, p, overlap) for s, p in zip(padded, patch_size, strict=True)]
     corners = list(itertools.product(*starts))
-    weight = importance_map(patch_size, blend).to(device)
+    weight = importance_map(patch_size, blend).to(store)
     was_training = model.training
     model.eval()
     probs: torch.Tensor | None = None
-    counts = torch.zeros(padded, device=device)
-    image = image.to(device)
-    flips = _mirror_sets(dims, mirror, mirror_axes)
+    counts = torch.zeros(padded, device=store)
+    image = image.to(store)
     try:
         for first in range(0, len(corners), batch_size):
             if should_stop is not None and should_stop():
                 raise InferenceStopped(f"stopped after {first} of {len(corners)} windows")
             chunk = corners[first:first + batch_size]
             slices = [tuple(slice(c, c + p) for c, p in zip(corner, patch_size, strict=True)) for corner in chunk]
-            batch = torch.stack([image[(slice(None), *s)] for s in slices])
+            batch = torch.stack([image[(slice(None), *s)] for s in slices]).to(device)
             if fixed_batch and len(slices) < batch_size:
                 batch = torch.cat([batch, batch[:1].expand(batch_size - len(slices), *batch.shape[1:])])
             out: torch.Tensor | None = None
@@ -124,9 +158,9 @@ def sliding_window_inference(model: nn.Module, image: torch.Tensor, patch_size: 
                 p = p.flip(axes) if axes else p
                 out = p if out is None else out + p
             assert out is not None  # flips is never empty
-            out = out / len(flips)
+            out = (out / len(flips)).to(store)
             if probs is None:
-                probs = torch.zeros((out.shape[1], *padded), device=device)
+                probs = torch.zeros((out.shape[1], *padded), device=store)
             for s, p in zip(slices, out, strict=True):
                 probs[(slice(None), *s)] += p * weight
                 counts[s] += weight

@@ -46,7 +46,7 @@ from scnas_dsl.loader import load
 from scnas_dsl.nn import build_network, check_input_size
 from scnas_dsl.stopping import RunInterrupted, StopSignal, requested_signal, stop_requested
 from scnas_dsl.training.checkpoint import load_checkpoint, require
-from scnas_dsl.training.device import setup_runtime
+from scnas_dsl.training.device import out_of_memory, setup_runtime
 from scnas_dsl.training.loop import progress_bar
 from scnas_dsl.training.runs import CHECKPOINT_DIR, GENOTYPE, NETWORK, PREPROCESSING, read_network
 
@@ -355,10 +355,19 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
                     raise InferenceStopped
                 image, meta = preprocess_image(sorted(paths), pre)
                 # a stop signal is answered between batches of windows (a batch system's SIGKILL follows soon)
-                probs = sliding_window_inference(network, torch.from_numpy(image), model.patch, blend=blend,  # type: ignore[arg-type]
-                                                 mirror=mirror, batch_size=batch_size, device=runtime.device,
-                                                 autocast_dtype=runtime.amp_dtype, should_stop=stop_requested,
-                                                 fixed_batch=compiled)
+                try:
+                    probs = sliding_window_inference(network, torch.from_numpy(image), model.patch, blend=blend,  # type: ignore[arg-type]
+                                                     mirror=mirror, batch_size=batch_size, device=runtime.device,
+                                                     autocast_dtype=runtime.amp_dtype, should_stop=stop_requested,
+                                                     fixed_batch=compiled)
+                except RuntimeError as err:
+                    if not out_of_memory(err):
+                        raise
+                    bar.close()
+                    if output.is_dir():  # continued by the same command, as after a stop signal
+                        write_json(output / RECORD, {**record, "stopped": True})
+                    raise _no_memory(case, image.shape, model, runtime.device, batch_size, run, output,
+                                     len(written)) from None
                 output.mkdir(parents=True, exist_ok=True)  # only now: a call failing on its first case leaves none
                 # written under a temporary name and renamed: a stop or a crash never leaves half a file
                 _save_nifti(restore_segmentation(probs.numpy(), meta.model_copy(update={"case_id": case})),
@@ -385,6 +394,20 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
     if output.is_dir():
         write_json(output / RECORD, record)  # complete: no longer "stopped"
     return Predictions(files=written, weights=model.weights, record=output / RECORD, continued=sorted(kept))
+
+
+def _no_memory(case: str, shape: tuple[int, ...], model: TrainedModel, device: torch.device, batch_size: int,
+               run: Path | str, output: Path, written: int) -> RunError:
+    """The message of a case whose prediction did not fit in ``device``'s memory, and what to change."""
+    voxels = "x".join(str(s) for s in shape[1:])
+    advice = ["--batch-size 1" if batch_size > 1 else None,
+              "--device cpu (slower; the machine's memory)" if device.type != "cpu" else None,
+              "a machine with more memory"]
+    done = f"the {written} case(s) before it are written in {output}" if written else "nothing was written"
+    return RunError(f"case '{case}': out of memory predicting it on {device.type} ({voxels} voxels after "
+                    f"preprocessing, windows of {'x'.join(map(str, model.patch))} from {Path(run) / NETWORK}, "
+                    f"--batch-size {batch_size}); try {' or '.join(a for a in advice if a)}; {done}, and the same "
+                    "command continues with the rest")
 
 
 def _save_nifti(image: nib.Nifti1Image, path: Path) -> None:

@@ -106,6 +106,14 @@ def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> No
         scaler.load_state_dict(state)
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation that did not fit: a device's ``torch.OutOfMemoryError``, or the CPU
+    allocator's RuntimeError (``can't allocate memory``; torch raises no OutOfMemoryError there)."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in str(err) or "out of memory" in str(err))
+
+
 def amp_dtype_for(capability: tuple[int, int] | None, amp: bool = True) -> torch.dtype | None:
     """The autocast dtype of a CUDA device of compute ``capability``: bf16 only where the GPU computes it
     natively (compute capability 8.0 and later: A100, H100, RTX 30xx and later), fp16 with a gradient scaler

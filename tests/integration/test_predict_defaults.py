@@ -181,3 +181,36 @@ def test_a_damaged_preprocessing_record_of_a_run_says_what_can_repair_it(trained
     code, output = invoke("predict", run, "--input", trained["raw"] / "imagesTr", "--output", tmp_path / "out")
     assert code == 1 and "preprocessing" in output and "cannot remake it" in output
     assert "Traceback" not in output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                                                "can't allocate memory: you tried to allocate 4000000 bytes")])
+def test_a_case_out_of_memory_is_a_message_and_the_same_command_continues(
+        trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: RuntimeError) -> None:
+    """Out of memory on the second case (the device's, or the CPU allocator's): a message naming the case and what
+    to change, the first case kept, and the same command (with --batch-size 1) does only the rest."""
+    import scnas_dsl.prediction.predict as predict
+
+    real = predict.sliding_window_inference
+    calls: list[int] = []
+
+    def second_runs_out(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 2:
+            raise error
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(predict, "sliding_window_inference", second_runs_out)
+    images = trained["raw"] / "imagesTr"
+    out = tmp_path / "out"
+    args = ("predict", trained["run"], "--input", images, "--output", out, "--no-mirror", "--quiet")
+    code, output = invoke(*args)
+    assert code == 1 and "case 'heart_001': out of memory predicting it on cpu" in output, output
+    assert "--batch-size 1" in output and "network.json" in output and "the 1 case(s) before it" in output
+    assert [p.name for p in out.glob("*.nii.gz")] == ["heart_000.nii.gz"]
+    calls[:] = [1, 1]  # from here on every call runs
+    code, output = invoke(*args, "--batch-size", "1")
+    assert code == 0, output
+    cases = len(list(images.glob("*.nii.gz")))
+    assert len(calls) - 2 == cases - 1 and len(list(out.glob("*.nii.gz"))) == cases  # the first was kept

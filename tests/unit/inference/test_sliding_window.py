@@ -101,3 +101,59 @@ def test_a_fixed_batch_pads_the_last_windows_and_gives_the_same_probabilities() 
     fixed = sliding_window_inference(model, image, (8, 8, 8), batch_size=5, fixed_batch=True)
     assert batches == [5, 5, 5]
     assert torch.allclose(fixed, plain, atol=1e-6)
+
+
+def test_out_of_memory_on_a_device_does_the_case_again_with_cpu_storage() -> None:
+    """nnU-Net v2's fallback: the probabilities of a large case may not fit on the GPU beside the network."""
+    from scnas_dsl.inference.sliding_window import on_device_or_cpu
+
+    calls: list[str] = []
+
+    def run(store: torch.device) -> torch.Tensor:
+        calls.append(store.type)
+        if store.type != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return torch.ones(1)
+
+    assert on_device_or_cpu(run, torch.device("cuda")).item() == 1 and calls == ["cuda", "cpu"]
+    calls.clear()
+
+    def cpu_full(store: torch.device) -> torch.Tensor:
+        calls.append(store.type)
+        raise torch.OutOfMemoryError("no memory")
+
+    with pytest.raises(torch.OutOfMemoryError):  # on the CPU nothing is left to fall back to
+        on_device_or_cpu(cpu_full, torch.device("cpu"))
+    assert calls == ["cpu"]
+    calls.clear()
+    with pytest.raises(torch.OutOfMemoryError):  # nor after the fallback
+        on_device_or_cpu(cpu_full, torch.device("cuda"))
+    assert calls == ["cuda", "cpu"]
+    calls.clear()
+
+    def broken(store: torch.device) -> torch.Tensor:
+        calls.append(store.type)
+        raise RuntimeError("a shape error")
+
+    with pytest.raises(RuntimeError, match="a shape error"):  # only memory is retried
+        on_device_or_cpu(broken, torch.device("cuda"))
+    assert calls == ["cuda"]
+
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])])
+def test_probabilities_kept_in_cpu_memory_are_those_kept_on_the_device(device: str) -> None:
+    """The fallback's storage gives the same probabilities (on a GPU: the windows there, the sums on the CPU)."""
+    from scnas_dsl.inference.sliding_window import _mirror_sets, _windows
+
+    torch.manual_seed(0)
+    net = nn.Conv3d(2, 3, 3, padding=1).to(device)
+    image = torch.randn(2, 20, 13, 9)
+    kwargs = {"overlap": 0.5, "blend": "gaussian", "flips": _mirror_sets(3, True, None), "batch_size": 3,
+              "device": torch.device(device), "autocast_dtype": None, "should_stop": None, "fixed_batch": False}
+    in_cpu_memory = _windows(net, image, (8, 8, 8), store=torch.device("cpu"), **kwargs)  # type: ignore[arg-type]
+    on_device = _windows(net, image, (8, 8, 8), store=torch.device(device), **kwargs)  # type: ignore[arg-type]
+    assert in_cpu_memory.device.type == on_device.device.type == "cpu"
+    assert torch.allclose(in_cpu_memory, on_device, atol=1e-6)
+    assert torch.allclose(on_device, sliding_window_inference(net, image, (8, 8, 8), mirror=True, batch_size=3))
