@@ -197,7 +197,8 @@ class EpochLoop:
         """Run the epochs; raises :class:`RunInterrupted` on a stop signal (after the checkpoint)."""
         runtime, steps = self.runtime, self.steps
         previous = read_jsonl(self.run.path / METRICS) if self.run.writer else []
-        elapsed_before = float(previous[-1].get("elapsed", 0.0)) if previous else 0.0
+        elapsed = previous[-1].get("elapsed") if previous else None  # the earlier sessions' time (a report)
+        elapsed_before = float(elapsed) if isinstance(elapsed, int | float) and math.isfinite(elapsed) else 0.0
         session_start, session_epochs = time.time(), 0
         epochs_run, epoch = 0, state.epoch - 1
         if state.epoch >= self.epochs:

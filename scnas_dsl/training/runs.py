@@ -197,32 +197,57 @@ class RunFolder:
 
     def amend_last_jsonl(self, name: str, extra: dict[str, Any]) -> None:
         """Add ``extra`` to the last record of ``name`` (rewritten atomically; what the end of a run measured
-        after its last epoch belongs to that epoch's record)."""
+        after its last epoch belongs to that epoch's record). A last line that is not a record is left as it is."""
         target = self.path / name
         if not self.writer or not target.is_file():
             return
-        lines = [ln for ln in target.read_text().splitlines() if ln.strip()]
-        if not lines:
+        lines = [ln for ln in target.read_text(errors="replace").splitlines() if ln.strip()]
+        if not lines or _record(lines[-1]) is None:
             return
-        lines[-1] = json.dumps(json_safe({**json.loads(lines[-1]), **extra}))
+        lines[-1] = json.dumps(json_safe({**_record(lines[-1]), **extra}))
         self.write_text(name, "".join(ln + "\n" for ln in lines))
 
     def truncate_jsonl(self, name: str, keep_epochs: int) -> None:
         """Keep the records of the first ``keep_epochs`` epochs (a resumed run rewrites what followed its
-        checkpoint, so the history has no duplicates)."""
+        checkpoint, so the history has no duplicates). A line that is not an epoch's record (cut off by a crash
+        or a full disk, or edited) is dropped, with a note naming the file and its lines: the checkpoint, not
+        this history, is what a resume continues from."""
         target = self.path / name
         if not self.writer or not target.is_file():
             return
-        lines = [ln for ln in target.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) < keep_epochs]
+        kept, dropped = [], []
+        for number, line in enumerate(target.read_text(errors="replace").splitlines(), 1):
+            record = _record(line)
+            epoch = record.get("epoch") if record is not None else None
+            if not isinstance(epoch, int) or isinstance(epoch, bool):
+                if line.strip():
+                    dropped.append(number)
+                continue
+            if epoch < keep_epochs:
+                kept.append(line)
+        if dropped:
+            print(f"note: {target}: line(s) {', '.join(map(str, dropped[:5]))}{', ...' if len(dropped) > 5 else ''} "
+                  "are not records of an epoch (cut off or edited) and were dropped; the run continues from its "
+                  "checkpoint", file=sys.stderr, flush=True)
         write_text(target, "".join(ln + "\n" for ln in kept), durable=True)
 
 
+def _record(line: str) -> dict[str, Any] | None:
+    """The JSON object on ``line``, or None when it holds none (cut off, another value, not JSON)."""
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON lines file (empty when the file is missing)."""
+    """The records of a JSON lines file (empty when the file is missing); a line that is not a JSON object (a
+    record cut off by a crash, an edit) is skipped: these files are a run's history, read for reports."""
     if not path.is_file():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    records = (_record(ln) for ln in path.read_text(errors="replace").splitlines() if ln.strip())
+    return [r for r in records if r is not None]
 
 
 def git_commit() -> str | None:

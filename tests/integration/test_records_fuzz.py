@@ -268,3 +268,31 @@ def test_a_mutated_preprocessing_manifest_is_a_message_naming_it(run: Path, tmp_
             pre.meta(case)
     except ScnasError as err:
         assert "preprocessed.json" in str(err) or "preprocessing" in str(err), str(err)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, 400), line=st.none() | JSON)
+def test_a_damaged_metrics_history_does_not_stop_a_resume(run: Path, tmp_path: Path, cut: int, line: Any,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """metrics.jsonl cut off (a crash, a full disk) and a line that is no record appended: the resume drops what
+    it cannot read, says so, and continues from the checkpoint."""
+    copy = _copy(run, tmp_path)
+    metrics = copy / "metrics.jsonl"
+    text = metrics.read_text()
+    metrics.write_text(text[:len(text) - cut] + ("" if line is None else "\n" + json.dumps(line)))
+
+    def an_epoch(ln: str) -> bool:
+        try:
+            record = json.loads(ln)
+        except ValueError:
+            return False
+        return isinstance(record, dict) and type(record.get("epoch")) is int
+
+    damaged = any(ln.strip() and not an_epoch(ln) for ln in metrics.read_text().splitlines())
+    capsys.readouterr()
+    cfg = TrainConfig.model_validate({**json.loads((copy / "config.json").read_text()), "out": str(copy),
+                                      "epochs": 2})
+    assert run_train(cfg, resume=True) is not None
+    records = [json.loads(ln) for ln in metrics.read_text().splitlines()]
+    assert records[-1]["epoch"] == 1 and all(an_epoch(json.dumps(r)) for r in records)
+    assert ("metrics.jsonl: line(s)" in capsys.readouterr().err) == damaged, "the note says what was dropped"
