@@ -202,9 +202,10 @@ class RunFolder:
         if not self.writer or not target.is_file():
             return
         lines = [ln for ln in target.read_text(errors="replace").splitlines() if ln.strip()]
-        if not lines or _record(lines[-1]) is None:
+        last = _record(lines[-1]) if lines else None
+        if last is None:
             return
-        lines[-1] = json.dumps(json_safe({**_record(lines[-1]), **extra}))
+        lines[-1] = json.dumps(json_safe({**last, **extra}))
         self.write_text(name, "".join(ln + "\n" for ln in lines))
 
     def truncate_jsonl(self, name: str, keep_epochs: int) -> None:
