@@ -24,6 +24,10 @@ class RunInterrupted(RunError):
     """Ctrl-C or SIGTERM stopped a run cleanly (after its checkpoint, or with its finished parts kept)."""
 
 
+class SecondInterrupt(KeyboardInterrupt):
+    """A second Ctrl-C while a requested stop was under way: stop at once."""
+
+
 class StopSignal:
     """Turns SIGINT and SIGTERM into a request the running job answers at its next safe point (the end of the
     current step, batch of windows or case). A second Ctrl-C while waiting stops at once; a second SIGTERM
@@ -37,7 +41,7 @@ class StopSignal:
         name = signal.Signals(signum).name
         if self.requested is not None:
             if name == "SIGINT" == self.requested:
-                raise KeyboardInterrupt
+                raise SecondInterrupt
             return
         self.requested = name
 
@@ -69,6 +73,18 @@ def stop_requested() -> bool:
 def requested_signal() -> str:
     """The name of the signal that asked for the stop (``SIGTERM`` when none is known)."""
     return next((stop.requested for stop in _ACTIVE if stop.requested is not None), "SIGTERM")
+
+
+class StopRequested(Exception):  # noqa: N818 (a stop, not an error)
+    """Raised by :func:`check_stop` in long work that has no checkpoint of its own (the search's choice of its
+    genotype after the last epoch); the job that started the work turns it into :class:`RunInterrupted`."""
+
+
+def check_stop() -> None:
+    """Raise :class:`StopRequested` when a running :class:`StopSignal` was asked to stop (a safe point of work
+    that can simply be done again)."""
+    if stop_requested():
+        raise StopRequested(requested_signal())
 
 
 def ignore_signals_in_worker(*_: object) -> None:

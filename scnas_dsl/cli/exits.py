@@ -56,7 +56,7 @@ def user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from scnas_dsl.stopping import RunInterrupted
+        from scnas_dsl.stopping import RunInterrupted, SecondInterrupt
 
         try:
             return func(*args, **kwargs)
@@ -69,10 +69,15 @@ def user_errors(func: F) -> F:
         except OSError as err:  # a place that cannot be written (or read): one line, never a traceback
             typer.echo(f"error: {os_error_message(err)}", err=True)
             code = 1
-        except KeyboardInterrupt:  # a second Ctrl-C while a stop was under way: at once, without a new checkpoint
+        except SecondInterrupt:  # a second Ctrl-C while a stop was under way: at once, without a new checkpoint
             typer.echo("stopped at once by a second Ctrl-C: nothing more was saved; a search or training continues "
                        "from its last checkpoint (checkpoints/last.pt of its run folder) with the same command and "
                        "--resume", err=True)
+            code = 130
+        except KeyboardInterrupt:  # Ctrl-C where nothing is stopped cleanly (set-up, checks): nothing half-written
+            typer.echo("stopped by Ctrl-C; files are written whole or not at all, so nothing is half-written; a "
+                       "search or training that has a checkpoint (checkpoints/last.pt of its run folder) continues "
+                       "with the same command and --resume", err=True)
             code = 130
         # raised outside the handler, so that the error's traceback (and with it the run's frames, its loaders
         # and their worker processes, which ignore SIGTERM) is released now: the workers end before the

@@ -43,6 +43,7 @@ from scnas_dsl.nn.cost import FLOAT_BYTES, SavedForBackward, estimate
 from scnas_dsl.nn.derive import derive_genotype
 from scnas_dsl.nn.plan import build_plan, zero_op_names
 from scnas_dsl.ops.library import Library, default_library
+from scnas_dsl.stopping import check_stop
 
 #: what a budget can limit, in the order reports show them
 METRICS: tuple[str, ...] = ("flops", "params", "memory")
@@ -270,6 +271,7 @@ class CostModel:
             over = {m: costs[m] / lim for m, lim in limits.items() if costs[m] > lim or exhaust}
             if not over:
                 break
+            check_stop()  # a stop signal while a search fits its choice into the budget
             tables = self.tables(current)
             columns = self.chosen_columns(current)
             best: tuple[float, str, int, int] | None = None

@@ -44,6 +44,7 @@ from scnas_dsl.nn.plan import build_plan, live_structure, zero_op_names
 from scnas_dsl.nn.supernet import build_supernet
 from scnas_dsl.ops.library import Library, default_library
 from scnas_dsl.ops.signatures import Signatures
+from scnas_dsl.stopping import check_stop
 
 Match = Literal["flops", "params"]
 
@@ -355,6 +356,7 @@ def sample_genotypes(space: SearchSpace, n: int, *, seed: int = 0, like: Genotyp
         if give_up_early and match is not None and _hopeless(len(samples), drawn, max_draws, n):
             stopped = drawn
             break
+        check_stop()  # a stop signal during the search's choice of genotype (its self-check draws)
         genotype = next(stream)
         since += 1
         if unique and genotype.cells in seen:

@@ -187,7 +187,8 @@ class EpochLoop:
                  f"batch {cfg.batch_size}, {cfg.epochs} epochs x {cfg.batches_per_epoch} steps, stem width "
                  f"{cfg.stem_width}, {where}; {details}; run folder {self.run.path}")
 
-    def _interrupted(self, signal_name: str, where: str) -> RunInterrupted:
+    def interrupted(self, signal_name: str, where: str) -> RunInterrupted:
+        """The stop of a run by ``signal_name`` ``where`` it was, logged, with how to continue."""
         message = (f"{signal_name}: stopped {where}; checkpoint saved to {self.checkpoint_path}; continue with "
                    f"`{self.resume_hint}`")
         self.say(f"{self.kind}: {message}", terminal=False)  # the command prints it; the log keeps it too
@@ -222,7 +223,7 @@ class EpochLoop:
                     job.save(LoopState(epoch, stopped_at, dict(state.sums)))
                     if epoch > 0:  # earlier epochs are recorded: their plots
                         self._plot(job, force=True)
-                    raise self._interrupted(stop.requested or "SIGTERM", f"at epoch {epoch + 1}, step {stopped_at}")
+                    raise self.interrupted(stop.requested or "SIGTERM", f"at epoch {epoch + 1}, step {stopped_at}")
                 means = {name: total / steps for name, total in state.sums.items()}
                 try:
                     end = job.end_epoch(epoch, means)
@@ -230,7 +231,7 @@ class EpochLoop:
                     job.save(LoopState(epoch, steps, dict(state.sums)))
                     if epoch > 0:
                         self._plot(job, force=True)
-                    raise self._interrupted(stop.requested or "SIGTERM",
+                    raise self.interrupted(stop.requested or "SIGTERM",
                                             f"during the validation of epoch {epoch + 1}") from None
                 seconds = time.time() - started
                 session_epochs += 1
@@ -255,7 +256,7 @@ class EpochLoop:
                     self.say(f"{self.kind}: stopped after epoch {epoch + 1}: {end.stop}")
                     return LoopEnd("early", epoch, end.stop)
                 if stopping:
-                    raise self._interrupted(stop.requested or "SIGTERM", f"after epoch {epoch + 1}")
+                    raise self.interrupted(stop.requested or "SIGTERM", f"after epoch {epoch + 1}")
                 if paused:
                     return LoopEnd("paused", epoch)
         return LoopEnd("finished", epoch)

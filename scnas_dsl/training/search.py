@@ -30,6 +30,7 @@ from scnas_dsl.nn import TemperatureSchedule, build_supernet
 from scnas_dsl.nn.supernet import Supernet
 from scnas_dsl.ops.plugins import RECORD as OPERATIONS_RECORD
 from scnas_dsl.ops.plugins import load_operations
+from scnas_dsl.stopping import StopRequested, StopSignal
 from scnas_dsl.training.budgeting import SearchBudget, budget_line, search_budget
 from scnas_dsl.training.checkpoint import capture_rng, restore_rng, save_checkpoint
 from scnas_dsl.training.config import SearchConfig, SelectionConfig
@@ -209,7 +210,14 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
     end = loop.run_job(job, state)
     if end.how == "paused":
         return None
-    return _finish(job, space, loop, end.epoch + 1)
+    if runtime.distributed:  # every rank chooses; a stop reaching one rank must not leave the others waiting
+        return _finish(job, space, loop, end.epoch + 1)
+    with StopSignal():  # the choice (scores, self-check draws, budget fitting) takes minutes: stoppable
+        try:
+            return _finish(job, space, loop, end.epoch + 1)
+        except StopRequested as stop:
+            raise loop.interrupted(str(stop), "while choosing the genotype after the last epoch (the epochs are "
+                                   "done; the choice is made again)") from None
 
 
 class _SearchJob:

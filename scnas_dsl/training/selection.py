@@ -42,6 +42,7 @@ from scnas_dsl.nn.derive import derive_genotype
 from scnas_dsl.nn.random_genotypes import SamplingError, sample_genotypes
 from scnas_dsl.nn.sampler import EdgeSample
 from scnas_dsl.nn.supernet import Samples, Supernet
+from scnas_dsl.stopping import check_stop
 from scnas_dsl.training.budgeting import SearchBudget
 from scnas_dsl.training.config import CommonConfig, SelectionConfig
 from scnas_dsl.training.data_context import DataContext, loader
@@ -95,6 +96,7 @@ class SupernetScorer:
             for r in range(repeats):
                 samples = architecture(r) if callable(architecture) else architecture
                 for x, y in self.batches:
+                    check_stop()
                     with runtime.autocast():
                         logits = model(x, samples=samples)
                     loss = loss + soft_jaccard_loss(logits.float(), y).detach()

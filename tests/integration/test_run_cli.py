@@ -378,3 +378,26 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(workspace: dict[str, Path
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert load(run / "genotype.scn").genotype()[1].name == "tiny_fold0"
+
+
+def test_a_stop_while_the_genotype_is_chosen_is_a_clean_stop_and_resume_chooses_again(
+        workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM after the last epoch, while the self-check scores (minutes under a budget): status 130 and how
+    to continue, no genotype written; --resume makes the choice."""
+    run = tmp_path / "run"
+    real = search_module.select_genotype
+
+    def signalled(*args: object, **kwargs: object) -> object:
+        os.kill(os.getpid(), signal.SIGTERM)  # answered at the scorer's next batch
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(search_module, "select_genotype", signalled)
+    command = ("search", workspace["spec"], "--data", workspace["pre"], "--out", run, *TINY, "--epochs", "1")
+    code, output = invoke(*command)
+    assert code == 130, output
+    assert "SIGTERM: stopped while choosing the genotype after the last epoch" in output and "--resume" in output
+    assert not (run / "genotype.scn").exists()
+    monkeypatch.setattr(search_module, "select_genotype", real)
+    code, output = invoke(*command, "--resume")
+    assert code == 0, output
+    assert load(run / "genotype.scn").genotype()[1].name == "tiny_fold0"

@@ -67,3 +67,29 @@ def test_a_place_that_cannot_be_written_is_one_line_and_leaves_no_partial_file(t
     assert result.exit_code == 1 and "No space left on device (the disk is full" in result.output
     assert "Traceback" not in result.output
     assert not [p for p in out.rglob("*") if p.is_file()]  # nothing half-written, no temporary file
+
+
+def test_ctrl_c_says_whether_it_cut_a_stop_short() -> None:
+    """The second Ctrl-C of a stop under way says nothing more was saved; a Ctrl-C where no stop is handled
+    (set-up, a check) says only that nothing is half-written: neither is called the other."""
+    import signal
+
+    from typer.testing import CliRunner
+
+    from scnas_dsl.stopping import StopSignal
+
+    probe = typer.Typer()
+
+    @probe.command()
+    @user_errors
+    def interrupted(second: bool = False) -> None:
+        if not second:
+            raise KeyboardInterrupt
+        with StopSignal() as stop:
+            stop._handle(signal.SIGINT, None)  # the first asks for a clean stop
+            stop._handle(signal.SIGINT, None)  # the second stops at once
+
+    first = CliRunner().invoke(probe, [])
+    assert first.exit_code == 130 and "stopped by Ctrl-C" in first.output and "second" not in first.output
+    second = CliRunner().invoke(probe, ["--second"])
+    assert second.exit_code == 130 and "stopped at once by a second Ctrl-C" in second.output, second.output
