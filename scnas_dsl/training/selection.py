@@ -314,8 +314,9 @@ def self_check(model: Supernet, scorer: SupernetScorer, genotype: Genotype, sett
     values = sorted(s.value(settings.by) for s in scores)
     rank, of = better + 1, len(scores) + 1
     unit = "Dice" if settings.by == "dice" else "loss"
+    which = "of its FLOPs" if note is None else "(too few of its FLOPs in the draws: not FLOPs-matched)"
     text = (f"self-check: the chosen genotype ranks {rank} of {of} on the supernet ({unit} "
-            f"{own.value(settings.by):.4f}; {len(scores)} random genotypes of its FLOPs: median "
+            f"{own.value(settings.by):.4f}; {len(scores)} random genotypes {which}: median "
             f"{values[len(values) // 2]:.4f}, best {values[-1] if settings.by == 'dice' else values[0]:.4f})")
     out: dict[str, Any] = {"rank": rank, "of": of, "by": settings.by, "score": own.to_dict(),
                            "random_scores": [s.to_dict() for s in scores], "text": text,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from scnas_dsl.nn import build_supernet
+from scnas_dsl.nn.random_genotypes import draw_genotypes
 from scnas_dsl.nn.supernet import Samples, Supernet
 from scnas_dsl.training.config import SearchConfig, SelectionConfig
 from scnas_dsl.training.data_context import loader, open_data
@@ -113,7 +114,7 @@ def test_sampled_keeps_the_best_scored_random_genotype() -> None:
     assert len(set(scores)) > 1  # the draws differ on the scored edge
 
 
-def test_the_self_check_scores_the_chosen_genotype_itself() -> None:
+def test_the_self_check_scores_the_chosen_genotype_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _net()
     model.eval()
     chosen, _ = model.derive(name="chosen")
@@ -140,6 +141,15 @@ def test_the_self_check_scores_the_chosen_genotype_itself() -> None:
     assert better != worse  # the scores differ enough to tell a rank from its reverse
     assert check["rank"] == better + 1
     assert self_check(model, recorder, chosen, SelectionConfig(check_samples=0), seed=0, cost=_cost(model)) is None
+    # the line says whether the random genotypes had the chosen one's FLOPs
+    assert check["matched"] and "random genotypes of its FLOPs" in check["text"]
+    import scnas_dsl.training.selection as selection
+
+    unmatched = [g for g, _ in zip(draw_genotypes(model.space, seed=1), range(6), strict=False)]
+    monkeypatch.setattr(selection, "_random", lambda *args: (unmatched, "no 6 genotypes within 10% of its FLOPs"))
+    check = self_check(model, recorder, chosen, SelectionConfig(check_samples=6), seed=0, cost=_cost(model))  # type: ignore[arg-type]
+    assert check is not None and not check["matched"] and "of its FLOPs:" not in check["text"]
+    assert "not FLOPs-matched" in check["text"], check["text"]
 
 
 @pytest.fixture(scope="module")
