@@ -19,6 +19,9 @@ the self-check does.
 
     .venv/bin/python benchmarks/budget_cost.py
     .venv/bin/python benchmarks/budget_cost.py --spec specs/unet4cell.scn --patch 96 96 96 --batch 2
+    .venv/bin/python benchmarks/budget_cost.py --spec demo --patch 16 16 16 --batch 2 --width 8 --repeats 1
+
+Then the cheapest parameters, FLOPs and memory found in the space (all four descents).
 """
 
 from __future__ import annotations
@@ -50,7 +53,13 @@ def main() -> None:
     from scnas_dsl.nn.budget import CostModel, check_reachable, penalty
     from scnas_dsl.nn.random_genotypes import draw_genotypes
 
-    space = load(args.spec).space()
+    if args.spec == "demo":  # the demo's space (scnas demo), stem width 8 unless --width says otherwise
+        from scnas_dsl.loader import load_text
+        from scnas_dsl.studies.demo import small_space
+
+        space = load_text(small_space("demo", stem_width=args.width)).space()
+    else:
+        space = load(args.spec).space()
 
     def model() -> CostModel:
         return CostModel(space, patch=tuple(args.patch), batch_size=args.batch, in_channels=4, num_classes=4,
@@ -86,6 +95,9 @@ def main() -> None:
     for name, values in times.items():
         print(f"  {name:9s} {statistics.median(values):8.3f} s")
     print(f"  expected / exact: {statistics.median(times['expected']) / statistics.median(times['exact']):.3f}")
+    for metric in ("params", "flops", "memory"):  # what the impossible-budget check calls the cheapest
+        found = model().cheapest({metric: 1.0})
+        print(f"  cheapest {metric} found: {found.costs[metric]:,.0f} ({len(found.gave_up)} changes)")
     if args.self_check:
         _self_check(space, model(), args)
 

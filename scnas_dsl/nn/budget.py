@@ -288,15 +288,19 @@ class CostModel:
                         ratio = loss / saving
                         if best is None or ratio < best[0]:
                             best = (ratio, key, row, other)
-            if best is None:
-                break
+            if best is None:  # no edge alone lowers the cost: a whole node's removal may (module docstring)
+                pruned = self._remove_part(current, columns, pref, limits, over, costs, name or genotype.name)
+                if pruned is None:
+                    break
+                current, new, line = pruned
+                gave_up.append(line + " (" + ", ".join(f"{m} {format_quantity(m, costs[m])} -> "
+                                                       f"{format_quantity(m, new[m])}" for m in over) + ")")
+                costs = new
+                refused.clear()
+                continue
             _, key, row, other = best
-            table = {k: v.clone() for k, v in pref.items()}
-            for k in self.keys:  # the current choices, then the change
-                for r, c in enumerate(columns[k].tolist()):
-                    table[k][r, c] += 1e12
-            table[key][row, other] += 4e12
-            candidate = derive_genotype(self.space, table, name or genotype.name)[0]
+            candidate = derive_genotype(self.space, self._changed(columns, pref, {(key, row): other}),
+                                        name or genotype.name)[0]
             new = self.exact(candidate)
             if sum(new[m] / limits[m] for m in over) >= sum(costs[m] / limits[m] for m in over):
                 refused.add((key, row, other))
@@ -311,6 +315,55 @@ class CostModel:
             refused.clear()
         within = all(costs[m] <= lim for m, lim in limits.items())
         return Fitted(current, costs, within, gave_up)
+
+    def _changed(self, columns: Mapping[str, torch.Tensor], pref: Mapping[str, torch.Tensor],
+                 changes: Mapping[tuple[str, int], int]) -> dict[str, torch.Tensor]:
+        """Logits whose argmax is the current choices (``columns``) with ``changes`` ((key, edge row) ->
+        operation column) made, ties broken by ``pref``."""
+        table = {k: v.clone() for k, v in pref.items()}
+        for k in self.keys:
+            for r, c in enumerate(columns[k].tolist()):
+                table[k][r, c] += 1e12
+        for (k, r), c in changes.items():
+            table[k][r, c] += 4e12
+        return table
+
+    def _remove_part(self, current: Genotype, columns: Mapping[str, torch.Tensor], pref: Mapping[str, torch.Tensor],
+                    limits: Mapping[str, float], over: Mapping[str, float], costs: Costs, name: str
+                    ) -> tuple[Genotype, Costs, str] | None:
+        """The removal of one node (every edge into it set to the zero operation) or one input (every edge out of
+        it) that lowers the exact cost and gives up the least preference per unit saved, or None. The edges may
+        each cost nothing (pooling, identity) while the node costs the cells after it their input width, and the
+        input its preprocessing: no single edge shows that."""
+        before = sum(costs[m] / limits[m] for m in over)
+        best: tuple[float, Genotype, Costs, str] | None = None
+        for key in self.keys:
+            zero = next((i for i, op in enumerate(self.op_names[key]) if op in self.zeros[key]), None)
+            if zero is None:
+                continue
+            chosen = columns[key].tolist()
+            spec = self.specs[key]
+            assert spec is not None  # structure keys come from the space itself
+            parts = [(node, [r for r, (_, dst) in enumerate(self.edges[key]) if dst == node])
+                     for node in spec.node_names()]  # a node: every edge into it
+            parts += [(source, [r for r, (src, _) in enumerate(self.edges[key]) if src == source])
+                      for source in spec.input_names()]  # an input: every edge out of it (its preprocessing)
+            for part, edges in parts:
+                rows = [r for r in edges if chosen[r] != zero]
+                if not rows:
+                    continue
+                candidate = derive_genotype(self.space, self._changed(columns, pref, {(key, r): zero for r in rows}),
+                                            name)[0]
+                if _genotype_key(candidate) == _genotype_key(current):  # the cell needs the node: not removable
+                    continue
+                new = self.exact(candidate)
+                saving = before - sum(new[m] / limits[m] for m in over)
+                if saving <= 0:
+                    continue
+                loss = sum(max(float(pref[key][r, chosen[r]] - pref[key][r, zero]), 0.0) for r in rows)
+                if best is None or loss / saving < best[0]:
+                    best = (loss / saving, candidate, new, f"{key} {part}: removed (its {len(rows)} edge(s) zero)")
+        return None if best is None else best[1:]
 
     def cheapest(self, limits: Mapping[str, float], starts: int = 3, enough: bool = False) -> Fitted:
         """The cheapest genotype this model finds in the limited metrics (their sum, each relative to its limit):
@@ -355,6 +408,7 @@ def check_reachable(model: CostModel, limits: Mapping[str, float], where: str) -
         levers = {"params": "stem width", "flops": "patch or stem width", "memory": "patch, batch or stem width"}
         raise CompileError(
             f"{where}: " + "; ".join(f"the {m} limit of {format_quantity(m, limits[m])} is below the cheapest genotype "
-                                     f"of the space ({format_quantity(m, cheapest.costs[m])})" for m in short)
+                                     f"found in the space ({format_quantity(m, cheapest.costs[m])}; found by greedy "
+                                     "descents, the true cheapest may be a little lower)" for m in short)
             + f", at patch {'x'.join(map(str, model.patch))}, batch {model.batch_size}, stem width "
             f"{model.stem_width}: raise the budget, or search at a smaller {levers[short[0]]}")

@@ -13,6 +13,7 @@ from scnas_dsl.errors import CompileError
 from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype
 from scnas_dsl.nn.budget import METRICS, CostModel, check_reachable, parse_quantity, penalty
+from scnas_dsl.nn.derive import derive_genotype
 from scnas_dsl.nn.random_genotypes import draw_genotypes
 
 SPECS = Path(__file__).resolve().parents[3] / "specs"
@@ -159,11 +160,30 @@ def test_fitting_meets_the_budget_and_gives_up_the_least_preferred_choice_first(
     assert same.genotype.cells == genotype.cells and same.gave_up == [] and same.within
 
 
+def test_fitting_removes_a_node_whose_edges_cost_nothing_alone() -> None:
+    """Pooling and identity weigh nothing, but a node costs the cells after it their input width: from pooling
+    on every edge no single edge lowers the parameters, the removal of a whole node does."""
+    from scnas_dsl.loader import load_text
+    from scnas_dsl.studies.demo import small_space
+
+    space = load_text(small_space("demo", stem_width=8)).space()
+    model = CostModel(space, patch=(8, 8, 8), batch_size=2, in_channels=1, num_classes=2, stem_width=8)
+    pooling = {k: torch.zeros(len(model.edges[k]), len(model.op_names[k])) for k in model.keys}
+    for key in model.keys:
+        pooling[key][:, model.op_names[key].index("maxpool")] = 1.0
+    start = derive_genotype(space, pooling, "start")[0]
+    zero = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in pooling.items()}
+    fitted = model.fit(start, zero, {"params": 1.0}, exhaust=True)
+    removed = [line for line in fitted.gave_up if ": removed (its" in line]
+    assert removed and fitted.costs["params"] < model.exact(start)["params"], fitted.gave_up
+    assert fitted.costs == model.exact(fitted.genotype)
+
+
 def test_a_budget_below_the_cheapest_genotype_is_refused_with_its_cost() -> None:
     model = _model("tiny_by_level.scn", (8, 8, 8))
     cheapest = model.cheapest({"flops": 1.0})
     assert cheapest.costs["flops"] > 0
-    with pytest.raises(CompileError, match=r"below the cheapest genotype of the space \(.*FLOPs") as err:
+    with pytest.raises(CompileError, match=r"below the cheapest genotype found in the space \(.*FLOPs") as err:
         check_reachable(model, {"flops": 0.5 * cheapest.costs["flops"]}, "--budget")
     assert "the flops limit of" in str(err.value) and "smaller patch or stem width" in str(err.value)
     check_reachable(model, {"flops": cheapest.costs["flops"]}, "--budget")  # reachable: no error
