@@ -398,17 +398,18 @@ def describe_costs(costs: Costs, limits: Mapping[str, float]) -> str:
                      f"({100 * costs[m] / lim:.0f}%)" for m, lim in limits.items())
 
 
-def check_reachable(model: CostModel, limits: Mapping[str, float], where: str) -> None:
-    """A CompileError when the cheapest genotype found is above a limit: the budget cannot be met."""
+def check_reachable(model: CostModel, limits: Mapping[str, float], where: str, width: str = "stem width") -> None:
+    """A CompileError when the cheapest genotype found is above a limit: the budget cannot be met. ``width``: what
+    sets the width the costs are measured at, in words."""
     cheapest = model.cheapest(limits, enough=True)
     short = [m for m, lim in limits.items() if cheapest.costs[m] > lim]
     if short:
         # what each limited quantity depends on: parameters on the width only, FLOPs on the patch too, memory also
         # on the batch
-        levers = {"params": "stem width", "flops": "patch or stem width", "memory": "patch, batch or stem width"}
+        levers = {"params": width, "flops": f"patch or {width}", "memory": f"patch, batch or {width}"}
         raise CompileError(
             f"{where}: " + "; ".join(f"the {m} limit of {format_quantity(m, limits[m])} is below the cheapest genotype "
                                      f"found in the space ({format_quantity(m, cheapest.costs[m])}; found by greedy "
                                      "descents, the true cheapest may be a little lower)" for m in short)
-            + f", at patch {'x'.join(map(str, model.patch))}, batch {model.batch_size}, stem width "
+            + f", at patch {'x'.join(map(str, model.patch))}, batch {model.batch_size}, {width} "
             f"{model.stem_width}: raise the budget, or search at a smaller {levers[short[0]]}")

@@ -38,7 +38,8 @@ class SearchBudget:
 
     def check_reachable(self) -> None:
         """A CompileError naming the cheapest genotype's cost when a limit is below it."""
-        check_reachable(self.costs, self.limits, "--budget")
+        width = "budget width=" if self.settings.width is not None else "stem width"
+        check_reachable(self.costs, self.limits, "budget", width)
 
     def weight_at(self, epoch: int) -> float:
         """The penalty's weight in ``epoch`` (0-based): 0 in the warm-up, then growing linearly to the full

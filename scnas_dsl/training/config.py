@@ -292,7 +292,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
-            value = json.loads(text)
+            value = json.loads(text, object_pairs_hook=_no_repeats)
         elif suffix == ".toml":
             value = _toml(path, text)
         elif suffix in (".yaml", ".yml"):
@@ -301,11 +301,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
             except ImportError as err:
                 raise RunError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write the "
                                "settings as .json or .toml") from err
-            value = yaml.safe_load(text)
+            value = yaml.load(text, Loader=_yaml_loader(yaml))  # noqa: S506 (a SafeLoader)
         else:
             raise RunError(f"{path}: unknown configuration format '{suffix}': use .json, .toml or .yaml")
     except json.JSONDecodeError as err:
         raise RunError(f"{path}: cannot be parsed ({err})") from err
+    except _RepeatedKey as err:  # TOML refuses repeated keys itself
+        raise RunError(f"{path}: the setting '{err}' is given twice in one table; keep one") from err
     except RunError:
         raise
     except Exception as err:  # yaml's errors, when PyYAML is there
@@ -313,6 +315,33 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RunError(f"{path}: expected a mapping of settings at the top level")
     return value
+
+
+class _RepeatedKey(ValueError):
+    """A JSON object with a key twice (json keeps the last silently; a setting given twice is a mistake)."""
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen[key] = value
+    return seen
+
+
+def _yaml_loader(yaml: Any) -> Any:
+    """PyYAML's SafeLoader, refusing a mapping with a key twice (PyYAML keeps the last silently)."""
+
+    class Loader(yaml.SafeLoader):  # type: ignore[misc,name-defined]
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+            repeated = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+            if repeated is not None:
+                raise _RepeatedKey(repeated)
+            return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+    return Loader
 
 
 def _toml(path: Path, text: str) -> Any:

@@ -36,6 +36,19 @@ def test_a_bad_budget_in_a_config_file_names_the_file_and_the_key(tmp_path: Path
         resolve_config(SearchConfig, file, spec="s.scn", data="d")
 
 
+@pytest.mark.parametrize("name, text, key", [
+    ("search.json", '{"budget": {"flops": 4e7, "flops": 1}}', "flops"),
+    ("search.json", '{"epochs": 3, "epochs": 4}', "epochs"),
+    ("search.yaml", "budget: {flops: 1}\nbudget: {flops: 2}\n", "budget")])
+def test_a_setting_given_twice_in_a_config_file_is_refused(tmp_path: Path, name: str, text: str, key: str) -> None:
+    """json and PyYAML keep the last of two equal keys silently: the budget of the file would not be the one read."""
+    pytest.importorskip("yaml")
+    file = tmp_path / name
+    file.write_text(text)
+    with pytest.raises(RunError, match=rf"{name}: the setting '{key}' is given twice in one table; keep one"):
+        resolve_config(SearchConfig, file, spec="s.scn", data="d")
+
+
 def test_the_weight_ramps_up_after_the_warm_up() -> None:
     budget = SearchBudget(BudgetConfig(flops=1e9, weight=2.0, ramp=0.25), costs=None, epochs=42,  # type: ignore[arg-type]
                           warmup=2)
