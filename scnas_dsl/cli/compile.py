@@ -28,7 +28,13 @@ def _write_new(path: Path, text: str, force: bool) -> None:
 
 
 def _cost_text(report: Any, in_channels: int, classes: int, stem_width: int) -> str:
+    """The report in words: FLOPs and memory with the prefix their size needs (a small network's MFLOPs do not
+    read as ``0.00 GFLOPs``) and the exact counts a budget is checked against (``--json`` has them all)."""
+    from scnas_dsl.nn.budget import si
     from scnas_dsl.nn.cost import format_bytes
+
+    def memory(n: int) -> str:  # the budget's MB and the allocator's MiB
+        return f"{si(n, 'B')} = {format_bytes(n)}"
 
     patch = "x".join(str(s) for s in report.patch)
     supernet = report.kind == "supernet"
@@ -36,14 +42,16 @@ def _cost_text(report: Any, in_channels: int, classes: int, stem_width: int) -> 
         f"  compiled for in_channels {in_channels}, classes {classes}, stem width {stem_width}, "
         f"patch {patch}, batch {report.batch_size}",
         f"  parameters: {report.params:,}",
-        f"  per sample forward{' (pair step, expected)' if supernet else ''}: {report.macs / 1e9:,.2f} GMACs = "
-        f"{report.flops / 1e9:,.2f} GFLOPs (torch flop counter: convolutions, 2 FLOPs per multiply-add)",
+        f"  per sample forward{' (pair step, expected)' if supernet else ''}: {si(report.macs, 'MACs')} = "
+        f"{si(report.flops, 'FLOPs')} ({report.flops:,} FLOPs; torch flop counter: convolutions, 2 FLOPs per "
+        "multiply-add)",
     ]
     for name, step in report.steps.items():
         what = {"network": "training step", "full": "full step"}.get(name, f"{name} step (expected)")
         lines.append(
-            f"  {what}: {step.flops / 1e9:,.2f} GFLOPs/sample, memory {format_bytes(step.memory_bytes)} "
-            f"(activations {format_bytes(step.activation_bytes)}, weights {format_bytes(step.weight_bytes)}, "
+            f"  {what}: forward {si(step.flops, 'FLOPs')}/sample, memory {memory(step.memory_bytes)} "
+            f"({step.memory_bytes:,} bytes for batch {report.batch_size}: activations "
+            f"{format_bytes(step.activation_bytes)}, weights {format_bytes(step.weight_bytes)}, "
             f"gradients {format_bytes(step.gradient_bytes)}, Adam {format_bytes(step.optimizer_bytes)})"
         )
     # a supernet's cells are measured on the full pass (every candidate of every edge): say so, so that they
@@ -52,7 +60,7 @@ def _cost_text(report: Any, in_channels: int, classes: int, stem_width: int) -> 
                  if supernet else "  per cell:")
     for cell in report.cells:
         lines.append(f"    {cell.index:>2} {cell.instance:<10} params {cell.params:>12,}  "
-                     f"{cell.flops / 1e9:>12,.2f} GFLOPs")
+                     f"{si(cell.flops, 'FLOPs'):>14}")
     return "\n".join(lines)
 
 
@@ -63,7 +71,7 @@ def compile_cmd(
     genotype_name: str = typer.Option(None, "--genotype", help="which genotype of FILE (default: the only one)"),
     space_name: str = typer.Option(None, "--space", help="compile this space as a supernet, not a genotype"),
     patch: tuple[int, int, int] = typer.Option(  # noqa: B008
-        None, "--patch", help="patch size D H W (2D spaces use H W of it); default 128 per dimension"),
+        None, "--patch", help="patch size D H W (2D spaces use H W of it); default 128 per dimension, or the run's"),
     in_channels: int = typer.Option(None, "--in-channels", min=1,
                                     help="input channels (modalities) [default: 1, or the run's]"),
     classes: int = typer.Option(None, "--classes", min=1,
@@ -97,6 +105,8 @@ def compile_cmd(
         stem_width = stem_width or recipe.stem_width
         if deep_supervision is None and recipe.deep_supervision is not None:
             deep_supervision = recipe.deep_supervision
+        if patch is None:  # the run's windows, not 128 per dimension
+            patch = tuple(recipe.patch)  # type: ignore[assignment]
     in_channels, classes = in_channels or 1, classes or 2
     if emit is not None and emit != "torch":
         raise usage(f"--emit {emit}: the only target is 'torch'")

@@ -110,13 +110,19 @@ def parse_budget(text: str | Sequence[str]) -> dict[str, str]:
 
 def format_quantity(metric: str, value: float) -> str:
     """``4e10`` FLOPs -> ``'40 GFLOPs'``, ``5e6`` parameters -> ``'5 M params'``, ``1.2e10`` bytes -> ``'12 GB'``."""
-    unit = next((u for u in ("T", "G", "M", "K") if abs(value) >= _SCALE[u]), "")
-    scaled = value / _SCALE[unit]
     if metric == "memory":  # powers of 1000, as a budget is written (12GB); docs/training.md
-        return f"{scaled:.3g} {unit}B"
+        return si(value, "B")
     if metric == "flops":
-        return f"{scaled:.3g} {unit}FLOPs"
-    return f"{scaled:.3g}{(' ' + unit) if unit else ''} params"
+        return si(value, "FLOPs")
+    unit = next((u for u in ("T", "G", "M", "K") if abs(value) >= _SCALE[u]), "")
+    return f"{value / _SCALE[unit]:.3g}{(' ' + unit) if unit else ''} params"
+
+
+def si(value: float, unit: str) -> str:
+    """``value`` with a power-of-1000 prefix and three significant digits: ``si(2.0166e7, 'FLOPs')`` is
+    ``'20.2 MFLOPs'`` (what the budget and ``scnas compile`` print)."""
+    prefix = next((u for u in ("T", "G", "M", "K") if abs(value) >= _SCALE[u]), "")
+    return f"{value / _SCALE[prefix]:.3g} {prefix}{unit}"
 
 
 Costs = dict[str, float]

@@ -140,3 +140,15 @@ def test_a_folder_that_is_not_a_training_run_is_named(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["compile", str(folder)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{folder}: a folder, but not a run folder of scnas train" in result.output
+
+
+def test_a_small_networks_costs_read_in_their_own_prefix_with_the_exact_counts() -> None:
+    """A network of a few MFLOPs does not print as 0.00 GFLOPs: a budget's numbers can be checked by eye."""
+    genotype = Path(__file__).resolve().parents[2] / "specs" / "genotypes" / "example.scn"
+    args = ["compile", str(genotype), "--patch", "16", "16", "16", "--stem-width", "8"]
+    out = CliRunner().invoke(app, args).output
+    counted = json.loads(CliRunner().invoke(app, [*args, "--json"]).output)
+    assert f"({counted['flops']:,} FLOPs;" in out and f"({counted['memory_bytes']:,} bytes" in out
+    assert " MFLOPs (" in out and "0.00 GFLOPs" not in out and " MB = " in out and " MiB (" in out
+    cells = [line for line in out.splitlines() if line.strip().startswith(tuple("0123456789"))]
+    assert cells and all("FLOPs" in line and " 0 FLOPs" not in line for line in cells), cells
