@@ -81,6 +81,16 @@ def _common(*, data: str, epochs: int | None, batch_size: int | None, patch: tup
             "ops": tuple(ops) if ops else None, "amp": amp, "log": log}
 
 
+def _settings_file(config: Path | None, resume: bool, out: Path | None) -> Path | None:
+    """``--config``; on ``--resume`` without one, the run's own ``config.json``: what is not given again on the
+    command line is the run's (as nnU-Net continues a training with its own plans)."""
+    from scnas_dsl.training.runs import CONFIG as RECORDED
+
+    if config is not None or not resume or out is None or not (out / RECORDED).is_file():
+        return config
+    return out / RECORDED
+
+
 @user_errors
 def search_cmd(
     spec: Path = typer.Argument(..., help="the .scn file of the search space"),  # noqa: B008
@@ -110,7 +120,7 @@ def search_cmd(
     from scnas_dsl.training.config import SearchConfig, resolve_config
     from scnas_dsl.training.search import run_search
 
-    cfg = resolve_config(SearchConfig, config, spec=str(spec), sampling=sampling, space=space,
+    cfg = resolve_config(SearchConfig, _settings_file(config, resume, out), spec=str(spec), sampling=sampling, space=space,
                          selection={"method": select} if select else None, budget=budget or None,
                          arch_warmup_epochs=arch_warmup, checkpoint_cells=checkpoint_cells,
                          weight_optimizer={"betas": weight_betas} if weight_betas else None,
@@ -157,7 +167,7 @@ def train_cmd(
     from scnas_dsl.training.config import TrainConfig, resolve_config
     from scnas_dsl.training.retrain import run_train
 
-    cfg = resolve_config(TrainConfig, config, genotype=str(genotype), genotype_name=name, val_every=val_every,
+    cfg = resolve_config(TrainConfig, _settings_file(config, resume, out), genotype=str(genotype), genotype_name=name, val_every=val_every,
                          mirror_validation=mirror, deep_supervision=deep_supervision, compile=compile_network,
                          checkpoint_cells=checkpoint_cells,
                          **_common(data=data, fold=fold, out=out, epochs=epochs, batch_size=batch_size, patch=patch,

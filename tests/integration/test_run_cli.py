@@ -401,3 +401,23 @@ def test_a_stop_while_the_genotype_is_chosen_is_a_clean_stop_and_resume_chooses_
     code, output = invoke(*command, "--resume")
     assert code == 0, output
     assert load(run / "genotype.scn").genotype()[1].name == "tiny_fold0"
+
+
+def test_a_resume_takes_the_settings_it_is_not_given_again_from_the_run(workspace: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """`--out RUN --resume` with only --data and a larger --epochs: the run's patch, batch, width, budget and the
+    rest come from its config.json, not the defaults (which a resume would refuse as other settings)."""
+    run = tmp_path / "run"
+    code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", run, *TINY,
+                          "--epochs", "1", "--budget", "flops=1T")
+    assert code == 0, output
+    code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", run, "--resume",
+                          "--epochs", "2")
+    assert code == 0, output
+    assert [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["budget"]["flops"] == 1e12 and recorded["epochs"] == 1  # the record of how it started
+    # a setting given again that differs is still refused, naming it
+    code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", run, "--resume",
+                          "--epochs", "3", "--batch-size", "4")
+    assert code == 1 and "batch_size: 2 -> 4" in output, output
