@@ -46,7 +46,7 @@ from scnas_dsl.training.device import Runtime, load_scaler_state, settle_checkpo
 from scnas_dsl.training.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.training.losses import deep_supervision_loss, soft_jaccard_loss
 from scnas_dsl.training.plots import plot_train
-from scnas_dsl.training.resume import restoring, resume_state
+from scnas_dsl.training.resume import check_resumed_settings, restoring, resume_state
 from scnas_dsl.training.runs import (
     BEST,
     CONFIG,
@@ -128,6 +128,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     out = Path(cfg.out) if cfg.out else default_out(cfg, genotype.name)
     run = RunFolder.held_for(out, "train", command="scnas train", writer=runtime.is_main, held=held, resume=resume,
                              force=force)
+    if resume:  # other settings are refused before the data are prepared (minutes); the patch after
+        check_resumed_settings(out, {k: v for k, v in cfg.model_dump(mode="json").items() if k != "patch"})
     data = open_data(cfg, runtime)
     patch = patch_for(cfg, data, space)
     torch.manual_seed(cfg.seed)

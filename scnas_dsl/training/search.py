@@ -46,7 +46,7 @@ from scnas_dsl.training.device import Runtime, load_scaler_state, settle_checkpo
 from scnas_dsl.training.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.training.losses import soft_jaccard_loss
 from scnas_dsl.training.plots import plot_search, plot_search_progress, probability_figure
-from scnas_dsl.training.resume import restoring, resume_state
+from scnas_dsl.training.resume import check_resumed_settings, restoring, resume_state
 from scnas_dsl.training.runs import (
     ALPHAS,
     CONFIG,
@@ -163,6 +163,8 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
     out = Path(cfg.out) if cfg.out else default_out(cfg, space)
     run = RunFolder.held_for(out, "search", command="scnas search", writer=runtime.is_main, held=held, resume=resume,
                              force=force)
+    if resume:  # other settings are refused before the data are prepared (minutes); the patch after
+        check_resumed_settings(out, {k: v for k, v in cfg.model_dump(mode="json").items() if k != "patch"})
     data = open_data(cfg, runtime)
     patch = patch_for(cfg, data, space)
     if cfg.arch_warmup_epochs >= cfg.epochs:

@@ -403,8 +403,8 @@ def test_a_stop_while_the_genotype_is_chosen_is_a_clean_stop_and_resume_chooses_
     assert load(run / "genotype.scn").genotype()[1].name == "tiny_fold0"
 
 
-def test_a_resume_takes_the_settings_it_is_not_given_again_from_the_run(workspace: dict[str, Path],
-                                                                        tmp_path: Path) -> None:
+def test_a_resume_takes_the_settings_it_is_not_given_again_from_the_run(
+        workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--out RUN --resume` with only --data and a larger --epochs: the run's patch, batch, width, budget and the
     rest come from its config.json, not the defaults (which a resume would refuse as other settings)."""
     run = tmp_path / "run"
@@ -417,7 +417,11 @@ def test_a_resume_takes_the_settings_it_is_not_given_again_from_the_run(workspac
     assert [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     recorded = json.loads((run / "config.json").read_text())
     assert recorded["budget"]["flops"] == 1e12 and recorded["epochs"] == 1  # the record of how it started
-    # a setting given again that differs is still refused, naming it
+    # a setting given again that differs is still refused, naming it, before the data are prepared (minutes)
+    def no_data(*_: object) -> None:
+        raise AssertionError("the data were opened before the settings were checked")
+
+    monkeypatch.setattr(search_module, "open_data", no_data)
     code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", run, "--resume",
                           "--epochs", "3", "--batch-size", "4")
     assert code == 1 and "batch_size: 2 -> 4" in output, output
