@@ -45,7 +45,7 @@ from scnas_dsl.inference.sliding_window import InferenceStopped, sliding_window_
 from scnas_dsl.loader import load
 from scnas_dsl.nn import build_network, check_input_size
 from scnas_dsl.stopping import RunInterrupted, StopSignal, requested_signal, stop_requested
-from scnas_dsl.training.checkpoint import load_checkpoint, require
+from scnas_dsl.training.checkpoint import load_checkpoint, require, weights_mismatch
 from scnas_dsl.training.device import out_of_memory, setup_runtime
 from scnas_dsl.training.loop import progress_bar
 from scnas_dsl.training.runs import CHECKPOINT_DIR, GENOTYPE, NETWORK, PREPROCESSING, read_network
@@ -154,7 +154,7 @@ def load_trained(run: Path | str, which: str = "last", ops: Sequence[str] = ()) 
         raise RunError(f"{run / NETWORK}: does not describe a network of {run / GENOTYPE} ({first_line(err, 200)}); "
                        "was network.json edited? Put back the run folder's copy, or train again") from err
     model_state = state["model"]
-    problem = _mismatch(shapes, model_state)
+    problem = weights_mismatch(shapes, model_state)
     if problem:
         raise CheckpointError(f"{path}: does not fit the network of {run / GENOTYPE} and {run / NETWORK} "
                               f"({problem}); was network.json edited? Put back the run folder's copy, or train "
@@ -176,23 +176,6 @@ def load_trained(run: Path | str, which: str = "last", ops: Sequence[str] = ()) 
                        f"be read ({first_line(err, 200)}); put back a copy of the run folder's {PREPROCESSING}/ "
                        "or train again: `scnas data preprocess` cannot remake it") from err
     return TrainedModel(network=network, patch=tuple(recipe.patch), pre=pre, blend=recipe.blend, weights=weights)
-
-
-def _mismatch(shapes: dict[str, tuple[int, ...]], weights: Any) -> str | None:
-    """The first difference between a network's parameter shapes and a checkpoint's weights, in words (None:
-    they fit)."""
-    if not isinstance(weights, dict):
-        return f"its weights are a {type(weights).__name__}, not a state dict"
-    for key, shape in shapes.items():
-        if key not in weights:
-            return f"no weights for {key}"
-        value = weights[key]
-        if not isinstance(value, torch.Tensor):
-            return f"{key} is a {type(value).__name__}, not a tensor"
-        if tuple(value.shape) != shape:
-            return f"{key} has shape {list(value.shape)}, the network needs {list(shape)}"
-    extra = sorted(str(k) for k in set(weights) - set(shapes))
-    return f"unexpected weights {', '.join(extra[:3])}" if extra else None
 
 
 def group_cases(inputs: list[Path], layout: str, channels: int) -> dict[str, list[Path]]:

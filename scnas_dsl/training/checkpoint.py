@@ -111,3 +111,20 @@ def require(path: Path, state: dict[str, Any], keys: tuple[str, ...]) -> None:
     if lacking:
         raise CheckpointError(f"{path}: not a checkpoint scnas wrote (a '{state['kind']}' checkpoint without "
                               f"{', '.join(repr(k) for k in lacking)}); put back a copy of the file or train again")
+
+
+def weights_mismatch(shapes: dict[str, tuple[int, ...]], weights: Any) -> str | None:
+    """The first difference between a network's parameter shapes (``{name: shape}``, e.g. of its state dict built
+    on the meta device) and a checkpoint's weights, in words (None: they fit)."""
+    if not isinstance(weights, dict):
+        return f"its weights are a {type(weights).__name__}, not a state dict"
+    for key, shape in shapes.items():
+        if key not in weights:
+            return f"no weights for {key}"
+        value = weights[key]
+        if not isinstance(value, torch.Tensor):
+            return f"{key} is a {type(value).__name__}, not a tensor"
+        if tuple(value.shape) != shape:
+            return f"{key} has shape {list(value.shape)}, the network needs {list(shape)}"
+    extra = sorted(str(k) for k in set(weights) - set(shapes))
+    return f"unexpected weights {', '.join(extra[:3])}" if extra else None

@@ -12,6 +12,7 @@ line wins over the file.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -369,15 +370,22 @@ def resolve_config(kind: type[CommonConfig], file: Path | None, **cli: Any) -> A
         return kind.model_validate(values)
     except ValidationError as err:
         cli_keys = {k for k, v in cli.items() if v is not None}
-        problems = []
-        for e in err.errors():
-            where = ".".join(str(x) for x in e["loc"]) or "settings"
-            message = str(e["msg"]).removeprefix("Value error, ")
-            # name where the bad value came from: the command line wins over the file for a key both give
-            origin = "" if file is None else (" (from the command line)" if e["loc"] and e["loc"][0] in cli_keys
-                                              else f" (from {file})")
-            problems.append(f"{where}{origin}: {message}")
-        raise RunError(f"invalid settings: {'; '.join(problems)}") from err
+
+        def origin(key: str) -> str:  # the command line wins over the file for a key both give
+            return "" if file is None else (" (from the command line)" if key in cli_keys else f" (from {file})")
+
+        raise RunError(f"invalid settings: {settings_problems(err, origin)}") from err
+
+
+def settings_problems(err: ValidationError, origin: Callable[[str], str] = lambda key: "") -> str:
+    """A validation error of settings in words, one ``setting.path: what is wrong`` per problem (``origin``: where
+    a top-level setting came from, e.g. ``' (from search.json)'``)."""
+    problems = []
+    for e in err.errors():
+        where = ".".join(str(x) for x in e["loc"]) or "settings"
+        message = str(e["msg"]).removeprefix("Value error, ")
+        problems.append(f"{where}{origin(str(e['loc'][0])) if e['loc'] else ''}: {message}")
+    return "; ".join(problems)
 
 
 #: the paper's retraining width: about the FLOPs of its 3D U-ResNet baseline at 32

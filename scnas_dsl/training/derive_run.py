@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from scnas_dsl.errors import CheckpointError, RunError, ScnasError, first_line
 from scnas_dsl.files import atomic_write
 from scnas_dsl.folders import holding
@@ -26,8 +28,8 @@ from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype, SearchSpace
 from scnas_dsl.nn import TemperatureSchedule, build_supernet
 from scnas_dsl.nn.supernet import Supernet
-from scnas_dsl.training.checkpoint import load_checkpoint
-from scnas_dsl.training.config import SearchConfig, SelectionConfig
+from scnas_dsl.training.checkpoint import load_checkpoint, weights_mismatch
+from scnas_dsl.training.config import SearchConfig, SelectionConfig, settings_problems
 from scnas_dsl.training.data_context import DataContext, open_data
 from scnas_dsl.training.device import Runtime, setup_runtime
 from scnas_dsl.training.loop import adam
@@ -84,6 +86,9 @@ def open_search(run: Path | str, *, data: str | None = None, device: str = "auto
         values["data"] = data
     try:
         cfg = SearchConfig.model_validate(values)
+    except ValidationError as err:
+        raise RunError(f"{config_path}: settings this scnas cannot read ({settings_problems(err)}); was the file "
+                       "edited? Put back the run folder's copy") from err
     except ValueError as err:
         raise RunError(f"{config_path}: settings this scnas cannot read ({first_line(err)})") from err
     extra = load_operations(cfg.ops)
@@ -107,12 +112,16 @@ def open_search(run: Path | str, *, data: str | None = None, device: str = "auto
     model = build_supernet(space, in_channels=opened.in_channels, num_classes=opened.num_classes,
                            stem_width=cfg.stem_width, sampling=cfg.sampling, temperature=schedule, seed=cfg.seed,
                            library=extra.library)
+    problem = weights_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()}, state["model"])
     try:
+        if problem:
+            raise ValueError(problem)
         model.load_state_dict(state["model"])
         model.load_sampler_state_dict(state["sampler"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{run / 'checkpoints' / 'last.pt'}: does not fit the space of {run / 'space.scn'} "
-                              f"({str(err)[:200]})") from err
+                              f"({problem or first_line(err, 200)}); was space.scn edited? Put back the run "
+                              "folder's copy (the search's spec holds the same space)") from err
     model.to(runtime.device)
     return TrainedSearch(run=run, cfg=cfg, space=space, model=model, data=opened,
                          patch=(int(patch[0]), int(patch[1]), int(patch[2])), runtime=runtime,

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from scnas_dsl.errors import RunError, ScnasError
+from scnas_dsl.errors import RunError, ScnasError, first_line
 from scnas_dsl.graph.scn_text import genotype_body, genotype_text, space_text
 from scnas_dsl.loader import load
 from scnas_dsl.model import Genotype, SearchSpace
@@ -187,6 +187,7 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
     job = _SearchJob(model, cfg, runtime, run, data, patch, on_step, budget)
     state = LoopState()
     if resume:
+        _check_space_record(out, space, extra.library.signatures)
         state = job.resume(resume_state(out, {**cfg.model_dump(mode="json"), "patch": list(patch)},
                                         job.ckpt_path, "search"))
     else:
@@ -220,6 +221,21 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
         except StopRequested as stop:
             raise loop.interrupted(str(stop), "while choosing the genotype after the last epoch (the epochs are "
                                    "done; the choice is made again)") from None
+
+
+def _check_space_record(run: Path, space: SearchSpace, signatures: Any) -> None:
+    """On a resume: the run's ``space.scn`` (which its genotype file imports) must still hold the space the
+    search runs; an edited copy would make the written genotype a network of another space."""
+    path = run / SPACE
+    try:
+        recorded = load(path, signatures=signatures).space(space.name)
+    except (ScnasError, OSError) as err:
+        raise RunError(f"{path}: the run's copy of its space cannot be read ({first_line(err, 200)}); put it back "
+                       "(the search's spec holds the same space) or start the search again") from err
+    if space_text(recorded, None, False) != space_text(space, None, False):
+        raise RunError(f"{path}: is not the space '{space.name}' of the spec this search runs; was it edited? The "
+                       "genotype written at the end imports it: put back the run folder's copy (the spec holds "
+                       "the same space) or start a new search")
 
 
 class _SearchJob:

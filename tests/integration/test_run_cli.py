@@ -425,3 +425,27 @@ def test_a_resume_takes_the_settings_it_is_not_given_again_from_the_run(
     code, output = invoke("search", workspace["spec"], "--data", workspace["pre"], "--out", run, "--resume",
                           "--epochs", "3", "--batch-size", "4")
     assert code == 1 and "batch_size: 2 -> 4" in output, output
+
+
+def test_an_edited_space_record_is_refused_by_resume_and_named_by_derive(workspace: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """The run's space.scn with another node count: the genotype a resume writes would import it, and derive's
+    supernet would not fit the checkpoint. Both say which file, in words, not a torch error."""
+    run = tmp_path / "run"
+    common = ("--data", workspace["pre"], "--out", run)
+    code, output = invoke("search", workspace["spec"], *common, *TINY, "--epochs", "1")
+    assert code == 0, output
+    record = run / "space.scn"
+    record.write_text(record.read_text().replace("nodes 2", "nodes 3"))
+    before = (run / "genotype.scn").read_text()
+    code, output = invoke("search", workspace["spec"], *common, "--resume", "--epochs", "2")
+    assert code == 1 and "space.scn: is not the space 'tiny'" in output and "edited" in output, output
+    assert (run / "genotype.scn").read_text() == before
+    code, output = invoke("derive", run, "--select", "alpha")
+    assert code == 1 and "does not fit the space of" in output and "was space.scn edited" in output, output
+    assert "Error(s) in loading state_dict" not in output
+    settings = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**settings, "budget": {"flops": "abc"}}))
+    code, output = invoke("derive", run, "--select", "alpha")  # the setting named, not pydantic's count
+    assert code == 1 and "config.json: settings this scnas cannot read (budget" in output, output
+    assert "validation error for" not in output
