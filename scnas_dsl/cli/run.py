@@ -141,7 +141,12 @@ def search_cmd(
             for line in result.budget["gave_up"]:
                 typer.echo(f"  gave up: {line}")
         typer.echo(f"plots: {result.run / 'plots'}")
-        typer.echo(f"next: scnas train {result.genotype_file} --data {data}")
+        from scnas_dsl.training.budgeting import retrain_hint
+
+        width = retrain_hint(result.budget)
+        typer.echo(f"next: scnas train {result.genotype_file} --data {data}{width}"
+                   + ("  (the width the budget was measured at; without it the retraining's width is 68)"
+                      if width else ""))
 
 
 @user_errors

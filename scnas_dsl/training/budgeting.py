@@ -80,6 +80,7 @@ class SearchBudget:
         return {"genotype": fitted.genotype, "record": {
             "limits": self.limits, "measured_at": self.where(), "costs": fitted.costs, "within": fitted.within,
             "costs_before": before, "gave_up": fitted.gave_up, "compile_options": self.compile_options(),
+            "stem_width": self.costs.stem_width,
             "text": budget_text(self.limits, self.where(), fitted.costs, fitted.within, len(fitted.gave_up))}}
 
     def compile_options(self) -> str:
@@ -87,6 +88,20 @@ class SearchBudget:
         return (f"--patch {' '.join(map(str, self.costs.patch))} --batch-size {self.costs.batch_size} "
                 f"--in-channels {self.costs.in_channels} --classes {self.costs.num_classes} "
                 f"--stem-width {self.costs.stem_width}")
+
+
+def retrain_hint(budget: dict[str, Any] | None) -> str:
+    """The ``scnas train`` options that retrain a budgeted genotype at the width its costs were measured at (the
+    retraining's default is the paper's 68, which costs about twice the FLOPs of 48); empty without a budget."""
+    width = (budget or {}).get("stem_width")
+    return f" --stem-width {width}" if isinstance(width, int) else ""
+
+
+def retrain_line(genotype_file: str, budget: dict[str, Any] | None) -> str:
+    """The genotype file header's last line: how to retrain it (at the budget's width, when it has one)."""
+    width = retrain_hint(budget)
+    return (f"Retrain it with: scnas train {genotype_file} --data DATA{width}"
+            + (" (the width its budget was measured at)" if width else ""))
 
 
 def budget_text(limits: dict[str, float], where: str, costs: dict[str, float], within: bool, gave_up: int) -> str:

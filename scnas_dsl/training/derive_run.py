@@ -160,7 +160,7 @@ def derive(search: TrainedSearch, settings: SelectionConfig, out: Path | None = 
            say: Any = None) -> tuple[Selection, dict[str, Any] | None, Path]:
     """Choose the genotype of ``search`` by ``settings`` and write it (default ``RUN/genotype_<method>.scn``,
     with ``RUN/selection_<method>.json``); the search's own ``genotype.scn`` is never replaced."""
-    from scnas_dsl.training.budgeting import budget_line
+    from scnas_dsl.training.budgeting import budget_line, retrain_line
     from scnas_dsl.training.search import select_genotype, write_selection_record
 
     run = search.run
@@ -188,7 +188,7 @@ def derive(search: TrainedSearch, settings: SelectionConfig, out: Path | None = 
     budget_header = report + ".\n" if report else ""
     header = (f"Chosen by `scnas derive --select {settings.method}` from the search in {run} "
               f"({search.epochs_done} epochs done).\n" + (check["text"] + ".\n" if check else "")
-              + budget_header + "Retrain it with: scnas train " + target.name + " --data DATA")
+              + budget_header + retrain_line(target.name, selection.details.get("budget")))
     # the genotype imports the run's space, by its path from where the genotype is written
     space_path = Path(os.path.relpath(run.resolve() / SPACE, target.parent.resolve()))
     text = genotype_text(selection.genotype, header, space_path.as_posix())

@@ -31,7 +31,7 @@ from scnas_dsl.nn.supernet import Supernet
 from scnas_dsl.ops.plugins import RECORD as OPERATIONS_RECORD
 from scnas_dsl.ops.plugins import load_operations
 from scnas_dsl.stopping import StopRequested, StopSignal
-from scnas_dsl.training.budgeting import SearchBudget, budget_line, search_budget
+from scnas_dsl.training.budgeting import SearchBudget, budget_line, retrain_line, search_budget
 from scnas_dsl.training.checkpoint import capture_rng, restore_rng, save_checkpoint
 from scnas_dsl.training.config import SearchConfig, SelectionConfig
 from scnas_dsl.training.data_context import (
@@ -424,7 +424,7 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
     header = (f"Found by `scnas search` on {Path(cfg.data).name}, fold {cfg.fold}, {cfg.epochs} epochs, "
               f"{cfg.sampling} sampling, seed {cfg.seed}; chosen by {method}.\n"
               + (check["text"] + ".\n" if check else "") + (budget_report + ".\n" if budget_report else "")
-              + "Retrain it with: scnas train genotype.scn --data DATA")
+              + retrain_line(GENOTYPE, selection.details.get("budget")))
     target = run.write_text(GENOTYPE, genotype_text(genotype, header))
     write_selection_record(run, selection, check, epochs_done)
     if check is not None:  # the self-check's rank, at the last epoch's step

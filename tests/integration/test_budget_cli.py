@@ -57,6 +57,9 @@ def test_a_budgeted_search_chooses_a_genotype_within_the_budget_and_reports_it(
     assert "budget: flops " in output and f"of {limit / 1e6:.3g} MFLOPs" in output, output
     header = (run / "genotype.scn").read_text().split("import")[0]
     assert "budget: flops" in header and "stem width 4, patch 16x16x16, batch 2" in header
+    # retrained at the width the budget was measured at, not the retraining's default 68
+    assert "scnas train genotype.scn --data DATA --stem-width 4 (the width its budget" in header
+    assert "--data " + str(workspace["pre"]) + " --stem-width 4  (the width the budget" in output, output
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for record in records:
         entry = record["budget"]["flops"]
