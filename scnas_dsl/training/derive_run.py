@@ -200,7 +200,7 @@ def derive(search: TrainedSearch, settings: SelectionConfig, out: Path | None = 
     if search.runtime.is_main:
         try:
             write_selection_record(RunFolder(run), selection, check, search.epochs_done,
-                                   name=f"selection_{settings.method}.json")
+                                   name=f"selection_{settings.method}.json", settings=settings)
         except OSError as err:
             raise RunError(f"{run / f'selection_{settings.method}.json'}: cannot be written "
                            f"({err.strerror or err}); the genotype was written to {target}") from err

@@ -14,6 +14,7 @@ also all-reduce the logits' gradients during the weight step). Only rank 0 write
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -213,6 +214,10 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
     end = loop.run_job(job, state)
     if end.how == "paused":
         return None
+    if resume and state.epoch >= cfg.epochs:  # nothing ran: the choice made after these epochs stands
+        chosen = _chosen_before(job, space, loop, state.epoch)
+        if chosen is not None:
+            return chosen
     if runtime.distributed:  # every rank chooses; a stop reaching one rank must not leave the others waiting
         return _finish(job, space, loop, end.epoch + 1)
     with StopSignal():  # the choice (scores, self-check draws, budget fitting) takes minutes: stoppable
@@ -426,7 +431,7 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
               + (check["text"] + ".\n" if check else "") + (budget_report + ".\n" if budget_report else "")
               + retrain_line(GENOTYPE, selection.details.get("budget")))
     target = run.write_text(GENOTYPE, genotype_text(genotype, header))
-    write_selection_record(run, selection, check, epochs_done)
+    write_selection_record(run, selection, check, epochs_done, settings=cfg.selection)
     if check is not None:  # the self-check's rank, at the last epoch's step
         loop.tracking.amend(epochs_done - 1, {"self_check": {k: check[k] for k in ("rank", "of", "score")
                                                              if isinstance(check.get(k), (int, float))}})
@@ -445,12 +450,38 @@ def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: i
                         budget=selection.details.get("budget"), budget_report=budget_report or None)
 
 
+def _chosen_before(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: int) -> SearchResult | None:
+    """The result of a finished search resumed with no more epochs and the same selection settings: its
+    ``genotype.scn`` and ``selection.json`` as they are (the choice and its self-check take minutes to make again).
+    None when anything differs or cannot be read: then the choice is made again."""
+    run, cfg = job.run, job.cfg
+    try:
+        record = json.loads((run.path / SELECTION).read_text())
+        name = f"{space.name}_fold{cfg.fold}".replace("-", "_")
+        genotype = load(run.path / GENOTYPE, signatures=job.model.library.signatures).genotype(name)[1]
+    except (OSError, ValueError, ScnasError):
+        return None
+    if (not isinstance(record, dict) or record.get("epochs_done") != epochs_done
+            or record.get("settings") != cfg.selection.model_dump(mode="json")
+            or record.get("genotype") != genotype_body(genotype)):
+        return None
+    details: dict[str, Any] = record["details"] if isinstance(record.get("details"), dict) else {}
+    check = record.get("self_check") if isinstance(record.get("self_check"), dict) else None
+    loop.say(f"search: its genotype was chosen after these {epochs_done} epoch(s) already, with these settings: "
+             f"{run.path / GENOTYPE} stands (a larger --epochs, or other --select settings, chooses again)")
+    return SearchResult(run=run.path, genotype=genotype, genotype_file=run.path / GENOTYPE,
+                        pruning=[str(p) for p in record.get("pruned") or []],
+                        logits={k: a.detach().cpu().clone() for k, a in job.model.arch.items()}, self_check=check,
+                        budget=details.get("budget"), budget_report=budget_line(details, GENOTYPE, SELECTION) or None)
+
+
 def write_selection_record(run: RunFolder, selection: Selection, check: dict[str, Any] | None, epochs_done: int,
-                           name: str = SELECTION) -> None:
+                           name: str = SELECTION, settings: SelectionConfig | None = None) -> None:
     """``name`` (the method's whole record and the self-check, after ``epochs_done`` epochs) and, for the search's
     own choice, ``selection`` and ``self_check`` in the last epoch's record of ``metrics.jsonl``."""
     record = {"method": selection.method, "epochs_done": epochs_done, "genotype": genotype_body(selection.genotype),
-              "pruned": selection.pruning, "details": selection.details, "self_check": check}
+              "pruned": selection.pruning, "details": selection.details, "self_check": check,
+              "settings": None if settings is None else settings.model_dump(mode="json")}
     run.write_json(name, record)
     if name == SELECTION:
         run.amend_last_jsonl(METRICS, {

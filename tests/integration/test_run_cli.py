@@ -449,3 +449,30 @@ def test_an_edited_space_record_is_refused_by_resume_and_named_by_derive(workspa
     code, output = invoke("derive", run, "--select", "alpha")  # the setting named, not pydantic's count
     assert code == 1 and "config.json: settings this scnas cannot read (budget" in output, output
     assert "validation error for" not in output
+
+
+def test_a_finished_search_resumed_with_nothing_to_run_keeps_its_choice(
+        workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The choice and its self-check take minutes: a resume with no more epochs and the same --select settings
+    reports the genotype it chose; other --select settings choose again."""
+    run = tmp_path / "run"
+    common = ("search", workspace["spec"], "--data", workspace["pre"], "--out", run)
+    code, output = invoke(*common, *TINY, "--epochs", "1")
+    assert code == 0, output
+    before = (run / "genotype.scn").read_text()
+    chosen: list[object] = []
+    real = search_module.select_genotype
+
+    def counting(*args: object, **kwargs: object) -> object:
+        chosen.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(search_module, "select_genotype", counting)
+    code, again = invoke(*common, "--resume")
+    assert code == 0 and not chosen, again
+    assert "chosen after these 1 epoch(s) already" in (run / "log.txt").read_text()  # (--quiet from the run)
+    assert (run / "genotype.scn").read_text() == before
+    if "self-check:" in output:  # the report is the run's, as printed the first time
+        assert output.split("self-check:")[1].splitlines()[0] in again
+    code, other = invoke(*common, "--resume", "--select", "sampled")
+    assert code == 0 and chosen == [1], other
