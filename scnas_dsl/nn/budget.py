@@ -294,7 +294,7 @@ class CostModel:
                         ratio = loss / saving
                         if best is None or ratio < best[0]:
                             best = (ratio, key, row, other)
-            if best is None:  # no edge alone lowers the cost: a whole node's removal may (module docstring)
+            if best is None:  # no edge alone lowers the cost: removing a whole node or input may (_remove_part)
                 pruned = self._remove_part(current, columns, pref, limits, over, costs, name or genotype.name)
                 if pruned is None:
                     break
