@@ -5,7 +5,7 @@ cost model itself; docs/training.md explains the settings)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -77,6 +77,13 @@ class SearchBudget:
         """``genotype`` fitted into the limits (``CostModel.fit``) with the record the selection keeps."""
         before = self.costs.exact(genotype)
         fitted = self.costs.fit(genotype, preference, self.limits, name)
+        if not fitted.within:  # the descent from the choice stopped above the budget: the check's cheapest may not
+            cheapest = self.costs.cheapest(self.limits, enough=True)
+            if cheapest.within:
+                fitted = replace(cheapest, genotype=cheapest.genotype.model_copy(update={"name": name}),
+                                 gave_up=[*fitted.gave_up, "no cheaper change of the choice was found: the cheapest "
+                                          "genotype found in the space within the budget instead (its choices are "
+                                          "not the search's)"])
         return {"genotype": fitted.genotype, "record": {
             "limits": self.limits, "measured_at": self.where(), "costs": fitted.costs, "within": fitted.within,
             "costs_before": before, "gave_up": fitted.gave_up, "compile_options": self.compile_options(),

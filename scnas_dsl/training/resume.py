@@ -49,6 +49,19 @@ def check_resumed_settings(run_dir: Path, settings: dict[str, Any]) -> None:
                        f"settings (only {_changeable()} may change) or start a new run")
 
 
+def record_epochs(run: Any, epochs: int) -> None:
+    """After a resume: the run's ``config.json`` records ``epochs``, the length it now runs to, so that a bare
+    ``--resume`` of a run extended and stopped again continues to that length (not the first one). ``run``: the
+    :class:`~scnas_dsl.training.runs.RunFolder` (only its writer writes)."""
+    path = run.path / CONFIG
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # checked just before; nothing to update
+    if isinstance(recorded, dict) and recorded.get("epochs") != epochs:
+        run.write_json(CONFIG, {**recorded, "epochs": epochs})
+
+
 def _differences(name: str, before: Any, now: Any) -> list[str]:
     """``name: before -> now`` for a changed setting; of a table (a budget, the selection's settings) only the
     entries that changed, as ``name.key``."""

@@ -46,7 +46,7 @@ from scnas_dsl.training.device import Runtime, load_scaler_state, settle_checkpo
 from scnas_dsl.training.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.training.losses import deep_supervision_loss, soft_jaccard_loss
 from scnas_dsl.training.plots import plot_train
-from scnas_dsl.training.resume import check_resumed_settings, restoring, resume_state
+from scnas_dsl.training.resume import check_resumed_settings, record_epochs, restoring, resume_state
 from scnas_dsl.training.runs import (
     BEST,
     CONFIG,
@@ -158,6 +158,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
     if resume:
         state = job.resume(resume_state(out, {**cfg.model_dump(mode="json"), "patch": list(patch)},
                                         job.ckpt_path, "train"))
+        record_epochs(run, cfg.epochs)  # a bare --resume later continues to this length
     else:
         _write_run_files(run, cfg, space, genotype, data, patch, runtime, out, net.plan.deep_supervision)
         run.write_json(OPERATIONS_RECORD, extra.record())

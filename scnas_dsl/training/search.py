@@ -47,7 +47,7 @@ from scnas_dsl.training.device import Runtime, load_scaler_state, settle_checkpo
 from scnas_dsl.training.loop import EpochEnd, EpochLoop, LoopState, adam, adam_text, fmt, lr_of, plateau
 from scnas_dsl.training.losses import soft_jaccard_loss
 from scnas_dsl.training.plots import plot_search, plot_search_progress, probability_figure
-from scnas_dsl.training.resume import check_resumed_settings, restoring, resume_state
+from scnas_dsl.training.resume import check_resumed_settings, record_epochs, restoring, resume_state
 from scnas_dsl.training.runs import (
     ALPHAS,
     CONFIG,
@@ -188,9 +188,10 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
     job = _SearchJob(model, cfg, runtime, run, data, patch, on_step, budget)
     state = LoopState()
     if resume:
-        _check_space_record(out, space, extra.library.signatures)
+        _check_space_record(out, space, extra.library.signatures, cfg.spec)
         state = job.resume(resume_state(out, {**cfg.model_dump(mode="json"), "patch": list(patch)},
                                         job.ckpt_path, "search"))
+        record_epochs(run, cfg.epochs)  # a bare --resume later continues to this length
     else:
         run.write_json(CONFIG, {**cfg.model_dump(mode="json"), "out": str(out), "patch": list(patch)})
         source = Path(cfg.spec).read_text(encoding="utf-8-sig")
@@ -228,7 +229,7 @@ def _search(cfg: SearchConfig, runtime: Runtime, resume: bool, force: bool, stop
                                    "done; the choice is made again)") from None
 
 
-def _check_space_record(run: Path, space: SearchSpace, signatures: Any) -> None:
+def _check_space_record(run: Path, space: SearchSpace, signatures: Any, cfg_spec: str) -> None:
     """On a resume: the run's ``space.scn`` (which its genotype file imports) must still hold the space the
     search runs; an edited copy would make the written genotype a network of another space."""
     path = run / SPACE
@@ -238,9 +239,9 @@ def _check_space_record(run: Path, space: SearchSpace, signatures: Any) -> None:
         raise RunError(f"{path}: the run's copy of its space cannot be read ({first_line(err, 200)}); put it back "
                        "(the search's spec holds the same space) or start the search again") from err
     if space_text(recorded, None, False) != space_text(space, None, False):
-        raise RunError(f"{path}: is not the space '{space.name}' of the spec this search runs; was it edited? The "
-                       "genotype written at the end imports it: put back the run folder's copy (the spec holds "
-                       "the same space) or start a new search")
+        raise RunError(f"{path}: is not the space '{space.name}' of {cfg_spec}, which this resume runs: the spec or "
+                       "this copy was edited since the search started (the genotype written at the end imports the "
+                       "copy); resume with both as they were, or start a new search")
 
 
 class _SearchJob:

@@ -416,7 +416,8 @@ def test_a_resume_takes_the_settings_it_is_not_given_again_from_the_run(
     assert code == 0, output
     assert [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     recorded = json.loads((run / "config.json").read_text())
-    assert recorded["budget"]["flops"] == 1e12 and recorded["epochs"] == 1  # the record of how it started
+    # the length it now runs to: a bare --resume of this run, stopped again, continues to 2 epochs, not 1
+    assert recorded["budget"]["flops"] == 1e12 and recorded["epochs"] == 2
     # a setting given again that differs is still refused, naming it, before the data are prepared (minutes)
     def no_data(*_: object) -> None:
         raise AssertionError("the data were opened before the settings were checked")

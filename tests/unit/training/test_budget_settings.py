@@ -77,3 +77,32 @@ def _tiny_space():  # type: ignore[no-untyped-def]
     from scnas_dsl.loader import load
 
     return load(Path(__file__).resolve().parents[3] / "specs" / "tiny_by_level.scn").space()
+
+
+def test_a_choice_the_descent_cannot_fit_falls_back_to_the_cheapest_genotype_found(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start's check passed (a genotype within the budget exists), so the derived one must be within it even
+    when the descent from the search's choice stops above (it did for memory budgets near the cheapest)."""
+    import torch
+
+    from scnas_dsl.nn.budget import CostModel, Fitted
+    from scnas_dsl.nn.random_genotypes import draw_genotypes
+
+    space = _tiny_space()
+    costs = CostModel(space, patch=(8, 8, 8), batch_size=2, in_channels=1, num_classes=2, stem_width=4)
+    limit = costs.cheapest({"memory": 1e18}, enough=True).costs["memory"]  # the first descent's start: cheap
+    budget = SearchBudget(BudgetConfig(memory=limit), costs=costs, epochs=2, warmup=0)
+    choice = next(draw_genotypes(space, seed=0))
+    stuck = Fitted(choice, costs.exact(choice), False, [])
+    real, calls = costs.fit, []
+
+    def first_stuck(*args, **kwargs):  # type: ignore[no-untyped-def]  # the choice's descent; not the cheapest's
+        calls.append(1)
+        return stuck if len(calls) == 1 else real(*args, **kwargs)
+
+    monkeypatch.setattr(costs, "fit", first_stuck)
+    preference = {k: torch.zeros(len(costs.edges[k]), len(costs.op_names[k])) for k in costs.keys}
+    fitted = budget.fit(choice, preference, "chosen")
+    record = fitted["record"]
+    assert record["within"] and record["costs"]["memory"] <= limit and fitted["genotype"].name == "chosen"
+    assert "the cheapest genotype found in the space within the budget instead" in record["gave_up"][-1]
