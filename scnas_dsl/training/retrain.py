@@ -22,8 +22,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from scnas_dsl.data.cache import MANIFEST
+from scnas_dsl.errors import RunError, ScnasError, first_line
 from scnas_dsl.evaluation.metrics import dice_per_label, nanmean
-from scnas_dsl.graph.scn_text import genotype_text
+from scnas_dsl.graph.scn_text import genotype_text, space_text
 from scnas_dsl.inference.sliding_window import InferenceStopped, sliding_window_inference
 from scnas_dsl.loader import load
 from scnas_dsl.model import Document, SearchSpace
@@ -117,6 +118,22 @@ def run_train(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
         runtime.close()
 
 
+def _check_genotype_record(run: Path, space: Any, genotype: Any, given: str, signatures: Any) -> None:
+    """On a resume: the network of the genotype file given must be the run's (its ``genotype.scn``, which
+    predict and export rebuild); an operation edited to one of the same weights would otherwise train on as another
+    network, silently."""
+    path = run / GENOTYPE
+    try:
+        recorded_space, recorded = load(path, signatures=signatures).genotype()
+    except (ScnasError, OSError) as err:
+        raise RunError(f"{path}: the run's copy of its genotype cannot be read ({first_line(err, 200)}); put it "
+                       "back, or start the training again") from err
+    if recorded.cells != genotype.cells or space_text(recorded_space, None, False) != space_text(space, None, False):
+        raise RunError(f"{given}: not the network this run trains ({path}): the genotype file or the run's copy "
+                       "was edited since the training started; resume with the genotype it started with, or "
+                       "start a new training (another --out)")
+
+
 def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
            stop_after_epochs: int | None, resume_hint: str | None, held: ExitStack) -> TrainResult | None:
     extra = load_operations(cfg.ops)  # the installed plugins and --ops: recorded in operations.json
@@ -130,6 +147,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, resume: bool, force: bool,
                              force=force)
     if resume:  # other settings are refused before the data are prepared (minutes); the patch after
         check_resumed_settings(out, {k: v for k, v in cfg.model_dump(mode="json").items() if k != "patch"})
+        _check_genotype_record(out, space, genotype, cfg.genotype, extra.library.signatures)
     data = open_data(cfg, runtime)
     patch = patch_for(cfg, data, space)
     torch.manual_seed(cfg.seed)

@@ -477,3 +477,20 @@ def test_a_finished_search_resumed_with_nothing_to_run_keeps_its_choice(
         assert output.split("self-check:")[1].splitlines()[0] in again
     code, other = invoke(*common, "--resume", "--select", "sampled")
     assert code == 0 and chosen == [1], other
+
+
+def test_a_training_resumed_with_an_edited_genotype_is_refused_naming_it(workspace: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    """maxpool -> avgpool changes no weight: the checkpoint would load and another network train on, silently."""
+    source = Path(__file__).resolve().parents[2] / "specs" / "genotypes" / "example.scn"
+    spec_dir = tmp_path / "g"
+    spec_dir.mkdir()
+    genotype = spec_dir / "example.scn"
+    genotype.write_text(source.read_text().replace('import "../unet4cell.scn"', f'import "{source.parent.parent}/unet4cell.scn"'))
+    cfg = TrainConfig(genotype=str(genotype), data=str(workspace["pre"]), out=str(tmp_path / "run"), epochs=1,
+                      batch_size=2, patch=(16, 16, 16), stem_width=4, batches_per_epoch=1, device="cpu",
+                      progress=False, val_every=1, augment=False)
+    assert run_train(cfg) is not None
+    genotype.write_text(genotype.read_text().replace("maxpool", "avgpool", 1))
+    with pytest.raises(RunError, match=r"example\.scn: not the network this run trains .*genotype\.scn.*edited"):
+        run_train(cfg.model_copy(update={"epochs": 2}), resume=True)
