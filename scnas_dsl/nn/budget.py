@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -299,8 +299,7 @@ class CostModel:
                 if pruned is None:
                     break
                 current, new, line = pruned
-                gave_up.append(line + " (" + ", ".join(f"{m} {format_quantity(m, costs[m])} -> "
-                                                       f"{format_quantity(m, new[m])}" for m in over) + ")")
+                gave_up.append(_given_up(line, costs, new, over))
                 costs = new
                 refused.clear()
                 continue
@@ -308,15 +307,13 @@ class CostModel:
             candidate = derive_genotype(self.space, self._changed(columns, pref, {(key, row): other}),
                                         name or genotype.name)[0]
             new = self.exact(candidate)
-            if sum(new[m] / limits[m] for m in over) >= sum(costs[m] / limits[m] for m in over):
+            if _load(new, limits, over) >= _load(costs, limits, over):
                 refused.add((key, row, other))
                 continue
             src, dst = self.edges[key][row]
             names = self.op_names[key]
             was = names[columns[key][row]]
-            gave_up.append(f"{key} {src}->{dst}: {was} -> {names[other]} ("
-                           + ", ".join(f"{m} {format_quantity(m, costs[m])} -> {format_quantity(m, new[m])}"
-                                       for m in over) + ")")
+            gave_up.append(_given_up(f"{key} {src}->{dst}: {was} -> {names[other]}", costs, new, over))
             current, costs = candidate, new
             refused.clear()
         within = all(costs[m] <= lim for m, lim in limits.items())
@@ -341,7 +338,7 @@ class CostModel:
         it) that lowers the exact cost and gives up the least preference per unit saved, or None. The edges may
         each cost nothing (pooling, identity) while the node costs the cells after it their input width, and the
         input its preprocessing: no single edge shows that."""
-        before = sum(costs[m] / limits[m] for m in over)
+        before = _load(costs, limits, over)
         best: tuple[float, Genotype, Costs, str] | None = None
         for key in self.keys:
             zero = next((i for i, op in enumerate(self.op_names[key]) if op in self.zeros[key]), None)
@@ -363,7 +360,7 @@ class CostModel:
                 if _genotype_key(candidate) == _genotype_key(current):  # the cell needs the node: not removable
                     continue
                 new = self.exact(candidate)
-                saving = before - sum(new[m] / limits[m] for m in over)
+                saving = before - _load(new, limits, over)
                 if saving <= 0:
                     continue
                 loss = sum(max(float(pref[key][r, chosen[r]] - pref[key][r, zero]), 0.0) for r in rows)
@@ -389,7 +386,18 @@ class CostModel:
             found.append(self.fit(genotype, zero, limits, "cheapest", exhaust=not enough))
             if enough and found[-1].within:
                 break
-        return min(found, key=lambda f: sum(f.costs[m] / lim for m, lim in limits.items()))
+        return min(found, key=lambda f: _load(f.costs, limits, limits))
+
+
+def _load(costs: Costs, limits: Mapping[str, float], metrics: Iterable[str]) -> float:
+    """The ``metrics`` of ``costs``, each relative to its limit, summed: what the descents lower."""
+    return sum(costs[m] / limits[m] for m in metrics)
+
+
+def _given_up(change: str, before: Costs, after: Costs, metrics: Iterable[str]) -> str:
+    """One line of what a fitting gave up: the change and the limited costs before and after it."""
+    return (f"{change} (" + ", ".join(f"{m} {format_quantity(m, before[m])} -> {format_quantity(m, after[m])}"
+                                      for m in metrics) + ")")
 
 
 def penalty(expected: Mapping[str, torch.Tensor], limits: Mapping[str, float], weight: float) -> torch.Tensor:
