@@ -331,6 +331,12 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
         compiled = network is not model.network
     written: list[Path] = []
     bar = progress_bar(len(todo), "predict", progress)
+
+    def stopping() -> None:  # the finished cases listed as a stopped call's, which the same command continues
+        bar.close()
+        if output.is_dir():
+            write_json(output / RECORD, {**record, "stopped": True})
+
     with StopSignal():
         try:
             for case, paths in sorted(todo.items()):
@@ -346,9 +352,7 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
                 except RuntimeError as err:
                     if not out_of_memory(err):
                         raise
-                    bar.close()
-                    if output.is_dir():  # continued by the same command, as after a stop signal
-                        write_json(output / RECORD, {**record, "stopped": True})
+                    stopping()  # continued by the same command, as after a stop signal
                     raise _no_memory(case, image.shape, model, runtime.device, batch_size, run, output,
                                      len(written)) from None
                 output.mkdir(parents=True, exist_ok=True)  # only now: a call failing on its first case leaves none
@@ -365,9 +369,7 @@ def predict_run(run: Path | str, inputs: list[Path], output: Path, *, probabilit
                 write_json(output / RECORD, record)
                 bar.update()
         except InferenceStopped:
-            bar.close()
-            if output.is_dir():
-                write_json(output / RECORD, {**record, "stopped": True})
+            stopping()
             left = (f"the finished ones are kept in {output} (listed in {RECORD}), the case in progress was not "
                     "written" if written else "nothing was written")
             raise PredictionStopped(
