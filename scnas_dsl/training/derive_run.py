@@ -161,7 +161,7 @@ def derive(search: TrainedSearch, settings: SelectionConfig, out: Path | None = 
     """Choose the genotype of ``search`` by ``settings`` and write it (default ``RUN/genotype_<method>.scn``,
     with ``RUN/selection_<method>.json``); the search's own ``genotype.scn`` is never replaced."""
     from scnas_dsl.training.budgeting import budget_line, retrain_line
-    from scnas_dsl.training.search import select_genotype, write_selection_record
+    from scnas_dsl.training.search import genotype_name, select_genotype, write_selection_record
 
     run = search.run
     target = out if out is not None else run / f"genotype_{settings.method}.scn"
@@ -181,7 +181,7 @@ def derive(search: TrainedSearch, settings: SelectionConfig, out: Path | None = 
             optimizer.load_state_dict(search.state["weight_optimizer"])
         except (ValueError, KeyError):
             pass  # a fresh optimiser of the run's settings then
-    name = f"{search.space.name}_fold{search.cfg.fold}_{settings.method}".replace("-", "_")
+    name = f"{genotype_name(search.space, search.cfg)}_{settings.method}"
     selection, check = select_genotype(search.model, search.cfg, search.runtime, search.data, search.patch, name,
                                        optimizer=optimizer, settings=settings, say=say)
     report = budget_line(selection.details, target.name, f"selection_{settings.method}.json")

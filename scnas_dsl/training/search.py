@@ -415,11 +415,16 @@ def _check_memory(model: Supernet, runtime: Runtime, patch: tuple[int, ...], cfg
                                                   num_classes=model.num_classes)
 
 
+def genotype_name(space: SearchSpace, cfg: SearchConfig) -> str:
+    """The name of a search's genotype in its ``genotype.scn``: ``<space>_fold<K>`` (a name of the language)."""
+    return f"{space.name}_fold{cfg.fold}".replace("-", "_")
+
+
 def _finish(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_done: int) -> SearchResult:
     """Choose the genotype (``cfg.selection``), run the self-check, write ``genotype.scn`` (checked by loading it
     back), ``selection.json``, the self-check's record in ``metrics.jsonl``, and the plots."""
     model, run, cfg = job.model, job.run, job.cfg
-    name = f"{space.name}_fold{cfg.fold}".replace("-", "_")
+    name = genotype_name(space, cfg)
     selection, check = select_genotype(model, cfg, job.runtime, job.data, job.patch, name,
                                        optimizer=job.w_opt, say=loop.say, budget=job.budget)
     genotype = selection.genotype
@@ -458,7 +463,7 @@ def _chosen_before(job: _SearchJob, space: SearchSpace, loop: EpochLoop, epochs_
     run, cfg = job.run, job.cfg
     try:
         record = json.loads((run.path / SELECTION).read_text())
-        name = f"{space.name}_fold{cfg.fold}".replace("-", "_")
+        name = genotype_name(space, cfg)
         genotype = load(run.path / GENOTYPE, signatures=job.model.library.signatures).genotype(name)[1]
     except (OSError, ValueError, ScnasError):
         return None
